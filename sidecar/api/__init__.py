@@ -1,0 +1,1 @@
+"""The HTTP face of the sidecar: OpenAI endpoints, health and status, middlewares."""

@@ -1,0 +1,142 @@
+"""The request pipeline before a handler: id and access record, errors, bearer auth.
+
+Errors are translated once, here: a ``GatewayError`` leaves with its status and the OpenAI
+envelope; aiohttp's own 404/405/413 get the same envelope; anything unexpected is logged
+with its traceback and leaves as a plain 500 envelope naming only the request id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from ..auth import TokenSet
+from ..errors import GatewayError, error_envelope
+from ..observability.access_log import AccessRecord
+from ..observability.client_ip import client_ip
+from ..typedefs import ACCESS, CLIENT_IP, REQUEST_ID, SETTINGS, TOKEN
+
+log = logging.getLogger("gateway.errors")
+
+_HTTP_ERROR_TYPES = {
+    401: ("authentication_error", "invalid_api_key"),
+    403: ("permission_error", "forbidden"),
+    404: ("invalid_request_error", "not_found"),
+    405: ("invalid_request_error", "method_not_allowed"),
+    413: ("invalid_request_error", "request_too_large"),
+}
+
+
+def new_request_id() -> str:
+    return f"req-{secrets.token_hex(12)}"
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give the request an id and an access record, and log one line when it ends."""
+    request_id = new_request_id()
+    request[REQUEST_ID] = request_id
+    ip = client_ip(request, request.app[SETTINGS].trusted_proxies)
+    request[CLIENT_IP] = ip
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "(unmatched)"
+    record = AccessRecord(request_id, request.method, route, ip)
+    request[ACCESS] = record
+    try:
+        response = await handler(request)
+    except BaseException as exc:
+        status = getattr(exc, "status", None)
+        record.status = status if isinstance(status, int) else (record.status or 499)
+        _finish(record, request)
+        raise
+    record.status = response.status
+    if not record.bytes_out and response.content_length:
+        record.bytes_out = response.content_length
+    _finish(record, request)
+    return response
+
+
+def _finish(record: AccessRecord, request: web.Request) -> None:
+    if not request.app[SETTINGS].access_log:
+        return
+    token = request.get(TOKEN)
+    record.token = token.name if token is not None else None
+    record.emit()
+
+
+async def stamp_response(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: every response carries the request id and no caching."""
+    request_id = request.get(REQUEST_ID)
+    if request_id:
+        response.headers["X-Request-Id"] = request_id
+    record = request.get(ACCESS)
+    if record is not None:
+        record.status = response.status
+    response.headers.setdefault("Cache-Control", "no-store")
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        return error_response(exc.status, exc.envelope(), exc.response_headers())
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _http_error(exc)
+    except (ConnectionResetError, TimeoutError):
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.rel_url.path)
+        return error_response(
+            500,
+            error_envelope(
+                f"Internal error; quote request id {request.get(REQUEST_ID)} to the admin",
+                "api_error",
+                None,
+                "internal_error",
+            ),
+        )
+
+
+def _http_error(exc: web.HTTPException) -> web.Response:
+    error_type, code = _HTTP_ERROR_TYPES.get(exc.status, ("invalid_request_error", None))
+    headers = {}
+    if exc.status == 405 and "Allow" in exc.headers:
+        headers["Allow"] = exc.headers["Allow"]
+    if exc.status == 413:
+        message = "Request body is too large"
+    elif exc.status == 404:
+        message = "Unknown URL; see GET /v1/models and the OpenAI API reference"
+    else:
+        message = exc.reason
+    return error_response(exc.status, error_envelope(message, error_type, None, code), headers)
+
+
+def error_response(
+    status: int, body: dict[str, object], headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        status=status,
+        body=json.dumps(body).encode(),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def bearer(tokens: TokenSet) -> web.middleware:
+    """Bearer auth on every ``/v1`` path, matched route or not."""
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        if path == "/v1" or path.startswith("/v1/"):
+            request[TOKEN] = tokens.authenticate(request.headers.get("Authorization"))
+        return await handler(request)
+
+    return check

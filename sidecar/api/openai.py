@@ -1,0 +1,185 @@
+"""The OpenAI-compatible endpoints: models, chat, completions, embeddings.
+
+Each handler reads as DESIGN.md's request flow: parse and check the body, resolve the
+model to a backend, take an admission slot, call the backend, relay the answer. The slot
+and the upstream connection are released in ``finally`` blocks, so an error, a client
+that goes away, or the end of a stream frees them exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import GatewayError, InvalidRequest, PayloadTooLarge, UpstreamError, error_envelope
+from ..routing.router import Route, admit, resolve
+from ..routing.upstream import UpstreamCall
+from ..typedefs import ACCESS, REGISTRY, REQUEST_ID, SETTINGS
+from . import validation
+
+log = logging.getLogger("gateway.api")
+
+_DONE = b"data: [DONE]\n\n"
+_SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+
+Checker = Callable[[dict[str, Any]], None]
+
+
+async def list_models(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY].current
+    created = int(registry.loaded_at)
+    data: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for backend in registry.backends.values():
+        for model_id in backend.model_ids:
+            if model_id not in seen:
+                seen.add(model_id)
+                data.append(_model_entry(model_id, created, backend.name))
+    for alias in registry.config.aliases.values():
+        if alias.name not in seen:
+            seen.add(alias.name)
+            data.append(_model_entry(alias.name, created, alias.backend))
+    return web.json_response({"object": "list", "data": data})
+
+
+def _model_entry(model_id: str, created: int, owner: str) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": created, "owned_by": owner}
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _relay(request, "chat", "chat/completions", validation.check_chat)
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _relay(request, "completions", "completions", validation.check_completion)
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    return await _relay(request, "embeddings", "embeddings", validation.check_embeddings)
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400/413 that says what is wrong."""
+    limit = request.app[SETTINGS].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes") from None
+    if not body:
+        raise InvalidRequest("Request body is empty; send a JSON object", code="invalid_json")
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        raise InvalidRequest("Request body is not valid JSON", code="invalid_json") from None
+    if not isinstance(payload, dict):
+        raise InvalidRequest("Request body must be a JSON object", code="invalid_json")
+    return payload
+
+
+async def _relay(
+    request: web.Request, capability: str, endpoint: str, check: Checker
+) -> web.StreamResponse:
+    payload = await read_json_object(request)
+    model = validation.require_model(payload)
+    stream = validation.stream_flag(payload)
+    check(payload)
+    record = request[ACCESS]
+    record.model = model if len(model) <= 128 else model[:128]
+    record.stream = stream
+    route = resolve(request.app[REGISTRY].current, model, capability)
+    record.backend = route.backend.name
+    upstream_payload = _upstream_payload(payload, route)
+    headers = {"X-Backend-Used": route.backend.name, "X-Model-Used": route.upstream_model}
+    try:
+        slot = await admit(route)
+        try:
+            return await _call(request, route, endpoint, upstream_payload, stream, headers)
+        finally:
+            slot.release()
+    except GatewayError as exc:
+        exc.headers.update(headers)
+        raise
+
+
+async def _call(
+    request: web.Request,
+    route: Route,
+    endpoint: str,
+    payload: dict[str, Any],
+    stream: bool,
+    headers: dict[str, str],
+) -> web.StreamResponse:
+    call = await route.backend.client.post(endpoint, payload, request[REQUEST_ID])
+    try:
+        await call.raise_for_status()
+        if stream:
+            return await _relay_stream(request, call, headers)
+        body, parsed = await call.read_json()
+        if not isinstance(parsed, dict):
+            raise UpstreamError(f"backend '{route.backend.name}' returned an unexpected reply")
+        return web.Response(body=body, content_type="application/json", headers=headers)
+    finally:
+        call.close()
+
+
+def _upstream_payload(payload: dict[str, Any], route: Route) -> dict[str, Any]:
+    """The body sent upstream: the upstream model name, and an alias's caps applied."""
+    upstream = {**payload, "model": route.upstream_model}
+    alias = route.alias
+    if alias is None:
+        return upstream
+    if not alias.tools and (payload.get("tools") or payload.get("functions")):
+        raise InvalidRequest(f"model '{alias.name}' does not accept tools", param="tools")
+    if alias.max_tokens_cap is not None:
+        keys = [k for k in ("max_tokens", "max_completion_tokens") if upstream.get(k) is not None]
+        for key in keys or ["max_tokens"]:
+            upstream[key] = min(upstream.get(key) or alias.max_tokens_cap, alias.max_tokens_cap)
+    if alias.temperature_cap is not None:
+        temperature = upstream.get("temperature")
+        default = min(1.0, alias.temperature_cap)
+        upstream["temperature"] = min(
+            temperature if temperature is not None else default, alias.temperature_cap
+        )
+    return upstream
+
+
+async def _relay_stream(
+    request: web.Request, call: UpstreamCall, headers: dict[str, str]
+) -> web.StreamResponse:
+    content_type = call.response.headers.get("Content-Type", "")
+    if not content_type.startswith("text/event-stream"):
+        raise UpstreamError(f"backend '{headers['X-Backend-Used']}' did not answer with a stream")
+    record = request[ACCESS]
+    response = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **headers})
+    await response.prepare(request)
+    finished = False
+    try:
+        async for event in call.events():
+            record.first_token()
+            await response.write(event)
+            record.bytes_out += len(event)
+            if event.startswith((b"data: [DONE]", b"data:[DONE]")):
+                finished = True
+                break
+        if not finished:
+            raise UpstreamError(f"backend '{headers['X-Backend-Used']}' ended the stream early")
+    except GatewayError as exc:
+        log.warning("stream %s failed: %s", request[REQUEST_ID], exc.message)
+        await _end_stream_with_error(response, exc)
+    return response
+
+
+async def _end_stream_with_error(response: web.StreamResponse, exc: GatewayError) -> None:
+    envelope = error_envelope(exc.message, exc.error_type, exc.param, exc.code)
+    frame = b"data: " + json.dumps(envelope).encode() + b"\n\n"
+    await response.write(frame + _DONE)

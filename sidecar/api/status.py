@@ -1,0 +1,83 @@
+"""Health, readiness and the admin-facing status of backends and limits.
+
+``/healthz`` and ``/readyz`` are open (Caddy and probes call them without a token) and
+never reveal backend URLs; ``/v1/gateway/status`` needs the bearer token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from aiohttp import web
+
+from .. import __version__
+from ..routing.registry import Backend
+from ..typedefs import REGISTRY, RELOADER
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY].current
+    last = request.app[RELOADER].last
+    backends = registry.backends.values()
+    routable = sum(1 for backend in backends if backend.health.routable)
+    return web.json_response(
+        {
+            "status": "ready" if last.ok else "degraded",
+            "version": __version__,
+            "config": {
+                "digest": registry.config.digest[:12],
+                "loaded_at": round(registry.loaded_at, 3),
+                "last_reload": {
+                    "ok": last.ok,
+                    "at": round(last.at, 3),
+                    "reason": last.reason,
+                    "error": last.error,
+                },
+            },
+            "backends": {"total": len(registry.backends), "routable": routable},
+        }
+    )
+
+
+async def gateway_status(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY].current
+    reloader = request.app[RELOADER]
+    return web.json_response(
+        {
+            "object": "gateway.status",
+            "version": __version__,
+            "config": {
+                "digest": registry.config.digest[:12],
+                "loaded_at": round(registry.loaded_at, 3),
+                "reloads_ok": reloader.reloads_ok,
+                "reloads_refused": reloader.reloads_refused,
+                "last_reload_error": reloader.last.error,
+            },
+            "backends": [_backend_status(backend) for backend in registry.backends.values()],
+        }
+    )
+
+
+def _backend_status(backend: Backend) -> dict[str, Any]:
+    health = backend.health
+    return {
+        "name": backend.name,
+        "class": backend.config.backend_class,
+        "protocol": backend.config.protocol,
+        "health": {
+            "state": health.state,
+            "checked_at": health.checked_at,
+            "error": health.error,
+            "consecutive_failures": health.consecutive_failures,
+        },
+        "models": list(backend.model_ids),
+        "capabilities": {
+            capability: dataclasses.asdict(admission.stats())
+            for capability, admission in backend.admissions.items()
+        },
+    }

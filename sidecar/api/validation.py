@@ -1,0 +1,169 @@
+"""Shape checks for OpenAI request bodies, before anything is routed.
+
+Only what the gateway relies on, or what would otherwise surface as a confusing backend
+error, is checked; unknown fields pass through to the backend untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import InvalidRequest
+
+_ROLES = {"system", "user", "assistant", "tool", "developer", "function"}
+_TOOL_CHOICES = {"none", "auto", "required"}
+MAX_TOOLS = 128
+
+
+def require_model(payload: dict[str, Any]) -> str:
+    model = payload.get("model")
+    if model is None:
+        raise InvalidRequest(
+            "'model' is required", param="model", code="missing_required_parameter"
+        )
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequest("'model' must be a non-empty string", param="model")
+    return model
+
+
+def stream_flag(payload: dict[str, Any]) -> bool:
+    stream = payload.get("stream", False)
+    if stream is None:
+        return False
+    if not isinstance(stream, bool):
+        raise InvalidRequest("'stream' must be a boolean", param="stream")
+    return stream
+
+
+def check_chat(payload: dict[str, Any]) -> None:
+    messages = payload.get("messages")
+    if messages is None:
+        raise InvalidRequest(
+            "'messages' is required", param="messages", code="missing_required_parameter"
+        )
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("'messages' must be a non-empty array", param="messages")
+    for index, message in enumerate(messages):
+        param = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise InvalidRequest(f"'{param}' must be an object", param=param)
+        role = message.get("role")
+        if not isinstance(role, str) or role not in _ROLES:
+            raise InvalidRequest(
+                f"'{param}.role' must be one of {', '.join(sorted(_ROLES))}", param=f"{param}.role"
+            )
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise InvalidRequest(
+                f"'{param}.content' must be a string or an array of parts", param=f"{param}.content"
+            )
+    _check_sampling(payload)
+    _check_tools(payload)
+    options = payload.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise InvalidRequest("'stream_options' must be an object", param="stream_options")
+
+
+def check_completion(payload: dict[str, Any]) -> None:
+    prompt = payload.get("prompt")
+    if prompt is None:
+        raise InvalidRequest(
+            "'prompt' is required", param="prompt", code="missing_required_parameter"
+        )
+    if not _text_or_tokens(prompt):
+        raise InvalidRequest(
+            "'prompt' must be a string, an array of strings, or token arrays", param="prompt"
+        )
+    _check_sampling(payload)
+
+
+def check_embeddings(payload: dict[str, Any]) -> None:
+    value = payload.get("input")
+    if value is None:
+        raise InvalidRequest(
+            "'input' is required", param="input", code="missing_required_parameter"
+        )
+    if not _text_or_tokens(value) or value in ("", []):
+        raise InvalidRequest(
+            "'input' must be a non-empty string, array of strings, or token arrays", param="input"
+        )
+    encoding = payload.get("encoding_format")
+    if encoding is not None and encoding not in ("float", "base64"):
+        raise InvalidRequest(
+            "'encoding_format' must be 'float' or 'base64'", param="encoding_format"
+        )
+    dimensions = payload.get("dimensions")
+    if dimensions is not None and (not _is_int(dimensions) or dimensions < 1):
+        raise InvalidRequest("'dimensions' must be a positive integer", param="dimensions")
+    if payload.get("stream"):
+        raise InvalidRequest("embeddings cannot be streamed", param="stream")
+
+
+def _check_sampling(payload: dict[str, Any]) -> None:
+    for name, low, high in (("temperature", 0, 2), ("top_p", 0, 1)):
+        value = payload.get(name)
+        if value is not None and (not _is_number(value) or not low <= value <= high):
+            raise InvalidRequest(f"'{name}' must be a number from {low} to {high}", param=name)
+    for name in ("max_tokens", "max_completion_tokens", "n", "seed"):
+        value = payload.get(name)
+        if value is not None and not _is_int(value):
+            raise InvalidRequest(f"'{name}' must be an integer", param=name)
+    for name in ("max_tokens", "max_completion_tokens", "n"):
+        value = payload.get(name)
+        if value is not None and value < 1:
+            raise InvalidRequest(f"'{name}' must be at least 1", param=name)
+    stop = payload.get("stop")
+    if stop is not None and not (
+        isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
+    ):
+        raise InvalidRequest("'stop' must be a string or an array of strings", param="stop")
+
+
+def _check_tools(payload: dict[str, Any]) -> None:
+    tools = payload.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise InvalidRequest("'tools' must be an array", param="tools")
+        if len(tools) > MAX_TOOLS:
+            raise InvalidRequest(f"'tools' may list at most {MAX_TOOLS} tools", param="tools")
+        for index, tool in enumerate(tools):
+            function = tool.get("function") if isinstance(tool, dict) else None
+            name = function.get("name") if isinstance(function, dict) else None
+            if (
+                not isinstance(tool, dict)
+                or tool.get("type") != "function"
+                or not isinstance(name, str)
+            ):
+                raise InvalidRequest(
+                    f"'tools[{index}]' must be a function tool with a 'function.name'",
+                    param=f"tools[{index}]",
+                )
+    choice = payload.get("tool_choice")
+    if choice is None or (isinstance(choice, str) and choice in _TOOL_CHOICES):
+        return
+    function = choice.get("function") if isinstance(choice, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise InvalidRequest(
+            "'tool_choice' must be 'none', 'auto', 'required' or a named function",
+            param="tool_choice",
+        )
+
+
+def _text_or_tokens(value: Any) -> bool:
+    if isinstance(value, str):
+        return True
+    if not isinstance(value, list):
+        return False
+    if all(isinstance(item, str) for item in value):
+        return True
+    if all(_is_int(item) for item in value):
+        return True
+    return all(isinstance(item, list) and all(_is_int(t) for t in item) for item in value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

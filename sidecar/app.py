@@ -1,0 +1,84 @@
+"""The app factory: every part of the sidecar is built here, from one ``Settings``.
+
+There is no module-level app and no global state; the CLI and every test call
+``create_app``. Long-lived parts (backend sessions, the health checker, the config
+watcher) live in ``cleanup_ctx`` generators: set up before ``yield``, torn down after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from .api.middleware import bearer, errors, observe, stamp_response
+from .api.routes import setup_routes
+from .auth import TokenSet
+from .config.reload import ConfigReloader, load_checked
+from .routing.health import HealthChecker, running
+from .routing.registry import RegistryHolder, build_registry
+from .settings import Settings
+from .typedefs import HEALTH, REGISTRY, RELOADER, SETTINGS
+
+log = logging.getLogger("gateway")
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[observe, errors, bearer(TokenSet(settings.bearer_tokens))],
+    )
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_registry)
+    app.cleanup_ctx.append(_health_checks)
+    app.cleanup_ctx.append(_config_reload)
+    app.on_response_prepare.append(stamp_response)
+    setup_routes(app)
+    return app
+
+
+async def _registry(app: web.Application) -> AsyncIterator[None]:
+    """Load the config (a bad one stops start-up) and open the backends' sessions."""
+    config, contexts = await load_checked(app[SETTINGS])
+    registry, _ = build_registry(config, contexts)
+    holder = RegistryHolder(registry)
+    app[REGISTRY] = holder
+    log.info("config %s loaded: %d backends", config.source, len(config.backends))
+    yield
+    for client in holder.current.clients():
+        await client.close()
+
+
+async def _health_checks(app: web.Application) -> AsyncIterator[None]:
+    checker = HealthChecker(app[REGISTRY])
+    app[HEALTH] = checker
+    async with running(checker):
+        yield
+
+
+async def _config_reload(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    reloader = ConfigReloader(settings, app[REGISTRY])
+    app[RELOADER] = reloader
+    tasks: set[asyncio.Task[object]] = set()
+
+    def on_sighup() -> None:
+        task = asyncio.ensure_future(reloader.reload("SIGHUP"))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    if settings.config_poll_s > 0:
+        tasks.add(asyncio.create_task(reloader.watch()))
+    yield
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.remove_signal_handler(signal.SIGHUP)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,189 @@
+"""``gateway``: serve the sidecar, check a config, or run the fake backends.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from .app import create_app
+from .config.loader import ConfigError
+from .config.reload import load_checked
+from .mock_backends import MockBehaviour, create_mock_app
+from .settings import Settings, SettingsError
+
+log = logging.getLogger("gateway")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the sidecar (unix socket, or TCP with GATEWAY_PORT)")
+    check = commands.add_parser("check-config", help="validate gateway.yaml and exit")
+    check.add_argument(
+        "path", nargs="?", type=Path, help="default: $GATEWAY_CONFIG or ./gateway.yaml"
+    )
+    mock = commands.add_parser("mock-backends", help="run a fake OpenAI-compatible backend")
+    mock.add_argument("--host", default="127.0.0.1")
+    mock.add_argument("--port", type=int, default=9101)
+    mock.add_argument("--latency-ms", type=float, default=0.0)
+    mock.add_argument("--chunk-delay-ms", type=float, default=20.0)
+    mock.add_argument("--chunks", type=int, default=4)
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return serve()
+    if args.command == "check-config":
+        return check_config(args.path)
+    return run_mock(args)
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    access = logging.getLogger("gateway.access")
+    access.propagate = False
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access.addHandler(handler)
+
+
+def check_config(path: Path | None) -> int:
+    env = dict(os.environ)
+    if path is not None:
+        env["GATEWAY_CONFIG"] = str(path)
+    env.setdefault("GATEWAY_BEARER_TOKEN", "check-config-needs-no-real-token")
+    try:
+        settings = Settings.from_env(env)
+        config, _ = asyncio.run(load_checked(settings))
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        count = len(exc.issues)
+        print(exc.render(), file=sys.stderr)
+        print(f"{exc.source}: {count} error{'s' if count != 1 else ''}", file=sys.stderr)
+        return 1
+    print(
+        f"{settings.config_path}: OK ({len(config.backends)} backends, "
+        f"{len(config.aliases)} aliases)"
+    )
+    return 0
+
+
+def serve() -> int:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"gateway: cannot start: {exc}", file=sys.stderr)
+        return 2
+    _configure_logging(settings.log_level)
+    try:
+        asyncio.run(load_checked(settings))
+    except ConfigError as exc:
+        print(f"gateway: cannot start: invalid config:\n{exc.render()}", file=sys.stderr)
+        return 2
+    try:
+        if not settings.uses_tcp:
+            _prepare_socket_dir(settings.sidecar_socket)
+        asyncio.run(_serve(settings))
+    except OSError as exc:
+        print(f"gateway: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _serve(settings: Settings) -> None:
+    runner = web.AppRunner(
+        create_app(settings), handler_cancellation=True, access_log=None, shutdown_timeout=30
+    )
+    await runner.setup()
+    try:
+        if settings.uses_tcp:
+            site: web.BaseSite = web.TCPSite(runner, settings.host, settings.port)
+            await site.start()
+        else:
+            site = await _unix_site(runner, settings.sidecar_socket)
+        log.info("gateway serving on %s", site.name)
+        await _until_stopped()
+    finally:
+        await runner.cleanup()
+
+
+async def _unix_site(runner: web.AppRunner, path: Path) -> web.UnixSite:
+    """Bind the socket with mode 0660 from the start (Caddy reaches it via the group)."""
+    old_umask = os.umask(0o117)
+    try:
+        site = web.UnixSite(runner, str(path))
+        await site.start()
+    finally:
+        os.umask(old_umask)
+    return site
+
+
+def _prepare_socket_dir(path: Path) -> None:
+    """Create the socket's directory and clear a stale socket left by a crash."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        if _socket_alive(path):
+            raise OSError(f"another gateway is already listening on {path}")
+        path.unlink()
+
+
+def _socket_alive(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+async def _until_stopped() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError, RuntimeError):
+                loop.remove_signal_handler(sig)
+
+
+def run_mock(args: argparse.Namespace) -> int:
+    _configure_logging("INFO")
+    behaviour = MockBehaviour(
+        latency_ms=args.latency_ms, chunk_delay_ms=args.chunk_delay_ms, chunks=args.chunks
+    )
+
+    async def run() -> None:
+        runner = web.AppRunner(create_mock_app(behaviour), access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, args.host, args.port).start()
+            log.info("mock backend serving on http://%s:%d/v1", args.host, args.port)
+            await _until_stopped()
+        finally:
+            await runner.cleanup()
+
+    try:
+        asyncio.run(run())
+    except OSError as exc:
+        print(f"gateway mock-backends: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,14 @@
+"""The YAML routing config: schema, loader and live reload."""
+
+from .loader import ConfigError, ConfigIssue, load_config, parse_config
+from .schema import AliasConfig, BackendConfig, GatewayConfig
+
+__all__ = [
+    "AliasConfig",
+    "BackendConfig",
+    "ConfigError",
+    "ConfigIssue",
+    "GatewayConfig",
+    "load_config",
+    "parse_config",
+]

@@ -1,0 +1,524 @@
+"""Load and validate ``gateway.yaml``: YAML text in, a frozen ``GatewayConfig`` out.
+
+Every problem is collected (not just the first) and reported with its key path and line,
+so ``gateway check-config`` and a refused reload tell the admin exactly what to fix.
+Blocking (reads files): call it from a thread when the event loop is running.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yarl import URL
+
+from ..settings import BackendTlsDefaults
+from .schema import (
+    BUILTIN_CLASSES,
+    CAPABILITIES,
+    DEFAULT_CLASS,
+    PROTOCOLS,
+    AliasConfig,
+    BackendConfig,
+    GatewayConfig,
+    HealthConfig,
+    ModelConfig,
+    QueueConfig,
+    Timeouts,
+    TlsConfig,
+)
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_TOP_KEYS = {"version", "defaults", "classes", "backends", "aliases", "tools"}
+_BACKEND_KEYS = {
+    "url",
+    "class",
+    "protocol",
+    "capabilities",
+    "limits",
+    "queue",
+    "health",
+    "tls",
+    "timeouts",
+    "models",
+    "api_key",
+}
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    path: str
+    line: int | None
+    message: str
+
+
+class ConfigError(Exception):
+    """The config is invalid; ``issues`` lists every problem found."""
+
+    def __init__(self, source: Path, issues: list[ConfigIssue]) -> None:
+        self.source = source
+        self.issues = issues
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        lines = []
+        for issue in self.issues:
+            where = f"{self.source}:{issue.line}" if issue.line else str(self.source)
+            lines.append(f"{where}: {issue.path or '(top level)'}: {issue.message}")
+        return "\n".join(lines)
+
+
+def load_config(
+    path: Path, environ: Mapping[str, str], tls_defaults: BackendTlsDefaults
+) -> GatewayConfig:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(path, [ConfigIssue("", None, f"cannot read: {exc.strerror}")]) from exc
+    return parse_config(data, path, environ, tls_defaults)
+
+
+def parse_config(
+    data: bytes, source: Path, environ: Mapping[str, str], tls_defaults: BackendTlsDefaults
+) -> GatewayConfig:
+    reader = _Reader(source, environ)
+    try:
+        text = data.decode("utf-8")
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, [ConfigIssue("", None, "not UTF-8 text")]) from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, [ConfigIssue("", line, f"invalid YAML: {problem}")]) from exc
+    root = reader.plain(node, "") if node is not None else {}
+    config = reader.gateway(root, hashlib.sha256(data).hexdigest(), tls_defaults)
+    if reader.issues:
+        raise ConfigError(source, reader.issues)
+    return config
+
+
+class _Reader:
+    """Turns YAML nodes into plain values (remembering lines), then validates them."""
+
+    def __init__(self, source: Path, environ: Mapping[str, str]) -> None:
+        self.source = source
+        self.base_dir = source.parent
+        self.environ = environ
+        self.lines: dict[str, int] = {}
+        self.issues: list[ConfigIssue] = []
+        self._constructor = yaml.constructor.SafeConstructor()
+
+    # -- YAML nodes to values -------------------------------------------------------------
+
+    def plain(self, node: yaml.Node, path: str) -> Any:
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            self._constructor.flatten_mapping(node)
+            result: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                key = self._constructor.construct_object(key_node)
+                if not isinstance(key, str | int | float | bool):
+                    self.error(path, "keys must be plain scalars", key_node)
+                    continue
+                key = str(key)
+                child = f"{path}.{key}" if path else key
+                if key in result:
+                    self.error(child, "duplicate key", key_node)
+                    continue
+                self.lines[child] = key_node.start_mark.line + 1
+                result[key] = self.plain(value_node, child)
+            return result
+        if isinstance(node, yaml.SequenceNode):
+            return [self.plain(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
+        value = self._constructor.construct_object(node)
+        return self.substitute(value, path) if isinstance(value, str) else value
+
+    def substitute(self, text: str, path: str) -> str:
+        def replace(match: re.Match[str]) -> str:
+            if match.group(0) == "$${":
+                return "${"
+            name, default = match.group(1), match.group(2)
+            value = self.environ.get(name)
+            if value is None or (value == "" and default is not None):
+                if default is None:
+                    self.error(path, f"environment variable {name} is not set")
+                    return ""
+                return default
+            return value
+
+        return _VAR.sub(replace, text) if "$" in text else text
+
+    # -- reporting ------------------------------------------------------------------------
+
+    def error(self, path: str, message: str, node: yaml.Node | None = None) -> None:
+        line = node.start_mark.line + 1 if node is not None else self._line(path)
+        self.issues.append(ConfigIssue(path, line, message))
+
+    def _line(self, path: str) -> int | None:
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", path)
+        return self.lines.get("")
+
+    # -- typed readers ---------------------------------------------------------------------
+
+    def mapping(self, value: Any, path: str, allowed: set[str] | None = None) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.error(path, "must be a mapping")
+            return {}
+        if allowed is not None:
+            for key in value:
+                if key not in allowed:
+                    self.error(_join(path, key), f"unknown key (expected one of: {_list(allowed)})")
+        return value
+
+    def string(self, value: Any, path: str, *, required: bool = False) -> str | None:
+        if value is None:
+            if required:
+                self.error(path, "is required")
+            return None
+        if not isinstance(value, str) or (required and not value.strip()):
+            self.error(path, "must be a non-empty string")
+            return None
+        return value
+
+    def number(
+        self,
+        value: Any,
+        path: str,
+        default: float,
+        *,
+        integer: bool = False,
+        minimum: float = 0,
+        exclusive: bool = False,
+    ) -> Any:
+        if value is None:
+            return default
+        kind = int if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            self.error(path, "must be an integer" if integer else "must be a number")
+            return default
+        if value < minimum or (exclusive and value == minimum):
+            relation = "greater than" if exclusive else "at least"
+            self.error(path, f"must be {relation} {minimum}")
+            return default
+        return value
+
+    def boolean(self, value: Any, path: str, default: bool) -> bool:
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self.error(path, "must be true or false")
+            return default
+        return value
+
+    def file(self, value: Any, path: str, default: Path | None) -> Path | None:
+        text = self.string(value, path)
+        if text is None:
+            return default
+        resolved = Path(text).expanduser()
+        if not resolved.is_absolute():
+            resolved = self.base_dir / resolved
+        if not resolved.is_file():
+            self.error(path, f"file not found: {text}")
+        return resolved
+
+    def capabilities(self, value: Any, path: str) -> frozenset[str] | None:
+        if not isinstance(value, list) or not value:
+            self.error(path, f"must be a non-empty list of: {_list(CAPABILITIES)}")
+            return None
+        result = set()
+        for i, item in enumerate(value):
+            if item not in CAPABILITIES:
+                self.error(f"{path}[{i}]", f"unknown capability {item!r} ({_list(CAPABILITIES)})")
+            else:
+                result.add(item)
+        return frozenset(result)
+
+    def probe_path(self, value: Any, path: str, default: str | None) -> str | None:
+        if value is False:
+            return None
+        text = self.string(value, path)
+        if text is None:
+            return default
+        if not text.startswith("/"):
+            self.error(path, "must be an absolute path such as /health (or false)")
+            return default
+        return text
+
+    # -- sections --------------------------------------------------------------------------
+
+    def gateway(self, root: Any, digest: str, tls_defaults: BackendTlsDefaults) -> GatewayConfig:
+        root = self.mapping(root, "", _TOP_KEYS)
+        version = root.get("version", 1)
+        if version != 1:
+            self.error("version", "only version 1 is supported")
+        defaults = self.mapping(root.get("defaults"), "defaults", {"timeouts", "health", "tls"})
+        classes = self.classes(root.get("classes"))
+        backends_raw = self.mapping(root.get("backends"), "backends")
+        if not backends_raw:
+            self.error("backends", "at least one backend is required")
+        backends = []
+        for name, spec in backends_raw.items():
+            backend = self.backend(name, spec, defaults, classes, tls_defaults)
+            if backend is not None:
+                backends.append(backend)
+        aliases = self.aliases(root.get("aliases"), {b.name: b for b in backends}, backends_raw)
+        return GatewayConfig(
+            source=self.source,
+            digest=digest,
+            backends=tuple(backends),
+            aliases=aliases,
+            tools=root.get("tools"),
+        )
+
+    def classes(self, value: Any) -> dict[str, Mapping[str, int]]:
+        classes = {name: dict(limits) for name, limits in BUILTIN_CLASSES.items()}
+        for name, limits in self.mapping(value, "classes").items():
+            path = f"classes.{name}"
+            limits = self.mapping(limits, path, set(CAPABILITIES))
+            merged = dict(classes.get(name, BUILTIN_CLASSES[DEFAULT_CLASS]))
+            for capability, limit in limits.items():
+                merged[capability] = self.number(
+                    limit, f"{path}.{capability}", 1, integer=True, minimum=1
+                )
+            classes[name] = merged
+        return classes
+
+    def backend(
+        self,
+        name: str,
+        spec: Any,
+        defaults: Mapping[str, Any],
+        classes: Mapping[str, Mapping[str, int]],
+        tls_defaults: BackendTlsDefaults,
+    ) -> BackendConfig | None:
+        path = f"backends.{name}"
+        issues_before = len(self.issues)
+        if not _NAME.match(name):
+            self.error(path, "backend names use letters, digits, '_', '-', '.' (max 64)")
+        spec = self.mapping(spec, path, _BACKEND_KEYS)
+        url = self.url(spec.get("url"), f"{path}.url")
+        backend_class = self.string(spec.get("class"), f"{path}.class") or DEFAULT_CLASS
+        if backend_class not in classes:
+            self.error(f"{path}.class", f"unknown class (known: {_list(classes)})")
+            backend_class = DEFAULT_CLASS
+        protocol = self.string(spec.get("protocol"), f"{path}.protocol") or "openai"
+        if protocol not in PROTOCOLS:
+            self.error(f"{path}.protocol", f"unsupported protocol (supported: {_list(PROTOCOLS)})")
+        capabilities = self.capabilities(
+            spec.get("capabilities", ["chat", "completions", "embeddings"]),
+            f"{path}.capabilities",
+        )
+        limits = self.limits(
+            spec.get("limits"), f"{path}.limits", classes[backend_class], capabilities
+        )
+        queue_spec = self.mapping(spec.get("queue"), f"{path}.queue", {"max", "timeout_s"})
+        queue = QueueConfig(
+            max=self.number(queue_spec.get("max"), f"{path}.queue.max", 0, integer=True),
+            timeout_s=self.number(
+                queue_spec.get("timeout_s"), f"{path}.queue.timeout_s", 30.0 if queue_spec else 0
+            ),
+        )
+        base_path = url.path.rstrip("/") if url is not None else ""
+        health = self.health(spec.get("health"), f"{path}.health", defaults, f"{base_path}/models")
+        tls = self.tls(spec.get("tls"), f"{path}.tls", defaults, tls_defaults)
+        timeouts = self.timeouts(spec.get("timeouts"), f"{path}.timeouts", defaults)
+        models = self.models(spec.get("models"), f"{path}.models", capabilities or frozenset())
+        api_key = self.string(spec.get("api_key"), f"{path}.api_key")
+        if len(self.issues) > issues_before or url is None or capabilities is None:
+            return None
+        return BackendConfig(
+            name=name,
+            url=url,
+            backend_class=backend_class,
+            protocol=protocol,
+            capabilities=capabilities,
+            limits=limits,
+            queue=queue,
+            health=health,
+            tls=tls,
+            timeouts=timeouts,
+            models=models,
+            api_key=api_key,
+        )
+
+    def url(self, value: Any, path: str) -> URL | None:
+        text = self.string(value, path, required=True)
+        if text is None:
+            return None
+        try:
+            url = URL(text.rstrip("/"))
+        except ValueError:
+            url = None
+        if url is None or url.scheme not in ("http", "https") or not url.host:
+            self.error(path, "must be an http:// or https:// URL with a host")
+            return None
+        if url.query_string or url.fragment:
+            self.error(path, "must not have a query or fragment")
+        return url
+
+    def limits(
+        self,
+        value: Any,
+        path: str,
+        class_limits: Mapping[str, int],
+        capabilities: frozenset[str] | None,
+    ) -> dict[str, int]:
+        spec = self.mapping(value, path, set(CAPABILITIES))
+        limits = {}
+        for capability in capabilities or ():
+            limits[capability] = self.number(
+                spec.get(capability),
+                f"{path}.{capability}",
+                class_limits.get(capability, 1),
+                integer=True,
+                minimum=1,
+            )
+        for capability in spec:
+            if capability in CAPABILITIES and capability not in (capabilities or ()):
+                self.error(f"{path}.{capability}", "limit for a capability the backend lacks")
+        return limits
+
+    def health(
+        self, value: Any, path: str, defaults: Mapping[str, Any], readiness: str
+    ) -> HealthConfig:
+        keys = {"liveness", "readiness", "interval_s", "timeout_s"}
+        base = self.mapping(defaults.get("health"), "defaults.health", keys)
+        spec = {**base, **self.mapping(value, path, keys)}
+        return HealthConfig(
+            liveness=self.probe_path(spec.get("liveness"), f"{path}.liveness", None),
+            readiness=self.probe_path(spec.get("readiness"), f"{path}.readiness", readiness),
+            interval_s=self.number(
+                spec.get("interval_s"), f"{path}.interval_s", 10.0, minimum=0, exclusive=True
+            ),
+            timeout_s=self.number(
+                spec.get("timeout_s"), f"{path}.timeout_s", 3.0, minimum=0, exclusive=True
+            ),
+        )
+
+    def tls(
+        self,
+        value: Any,
+        path: str,
+        defaults: Mapping[str, Any],
+        env_defaults: BackendTlsDefaults,
+    ) -> TlsConfig:
+        keys = {"verify", "ca_bundle", "client_cert", "client_key"}
+        base = self.mapping(defaults.get("tls"), "defaults.tls", keys)
+        spec = {**base, **self.mapping(value, path, keys)}
+        client_cert = self.file(spec.get("client_cert"), f"{path}.client_cert", None)
+        client_key = self.file(spec.get("client_key"), f"{path}.client_key", None)
+        if client_cert is None and client_key is None:
+            client_cert, client_key = env_defaults.client_cert, env_defaults.client_key
+        elif client_key is not None and client_cert is None:
+            self.error(f"{path}.client_key", "client_key needs client_cert")
+        return TlsConfig(
+            verify=self.boolean(spec.get("verify"), f"{path}.verify", env_defaults.verify),
+            ca_bundle=self.file(spec.get("ca_bundle"), f"{path}.ca_bundle", env_defaults.ca_bundle),
+            client_cert=client_cert,
+            client_key=client_key,
+        )
+
+    def timeouts(self, value: Any, path: str, defaults: Mapping[str, Any]) -> Timeouts:
+        keys = {"connect_s", "read_s", "stream_idle_s"}
+        base = self.mapping(defaults.get("timeouts"), "defaults.timeouts", keys)
+        spec = {**base, **self.mapping(value, path, keys)}
+        fallback = Timeouts()
+
+        def read(key: str) -> float:
+            return self.number(
+                spec.get(key), f"{path}.{key}", getattr(fallback, key), minimum=0, exclusive=True
+            )
+
+        return Timeouts(
+            connect_s=read("connect_s"), read_s=read("read_s"), stream_idle_s=read("stream_idle_s")
+        )
+
+    def models(
+        self, value: Any, path: str, backend_capabilities: frozenset[str]
+    ) -> tuple[ModelConfig, ...] | None:
+        if value is None:
+            return None
+        if not isinstance(value, list):
+            self.error(path, "must be a list of model ids (or omitted to discover them)")
+            return None
+        models: list[ModelConfig] = []
+        seen = set()
+        for i, item in enumerate(value):
+            item_path = f"{path}[{i}]"
+            capabilities = backend_capabilities
+            if isinstance(item, dict):
+                spec = self.mapping(item, item_path, {"id", "capabilities"})
+                model_id = self.string(spec.get("id"), f"{item_path}.id", required=True)
+                if "capabilities" in spec:
+                    capabilities = (
+                        self.capabilities(spec["capabilities"], f"{item_path}.capabilities")
+                        or capabilities
+                    )
+                    for extra in capabilities - backend_capabilities:
+                        self.error(f"{item_path}.capabilities", f"backend lacks {extra!r}")
+            else:
+                model_id = self.string(item, item_path, required=True)
+            if model_id is None:
+                continue
+            if model_id in seen:
+                self.error(item_path, f"model {model_id!r} listed twice")
+            seen.add(model_id)
+            models.append(ModelConfig(model_id, capabilities))
+        return tuple(models)
+
+    def aliases(
+        self, value: Any, backends: Mapping[str, BackendConfig], declared: Mapping[str, Any]
+    ) -> dict[str, AliasConfig]:
+        aliases = {}
+        keys = {"backend", "model", "max_tokens_cap", "temperature_cap", "tools"}
+        for name, spec in self.mapping(value, "aliases").items():
+            path = f"aliases.{name}"
+            spec = self.mapping(spec, path, keys)
+            backend = self.string(spec.get("backend"), f"{path}.backend", required=True)
+            model = self.string(spec.get("model"), f"{path}.model", required=True)
+            if backend is not None and backend not in declared:
+                self.error(f"{path}.backend", f"no backend named {backend!r}")
+            target = backends.get(backend or "")
+            listed = {m.id for m in target.models} if target and target.models is not None else None
+            if listed is not None and model is not None and model not in listed:
+                self.error(f"{path}.model", f"backend {backend!r} does not list {model!r}")
+            max_tokens_cap = spec.get("max_tokens_cap")
+            temperature_cap = spec.get("temperature_cap")
+            if max_tokens_cap is not None:
+                max_tokens_cap = self.number(
+                    max_tokens_cap, f"{path}.max_tokens_cap", 1, integer=True, minimum=1
+                )
+            if temperature_cap is not None:
+                temperature_cap = self.number(temperature_cap, f"{path}.temperature_cap", 1.0)
+            if backend is None or model is None:
+                continue
+            aliases[name] = AliasConfig(
+                name=name,
+                backend=backend,
+                model=model,
+                max_tokens_cap=max_tokens_cap,
+                temperature_cap=temperature_cap,
+                tools=self.boolean(spec.get("tools"), f"{path}.tools", True),
+            )
+        return aliases
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _list(items: Any) -> str:
+    return ", ".join(sorted(items))

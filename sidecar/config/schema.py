@@ -1,0 +1,108 @@
+"""The routing config as frozen data: what ``gateway.yaml`` means once validated."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from yarl import URL
+
+CAPABILITIES = ("chat", "completions", "embeddings", "images", "music")
+PROTOCOLS = ("openai",)
+
+# Default concurrent requests per capability for each backend class. A backend's own
+# ``limits`` and the YAML's ``classes`` section override these.
+BUILTIN_CLASSES: Mapping[str, Mapping[str, int]] = {
+    "gpu_heavy": {"chat": 2, "completions": 2, "embeddings": 4, "images": 2, "music": 1},
+    "gpu_light": {"chat": 4, "completions": 4, "embeddings": 8, "images": 2, "music": 1},
+    "cpu": {"chat": 1, "completions": 1, "embeddings": 4, "images": 1, "music": 1},
+    "remote": {"chat": 16, "completions": 16, "embeddings": 16, "images": 4, "music": 2},
+    "mock": {"chat": 64, "completions": 64, "embeddings": 64, "images": 8, "music": 4},
+}
+DEFAULT_CLASS = "gpu_light"
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    verify: bool = True
+    ca_bundle: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect_s: float = 5.0
+    read_s: float = 300.0
+    stream_idle_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    """Probe paths are absolute paths on the backend's origin."""
+
+    liveness: str | None = None
+    readiness: str | None = None
+    interval_s: float = 10.0
+    timeout_s: float = 3.0
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """A bounded wait for a slot; ``max == 0`` means fail fast with 429."""
+
+    max: int = 0
+    timeout_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    id: str
+    capabilities: frozenset[str]
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    name: str
+    url: URL
+    backend_class: str
+    protocol: str
+    capabilities: frozenset[str]
+    limits: Mapping[str, int]
+    queue: QueueConfig
+    health: HealthConfig
+    tls: TlsConfig
+    timeouts: Timeouts
+    models: tuple[ModelConfig, ...] | None  # None: discovered from the backend
+    api_key: str | None = field(default=None, repr=False)
+
+    def connection_key(self) -> tuple[Any, ...]:
+        """What the pooled client session depends on; equal keys can share one."""
+        return (self.url, self.tls, self.timeouts.connect_s, self.api_key)
+
+
+@dataclass(frozen=True)
+class AliasConfig:
+    name: str
+    backend: str
+    model: str
+    max_tokens_cap: int | None = None
+    temperature_cap: float | None = None
+    tools: bool = True
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    source: Path
+    digest: str
+    backends: tuple[BackendConfig, ...]
+    aliases: Mapping[str, AliasConfig]
+    tools: Any = None  # the tool bus's section, validated by the tool bus
+
+    def backend(self, name: str) -> BackendConfig | None:
+        for backend in self.backends:
+            if backend.name == name:
+                return backend
+        return None

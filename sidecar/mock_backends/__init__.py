@@ -1,0 +1,9 @@
+"""Fake model servers: real aiohttp apps speaking the backends' protocols.
+
+Used by the tests, by the default ``gateway.yaml`` on a fresh install, and for trying the
+gateway without a GPU.
+"""
+
+from .openai_server import MockBehaviour, create_mock_app
+
+__all__ = ["MockBehaviour", "create_mock_app"]

@@ -1,0 +1,1 @@
+"""Request ids, client addresses and the JSON access log."""

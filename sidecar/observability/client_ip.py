@@ -1,0 +1,56 @@
+"""The client's address as the gateway should believe it.
+
+Behind Caddy on the unix socket, only Caddy can connect, and Caddy sets ``X-Real-IP``
+from the TCP peer after stripping the client's own copy. On TCP, forwarded headers are
+believed only when the peer is one of ``TRUSTED_PROXIES``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+from aiohttp import web
+
+from ..settings import IPNetwork
+
+
+def client_ip(request: web.Request, trusted: tuple[IPNetwork, ...]) -> str:
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    if sock is not None and sock.family == socket.AF_UNIX:
+        return _valid(request.headers.get("X-Real-IP")) or "unix"
+    peer_ip = peer[0] if isinstance(peer, tuple) and peer else None
+    if peer_ip is None:
+        return "unknown"
+    if not _in(peer_ip, trusted):
+        return peer_ip
+    real_ip = _valid(request.headers.get("X-Real-IP"))
+    if real_ip:
+        return real_ip
+    forwarded = request.headers.get("X-Forwarded-For", "")
+    for hop in reversed([part.strip() for part in forwarded.split(",") if part.strip()]):
+        hop_ip = _valid(hop)
+        if hop_ip is None:
+            break
+        if not _in(hop_ip, trusted):
+            return hop_ip
+    return peer_ip
+
+
+def _valid(value: str | None) -> str | None:
+    if not value:
+        return None
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        return None
+
+
+def _in(address: str, networks: tuple[IPNetwork, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)

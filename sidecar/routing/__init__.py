@@ -1,0 +1,1 @@
+"""Routing: model resolution, admission control, backend clients and health checks."""

@@ -1,0 +1,130 @@
+"""Background health checks: each backend probed on its own interval.
+
+Liveness (optional) says the process is up; readiness says it can serve. A backend whose
+models are not listed in the YAML has them discovered from ``/models`` on each probe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from ..errors import GatewayError
+from .registry import Backend, HealthState, RegistryHolder
+
+log = logging.getLogger("gateway.health")
+
+
+class HealthChecker:
+    def __init__(self, holder: RegistryHolder) -> None:
+        self._holder = holder
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        while True:
+            now = time.monotonic()
+            backends = list(self._holder.current.backends.values())
+            for backend in backends:
+                if not backend.health.probing and backend.health.next_probe_at <= now:
+                    self._spawn(backend)
+            await asyncio.sleep(_tick(backends))
+
+    def probe_soon(self, backend: Backend) -> None:
+        backend.health.next_probe_at = 0.0
+
+    def _spawn(self, backend: Backend) -> None:
+        backend.health.probing = True
+        task = asyncio.create_task(self.probe(backend))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def probe(self, backend: Backend) -> None:
+        health = backend.health
+        config = backend.config.health
+        try:
+            state, error = await self._check(backend)
+        finally:
+            health.probing = False
+            health.next_probe_at = time.monotonic() + config.interval_s
+        if state != HealthState.READY:
+            # Come back sooner while a backend is failing, so a restart is noticed fast.
+            retry = min(config.interval_s, 0.5 * 2 ** min(health.consecutive_failures, 6))
+            health.next_probe_at = time.monotonic() + retry
+        if state != health.state:
+            log.info("backend %s is now %s%s", backend.name, state, f" ({error})" if error else "")
+        health.state, health.error = state, error
+        health.checked_at = time.time()
+        health.consecutive_failures = (
+            0 if state == HealthState.READY else (health.consecutive_failures + 1)
+        )
+
+    async def _check(self, backend: Backend) -> tuple[str, str | None]:
+        config = backend.config.health
+        client = backend.client
+        models_path = client.url("models").path
+        listing: bytes | None = None
+        try:
+            if config.liveness:
+                status, _ = await client.probe(config.liveness, config.timeout_s)
+                if status >= 400:
+                    return HealthState.DOWN, f"liveness answered {status}"
+            if config.readiness:
+                status, body = await client.probe(config.readiness, config.timeout_s)
+                if status >= 400:
+                    return HealthState.NOT_READY, f"readiness answered {status}"
+                listing = body if config.readiness == models_path else None
+            if backend.config.models is None:
+                if listing is None:
+                    status, listing = await client.probe(models_path, config.timeout_s)
+                    listing = listing if status < 400 else None
+                discovered = _model_ids(listing) if listing is not None else None
+                if discovered is not None:
+                    backend.discovered = discovered
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return HealthState.DOWN, _describe(backend, exc)
+        return HealthState.READY, None
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def _describe(backend: Backend, exc: Exception) -> str:
+    if isinstance(exc, TimeoutError):
+        return "probe timed out"
+    translated = backend.client.translate(exc)
+    return translated.message if isinstance(translated, GatewayError) else type(exc).__name__
+
+
+def _model_ids(body: bytes) -> tuple[str, ...] | None:
+    try:
+        listing = json.loads(body)
+        return tuple(item["id"] for item in listing["data"] if isinstance(item.get("id"), str))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _tick(backends: list[Backend]) -> float:
+    shortest = min((b.config.health.interval_s for b in backends), default=1.0)
+    return min(1.0, max(0.05, shortest / 4))
+
+
+@contextlib.asynccontextmanager
+async def running(checker: HealthChecker) -> AsyncIterator[HealthChecker]:
+    task = asyncio.create_task(checker.run())
+    try:
+        yield checker
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await checker.close()

@@ -1,0 +1,173 @@
+"""The live set of backends built from one config, and how it is swapped on reload.
+
+A ``Registry`` is immutable once built. On reload a new one is built beside the old: a
+backend whose connection settings did not change keeps its client session, health state
+and admission counters; a replaced client is retired and closes once its last request
+ends, so requests in flight are untouched by a reload.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from ..config.schema import BackendConfig, GatewayConfig
+from .admission import Admission
+from .upstream import BackendClient, TlsSetupError, build_ssl_context
+
+
+class HealthState:
+    UNKNOWN = "unknown"
+    READY = "ready"
+    NOT_READY = "not_ready"
+    DOWN = "down"
+
+
+@dataclass
+class Health:
+    state: str = HealthState.UNKNOWN
+    checked_at: float | None = None
+    error: str | None = None
+    consecutive_failures: int = 0
+    next_probe_at: float = 0.0
+    probing: bool = False
+
+    @property
+    def routable(self) -> bool:
+        return self.state in (HealthState.READY, HealthState.UNKNOWN)
+
+
+class Backend:
+    """A configured backend at run time: its client, health and admission limits."""
+
+    def __init__(
+        self,
+        config: BackendConfig,
+        client: BackendClient,
+        health: Health,
+        admissions: Mapping[str, Admission],
+        discovered: tuple[str, ...] | None,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.client = client
+        self.health = health
+        self.admissions = dict(admissions)
+        self.discovered = discovered
+        self._static = (
+            {model.id: model.capabilities for model in config.models}
+            if config.models is not None
+            else None
+        )
+
+    @property
+    def model_ids(self) -> tuple[str, ...]:
+        if self._static is not None:
+            return tuple(self._static)
+        return self.discovered or ()
+
+    @property
+    def models_known(self) -> bool:
+        return self._static is not None or self.discovered is not None
+
+    def serves(self, model: str) -> bool:
+        if self._static is not None:
+            return model in self._static
+        return self.discovered is not None and model in self.discovered
+
+    def supports(self, model: str, capability: str) -> bool:
+        if self._static is not None and model in self._static:
+            return capability in self._static[model]
+        return capability in self.config.capabilities
+
+
+class Registry:
+    def __init__(self, config: GatewayConfig, backends: Iterable[Backend]) -> None:
+        self.config = config
+        self.backends = {backend.name: backend for backend in backends}
+        self.loaded_at = time.time()
+
+    def get(self, name: str) -> Backend | None:
+        return self.backends.get(name)
+
+    def clients(self) -> list[BackendClient]:
+        return [backend.client for backend in self.backends.values()]
+
+
+def build_ssl_contexts(config: GatewayConfig) -> dict[str, ssl.SSLContext]:
+    """TLS contexts for every https backend; blocking, run it in a thread.
+
+    Raises ``TlsSetupError`` naming the backend when a PEM file cannot be loaded.
+    """
+    contexts = {}
+    for backend in config.backends:
+        if backend.url.scheme != "https":
+            continue
+        try:
+            contexts[backend.name] = build_ssl_context(backend.tls)
+        except TlsSetupError as exc:
+            raise TlsSetupError(f"backends.{backend.name}.tls: {exc}") from None
+    return contexts
+
+
+def build_registry(
+    config: GatewayConfig,
+    ssl_contexts: Mapping[str, ssl.SSLContext],
+    previous: Registry | None = None,
+) -> tuple[Registry, list[BackendClient]]:
+    """A registry for ``config``, reusing what ``previous`` can lend.
+
+    Returns the registry and the previous clients that are no longer used, for the caller
+    to retire once the new registry is in place.
+    """
+    reused: set[int] = set()
+    backends = []
+    for backend_config in config.backends:
+        old = previous.get(backend_config.name) if previous else None
+        backends.append(_backend(backend_config, ssl_contexts, old, reused))
+    retired = [
+        client for client in (previous.clients() if previous else []) if id(client) not in reused
+    ]
+    return Registry(config, backends), retired
+
+
+def _backend(
+    config: BackendConfig,
+    ssl_contexts: Mapping[str, ssl.SSLContext],
+    old: Backend | None,
+    reused: set[int],
+) -> Backend:
+    same_connection = old is not None and old.config.connection_key() == config.connection_key()
+    if old is not None and same_connection:
+        client = old.client
+        client.config = config
+        reused.add(id(client))
+    else:
+        client = BackendClient(config, ssl_contexts.get(config.name))
+    admissions = {}
+    for capability in sorted(config.capabilities):
+        limit = config.limits[capability]
+        admission = old.admissions.get(capability) if old is not None else None
+        if admission is None:
+            admission = Admission(
+                f"backend '{config.name}' ({capability})",
+                limit,
+                config.queue.max,
+                config.queue.timeout_s,
+            )
+        else:
+            admission.reconfigure(limit, config.queue.max, config.queue.timeout_s)
+        admissions[capability] = admission
+    keep_health = old is not None and old.config.url == config.url
+    health = old.health if keep_health and old is not None else Health()
+    discovered = old.discovered if keep_health and old is not None else None
+    return Backend(config, client, health, admissions, discovered)
+
+
+class RegistryHolder:
+    """The one mutable reference: the registry currently serving. Swapped atomically."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.current = registry

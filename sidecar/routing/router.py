@@ -1,0 +1,71 @@
+"""Model → backend resolution and the checks before a request may run.
+
+Order, as DESIGN.md's request flow: alias, ``backend/model`` prefix, backend model lists
+(first backend in config order that has the capability); then capability (400),
+readiness (503 + Retry-After), admission (429 or a bounded queue wait).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..config.schema import AliasConfig
+from ..errors import BackendNotReady, CapabilityNotSupported, UnknownModel
+from .admission import Slot
+from .registry import Backend, Registry
+
+
+@dataclass(frozen=True)
+class Route:
+    backend: Backend
+    upstream_model: str
+    capability: str
+    alias: AliasConfig | None = None
+
+
+def resolve(registry: Registry, model: str, capability: str) -> Route:
+    alias = registry.config.aliases.get(model)
+    if alias is not None:
+        backend = registry.backends[alias.backend]
+        return _checked(Route(backend, alias.model, capability, alias), model)
+    prefix, sep, rest = model.partition("/")
+    prefixed = registry.get(prefix) if sep and rest else None
+    if prefixed is not None:
+        if prefixed.models_known and not prefixed.serves(rest):
+            raise _unknown(model)
+        return _checked(Route(prefixed, rest, capability), model)
+    serving = [backend for backend in registry.backends.values() if backend.serves(model)]
+    if not serving:
+        raise _unknown(model)
+    for backend in serving:
+        if backend.supports(model, capability):
+            return _checked(Route(backend, model, capability), model)
+    raise CapabilityNotSupported(f"model '{model}' does not support {capability}", param="model")
+
+
+def _checked(route: Route, requested: str) -> Route:
+    backend = route.backend
+    if not backend.supports(route.upstream_model, route.capability):
+        raise CapabilityNotSupported(
+            f"model '{requested}' does not support {route.capability}", param="model"
+        )
+    if not backend.health.routable:
+        raise BackendNotReady(
+            f"backend '{backend.name}' serving '{requested}' is not ready "
+            f"({backend.health.state}); retry shortly",
+            retry_after=max(1, math.ceil(backend.config.health.interval_s)),
+        )
+    return route
+
+
+async def admit(route: Route) -> Slot:
+    return await route.backend.admissions[route.capability].acquire()
+
+
+def _unknown(model: str) -> UnknownModel:
+    return UnknownModel(
+        f"The model '{model}' does not exist or is not routed by this gateway; "
+        "GET /v1/models lists what is available",
+        param="model",
+    )

@@ -1,0 +1,239 @@
+"""Typed settings from the environment, built once at start and handed to the app factory.
+
+Nothing else in the sidecar reads ``os.environ``: the YAML loader gets the snapshot held
+here for ``${VAR}`` substitution.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+MIN_TOKEN_LENGTH = 16
+_PLACEHOLDER_TOKENS = {
+    "changeme",
+    "change-me",
+    "change_me",
+    "replaceme",
+    "replace-me",
+    "your-token",
+    "your_token",
+    "yourtoken",
+    "secret",
+    "token",
+    "password",
+    "example",
+    "test",
+    "todo",
+}
+_TOKEN_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class SettingsError(ValueError):
+    """The environment cannot start a gateway; the message says which variable and why."""
+
+
+@dataclass(frozen=True)
+class BearerToken:
+    """One accepted API token. ``name`` is what logs and records show; never the value."""
+
+    name: str
+    value: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class BackendTlsDefaults:
+    """What a backend's ``tls`` block falls back to (``BACKEND_*`` variables)."""
+
+    verify: bool = True
+    ca_bundle: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Settings:
+    bearer_tokens: tuple[BearerToken, ...]
+    config_path: Path = Path("gateway.yaml")
+    data_dir: Path = Path("var")
+    socket_path: Path | None = None
+    host: str | None = None
+    port: int | None = None
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    backend_tls: BackendTlsDefaults = BackendTlsDefaults()
+    max_body_bytes: int = 8 * 1024 * 1024
+    config_poll_s: float = 2.0
+    log_level: str = "INFO"
+    access_log: bool = True
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def sidecar_socket(self) -> Path:
+        return self.socket_path or self.data_dir / "run" / "sidecar.sock"
+
+    @property
+    def uses_tcp(self) -> bool:
+        return self.host is not None or self.port is not None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = dict(os.environ if environ is None else environ)
+        data_dir = Path(env.get("GATEWAY_DATA_DIR") or "var")
+        socket = env.get("GATEWAY_SOCKET")
+        host = env.get("GATEWAY_HOST") or None
+        port_text = env.get("GATEWAY_PORT") or None
+        return cls(
+            bearer_tokens=parse_bearer_tokens(
+                env.get("GATEWAY_BEARER_TOKEN"), env.get("GATEWAY_BEARER_TOKENS")
+            ),
+            config_path=Path(env.get("GATEWAY_CONFIG") or "gateway.yaml"),
+            data_dir=data_dir,
+            socket_path=Path(socket) if socket else None,
+            host=host if host or port_text is None else "127.0.0.1",
+            port=_int(env, "GATEWAY_PORT", None, minimum=0, maximum=65535)
+            if port_text
+            else (8080 if host else None),
+            trusted_proxies=parse_networks(env.get("TRUSTED_PROXIES", ""), "TRUSTED_PROXIES"),
+            backend_tls=_backend_tls(env),
+            max_body_bytes=_int(env, "GATEWAY_MAX_BODY_BYTES", 8 * 1024 * 1024, minimum=1024),
+            config_poll_s=_float(env, "GATEWAY_CONFIG_POLL_S", 2.0, minimum=0.0),
+            log_level=(env.get("GATEWAY_LOG_LEVEL") or "INFO").upper(),
+            access_log=_bool(env, "GATEWAY_ACCESS_LOG", True),
+            environ=MappingProxyType(env),
+        )
+
+
+def parse_bearer_tokens(single: str | None, many: str | None) -> tuple[BearerToken, ...]:
+    """``GATEWAY_BEARER_TOKEN`` (named ``default``) plus ``GATEWAY_BEARER_TOKENS``.
+
+    Entries of the list are ``token`` or ``name:token``. Refuses to start without one, or
+    with an empty, placeholder or short token, because a guessable token on a LAN gateway
+    is an open door.
+    """
+    tokens: list[BearerToken] = []
+    if single is not None and single.strip():
+        tokens.append(
+            BearerToken("default", _checked_token(single.strip(), "GATEWAY_BEARER_TOKEN"))
+        )
+    elif single is not None and many is None:
+        raise SettingsError("GATEWAY_BEARER_TOKEN is set but empty; set a random token")
+    for index, entry in enumerate((many or "").split(","), start=1):
+        entry = entry.strip()
+        if not entry:
+            continue
+        name, sep, value = entry.partition(":")
+        if not sep or not _TOKEN_NAME.match(name):
+            name, value = f"token-{index}", entry
+        tokens.append(
+            BearerToken(name, _checked_token(value, f"GATEWAY_BEARER_TOKENS entry {index}"))
+        )
+    if not tokens:
+        raise SettingsError(
+            "no bearer token: set GATEWAY_BEARER_TOKEN (or GATEWAY_BEARER_TOKENS) to a random "
+            f"string of at least {MIN_TOKEN_LENGTH} characters, e.g. from "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+        )
+    names = [token.name for token in tokens]
+    if len(set(names)) != len(names):
+        raise SettingsError("GATEWAY_BEARER_TOKENS: token names must be unique")
+    return tuple(tokens)
+
+
+def _checked_token(value: str, source: str) -> str:
+    lowered = value.lower().strip("<>{}[]$ ")
+    if lowered in _PLACEHOLDER_TOKENS or lowered.startswith(("changeme", "change-me", "your")):
+        raise SettingsError(f"{source} is a placeholder; set a random token")
+    if len(value) < MIN_TOKEN_LENGTH:
+        raise SettingsError(
+            f"{source} is too short ({len(value)} characters); use at least {MIN_TOKEN_LENGTH}"
+        )
+    if len(set(value)) < 4:
+        raise SettingsError(f"{source} is not random enough; set a random token")
+    return value
+
+
+def parse_networks(text: str, source: str) -> tuple[IPNetwork, ...]:
+    """A comma/space separated list of IPs and CIDRs."""
+    networks = []
+    for item in re.split(r"[,\s]+", text.strip()):
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError as exc:
+            raise SettingsError(f"{source}: {item!r} is not an IP address or CIDR") from exc
+    return tuple(networks)
+
+
+def _backend_tls(env: Mapping[str, str]) -> BackendTlsDefaults:
+    cert_text = (env.get("BACKEND_CLIENT_CERT") or "").strip()
+    client_cert = client_key = None
+    if cert_text:
+        cert, _, key = cert_text.partition(",")
+        client_cert = Path(cert.strip())
+        client_key = Path(key.strip()) if key.strip() else None
+    ca = (env.get("BACKEND_CA_BUNDLE") or "").strip()
+    return BackendTlsDefaults(
+        verify=_bool(env, "BACKEND_VERIFY_TLS", True),
+        ca_bundle=Path(ca) if ca else None,
+        client_cert=client_cert,
+        client_key=client_key,
+    )
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise SettingsError(f"{name} must be true or false, not {raw!r}")
+
+
+def _int(
+    env: Mapping[str, str],
+    name: str,
+    default: int | None,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+) -> int:
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        assert default is not None
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError as exc:
+        raise SettingsError(f"{name} must be an integer, not {raw!r}") from exc
+    if minimum is not None and value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}")
+    if maximum is not None and value > maximum:
+        raise SettingsError(f"{name} must be at most {maximum}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError as exc:
+        raise SettingsError(f"{name} must be a number, not {raw!r}") from exc
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}")
+    return value

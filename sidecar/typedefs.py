@@ -1,0 +1,21 @@
+"""Typed keys for everything the app and its requests share."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .config.reload import ConfigReloader
+from .observability.access_log import AccessRecord
+from .routing.health import HealthChecker
+from .routing.registry import RegistryHolder
+from .settings import BearerToken, Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+REGISTRY = web.AppKey("registry", RegistryHolder)
+RELOADER = web.AppKey("reloader", ConfigReloader)
+HEALTH = web.AppKey("health", HealthChecker)
+
+REQUEST_ID = web.RequestKey("request_id", str)
+CLIENT_IP = web.RequestKey("client_ip", str)
+TOKEN = web.RequestKey("token", BearerToken)
+ACCESS = web.RequestKey("access", AccessRecord)
