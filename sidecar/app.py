@@ -43,8 +43,8 @@ def create_app(settings: Settings) -> web.Application:
 
 async def _registry(app: web.Application) -> AsyncIterator[None]:
     """Load the config (a bad one stops start-up) and open the backends' sessions."""
-    config, contexts = await load_checked(app[SETTINGS])
-    registry, _ = build_registry(config, contexts)
+    config = await load_checked(app[SETTINGS])
+    registry, _ = build_registry(config)
     holder = RegistryHolder(registry)
     app[REGISTRY] = holder
     log.info("config %s loaded: %d backends", config.source, len(config.backends))

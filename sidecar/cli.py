@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument(
         "path", nargs="?", type=Path, help="default: $GATEWAY_CONFIG or ./gateway.yaml"
     )
+    commands.add_parser("up", help="run fake backends, the sidecar and Caddy; print how to connect")
     mock = commands.add_parser("mock-backends", help="run a fake OpenAI-compatible backend")
     mock.add_argument("--host", default="127.0.0.1")
     mock.add_argument("--port", type=int, default=9101)
@@ -43,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve()
+    if args.command == "up":
+        from .launcher import up
+
+        return up()
     if args.command == "check-config":
         return check_config(args.path)
     return run_mock(args)
@@ -121,6 +126,9 @@ async def _serve(settings: Settings) -> None:
         await _until_stopped()
     finally:
         await runner.cleanup()
+        if not settings.uses_tcp:
+            with contextlib.suppress(OSError):
+                os.unlink(settings.sidecar_socket)
 
 
 async def _unix_site(runner: web.AppRunner, path: Path) -> web.UnixSite:

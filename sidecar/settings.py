@@ -131,7 +131,7 @@ def parse_bearer_tokens(single: str | None, many: str | None) -> tuple[BearerTok
         entry = entry.strip()
         if not entry:
             continue
-        name, sep, value = entry.partition(":")
+        name, sep, value = (part.strip() for part in entry.partition(":"))
         if not sep or not _TOKEN_NAME.match(name):
             name, value = f"token-{index}", entry
         tokens.append(

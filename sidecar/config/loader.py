@@ -7,16 +7,21 @@ Blocking (reads files): call it from a thread when the event loop is running.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import yaml
 from yarl import URL
 
+from ..routing.tls import TlsSetupError, build_ssl_context
 from ..settings import BackendTlsDefaults
 from .schema import (
     BUILTIN_CLASSES,
@@ -114,6 +119,7 @@ class _Reader:
         self.environ = environ
         self.lines: dict[str, int] = {}
         self.issues: list[ConfigIssue] = []
+        self._unresolved: set[str] = set()  # paths already reported for a missing ${VAR}
         self._constructor = yaml.constructor.SafeConstructor()
 
     # -- YAML nodes to values -------------------------------------------------------------
@@ -121,25 +127,47 @@ class _Reader:
     def plain(self, node: yaml.Node, path: str) -> Any:
         self.lines.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
-            self._constructor.flatten_mapping(node)
-            result: dict[str, Any] = {}
-            for key_node, value_node in node.value:
-                key = self._constructor.construct_object(key_node)
-                if not isinstance(key, str | int | float | bool):
-                    self.error(path, "keys must be plain scalars", key_node)
-                    continue
-                key = str(key)
-                child = f"{path}.{key}" if path else key
-                if key in result:
-                    self.error(child, "duplicate key", key_node)
-                    continue
-                self.lines[child] = key_node.start_mark.line + 1
-                result[key] = self.plain(value_node, child)
-            return result
+            return self._mapping_node(node, path)
         if isinstance(node, yaml.SequenceNode):
             return [self.plain(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
-        value = self._constructor.construct_object(node)
+        value = self._scalar(node, path)
         return self.substitute(value, path) if isinstance(value, str) else value
+
+    def _mapping_node(self, node: yaml.MappingNode, path: str) -> dict[str, Any]:
+        """Keys in order; ``<<`` merges come first and explicit keys may override them."""
+        merged: dict[str, Any] = {}
+        result: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                sources = (
+                    value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                )
+                for source in sources:
+                    if isinstance(source, yaml.MappingNode):
+                        merged.update(self._mapping_node(source, path))
+                    else:
+                        self.error(path, "<< must merge a mapping", key_node)
+                continue
+            key = self._scalar(key_node, path)
+            if not isinstance(key, str | int | float | bool):
+                self.error(path, "keys must be plain scalars", key_node)
+                continue
+            key = str(key)
+            child = f"{path}.{key}" if path else key
+            if key in result:
+                self.error(child, "duplicate key", key_node)
+                continue
+            self.lines[child] = key_node.start_mark.line + 1
+            result[key] = self.plain(value_node, child)
+        return {**merged, **result}
+
+    def _scalar(self, node: yaml.Node, path: str) -> Any:
+        try:
+            return self._constructor.construct_object(node)
+        except (yaml.YAMLError, ValueError, TypeError) as exc:
+            problem = getattr(exc, "problem", None) or str(exc)
+            self.error(path, f"invalid value: {problem}", node)
+            return None
 
     def substitute(self, text: str, path: str) -> str:
         def replace(match: re.Match[str]) -> str:
@@ -150,6 +178,7 @@ class _Reader:
             if value is None or (value == "" and default is not None):
                 if default is None:
                     self.error(path, f"environment variable {name} is not set")
+                    self._unresolved.add(path)
                     return ""
                 return default
             return value
@@ -159,6 +188,8 @@ class _Reader:
     # -- reporting ------------------------------------------------------------------------
 
     def error(self, path: str, message: str, node: yaml.Node | None = None) -> None:
+        if path in self._unresolved:
+            return
         line = node.start_mark.line + 1 if node is not None else self._line(path)
         self.issues.append(ConfigIssue(path, line, message))
 
@@ -264,14 +295,14 @@ class _Reader:
         version = root.get("version", 1)
         if version != 1:
             self.error("version", "only version 1 is supported")
-        defaults = self.mapping(root.get("defaults"), "defaults", {"timeouts", "health", "tls"})
+        defaults = self.defaults(root.get("defaults"), tls_defaults)
         classes = self.classes(root.get("classes"))
         backends_raw = self.mapping(root.get("backends"), "backends")
         if not backends_raw:
             self.error("backends", "at least one backend is required")
         backends = []
         for name, spec in backends_raw.items():
-            backend = self.backend(name, spec, defaults, classes, tls_defaults)
+            backend = self.backend(name, spec, defaults, classes)
             if backend is not None:
                 backends.append(backend)
         aliases = self.aliases(root.get("aliases"), {b.name: b for b in backends}, backends_raw)
@@ -279,7 +310,7 @@ class _Reader:
             source=self.source,
             digest=digest,
             backends=tuple(backends),
-            aliases=aliases,
+            aliases=MappingProxyType(aliases),
             tools=root.get("tools"),
         )
 
@@ -296,13 +327,27 @@ class _Reader:
             classes[name] = merged
         return classes
 
+    def defaults(self, value: Any, env_tls: BackendTlsDefaults) -> _Defaults:
+        """The ``defaults`` section, checked once at its own key paths."""
+        spec = self.mapping(value, "defaults", {"timeouts", "health", "tls"})
+        env_base = TlsConfig(
+            verify=env_tls.verify,
+            ca_bundle=env_tls.ca_bundle,
+            client_cert=env_tls.client_cert,
+            client_key=env_tls.client_key,
+        )
+        return _Defaults(
+            timeouts=self.timeouts(spec.get("timeouts"), "defaults.timeouts", Timeouts()),
+            health=self.health(spec.get("health"), "defaults.health", _DEFAULT_HEALTH),
+            tls=self.tls(spec.get("tls"), "defaults.tls", env_base),
+        )
+
     def backend(
         self,
         name: str,
         spec: Any,
-        defaults: Mapping[str, Any],
+        defaults: _Defaults,
         classes: Mapping[str, Mapping[str, int]],
-        tls_defaults: BackendTlsDefaults,
     ) -> BackendConfig | None:
         path = f"backends.{name}"
         issues_before = len(self.issues)
@@ -331,13 +376,18 @@ class _Reader:
                 queue_spec.get("timeout_s"), f"{path}.queue.timeout_s", 30.0 if queue_spec else 0
             ),
         )
-        base_path = url.path.rstrip("/") if url is not None else ""
-        health = self.health(spec.get("health"), f"{path}.health", defaults, f"{base_path}/models")
-        tls = self.tls(spec.get("tls"), f"{path}.tls", defaults, tls_defaults)
-        timeouts = self.timeouts(spec.get("timeouts"), f"{path}.timeouts", defaults)
+        health = self.health(spec.get("health"), f"{path}.health", defaults.health)
+        if health.readiness is _UNSET:
+            base_path = url.path.rstrip("/") if url is not None else ""
+            health = dataclasses.replace(health, readiness=f"{base_path}/models")
+        tls = self.tls(spec.get("tls"), f"{path}.tls", defaults.tls)
+        timeouts = self.timeouts(spec.get("timeouts"), f"{path}.timeouts", defaults.timeouts)
         models = self.models(spec.get("models"), f"{path}.models", capabilities or frozenset())
         api_key = self.string(spec.get("api_key"), f"{path}.api_key")
         if len(self.issues) > issues_before or url is None or capabilities is None:
+            return None
+        ssl_context = self.ssl_context(tls, f"{path}.tls") if url.scheme == "https" else None
+        if ssl_context is None and url.scheme == "https":
             return None
         return BackendConfig(
             name=name,
@@ -345,14 +395,23 @@ class _Reader:
             backend_class=backend_class,
             protocol=protocol,
             capabilities=capabilities,
-            limits=limits,
+            limits=MappingProxyType(limits),
             queue=queue,
             health=health,
-            tls=tls,
+            tls=dataclasses.replace(tls, fingerprint=_fingerprint(tls)),
             timeouts=timeouts,
             models=models,
             api_key=api_key,
+            ssl_context=ssl_context,
         )
+
+    def ssl_context(self, tls: TlsConfig, path: str) -> ssl.SSLContext | None:
+        """Load the backend's TLS files now, so a bad PEM is refused like any bad value."""
+        try:
+            return build_ssl_context(tls)
+        except TlsSetupError as exc:
+            self.error(f"{path}.{exc.field}", str(exc))
+            return None
 
     def url(self, value: Any, path: str) -> URL | None:
         text = self.string(value, path, required=True)
@@ -391,55 +450,48 @@ class _Reader:
                 self.error(f"{path}.{capability}", "limit for a capability the backend lacks")
         return limits
 
-    def health(
-        self, value: Any, path: str, defaults: Mapping[str, Any], readiness: str
-    ) -> HealthConfig:
-        keys = {"liveness", "readiness", "interval_s", "timeout_s"}
-        base = self.mapping(defaults.get("health"), "defaults.health", keys)
-        spec = {**base, **self.mapping(value, path, keys)}
+    def health(self, value: Any, path: str, base: HealthConfig) -> HealthConfig:
+        spec = self.mapping(value, path, {"liveness", "readiness", "interval_s", "timeout_s"})
         return HealthConfig(
-            liveness=self.probe_path(spec.get("liveness"), f"{path}.liveness", None),
-            readiness=self.probe_path(spec.get("readiness"), f"{path}.readiness", readiness),
+            liveness=self.probe_path(spec.get("liveness"), f"{path}.liveness", base.liveness),
+            readiness=self.probe_path(spec.get("readiness"), f"{path}.readiness", base.readiness),
             interval_s=self.number(
-                spec.get("interval_s"), f"{path}.interval_s", 10.0, minimum=0, exclusive=True
+                spec.get("interval_s"),
+                f"{path}.interval_s",
+                base.interval_s,
+                minimum=0,
+                exclusive=True,
             ),
             timeout_s=self.number(
-                spec.get("timeout_s"), f"{path}.timeout_s", 3.0, minimum=0, exclusive=True
+                spec.get("timeout_s"),
+                f"{path}.timeout_s",
+                base.timeout_s,
+                minimum=0,
+                exclusive=True,
             ),
         )
 
-    def tls(
-        self,
-        value: Any,
-        path: str,
-        defaults: Mapping[str, Any],
-        env_defaults: BackendTlsDefaults,
-    ) -> TlsConfig:
-        keys = {"verify", "ca_bundle", "client_cert", "client_key"}
-        base = self.mapping(defaults.get("tls"), "defaults.tls", keys)
-        spec = {**base, **self.mapping(value, path, keys)}
+    def tls(self, value: Any, path: str, base: TlsConfig) -> TlsConfig:
+        spec = self.mapping(value, path, {"verify", "ca_bundle", "client_cert", "client_key"})
         client_cert = self.file(spec.get("client_cert"), f"{path}.client_cert", None)
         client_key = self.file(spec.get("client_key"), f"{path}.client_key", None)
-        if client_cert is None and client_key is None:
-            client_cert, client_key = env_defaults.client_cert, env_defaults.client_key
-        elif client_key is not None and client_cert is None:
+        if "client_cert" not in spec and "client_key" not in spec:
+            client_cert, client_key = base.client_cert, base.client_key
+        elif "client_key" in spec and "client_cert" not in spec:
             self.error(f"{path}.client_key", "client_key needs client_cert")
         return TlsConfig(
-            verify=self.boolean(spec.get("verify"), f"{path}.verify", env_defaults.verify),
-            ca_bundle=self.file(spec.get("ca_bundle"), f"{path}.ca_bundle", env_defaults.ca_bundle),
+            verify=self.boolean(spec.get("verify"), f"{path}.verify", base.verify),
+            ca_bundle=self.file(spec.get("ca_bundle"), f"{path}.ca_bundle", base.ca_bundle),
             client_cert=client_cert,
             client_key=client_key,
         )
 
-    def timeouts(self, value: Any, path: str, defaults: Mapping[str, Any]) -> Timeouts:
-        keys = {"connect_s", "read_s", "stream_idle_s"}
-        base = self.mapping(defaults.get("timeouts"), "defaults.timeouts", keys)
-        spec = {**base, **self.mapping(value, path, keys)}
-        fallback = Timeouts()
+    def timeouts(self, value: Any, path: str, base: Timeouts) -> Timeouts:
+        spec = self.mapping(value, path, {"connect_s", "read_s", "stream_idle_s"})
 
         def read(key: str) -> float:
             return self.number(
-                spec.get(key), f"{path}.{key}", getattr(fallback, key), minimum=0, exclusive=True
+                spec.get(key), f"{path}.{key}", getattr(base, key), minimum=0, exclusive=True
             )
 
         return Timeouts(
@@ -514,6 +566,28 @@ class _Reader:
                 tools=self.boolean(spec.get("tools"), f"{path}.tools", True),
             )
         return aliases
+
+
+_UNSET: Any = "(unset)"
+_DEFAULT_HEALTH = HealthConfig(readiness=_UNSET)
+
+
+@dataclass(frozen=True)
+class _Defaults:
+    timeouts: Timeouts
+    health: HealthConfig
+    tls: TlsConfig
+
+
+def _fingerprint(tls: TlsConfig) -> str:
+    """A digest of the TLS files' contents: a rotated certificate means a new session."""
+    digest = hashlib.sha256()
+    for path in (tls.ca_bundle, tls.client_cert, tls.client_key):
+        if path is not None:
+            with contextlib.suppress(OSError):
+                digest.update(path.read_bytes())
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 def _join(path: str, key: str) -> str:

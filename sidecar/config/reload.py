@@ -10,14 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import ssl
 import time
 from dataclasses import dataclass
 
-from ..routing.registry import RegistryHolder, build_registry, build_ssl_contexts
-from ..routing.upstream import TlsSetupError
+from ..routing.registry import RegistryHolder, build_registry
 from ..settings import Settings
-from .loader import ConfigError, ConfigIssue, load_config
+from .loader import ConfigError, load_config
 from .schema import GatewayConfig
 
 log = logging.getLogger("gateway.config")
@@ -32,16 +30,11 @@ class ReloadOutcome:
     error: str | None = None
 
 
-async def load_checked(settings: Settings) -> tuple[GatewayConfig, dict[str, ssl.SSLContext]]:
-    """Load the YAML and its TLS files off the loop; raises ``ConfigError``."""
-    config = await asyncio.to_thread(
+async def load_checked(settings: Settings) -> GatewayConfig:
+    """Load and validate the YAML and its TLS files off the loop; raises ``ConfigError``."""
+    return await asyncio.to_thread(
         load_config, settings.config_path, settings.environ, settings.backend_tls
     )
-    try:
-        contexts = await asyncio.to_thread(build_ssl_contexts, config)
-    except TlsSetupError as exc:
-        raise ConfigError(settings.config_path, [ConfigIssue("", None, str(exc))]) from None
-    return config, contexts
 
 
 class ConfigReloader:
@@ -60,7 +53,7 @@ class ConfigReloader:
         async with self._lock:
             self._stamp = await asyncio.to_thread(_stamp, self._settings.config_path)
             try:
-                config, contexts = await load_checked(self._settings)
+                config = await load_checked(self._settings)
             except ConfigError as exc:
                 self.reloads_refused += 1
                 log.error(
@@ -70,7 +63,7 @@ class ConfigReloader:
                 return self.last
             current = self._holder.current
             if config.digest != current.config.digest:
-                registry, retired = build_registry(config, contexts, current)
+                registry, retired = build_registry(config, current)
                 self._holder.current = registry
                 for client in retired:
                     client.retire()
@@ -78,6 +71,12 @@ class ConfigReloader:
             self.reloads_ok += 1
             self.last = ReloadOutcome(True, time.time(), reason, digest=config.digest)
             return self.last
+
+    def _refused(self, reason: str, error: str) -> ReloadOutcome:
+        self.reloads_refused += 1
+        log.error("config reload (%s) refused; keeping the last good config:\n%s", reason, error)
+        self.last = ReloadOutcome(False, time.time(), reason, error=error)
+        return self.last
 
     async def watch(self) -> None:
         """Poll the file's identity and reload when it changes."""

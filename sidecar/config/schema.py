@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ class TlsConfig:
     ca_bundle: Path | None = None
     client_cert: Path | None = None
     client_key: Path | None = None
+    fingerprint: str = ""  # digest of the files' contents, so a rotated cert is noticed
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,8 @@ class BackendConfig:
     timeouts: Timeouts
     models: tuple[ModelConfig, ...] | None  # None: discovered from the backend
     api_key: str | None = field(default=None, repr=False)
+    # Built from ``tls`` when the config is loaded (https only); derived, so not compared.
+    ssl_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
 
     def connection_key(self) -> tuple[Any, ...]:
         """What the pooled client session depends on; equal keys can share one."""

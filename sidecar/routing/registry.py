@@ -8,14 +8,13 @@ ends, so requests in flight are untouched by a reload.
 
 from __future__ import annotations
 
-import ssl
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ..config.schema import BackendConfig, GatewayConfig
 from .admission import Admission
-from .upstream import BackendClient, TlsSetupError, build_ssl_context
+from .upstream import BackendClient
 
 
 class HealthState:
@@ -96,26 +95,8 @@ class Registry:
         return [backend.client for backend in self.backends.values()]
 
 
-def build_ssl_contexts(config: GatewayConfig) -> dict[str, ssl.SSLContext]:
-    """TLS contexts for every https backend; blocking, run it in a thread.
-
-    Raises ``TlsSetupError`` naming the backend when a PEM file cannot be loaded.
-    """
-    contexts = {}
-    for backend in config.backends:
-        if backend.url.scheme != "https":
-            continue
-        try:
-            contexts[backend.name] = build_ssl_context(backend.tls)
-        except TlsSetupError as exc:
-            raise TlsSetupError(f"backends.{backend.name}.tls: {exc}") from None
-    return contexts
-
-
 def build_registry(
-    config: GatewayConfig,
-    ssl_contexts: Mapping[str, ssl.SSLContext],
-    previous: Registry | None = None,
+    config: GatewayConfig, previous: Registry | None = None
 ) -> tuple[Registry, list[BackendClient]]:
     """A registry for ``config``, reusing what ``previous`` can lend.
 
@@ -126,26 +107,21 @@ def build_registry(
     backends = []
     for backend_config in config.backends:
         old = previous.get(backend_config.name) if previous else None
-        backends.append(_backend(backend_config, ssl_contexts, old, reused))
+        backends.append(_backend(backend_config, old, reused))
     retired = [
         client for client in (previous.clients() if previous else []) if id(client) not in reused
     ]
     return Registry(config, backends), retired
 
 
-def _backend(
-    config: BackendConfig,
-    ssl_contexts: Mapping[str, ssl.SSLContext],
-    old: Backend | None,
-    reused: set[int],
-) -> Backend:
+def _backend(config: BackendConfig, old: Backend | None, reused: set[int]) -> Backend:
     same_connection = old is not None and old.config.connection_key() == config.connection_key()
     if old is not None and same_connection:
         client = old.client
         client.config = config
         reused.add(id(client))
     else:
-        client = BackendClient(config, ssl_contexts.get(config.name))
+        client = BackendClient(config)
     admissions = {}
     for capability in sorted(config.capabilities):
         limit = config.limits[capability]

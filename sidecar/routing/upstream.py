@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
+import errno
 import json
+import logging
+import math
 import os
+import re
 import ssl
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 from yarl import URL
 
-from ..config.schema import BackendConfig, TlsConfig
+from ..config.schema import BackendConfig
 from ..errors import (
     GatewayError,
     UpstreamError,
@@ -27,6 +33,8 @@ from ..errors import (
 )
 
 MAX_UPSTREAM_BODY = 64 * 1024 * 1024
+_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
+log = logging.getLogger("gateway.upstream")
 _JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 _TLS_REASONS = {
     "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the backend requires a client certificate",
@@ -35,35 +43,6 @@ _TLS_REASONS = {
     "TLSV1_ALERT_UNKNOWN_CA": "the backend does not trust the client certificate's CA",
     "WRONG_VERSION_NUMBER": "the backend does not speak TLS on this port",
 }
-
-
-class TlsSetupError(ValueError):
-    """A backend's TLS files cannot be loaded."""
-
-
-def build_ssl_context(tls: TlsConfig) -> ssl.SSLContext:
-    """The client TLS context for one backend: CA bundle, verification, client cert.
-
-    Blocking (reads PEM files): build it in a thread while the loop runs.
-    """
-    try:
-        if tls.ca_bundle is not None:
-            context = ssl.create_default_context(cafile=str(tls.ca_bundle))
-        else:
-            context = ssl.create_default_context()
-    except (OSError, ssl.SSLError) as exc:
-        raise TlsSetupError(f"ca_bundle cannot be loaded: {_ssl_reason(exc)}") from exc
-    if not tls.verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    if tls.client_cert is not None:
-        try:
-            context.load_cert_chain(
-                str(tls.client_cert), str(tls.client_key) if tls.client_key else None
-            )
-        except (OSError, ssl.SSLError) as exc:
-            raise TlsSetupError(f"client certificate cannot be loaded: {_ssl_reason(exc)}") from exc
-    return context
 
 
 class UpstreamCall:
@@ -82,11 +61,9 @@ class UpstreamCall:
         """The whole body and its parsed JSON; garbage or a cut-off body is a 502."""
         try:
             async with asyncio.timeout(self._client.config.timeouts.read_s):
-                body = await self.response.content.read(MAX_UPSTREAM_BODY + 1)
-                if len(body) > MAX_UPSTREAM_BODY:
-                    raise UpstreamError(f"backend '{self._client.name}' sent an oversized reply")
-        except GatewayError:
-            raise
+                body = await _read_capped(self.response.content, MAX_UPSTREAM_BODY)
+        except OverflowError:
+            raise UpstreamError(f"backend '{self._client.name}' sent an oversized reply") from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._client.translate(exc) from None
         try:
@@ -117,27 +94,33 @@ class UpstreamCall:
             yield event
 
     async def raise_for_status(self) -> None:
-        """Relay a backend's 4xx with its message; a 5xx becomes 502."""
+        """Relay a backend's 4xx with its message; a 5xx (or its auth failure) is a 502.
+
+        Only an OpenAI-style JSON ``error.message`` is passed on, with URLs blanked out:
+        a backend's raw error page or traceback never reaches the client.
+        """
         if self.status < 400:
             return
         try:
             async with asyncio.timeout(self._client.config.timeouts.read_s):
-                body = await self.response.content.read(64 * 1024)
+                body = await _read_capped(self.response.content, 64 * 1024, truncate=True)
         except (TimeoutError, aiohttp.ClientError, OSError):
             body = b""
-        message = _upstream_message(body) or self.response.reason or "error"
+        detail = _upstream_message(body)
         name = self._client.name
+        if self.status >= 500 or self.status in (401, 403, 407):
+            log.warning("backend %s answered %d", name, self.status)
+            suffix = f": {detail}" if detail and self.status >= 500 else ""
+            raise UpstreamError(f"backend '{name}' answered {self.status}{suffix}")
+        message = detail or self.response.reason or "error"
         if self.status == 429:
-            retry = self.response.headers.get("Retry-After", "1")
             raise UpstreamStatusError(
                 429,
                 f"backend '{name}' is rate limiting: {message}",
                 code="upstream_rate_limited",
-                retry_after=int(retry) if retry.isdigit() else 1,
+                retry_after=_retry_after(self.response.headers.get("Retry-After")),
             )
-        if 400 <= self.status < 500 and self.status not in (401, 403, 407):
-            raise UpstreamStatusError(self.status, f"backend '{name}': {message}")
-        raise UpstreamError(f"backend '{name}' answered {self.status}: {message}")
+        raise UpstreamStatusError(self.status, f"backend '{name}': {message}")
 
     def close(self) -> None:
         if not self._closed:
@@ -149,10 +132,10 @@ class UpstreamCall:
 class BackendClient:
     """The pooled session for one backend, created at start-up and closed once idle."""
 
-    def __init__(self, config: BackendConfig, ssl_context: ssl.SSLContext | None) -> None:
+    def __init__(self, config: BackendConfig) -> None:
         self.config = config
         self.name = config.name
-        self._ssl = ssl_context if config.url.scheme == "https" else None
+        self._ssl = config.ssl_context if config.url.scheme == "https" else None
         self._session: aiohttp.ClientSession | None = None
         self._active = 0
         self._retired = False
@@ -194,7 +177,7 @@ class BackendClient:
         except BaseException as exc:
             self._call_done()
             if isinstance(exc, TimeoutError | aiohttp.ClientError | OSError):
-                raise self.translate(exc) from None
+                raise self.translate(exc, before_head=True) from None
             raise
         return UpstreamCall(self, response)
 
@@ -208,10 +191,19 @@ class BackendClient:
             async with self.session.get(url, headers=headers) as response:
                 return response.status, await response.content.read(4 * 1024 * 1024)
 
-    def translate(self, exc: BaseException, *, streaming: bool = False) -> GatewayError:
+    def translate(
+        self, exc: BaseException, *, streaming: bool = False, before_head: bool = False
+    ) -> GatewayError:
         """A transport failure as the gateway error the client should see."""
         name = self.name
         tls_reason = _tls_reason(exc)
+        if tls_reason is None and before_head and _reset(exc) and self._ssl is not None:
+            # Python TLS servers (asyncio, uvicorn) drop a rejected client certificate
+            # without sending the alert, so a reset right after connecting is all we see.
+            tls_reason = (
+                "the backend reset the connection after the handshake; it may require a "
+                "client certificate or not trust the one sent"
+            )
         if tls_reason is not None:
             return UpstreamUnavailable(
                 f"TLS failure talking to backend '{name}': {tls_reason}", code="upstream_tls_error"
@@ -223,6 +215,8 @@ class BackendClient:
             return UpstreamUnavailable(f"cannot connect to backend '{name}': {_os_reason(exc)}")
         if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
             return UpstreamError(f"backend '{name}' closed the connection mid-response")
+        if _reset(exc):
+            return UpstreamError(f"backend '{name}' reset the connection")
         if isinstance(exc, ValueError):
             return UpstreamError(f"backend '{name}' sent a malformed stream")
         return UpstreamError(f"backend '{name}' failed: {type(exc).__name__}")
@@ -257,17 +251,48 @@ async def _read_event(content: aiohttp.StreamReader) -> bytes | None:
         lines.append(line)
 
 
+async def _read_capped(content: aiohttp.StreamReader, limit: int, truncate: bool = False) -> bytes:
+    """Read to EOF; past ``limit`` bytes raise ``OverflowError`` (or stop, if truncating)."""
+    pieces: list[bytes] = []
+    size = 0
+    async for piece in content.iter_any():
+        size += len(piece)
+        pieces.append(piece)
+        if size > limit:
+            if truncate:
+                break
+            raise OverflowError
+    return b"".join(pieces)[:limit] if truncate else b"".join(pieces)
+
+
 def _upstream_message(body: bytes) -> str | None:
-    with contextlib.suppress(ValueError):
+    """A JSON error message from the backend (FastAPI ``detail`` too), URLs blanked."""
+    try:
         parsed = json.loads(body)
-        if isinstance(parsed, dict):
-            error = parsed.get("error", parsed.get("detail"))
-            if isinstance(error, dict):
-                error = error.get("message")
-            if isinstance(error, str):
-                return error[:500]
-    text = body.decode("utf-8", "replace").strip()
-    return text[:200] if text and "<" not in text[:1] else None
+    except ValueError:
+        return None
+    if not isinstance(parsed, dict):
+        return None
+    error = parsed.get("error", parsed.get("detail"))
+    if isinstance(error, dict):
+        error = error.get("message")
+    if not isinstance(error, str) or not error.strip():
+        return None
+    return _URL.sub("<url>", error.strip())[:500]
+
+
+def _retry_after(value: str | None) -> int:
+    """Seconds from a Retry-After header (delta or HTTP date), within 1..3600."""
+    seconds = 1
+    if value:
+        value = value.strip()
+        if value.isascii() and value.isdigit():
+            seconds = int(value)
+        else:
+            with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
+                when = email.utils.parsedate_to_datetime(value)
+                seconds = math.ceil(when.timestamp() - time.time())
+    return min(max(seconds, 1), 3600)
 
 
 def _tls_reason(exc: BaseException) -> str | None:
@@ -275,10 +300,20 @@ def _tls_reason(exc: BaseException) -> str | None:
     while seen is not None:
         if isinstance(seen, aiohttp.ClientConnectorCertificateError):
             return _ssl_reason(seen.certificate_error)
+        inner = _inner_os_error(seen)
+        if isinstance(inner, ssl.SSLError):
+            seen = inner  # aiohttp's SSL errors wrap the one that has the reason
+            continue
         if isinstance(seen, ssl.SSLError):
             return _ssl_reason(seen)
-        seen = seen.__cause__ or seen.__context__ or _inner_os_error(seen)
+        seen = seen.__cause__ or seen.__context__ or inner
     return None
+
+
+def _reset(exc: BaseException) -> bool:
+    if isinstance(exc, ConnectionResetError):
+        return True
+    return isinstance(exc, aiohttp.ClientOSError) and exc.errno == errno.ECONNRESET
 
 
 def _inner_os_error(exc: BaseException) -> BaseException | None:

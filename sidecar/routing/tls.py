@@ -1,0 +1,53 @@
+"""Client TLS for backends: verification, custom CAs and client certificates (mTLS)."""
+
+from __future__ import annotations
+
+import ssl
+
+from ..config.schema import TlsConfig
+
+
+class TlsSetupError(ValueError):
+    """A backend's TLS files cannot be loaded; ``field`` names the ``tls`` key at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def build_ssl_context(tls: TlsConfig) -> ssl.SSLContext:
+    """The client TLS context for one backend: CA bundle, verification, client cert.
+
+    Blocking (reads PEM files): the config loader calls it, off the event loop.
+    """
+    try:
+        if tls.ca_bundle is not None:
+            context = ssl.create_default_context(cafile=str(tls.ca_bundle))
+        else:
+            context = ssl.create_default_context()
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsSetupError("ca_bundle", f"cannot load the CA bundle: {_reason(exc)}") from exc
+    if not tls.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if tls.client_cert is not None:
+        try:
+            context.load_cert_chain(
+                str(tls.client_cert), str(tls.client_key) if tls.client_key else None
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise TlsSetupError(
+                "client_cert",
+                f"cannot load the client certificate and key: {_reason(exc)} "
+                "(expected PEM: the certificate, then its key in the same file or client_key)",
+            ) from exc
+    return context
+
+
+def _reason(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, str):
+        return reason.replace("_", " ").lower()
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return type(exc).__name__
