@@ -1,6 +1,7 @@
 """``gateway``: serve the sidecar, check a config, or run the fake backends.
 
-Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
+Exit codes: 0 success; 1 an invalid config (check-config) or a runtime failure; 2 the
+environment or the config keeps ``serve`` from starting, or bad usage.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import logging.handlers
 import os
+import queue
 import signal
 import socket
 import sys
@@ -53,27 +56,37 @@ def main(argv: list[str] | None = None) -> int:
     return run_mock(args)
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    access = logging.getLogger("gateway.access")
-    access.propagate = False
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    access.addHandler(handler)
+def _configure_logging(level: str) -> logging.handlers.QueueListener:
+    """Diagnostics to stderr, the JSON access log to stdout, both written by a thread.
+
+    Handlers only enqueue records, so a slow terminal or a full pipe never stalls the
+    event loop. Stop the returned listener at exit to flush what is queued.
+    """
+    errors = logging.StreamHandler(sys.stderr)
+    errors.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    errors.addFilter(lambda record: record.name != "gateway.access")
+    access = logging.StreamHandler(sys.stdout)
+    access.setFormatter(logging.Formatter("%(message)s"))
+    access.addFilter(lambda record: record.name == "gateway.access")
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    root = logging.getLogger()
+    root.handlers[:] = [logging.handlers.QueueHandler(records)]
+    root.setLevel(getattr(logging, level, logging.INFO))
+    listener = logging.handlers.QueueListener(records, errors, access, respect_handler_level=True)
+    listener.start()
+    return listener
 
 
 def check_config(path: Path | None) -> int:
     env = dict(os.environ)
     if path is not None:
         env["GATEWAY_CONFIG"] = str(path)
-    env.setdefault("GATEWAY_BEARER_TOKEN", "check-config-needs-no-real-token")
+    # Checking a config needs no token; do not fail on the one this shell may have.
+    env["GATEWAY_BEARER_TOKEN"] = "check-config-needs-no-real-token"  # noqa: S105
+    env.pop("GATEWAY_BEARER_TOKENS", None)
     try:
         settings = Settings.from_env(env)
-        config, _ = asyncio.run(load_checked(settings))
+        config = asyncio.run(load_checked(settings))
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -95,7 +108,7 @@ def serve() -> int:
     except SettingsError as exc:
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         return 2
-    _configure_logging(settings.log_level)
+    listener = _configure_logging(settings.log_level)
     try:
         asyncio.run(load_checked(settings))
     except ConfigError as exc:
@@ -108,6 +121,8 @@ def serve() -> int:
     except OSError as exc:
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         return 1
+    finally:
+        listener.stop()
     return 0
 
 
@@ -174,7 +189,7 @@ async def _until_stopped() -> None:
 
 
 def run_mock(args: argparse.Namespace) -> int:
-    _configure_logging("INFO")
+    listener = _configure_logging("INFO")
     behaviour = MockBehaviour(
         latency_ms=args.latency_ms, chunk_delay_ms=args.chunk_delay_ms, chunks=args.chunks
     )
@@ -194,4 +209,6 @@ def run_mock(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"gateway mock-backends: {exc}", file=sys.stderr)
         return 1
+    finally:
+        listener.stop()
     return 0

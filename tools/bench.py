@@ -1,0 +1,405 @@
+#!/usr/bin/env python3
+"""Benchmark what the gateway costs: fake backend direct vs sidecar alone vs Caddy + sidecar.
+
+Bounded load on loopback only (fixed request counts, a warm-up, a time cap per phase).
+The load generator is an aiohttp client in this process, pinned to one core; the servers
+(fake backend, sidecar, Caddy) are pinned to the other. Prints a table of ratios against
+direct and writes the figures as JSON.
+
+    .venv/bin/python tools/bench.py [--requests 2000] [--out var/bench.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "bench-token-" + "x7Qp2mLz9vRt4sWk"
+PHASE_CAP_S = 40.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def pin(pid: int, cores: set[int]) -> None:
+    with contextlib.suppress(AttributeError, OSError):
+        os.sched_setaffinity(pid, cores)
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class Target:
+    def __init__(self, name: str, base: str, ssl_context: ssl.SSLContext | bool = False) -> None:
+        self.name, self.base, self.ssl = name, base, ssl_context
+
+
+async def timed_requests(
+    target: Target,
+    body: dict[str, Any],
+    path: str,
+    total: int,
+    concurrency: int,
+    on_sample: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Send ``total`` requests with ``concurrency`` workers; latency per request."""
+    latencies: list[float] = []
+    errors = 0
+    counter = iter(range(total))
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    payload = json.dumps(body).encode()
+    deadline = time.monotonic() + PHASE_CAP_S
+    connector = aiohttp.TCPConnector(limit=concurrency, ssl=target.ssl)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker() -> None:
+            nonlocal errors
+            for _ in counter:
+                if time.monotonic() > deadline:
+                    return
+                start = time.perf_counter()
+                async with session.post(target.base + path, data=payload, headers=headers) as reply:
+                    await reply.read()
+                    if reply.status != 200:
+                        errors += 1
+                latencies.append(time.perf_counter() - start)
+                if on_sample and len(latencies) % 200 == 0:
+                    on_sample()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "rps": len(latencies) / elapsed if elapsed else 0.0,
+        "p50_ms": 1000 * latencies[len(latencies) // 2] if latencies else 0.0,
+        "p99_ms": 1000 * latencies[int(len(latencies) * 0.99) - 1] if latencies else 0.0,
+    }
+
+
+async def timed_streams(target: Target, total: int, concurrency: int) -> dict[str, Any]:
+    """Streaming chat: time to first token and the mean gap between chunks."""
+    ttfts: list[float] = []
+    gaps: list[float] = []
+    counter = iter(range(total))
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    body = json.dumps(
+        {
+            "model": "mock-llama",
+            "stream": True,
+            "messages": [{"role": "user", "content": "a b c d e f g h"}],
+        }
+    ).encode()
+    deadline = time.monotonic() + PHASE_CAP_S
+    connector = aiohttp.TCPConnector(limit=concurrency, ssl=target.ssl)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker() -> None:
+            for _ in counter:
+                if time.monotonic() > deadline:
+                    return
+                start = time.perf_counter()
+                stamps = []
+                async with session.post(
+                    target.base + "/v1/chat/completions", data=body, headers=headers
+                ) as reply:
+                    async for line in reply.content:
+                        if line.startswith(b"data: {"):
+                            stamps.append(time.perf_counter())
+                if stamps:
+                    ttfts.append(stamps[0] - start)
+                    if len(stamps) > 1:
+                        gaps.append((stamps[-1] - stamps[0]) / (len(stamps) - 1))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return {
+        "streams": len(ttfts),
+        "ttft_p50_ms": 1000 * statistics.median(ttfts) if ttfts else 0.0,
+        "chunk_gap_ms": 1000 * statistics.mean(gaps) if gaps else 0.0,
+    }
+
+
+def wait_http(url: str, ssl_context: ssl.SSLContext | bool, timeout: float = 30.0) -> float:
+    start = time.perf_counter()
+
+    async def probe() -> None:
+        async with aiohttp.ClientSession() as session:
+            while time.perf_counter() - start < timeout:
+                try:
+                    async with session.get(url, ssl=ssl_context) as reply:
+                        if reply.status == 200:
+                            return
+                except (aiohttp.ClientError, OSError):
+                    pass
+                await asyncio.sleep(0.02)
+            raise RuntimeError(f"{url} did not become ready")
+
+    asyncio.run(probe())
+    return time.perf_counter() - start
+
+
+class Servers:
+    """The fake backend, a TCP sidecar, and Caddy + a socket sidecar via ``gateway up``."""
+
+    def __init__(self, workdir: Path, latency_ms: float) -> None:
+        self.workdir = workdir
+        self.latency_ms = latency_ms
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.backend_port = free_port()
+        self.sidecar_port = free_port()
+        self.site_port = free_port()
+        self.ready_s = 0.0
+        self.sidecar_pid = 0
+
+    def _spawn(self, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = (self.workdir / f"proc{len(self.procs)}.log").open("wb")
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        pin(proc.pid, {0})
+        self.procs.append(proc)
+        return proc
+
+    def start(self) -> None:
+        env = {**os.environ, "GATEWAY_BEARER_TOKEN": TOKEN, "GATEWAY_ACCESS_LOG": "true"}
+        python = sys.executable
+        self._spawn(
+            [
+                python,
+                "-m",
+                "sidecar",
+                "mock-backends",
+                "--port",
+                str(self.backend_port),
+                "--latency-ms",
+                str(self.latency_ms),
+                "--chunk-delay-ms",
+                "5",
+                "--chunks",
+                "8",
+            ],
+            env,
+        )
+        wait_http(f"http://127.0.0.1:{self.backend_port}/healthz", False)
+        config = self.workdir / "gateway.yaml"
+        config.write_text(
+            f"""version: 1
+backends:
+  mock:
+    url: http://127.0.0.1:{self.backend_port}/v1
+    class: mock
+    limits: {{chat: 256, embeddings: 256, completions: 256}}
+    health: {{liveness: /healthz, readiness: /readyz}}
+    models:
+      - {{id: mock-llama, capabilities: [chat, completions]}}
+      - {{id: mock-embed, capabilities: [embeddings]}}
+"""
+        )
+        sidecar_env = {
+            **env,
+            "GATEWAY_CONFIG": str(config),
+            "GATEWAY_DATA_DIR": str(self.workdir / "tcp"),
+            "GATEWAY_HOST": "127.0.0.1",
+            "GATEWAY_PORT": str(self.sidecar_port),
+        }
+        proc = self._spawn([python, "-m", "sidecar", "serve"], sidecar_env)
+        self.sidecar_pid = proc.pid
+        self.ready_s = wait_http(f"http://127.0.0.1:{self.sidecar_port}/readyz", False)
+        up_env = {
+            **env,
+            "GATEWAY_CONFIG": str(config),
+            "GATEWAY_DATA_DIR": str(self.workdir / "up"),
+            "GATEWAY_SITE": f"https://127.0.0.1:{self.site_port}",
+        }
+        up = self._spawn([python, "-m", "sidecar", "up"], up_env)
+        deadline = time.monotonic() + 45
+        ca = self.ca_root
+        while not ca.exists() and time.monotonic() < deadline and up.poll() is None:
+            time.sleep(0.05)
+        wait_http(
+            f"https://127.0.0.1:{self.site_port}/readyz", ssl.create_default_context(cafile=str(ca))
+        )
+        for child in _children(up.pid):
+            pin(child, {0})
+
+    @property
+    def ca_root(self) -> Path:
+        return self.workdir / "up" / "caddy" / "pki" / "authorities" / "local" / "root.crt"
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+async def run_phases(servers: Servers, args: argparse.Namespace) -> dict[str, Any]:
+    targets = [
+        Target("direct", f"http://127.0.0.1:{servers.backend_port}"),
+        Target("sidecar", f"http://127.0.0.1:{servers.sidecar_port}"),
+        Target(
+            "caddy+sidecar",
+            f"https://127.0.0.1:{servers.site_port}",
+            ssl.create_default_context(cafile=str(servers.ca_root)),
+        ),
+    ]
+    chat = {"model": "mock-llama", "messages": [{"role": "user", "content": "benchmark me"}]}
+    embed = {"model": "mock-embed", "input": ["benchmark me"], "encoding_format": "float"}
+    rss: list[float] = []
+
+    def sample() -> None:
+        rss.append(rss_mb(servers.sidecar_pid))
+
+    results: dict[str, Any] = {}
+    for target in targets:
+        await timed_requests(target, chat, "/v1/chat/completions", args.warmup, 32)
+        on_sample = sample if target.name == "sidecar" else None
+        results[target.name] = {
+            "chat_c32": await timed_requests(
+                target, chat, "/v1/chat/completions", args.requests, 32, on_sample
+            ),
+            "chat_c1": await timed_requests(target, chat, "/v1/chat/completions", args.serial, 1),
+            "stream_c32": await timed_streams(target, args.streams, 32),
+            "embeddings_c32": await timed_requests(
+                target, embed, "/v1/embeddings", args.requests, 32, on_sample
+            ),
+        }
+    sample()
+    half = rss[len(rss) // 2 :] or [0.0]
+    results["sidecar_memory"] = {
+        "peak_rss_mb": max(rss or [0.0]),
+        "rss_growth_last_half_pct": 100 * (half[-1] - half[0]) / half[0] if half[0] else 0.0,
+        "samples": len(rss),
+    }
+    return results
+
+
+def report(results: dict[str, Any], servers: Servers) -> str:
+    direct = results["direct"]
+    rows = [
+        (
+            "target",
+            "chat rps c32",
+            "ratio",
+            "p50 c1 (+ms)",
+            "p99 c1 (+ms)",
+            "TTFT c32 (+ms)",
+            "chunk gap (+ms)",
+            "embed rps",
+            "ratio",
+        )
+    ]
+    for name in ("direct", "sidecar", "caddy+sidecar"):
+        r = results[name]
+
+        def added(phase: str, key: str, digits: int, r: dict[str, Any] = r) -> str:
+            value, base = r[phase][key], direct[phase][key]
+            return f"{value:.{digits}f} ({value - base:+.{digits}f})"
+
+        rows.append(
+            (
+                name,
+                f"{r['chat_c32']['rps']:.0f}",
+                f"{r['chat_c32']['rps'] / direct['chat_c32']['rps']:.2f}",
+                added("chat_c1", "p50_ms", 2),
+                added("chat_c1", "p99_ms", 2),
+                added("stream_c32", "ttft_p50_ms", 1),
+                added("stream_c32", "chunk_gap_ms", 2),
+                f"{r['embeddings_c32']['rps']:.0f}",
+                f"{r['embeddings_c32']['rps'] / direct['embeddings_c32']['rps']:.2f}",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in rows
+    ]
+    memory = results["sidecar_memory"]
+    lines.append(
+        f"sidecar: ready in {servers.ready_s:.2f} s, peak RSS {memory['peak_rss_mb']:.1f} MB, "
+        f"RSS growth over the last half {memory['rss_growth_last_half_pct']:+.1f}%"
+    )
+    errors = sum(
+        results[n][k].get("errors", 0)
+        for n in ("direct", "sidecar", "caddy+sidecar")
+        for k in ("chat_c32", "chat_c1", "embeddings_c32")
+    )
+    lines.append(f"non-200 answers: {errors}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=2000, help="per c32 phase (default 2000)")
+    parser.add_argument("--serial", type=int, default=300, help="requests at concurrency 1")
+    parser.add_argument("--streams", type=int, default=500, help="streams at concurrency 32")
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--latency-ms", type=float, default=20.0, help="fake backend latency")
+    parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench.json")
+    args = parser.parse_args()
+    pin(0, {1})
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as workdir:
+        servers = Servers(Path(workdir), args.latency_ms)
+        try:
+            servers.start()
+            results = asyncio.run(run_phases(servers, args))
+        finally:
+            servers.stop()
+    results["meta"] = {
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.platform()}",
+        "python": platform.python_version(),
+        "load_generator": "aiohttp client (this process, pinned to core 1); servers on core 0",
+        "sidecar_ready_s": servers.ready_s,
+        "args": {k: str(v) for k, v in vars(args).items()},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(report(results, servers))
+    print(f"figures written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
