@@ -16,6 +16,7 @@ import queue
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -24,6 +25,7 @@ from .app import create_app
 from .config.loader import ConfigError
 from .config.reload import load_checked
 from .mock_backends import MockBehaviour, create_mock_app
+from .observability.access_log import BatchedLineWriter
 from .settings import Settings, SettingsError
 
 log = logging.getLogger("gateway")
@@ -56,25 +58,36 @@ def main(argv: list[str] | None = None) -> int:
     return run_mock(args)
 
 
-def _configure_logging(level: str) -> logging.handlers.QueueListener:
-    """Diagnostics to stderr, the JSON access log to stdout, both written by a thread.
+def _configure_logging(level: str) -> Callable[[], None]:
+    """Diagnostics to stderr and the JSON access log to stdout, written by threads.
 
-    Handlers only enqueue records, so a slow terminal or a full pipe never stalls the
-    event loop. Stop the returned listener at exit to flush what is queued.
+    Diagnostics go through a queue; access lines are batched (one write per interval,
+    not per request). Neither lets a slow terminal or a full pipe stall the event loop.
+    Returns the function that flushes and stops both at exit.
     """
+    logging.logProcesses = False  # no getpid() per record on the hot path
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     errors = logging.StreamHandler(sys.stderr)
     errors.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    errors.addFilter(lambda record: record.name != "gateway.access")
-    access = logging.StreamHandler(sys.stdout)
-    access.setFormatter(logging.Formatter("%(message)s"))
-    access.addFilter(lambda record: record.name == "gateway.access")
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     root = logging.getLogger()
     root.handlers[:] = [logging.handlers.QueueHandler(records)]
     root.setLevel(getattr(logging, level, logging.INFO))
-    listener = logging.handlers.QueueListener(records, errors, access, respect_handler_level=True)
+    listener = logging.handlers.QueueListener(records, errors, respect_handler_level=True)
     listener.start()
-    return listener
+    access_writer = BatchedLineWriter(sys.stdout)
+    access_writer.setFormatter(logging.Formatter("%(message)s"))
+    access = logging.getLogger("gateway.access")
+    access.propagate = False
+    access.handlers[:] = [access_writer]
+    access.setLevel(logging.INFO)
+
+    def stop() -> None:
+        access_writer.close()
+        listener.stop()
+
+    return stop
 
 
 def check_config(path: Path | None) -> int:
@@ -108,7 +121,7 @@ def serve() -> int:
     except SettingsError as exc:
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         return 2
-    listener = _configure_logging(settings.log_level)
+    stop_logging = _configure_logging(settings.log_level)
     try:
         asyncio.run(load_checked(settings))
     except ConfigError as exc:
@@ -122,7 +135,7 @@ def serve() -> int:
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         return 1
     finally:
-        listener.stop()
+        stop_logging()
     return 0
 
 
@@ -189,7 +202,7 @@ async def _until_stopped() -> None:
 
 
 def run_mock(args: argparse.Namespace) -> int:
-    listener = _configure_logging("INFO")
+    stop_logging = _configure_logging("INFO")
     behaviour = MockBehaviour(
         latency_ms=args.latency_ms, chunk_delay_ms=args.chunk_delay_ms, chunks=args.chunks
     )
@@ -210,5 +223,5 @@ def run_mock(args: argparse.Namespace) -> int:
         print(f"gateway mock-backends: {exc}", file=sys.stderr)
         return 1
     finally:
-        listener.stop()
+        stop_logging()
     return 0
