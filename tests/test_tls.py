@@ -121,7 +121,7 @@ async def test_missing_client_cert_is_a_tls_error(
     body = await chat_tls_failure(gateway)
 
     assert "client certificate" in body["message"] or "handshake" in body["message"]
-    assert backend.app[RECEIVED] == []
+    assert len(backend.app[RECEIVED]) == 0
 
 
 async def test_missing_client_cert_error_envelope(
@@ -154,7 +154,7 @@ async def test_untrusted_server_fails_certificate_verification(
     body = await chat_tls_failure(gateway)
 
     assert "certificate verify failed" in body["message"]
-    assert backend.app[RECEIVED] == []
+    assert len(backend.app[RECEIVED]) == 0
 
 
 async def test_client_cert_from_another_ca_is_rejected(
@@ -166,7 +166,7 @@ async def test_client_cert_from_another_ca_is_rejected(
 
     await chat_tls_failure(gateway)
 
-    assert backend.app[RECEIVED] == []
+    assert len(backend.app[RECEIVED]) == 0
 
 
 async def test_verify_false_accepts_an_untrusted_server(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import hashlib
 import json
 import math
@@ -41,7 +42,7 @@ class Received:
 
 
 BEHAVIOUR = web.AppKey("behaviour", MockBehaviour)
-RECEIVED = web.AppKey("received", list[Received])
+RECEIVED = web.AppKey("received", collections.deque[Received])  # the latest 1,000
 
 _JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 
@@ -49,7 +50,7 @@ _JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 def create_mock_app(behaviour: MockBehaviour | None = None) -> web.Application:
     app = web.Application()
     app[BEHAVIOUR] = behaviour or MockBehaviour()
-    app[RECEIVED] = []
+    app[RECEIVED] = collections.deque(maxlen=1000)
     app.router.add_get("/healthz", _ok)
     app.router.add_get("/readyz", _ok)
     app.router.add_get("/v1/models", _models)
@@ -82,6 +83,10 @@ async def _receive(request: web.Request) -> dict[str, Any] | web.Response:
     if latency:
         await asyncio.sleep(latency / 1000)
     return body
+
+
+def _sse(event: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(event).encode() + b"\n\n"
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -151,7 +156,7 @@ async def _stream_chat(
 
     async def send(delta: dict[str, Any], finish: str | None = None) -> None:
         chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-        await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        await response.write(_sse(chunk))
         if behaviour.chunk_delay_ms:
             await asyncio.sleep(behaviour.chunk_delay_ms / 1000)
 
@@ -173,9 +178,7 @@ async def _stream_chat(
             await send({"content": piece})
         await send({}, "stop")
     if (body.get("stream_options") or {}).get("include_usage"):
-        await response.write(
-            b"data: " + json.dumps({**base, "choices": [], "usage": usage}).encode() + b"\n\n"
-        )
+        await response.write(_sse({**base, "choices": [], "usage": usage}))
     await response.write(b"data: [DONE]\n\n")
     return response
 
@@ -211,14 +214,14 @@ async def _completions(request: web.Request) -> web.StreamResponse:
             **base,
             "choices": [{"index": 0, "text": piece, "finish_reason": None, "logprobs": None}],
         }
-        await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        await response.write(_sse(chunk))
         if behaviour.chunk_delay_ms:
             await asyncio.sleep(behaviour.chunk_delay_ms / 1000)
     final = {
         **base,
         "choices": [{"index": 0, "text": "", "finish_reason": "stop", "logprobs": None}],
     }
-    await response.write(b"data: " + json.dumps(final).encode() + b"\n\ndata: [DONE]\n\n")
+    await response.write(_sse(final) + b"data: [DONE]\n\n")
     return response
 
 
