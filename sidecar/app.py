@@ -49,8 +49,7 @@ async def _registry(app: web.Application) -> AsyncIterator[None]:
     app[REGISTRY] = holder
     log.info("config %s loaded: %d backends", config.source, len(config.backends))
     yield
-    for client in holder.current.clients():
-        await client.close()
+    await holder.close()
 
 
 async def _health_checks(app: web.Application) -> AsyncIterator[None]:

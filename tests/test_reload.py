@@ -17,6 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from sidecar.mock_backends.openai_server import RECEIVED
+from sidecar.typedefs import REGISTRY
 
 from .conftest import TOKEN, gateway_yaml, mock_backend_yaml, openai_client, status_of
 
@@ -261,11 +262,19 @@ async def test_request_in_flight_survives_removal_of_its_backend(
         assert (new.status, new.backend) == (200, "fresh")
         assert new.body["choices"][0]["message"]["content"] == "Mock reply to: after the swap"
         assert not in_flight.done()
+        # The removed backend's session stays open for the request still using it.
+        (retired,) = gateway.server.app[REGISTRY].retired
+        assert not retired.closed
     finally:
         slow.gate.set()
     old = await in_flight
     assert (old.status, old.backend) == (200, "slow")
     assert old.body["choices"][0]["message"]["content"] == "from the slow backend"
+
+    async def retired_session_closed() -> bool:
+        return retired.closed
+
+    await eventually(retired_session_closed, "the removed backend's session to close")
     async with gateway.get("/v1/gateway/status", headers=AUTH) as response:
         backends = (await response.json())["backends"]
     assert [backend["name"] for backend in backends] == ["fresh"]

@@ -89,8 +89,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.status < 400:
             raise
         return _http_error(exc)
-    except (ConnectionResetError, TimeoutError):
-        raise
+    except ConnectionResetError:
+        raise  # the client went away; there is no one to answer
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.rel_url.path)
         return error_response(

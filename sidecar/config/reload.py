@@ -64,9 +64,7 @@ class ConfigReloader:
             current = self._holder.current
             if config.digest != current.config.digest:
                 registry, retired = build_registry(config, current)
-                self._holder.current = registry
-                for client in retired:
-                    client.retire()
+                self._holder.swap(registry, retired)
                 log.info("config reloaded (%s): %d backends", reason, len(config.backends))
             self.reloads_ok += 1
             self.last = ReloadOutcome(True, time.time(), reason, digest=config.digest)

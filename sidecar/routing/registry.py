@@ -147,3 +147,15 @@ class RegistryHolder:
 
     def __init__(self, registry: Registry) -> None:
         self.current = registry
+        self.retired: list[BackendClient] = []
+
+    def swap(self, registry: Registry, retired: list[BackendClient]) -> None:
+        """Serve ``registry`` from now on; ``retired`` clients close once idle."""
+        self.current = registry
+        self.retired = [client for client in self.retired if not client.closed] + retired
+        for client in retired:
+            client.retire()
+
+    async def close(self) -> None:
+        for client in [*self.current.clients(), *self.retired]:
+            await client.close()

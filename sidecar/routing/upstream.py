@@ -139,6 +139,8 @@ class BackendClient:
         self._session: aiohttp.ClientSession | None = None
         self._active = 0
         self._retired = False
+        self._closing: asyncio.Task[None] | None = None
+        self._is_closed = False
         self._headers = dict(_JSON_HEADERS)
         if config.api_key:
             self._headers["Authorization"] = f"Bearer {config.api_key}"
@@ -224,15 +226,24 @@ class BackendClient:
     def _call_done(self) -> None:
         self._active -= 1
         if self._retired and self._active == 0:
-            asyncio.get_running_loop().create_task(self.close())
+            self._close_soon()
 
     def retire(self) -> None:
         """Close the session once the requests still using it have finished."""
         self._retired = True
         if self._active == 0:
-            asyncio.get_running_loop().create_task(self.close())
+            self._close_soon()
+
+    def _close_soon(self) -> None:
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self.close())
+
+    @property
+    def closed(self) -> bool:
+        return self._is_closed
 
     async def close(self) -> None:
+        self._is_closed = True
         if self._session is not None and not self._session.closed:
             await self._session.close()
 
