@@ -19,23 +19,29 @@ from .api.middleware import bearer, errors, observe, stamp_response
 from .api.routes import setup_routes
 from .auth import TokenSet
 from .config.reload import ConfigReloader, load_checked
+from .images.signing import UrlSigner, load_or_create_secret
+from .images.store import ImageStore
 from .routing.health import HealthChecker, running
 from .routing.registry import RegistryHolder, build_registry
 from .settings import Settings
-from .typedefs import HEALTH, REGISTRY, RELOADER, SETTINGS
+from .typedefs import HEALTH, IMAGE_STORE, REGISTRY, RELOADER, SETTINGS, TOKENS, URL_SIGNER
 
 log = logging.getLogger("gateway")
 
 
 def create_app(settings: Settings) -> web.Application:
+    tokens = TokenSet(settings.bearer_tokens)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[observe, errors, bearer(TokenSet(settings.bearer_tokens))],
+        middlewares=[observe, errors, bearer(tokens)],
     )
     app[SETTINGS] = settings
+    app[TOKENS] = tokens
+    app[IMAGE_STORE] = ImageStore(settings.image_dir)
     app.cleanup_ctx.append(_registry)
     app.cleanup_ctx.append(_health_checks)
     app.cleanup_ctx.append(_config_reload)
+    app.cleanup_ctx.append(_images)
     app.on_response_prepare.append(stamp_response)
     setup_routes(app)
     return app
@@ -57,6 +63,41 @@ async def _health_checks(app: web.Application) -> AsyncIterator[None]:
     app[HEALTH] = checker
     async with running(checker):
         yield
+
+
+async def _images(app: web.Application) -> AsyncIterator[None]:
+    """The URL-signing key (made once), and pruning of images past their retention."""
+    settings = app[SETTINGS]
+    secret = settings.images.url_secret
+    key = (
+        secret.encode()
+        if secret
+        else await asyncio.to_thread(
+            load_or_create_secret, settings.data_dir / "secrets" / "image_url.key"
+        )
+    )
+    app[URL_SIGNER] = UrlSigner(key, settings.images.url_ttl_s)
+    retention_s = settings.images.retention_hours * 3600
+    task = (
+        asyncio.create_task(_prune_forever(app[IMAGE_STORE], retention_s)) if retention_s else None
+    )
+    yield
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _prune_forever(store: ImageStore, retention_s: float) -> None:
+    interval = min(3600.0, max(1.0, retention_s / 4))
+    while True:
+        try:
+            removed = await asyncio.to_thread(store.prune, retention_s)
+        except OSError as exc:
+            log.warning("pruning images failed: %s", exc)
+        else:
+            if removed:
+                log.info("pruned %d images older than the retention", removed)
+        await asyncio.sleep(interval)
 
 
 async def _config_reload(app: web.Application) -> AsyncIterator[None]:

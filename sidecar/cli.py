@@ -24,7 +24,12 @@ from aiohttp import web
 from .app import create_app
 from .config.loader import ConfigError
 from .config.reload import load_checked
-from .mock_backends import MockBehaviour, create_mock_app
+from .mock_backends import (
+    MockBehaviour,
+    create_a1111_app,
+    create_mock_app,
+    create_openai_images_app,
+)
 from .observability.access_log import BatchedLineWriter
 from .settings import Settings, SettingsError
 
@@ -40,7 +45,14 @@ def main(argv: list[str] | None = None) -> int:
         "path", nargs="?", type=Path, help="default: $GATEWAY_CONFIG or ./gateway.yaml"
     )
     commands.add_parser("up", help="run fake backends, the sidecar and Caddy; print how to connect")
-    mock = commands.add_parser("mock-backends", help="run a fake OpenAI-compatible backend")
+    mock = commands.add_parser("mock-backends", help="run a fake model server on loopback")
+    mock.add_argument(
+        "--kind",
+        choices=("openai", "a1111", "openai-images"),
+        default="openai",
+        help="openai: chat/completions/embeddings; a1111: stable-diffusion-webui; "
+        "openai-images: an InvokeAI/ComfyUI-style image shim",
+    )
     mock.add_argument("--host", default="127.0.0.1")
     mock.add_argument("--port", type=int, default=9101)
     mock.add_argument("--latency-ms", type=float, default=0.0)
@@ -203,16 +215,22 @@ async def _until_stopped() -> None:
 
 def run_mock(args: argparse.Namespace) -> int:
     stop_logging = _configure_logging("INFO")
-    behaviour = MockBehaviour(
-        latency_ms=args.latency_ms, chunk_delay_ms=args.chunk_delay_ms, chunks=args.chunks
-    )
+    if args.kind == "a1111":
+        app = create_a1111_app(latency_ms=args.latency_ms)
+    elif args.kind == "openai-images":
+        app = create_openai_images_app(latency_ms=args.latency_ms)
+    else:
+        behaviour = MockBehaviour(
+            latency_ms=args.latency_ms, chunk_delay_ms=args.chunk_delay_ms, chunks=args.chunks
+        )
+        app = create_mock_app(behaviour)
 
     async def run() -> None:
-        runner = web.AppRunner(create_mock_app(behaviour), access_log=None)
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         try:
             await web.TCPSite(runner, args.host, args.port).start()
-            log.info("mock backend serving on http://%s:%d/v1", args.host, args.port)
+            log.info("mock %s backend serving on http://%s:%d", args.kind, args.host, args.port)
             await _until_stopped()
         finally:
             await runner.cleanup()

@@ -60,6 +60,28 @@ class BackendTlsDefaults:
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+IMAGES_BACKENDS = ("mock", "http_a1111", "http_openai_images", "off")
+
+
+@dataclass(frozen=True)
+class ImagesSettings:
+    """The images feature: the env shorthand for an images backend, storage and URLs.
+
+    ``backend`` is used only when no backend in ``gateway.yaml`` has the ``images``
+    capability; it is shorthand for such a backend (``off`` disables the shorthand).
+    """
+
+    backend: str = "mock"
+    backend_class: str = "gpu_heavy"
+    http_base_url: str | None = None
+    openai_model: str | None = None
+    a1111_auth: str | None = field(default=None, repr=False)  # "user:password"
+    max_pixels: int = 2_097_152
+    directory: Path | None = None  # default: $GATEWAY_DATA_DIR/images
+    url_ttl_s: int = 3600
+    retention_hours: float = 168.0  # 0 keeps images forever
+    url_secret: str | None = field(default=None, repr=False)
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -75,7 +97,13 @@ class Settings:
     config_poll_s: float = 2.0
     log_level: str = "INFO"
     access_log: bool = True
+    public_base_url: str | None = None
+    images: ImagesSettings = ImagesSettings()
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def image_dir(self) -> Path:
+        return self.images.directory or self.data_dir / "images"
 
     @property
     def sidecar_socket(self) -> Path:
@@ -109,6 +137,8 @@ class Settings:
             config_poll_s=_float(env, "GATEWAY_CONFIG_POLL_S", 2.0, minimum=0.0),
             log_level=(env.get("GATEWAY_LOG_LEVEL") or "INFO").upper(),
             access_log=_bool(env, "GATEWAY_ACCESS_LOG", True),
+            public_base_url=_base_url(env.get("PUBLIC_BASE_URL")),
+            images=_images(env),
             environ=MappingProxyType(env),
         )
 
@@ -173,6 +203,37 @@ def parse_networks(text: str, source: str) -> tuple[IPNetwork, ...]:
         except ValueError as exc:
             raise SettingsError(f"{source}: {item!r} is not an IP address or CIDR") from exc
     return tuple(networks)
+
+
+def _images(env: Mapping[str, str]) -> ImagesSettings:
+    backend = (env.get("IMAGES_BACKEND") or "mock").strip().lower()
+    if backend not in IMAGES_BACKENDS:
+        raise SettingsError(f"IMAGES_BACKEND must be one of {', '.join(IMAGES_BACKENDS)}")
+    auth = (env.get("IMAGES_A1111_AUTH") or "").strip() or None
+    if auth is not None and ":" not in auth:
+        raise SettingsError("IMAGES_A1111_AUTH must be user:password")
+    directory = (env.get("UI_IMAGE_DIR") or "").strip()
+    return ImagesSettings(
+        backend=backend,
+        backend_class=(env.get("IMAGES_BACKEND_CLASS") or "gpu_heavy").strip(),
+        http_base_url=(env.get("IMAGES_HTTP_BASE_URL") or "").strip() or None,
+        openai_model=(env.get("IMAGES_OPENAI_MODEL") or "").strip() or None,
+        a1111_auth=auth,
+        max_pixels=_int(env, "IMAGES_MAX_PIXELS", 2_097_152, minimum=64 * 64),
+        directory=Path(directory) if directory else None,
+        url_ttl_s=_int(env, "IMAGES_URL_TTL_S", 3600, minimum=1),
+        retention_hours=_float(env, "IMAGES_RETENTION_HOURS", 168.0, minimum=0.0),
+        url_secret=(env.get("IMAGES_URL_SECRET") or "").strip() or None,
+    )
+
+
+def _base_url(value: str | None) -> str | None:
+    text = (value or "").strip().rstrip("/")
+    if not text:
+        return None
+    if not re.match(r"^https?://[^/\s]+(/\S*)?$", text):
+        raise SettingsError(f"PUBLIC_BASE_URL must be an http(s) URL, not {value!r}")
+    return text
 
 
 def _backend_tls(env: Mapping[str, str]) -> BackendTlsDefaults:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from .auth import TokenSet
 from .config.reload import ConfigReloader
+from .images.signing import UrlSigner
+from .images.store import ImageStore
 from .observability.access_log import AccessRecord
 from .routing.health import HealthChecker
 from .routing.registry import RegistryHolder
@@ -14,6 +17,9 @@ SETTINGS = web.AppKey("settings", Settings)
 REGISTRY = web.AppKey("registry", RegistryHolder)
 RELOADER = web.AppKey("reloader", ConfigReloader)
 HEALTH = web.AppKey("health", HealthChecker)
+TOKENS = web.AppKey("tokens", TokenSet)
+IMAGE_STORE = web.AppKey("image_store", ImageStore)
+URL_SIGNER = web.AppKey("url_signer", UrlSigner)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 CLIENT_IP = web.RequestKey("client_ip", str)

@@ -14,7 +14,7 @@ from openai import AsyncOpenAI
 
 from sidecar.app import create_app
 from sidecar.mock_backends import MockBehaviour, create_mock_app
-from sidecar.settings import Settings, parse_bearer_tokens
+from sidecar.settings import ImagesSettings, Settings, parse_bearer_tokens
 
 TOKEN = "test-token-0123456789abcdef"
 OTHER_TOKEN = "other-token-fedcba9876543210"
@@ -54,6 +54,8 @@ def make_settings(config_path: Path, data_dir: Path, **overrides: Any) -> Settin
         "data_dir": data_dir,
         "config_poll_s": 0.0,
         "environ": {},
+        # No built-in images backend unless a test asks for one (the images tests do).
+        "images": ImagesSettings(backend="off"),
     }
     values.update(overrides)
     return Settings(**values)

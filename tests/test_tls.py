@@ -284,6 +284,7 @@ def test_backend_tls_defaults_from_env(
 def check_config(path: Path) -> subprocess.CompletedProcess[str]:
     """``gateway check-config PATH`` in a fresh interpreter, free of the caller's settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BACKEND_", "GATEWAY_"))}
+    env["IMAGES_BACKEND"] = "off"  # only the file's backends
     return subprocess.run(
         [sys.executable, "-m", "sidecar", "check-config", str(path)],
         cwd=REPO_ROOT,

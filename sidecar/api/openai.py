@@ -15,11 +15,12 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import GatewayError, InvalidRequest, PayloadTooLarge, UpstreamError, error_envelope
+from ..errors import GatewayError, InvalidRequest, UpstreamError, error_envelope
 from ..routing.router import Route, admit, resolve
 from ..routing.upstream import UpstreamCall
-from ..typedefs import ACCESS, REGISTRY, REQUEST_ID, SETTINGS
+from ..typedefs import ACCESS, REGISTRY, REQUEST_ID
 from . import validation
+from .body import read_json_object
 
 log = logging.getLogger("gateway.api")
 
@@ -64,26 +65,6 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 async def embeddings(request: web.Request) -> web.StreamResponse:
     return await _relay(request, "embeddings", "embeddings", validation.check_embeddings)
-
-
-async def read_json_object(request: web.Request) -> dict[str, Any]:
-    """The request body as a JSON object, or a 400/413 that says what is wrong."""
-    limit = request.app[SETTINGS].max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes")
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes") from None
-    if not body:
-        raise InvalidRequest("Request body is empty; send a JSON object", code="invalid_json")
-    try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError):
-        raise InvalidRequest("Request body is not valid JSON", code="invalid_json") from None
-    if not isinstance(payload, dict):
-        raise InvalidRequest("Request body must be a JSON object", code="invalid_json")
-    return payload
 
 
 async def _relay(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..images import api as images
 from . import openai, status
 
 
@@ -14,4 +15,6 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", openai.chat_completions, name="chat")
     app.router.add_post("/v1/completions", openai.completions, name="completions")
     app.router.add_post("/v1/embeddings", openai.embeddings, name="embeddings")
+    app.router.add_post("/v1/images/generations", images.generations, name="images")
     app.router.add_get("/v1/gateway/status", status.gateway_status, name="gateway_status")
+    app.router.add_get("/images/{name}", images.image_file, name="image_file", allow_head=True)

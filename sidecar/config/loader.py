@@ -22,16 +22,18 @@ import yaml
 from yarl import URL
 
 from ..routing.tls import TlsSetupError, build_ssl_context
-from ..settings import BackendTlsDefaults
+from ..settings import BackendTlsDefaults, ImagesSettings
 from .schema import (
     BUILTIN_CLASSES,
     CAPABILITIES,
     DEFAULT_CLASS,
+    IMAGE_PROTOCOLS,
     PROTOCOLS,
     AliasConfig,
     BackendConfig,
     GatewayConfig,
     HealthConfig,
+    ImagesConfig,
     ModelConfig,
     QueueConfig,
     Timeouts,
@@ -53,6 +55,8 @@ _BACKEND_KEYS = {
     "timeouts",
     "models",
     "api_key",
+    "basic_auth",
+    "images",
 }
 
 
@@ -80,18 +84,27 @@ class ConfigError(Exception):
 
 
 def load_config(
-    path: Path, environ: Mapping[str, str], tls_defaults: BackendTlsDefaults
+    path: Path,
+    environ: Mapping[str, str],
+    tls_defaults: BackendTlsDefaults,
+    images_env: ImagesSettings | None = None,
 ) -> GatewayConfig:
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(path, [ConfigIssue("", None, f"cannot read: {exc.strerror}")]) from exc
-    return parse_config(data, path, environ, tls_defaults)
+    return parse_config(data, path, environ, tls_defaults, images_env)
 
 
 def parse_config(
-    data: bytes, source: Path, environ: Mapping[str, str], tls_defaults: BackendTlsDefaults
+    data: bytes,
+    source: Path,
+    environ: Mapping[str, str],
+    tls_defaults: BackendTlsDefaults,
+    images_env: ImagesSettings | None = None,
 ) -> GatewayConfig:
+    """Validate ``data``; ``images_env`` (the IMAGES_* shorthand) adds an images backend
+    when the YAML has none."""
     reader = _Reader(source, environ)
     try:
         text = data.decode("utf-8")
@@ -104,7 +117,7 @@ def parse_config(
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(source, [ConfigIssue("", line, f"invalid YAML: {problem}")]) from exc
     root = reader.plain(node, "") if node is not None else {}
-    config = reader.gateway(root, hashlib.sha256(data).hexdigest(), tls_defaults)
+    config = reader.gateway(root, hashlib.sha256(data).hexdigest(), tls_defaults, images_env)
     if reader.issues:
         raise ConfigError(source, reader.issues)
     return config
@@ -290,7 +303,13 @@ class _Reader:
 
     # -- sections --------------------------------------------------------------------------
 
-    def gateway(self, root: Any, digest: str, tls_defaults: BackendTlsDefaults) -> GatewayConfig:
+    def gateway(
+        self,
+        root: Any,
+        digest: str,
+        tls_defaults: BackendTlsDefaults,
+        images_env: ImagesSettings | None,
+    ) -> GatewayConfig:
         root = self.mapping(root, "", _TOP_KEYS)
         version = root.get("version", 1)
         if version != 1:
@@ -303,6 +322,10 @@ class _Reader:
         backends = []
         for name, spec in backends_raw.items():
             backend = self.backend(name, spec, defaults, classes)
+            if backend is not None:
+                backends.append(backend)
+        if images_env is not None and not any("images" in b.capabilities for b in backends):
+            backend = self.images_from_env(images_env, defaults, classes, set(backends_raw))
             if backend is not None:
                 backends.append(backend)
         aliases = self.aliases(root.get("aliases"), {b.name: b for b in backends}, backends_raw)
@@ -354,18 +377,34 @@ class _Reader:
         if not _NAME.match(name):
             self.error(path, "backend names use letters, digits, '_', '-', '.' (max 64)")
         spec = self.mapping(spec, path, _BACKEND_KEYS)
-        url = self.url(spec.get("url"), f"{path}.url")
+        protocol = self.string(spec.get("protocol"), f"{path}.protocol") or "openai"
+        if protocol not in PROTOCOLS:
+            self.error(f"{path}.protocol", f"unsupported protocol (supported: {_list(PROTOCOLS)})")
+        if protocol == "mock_images":
+            url = None
+            if "url" in spec:
+                self.error(f"{path}.url", "the built-in mock_images backend has no URL")
+        else:
+            url = self.url(spec.get("url"), f"{path}.url")
         backend_class = self.string(spec.get("class"), f"{path}.class") or DEFAULT_CLASS
         if backend_class not in classes:
             self.error(f"{path}.class", f"unknown class (known: {_list(classes)})")
             backend_class = DEFAULT_CLASS
-        protocol = self.string(spec.get("protocol"), f"{path}.protocol") or "openai"
-        if protocol not in PROTOCOLS:
-            self.error(f"{path}.protocol", f"unsupported protocol (supported: {_list(PROTOCOLS)})")
+        image_protocol = protocol in IMAGE_PROTOCOLS
         capabilities = self.capabilities(
-            spec.get("capabilities", ["chat", "completions", "embeddings"]),
+            spec.get(
+                "capabilities",
+                ["images"] if image_protocol else ["chat", "completions", "embeddings"],
+            ),
             f"{path}.capabilities",
         )
+        if capabilities is not None and image_protocol != (capabilities == {"images"}):
+            self.error(
+                f"{path}.capabilities",
+                f"protocol {protocol} serves only images"
+                if image_protocol
+                else "images need protocol a1111, openai_images or mock_images",
+            )
         limits = self.limits(
             spec.get("limits"), f"{path}.limits", classes[backend_class], capabilities
         )
@@ -378,17 +417,22 @@ class _Reader:
         )
         health = self.health(spec.get("health"), f"{path}.health", defaults.health)
         if health.readiness is _UNSET:
-            base_path = url.path.rstrip("/") if url is not None else ""
-            health = dataclasses.replace(health, readiness=f"{base_path}/models")
+            health = dataclasses.replace(health, readiness=_readiness_path(protocol, url))
         tls = self.tls(spec.get("tls"), f"{path}.tls", defaults.tls)
         timeouts = self.timeouts(spec.get("timeouts"), f"{path}.timeouts", defaults.timeouts)
         models = self.models(spec.get("models"), f"{path}.models", capabilities or frozenset())
         api_key = self.string(spec.get("api_key"), f"{path}.api_key")
-        if len(self.issues) > issues_before or url is None or capabilities is None:
+        basic_auth = self.basic_auth(spec.get("basic_auth"), f"{path}.basic_auth")
+        images = self.images(spec.get("images"), f"{path}.images")
+        if len(self.issues) > issues_before or capabilities is None:
             return None
-        ssl_context = self.ssl_context(tls, f"{path}.tls") if url.scheme == "https" else None
-        if ssl_context is None and url.scheme == "https":
+        if url is None and protocol != "mock_images":
             return None
+        ssl_context = None
+        if url is not None and url.scheme == "https":
+            ssl_context = self.ssl_context(tls, f"{path}.tls")
+            if ssl_context is None:
+                return None
         return BackendConfig(
             name=name,
             url=url,
@@ -402,7 +446,57 @@ class _Reader:
             timeouts=timeouts,
             models=models,
             api_key=api_key,
+            basic_auth=basic_auth,
+            images=images,
             ssl_context=ssl_context,
+        )
+
+    def images_from_env(
+        self,
+        env: ImagesSettings,
+        defaults: _Defaults,
+        classes: Mapping[str, Mapping[str, int]],
+        taken: set[str],
+    ) -> BackendConfig | None:
+        """The backend that ``IMAGES_BACKEND`` and friends are shorthand for."""
+        if env.backend == "off":
+            return None
+        spec: dict[str, Any] = {
+            "protocol": _ENV_IMAGE_PROTOCOLS[env.backend],
+            "class": env.backend_class,
+            "images": {"max_pixels": env.max_pixels, "model": env.openai_model},
+        }
+        if env.backend != "mock":
+            if not env.http_base_url:
+                self.error("IMAGES_HTTP_BASE_URL", f"required when IMAGES_BACKEND={env.backend}")
+                return None
+            spec["url"] = env.http_base_url
+        if env.a1111_auth and env.backend == "http_a1111":
+            spec["basic_auth"] = env.a1111_auth
+        name = "images" if "images" not in taken else "images-env"
+        return self.backend(name, spec, defaults, classes)
+
+    def basic_auth(self, value: Any, path: str) -> tuple[str, str] | None:
+        text = self.string(value, path)
+        if text is None:
+            return None
+        user, sep, password = text.partition(":")
+        if not sep or not user:
+            self.error(path, "must be user:password")
+            return None
+        return user, password
+
+    def images(self, value: Any, path: str) -> ImagesConfig:
+        spec = self.mapping(value, path, {"max_pixels", "model"})
+        return ImagesConfig(
+            max_pixels=self.number(
+                spec.get("max_pixels"),
+                f"{path}.max_pixels",
+                ImagesConfig.max_pixels,
+                integer=True,
+                minimum=64 * 64,
+            ),
+            model=self.string(spec.get("model"), f"{path}.model"),
         )
 
     def ssl_context(self, tls: TlsConfig, path: str) -> ssl.SSLContext | None:
@@ -568,6 +662,11 @@ class _Reader:
         return aliases
 
 
+_ENV_IMAGE_PROTOCOLS = {
+    "mock": "mock_images",
+    "http_a1111": "a1111",
+    "http_openai_images": "openai_images",
+}
 _UNSET: Any = "(unset)"
 _DEFAULT_HEALTH = HealthConfig(readiness=_UNSET)
 
@@ -577,6 +676,17 @@ class _Defaults:
     timeouts: Timeouts
     health: HealthConfig
     tls: TlsConfig
+
+
+def _readiness_path(protocol: str, url: URL | None) -> str | None:
+    """Where a backend says it can serve, by protocol."""
+    if url is None:
+        return None
+    if protocol == "a1111":
+        return "/sdapi/v1/sd-models"
+    if protocol == "openai_images":
+        return "/readyz"
+    return f"{url.path.rstrip('/')}/models"
 
 
 def _fingerprint(tls: TlsConfig) -> str:

@@ -33,7 +33,7 @@ class ReloadOutcome:
 async def load_checked(settings: Settings) -> GatewayConfig:
     """Load and validate the YAML and its TLS files off the loop; raises ``ConfigError``."""
     return await asyncio.to_thread(
-        load_config, settings.config_path, settings.environ, settings.backend_tls
+        load_config, settings.config_path, settings.environ, settings.backend_tls, settings.images
     )
 
 

@@ -11,7 +11,12 @@ from typing import Any
 from yarl import URL
 
 CAPABILITIES = ("chat", "completions", "embeddings", "images", "music")
-PROTOCOLS = ("openai",)
+# How the gateway talks to a backend: ``openai`` (chat, completions, embeddings at
+# ``{url}/...``), ``a1111`` (stable-diffusion-webui's ``/sdapi/v1``), ``openai_images``
+# (an InvokeAI/ComfyUI shim's ``{url}/v1/images/generations``), ``mock_images`` (the
+# built-in SVG placeholder; no URL).
+PROTOCOLS = ("openai", "a1111", "openai_images", "mock_images")
+IMAGE_PROTOCOLS = ("a1111", "openai_images", "mock_images")
 
 # Default concurrent requests per capability for each backend class. A backend's own
 # ``limits`` and the YAML's ``classes`` section override these.
@@ -66,9 +71,17 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class ImagesConfig:
+    """Image generation limits and defaults for a backend with the images capability."""
+
+    max_pixels: int = 2_097_152
+    model: str | None = None  # sent upstream when the request names none
+
+
+@dataclass(frozen=True)
 class BackendConfig:
     name: str
-    url: URL
+    url: URL | None  # None only for the built-in mock_images backend
     backend_class: str
     protocol: str
     capabilities: frozenset[str]
@@ -79,12 +92,14 @@ class BackendConfig:
     timeouts: Timeouts
     models: tuple[ModelConfig, ...] | None  # None: discovered from the backend
     api_key: str | None = field(default=None, repr=False)
+    basic_auth: tuple[str, str] | None = field(default=None, repr=False)
+    images: ImagesConfig = ImagesConfig()
     # Built from ``tls`` when the config is loaded (https only); derived, so not compared.
     ssl_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
 
     def connection_key(self) -> tuple[Any, ...]:
         """What the pooled client session depends on; equal keys can share one."""
-        return (self.url, self.tls, self.timeouts.connect_s, self.api_key)
+        return (self.url, self.tls, self.timeouts.connect_s, self.api_key, self.basic_auth)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,18 @@ from aiohttp import web
 from ..settings import IPNetwork
 
 
+def via_trusted_proxy(request: web.Request, trusted: tuple[IPNetwork, ...]) -> bool:
+    """Whether the forwarding headers on this request came from a proxy we trust."""
+    transport = request.transport
+    if transport is None:
+        return False
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family == socket.AF_UNIX:
+        return True
+    peer = transport.get_extra_info("peername")
+    return isinstance(peer, tuple) and bool(peer) and _in(peer[0], trusted)
+
+
 def client_ip(request: web.Request, trusted: tuple[IPNetwork, ...]) -> str:
     transport = request.transport
     sock = transport.get_extra_info("socket") if transport is not None else None

@@ -65,7 +65,10 @@ class HealthChecker:
     async def _check(self, backend: Backend) -> tuple[str, str | None]:
         config = backend.config.health
         client = backend.client
+        if backend.config.url is None:
+            return HealthState.READY, None  # built in: nothing to probe
         models_path = client.url("models").path
+        discover = backend.config.models is None and backend.config.protocol == "openai"
         listing: bytes | None = None
         try:
             if config.liveness:
@@ -77,7 +80,7 @@ class HealthChecker:
                 if status >= 400:
                     return HealthState.NOT_READY, f"readiness answered {status}"
                 listing = body if config.readiness == models_path else None
-            if backend.config.models is None:
+            if discover:
                 if listing is None:
                     status, listing = await client.probe(models_path, config.timeout_s)
                     listing = listing if status < 400 else None

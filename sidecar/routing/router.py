@@ -28,23 +28,24 @@ def resolve(registry: Registry, model: str, capability: str) -> Route:
     alias = registry.config.aliases.get(model)
     if alias is not None:
         backend = registry.backends[alias.backend]
-        return _checked(Route(backend, alias.model, capability, alias), model)
+        return checked(Route(backend, alias.model, capability, alias), model)
     prefix, sep, rest = model.partition("/")
     prefixed = registry.get(prefix) if sep and rest else None
     if prefixed is not None:
         if prefixed.models_known and not prefixed.serves(rest):
             raise _unknown(model)
-        return _checked(Route(prefixed, rest, capability), model)
+        return checked(Route(prefixed, rest, capability), model)
     serving = [backend for backend in registry.backends.values() if backend.serves(model)]
     if not serving:
         raise _unknown(model)
     for backend in serving:
         if backend.supports(model, capability):
-            return _checked(Route(backend, model, capability), model)
+            return checked(Route(backend, model, capability), model)
     raise CapabilityNotSupported(f"model '{model}' does not support {capability}", param="model")
 
 
-def _checked(route: Route, requested: str) -> Route:
+def checked(route: Route, requested: str) -> Route:
+    """The route, once its capability and its backend's readiness allow it."""
     backend = route.backend
     if not backend.supports(route.upstream_model, route.capability):
         raise CapabilityNotSupported(
@@ -57,6 +58,23 @@ def _checked(route: Route, requested: str) -> Route:
             retry_after=max(1, math.ceil(backend.config.health.interval_s)),
         )
     return route
+
+
+def resolve_default(registry: Registry, model: str | None, capability: str) -> Route:
+    """A known model with the capability, else the first backend that has it.
+
+    For capabilities such as images, clients often send a model name the gateway does
+    not route (``dall-e-3``); that name then goes to the default backend as is.
+    """
+    if model is not None:
+        try:
+            return resolve(registry, model, capability)
+        except UnknownModel:
+            pass
+    for backend in registry.backends.values():
+        if capability in backend.config.capabilities:
+            return checked(Route(backend, model or "", capability), model or capability)
+    raise UnknownModel(f"no backend of this gateway serves {capability}", param="model")
 
 
 async def admit(route: Route) -> Slot:

@@ -57,15 +57,19 @@ class UpstreamCall:
     def status(self) -> int:
         return self.response.status
 
-    async def read_json(self) -> tuple[bytes, Any]:
-        """The whole body and its parsed JSON; garbage or a cut-off body is a 502."""
+    async def read_body(self) -> bytes:
+        """The whole body (to EOF, within the read timeout and the size cap)."""
         try:
             async with asyncio.timeout(self._client.config.timeouts.read_s):
-                body = await _read_capped(self.response.content, MAX_UPSTREAM_BODY)
+                return await _read_capped(self.response.content, MAX_UPSTREAM_BODY)
         except OverflowError:
             raise UpstreamError(f"backend '{self._client.name}' sent an oversized reply") from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._client.translate(exc) from None
+
+    async def read_json(self) -> tuple[bytes, Any]:
+        """The whole body and its parsed JSON; garbage or a cut-off body is a 502."""
+        body = await self.read_body()
         try:
             return body, json.loads(body)
         except ValueError:
@@ -135,7 +139,8 @@ class BackendClient:
     def __init__(self, config: BackendConfig) -> None:
         self.config = config
         self.name = config.name
-        self._ssl = config.ssl_context if config.url.scheme == "https" else None
+        https = config.url is not None and config.url.scheme == "https"
+        self._ssl = config.ssl_context if https else None
         self._session: aiohttp.ClientSession | None = None
         self._active = 0
         self._retired = False
@@ -144,6 +149,9 @@ class BackendClient:
         self._headers = dict(_JSON_HEADERS)
         if config.api_key:
             self._headers["Authorization"] = f"Bearer {config.api_key}"
+        elif config.basic_auth:
+            user, password = config.basic_auth
+            self._headers["Authorization"] = aiohttp.BasicAuth(user, password).encode()
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -166,6 +174,8 @@ class BackendClient:
         return self._session
 
     def url(self, endpoint: str) -> URL:
+        if self.config.url is None:
+            raise ValueError(f"backend '{self.name}' is built in and has no URL")
         return self.config.url / endpoint
 
     async def post(self, endpoint: str, payload: dict[str, Any], request_id: str) -> UpstreamCall:
@@ -185,11 +195,10 @@ class BackendClient:
 
     async def probe(self, path: str, timeout_s: float) -> tuple[int, bytes]:
         """GET a health path on the backend's origin; transport errors raise."""
-        url = self.config.url.with_path(path)
+        url = self.url("").with_path(path)
         async with asyncio.timeout(timeout_s):
-            headers = (
-                {"Authorization": self._headers["Authorization"]} if self.config.api_key else {}
-            )
+            auth = self._headers.get("Authorization")
+            headers = {"Authorization": auth} if auth else {}
             async with self.session.get(url, headers=headers) as response:
                 return response.status, await response.content.read(4 * 1024 * 1024)
 

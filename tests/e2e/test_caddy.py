@@ -337,3 +337,20 @@ async def test_admin_certificate_is_served(tmp_path: Path) -> None:
     assert status == 200
     expected = x509.load_pem_x509_certificate(leaf.cert_path.read_bytes())
     assert served == expected.public_bytes(serialization.Encoding.DER)
+
+
+async def test_image_url_through_caddy_is_absolute_and_fetchable_without_token(
+    stack: GatewayStack,
+) -> None:
+    async with stack.openai() as client:
+        result = await client.images.generate(prompt="a lighthouse at dusk", size="256x256")
+    url = result.data[0].url
+    assert url is not None and url.startswith(f"{stack.base_url}/images/")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url, ssl=stack.ssl_context()) as response,
+    ):
+        assert response.status == 200
+        assert response.headers["Content-Type"] == "image/svg+xml"
+        assert "sandbox" in response.headers["Content-Security-Policy"]
+        assert "a lighthouse at dusk" in await response.text()

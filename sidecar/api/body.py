@@ -1,0 +1,31 @@
+"""Reading request bodies: size limits and JSON, with errors a client can act on."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import InvalidRequest, PayloadTooLarge
+from ..typedefs import SETTINGS
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400/413 that says what is wrong."""
+    limit = request.app[SETTINGS].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes") from None
+    if not body:
+        raise InvalidRequest("Request body is empty; send a JSON object", code="invalid_json")
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        raise InvalidRequest("Request body is not valid JSON", code="invalid_json") from None
+    if not isinstance(payload, dict):
+        raise InvalidRequest("Request body must be a JSON object", code="invalid_json")
+    return payload

@@ -1,0 +1,69 @@
+"""Content-addressed image files: the name is the SHA-256 of the bytes plus an extension.
+
+The same image is stored once; every write is a temp file renamed into place, so a
+crash never leaves a half-written image under a real name. All methods block: call them
+from a thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+_NAME = re.compile(r"^[0-9a-f]{64}\.(png|jpg|webp|svg)$")
+
+
+class ImageStore:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def save(self, data: bytes, extension: str) -> str:
+        """Store ``data``; returns its file name. Storing it again refreshes its age."""
+        name = f"{hashlib.sha256(data).hexdigest()}.{extension}"
+        target = self.directory / name
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            os.utime(target)
+            return name
+        fd, temp = tempfile.mkstemp(dir=self.directory, prefix=".incoming-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(temp, 0o640)
+            os.replace(temp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+        return name
+
+    def path(self, name: str) -> Path | None:
+        """The file for a name from a URL, or None: only well-formed names are looked up."""
+        if not _NAME.match(name):
+            return None
+        candidate = self.directory / name
+        return candidate if candidate.is_file() else None
+
+    def prune(self, max_age_s: float, now: float | None = None) -> int:
+        """Delete images (and stale temp files) older than ``max_age_s``; returns the count."""
+        cutoff = (now if now is not None else time.time()) - max_age_s
+        removed = 0
+        try:
+            entries = list(os.scandir(self.directory))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            if not (_NAME.match(entry.name) or entry.name.startswith(".incoming-")):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+        return removed
