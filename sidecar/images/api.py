@@ -47,7 +47,9 @@ async def generations(request: web.Request) -> web.Response:
         check_pixels(image_request, backend.config.images.max_pixels, backend.name)
         slot = await admit(route)
         try:
-            images = await generate(backend, image_request, request[REQUEST_ID])
+            images = await generate(
+                backend, image_request, route.upstream_model or None, request[REQUEST_ID]
+            )
         finally:
             slot.release()
         kinds = [_kind(data, backend.name) for data in images]

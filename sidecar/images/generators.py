@@ -18,13 +18,16 @@ from . import placeholder
 from .request import ImageRequest
 
 
-async def generate(backend: Backend, request: ImageRequest, request_id: str) -> list[bytes]:
+async def generate(
+    backend: Backend, request: ImageRequest, upstream_model: str | None, request_id: str
+) -> list[bytes]:
+    """``upstream_model`` is the routed name (an alias's target, a prefix stripped)."""
     protocol = backend.config.protocol
     if protocol == "mock_images":
         return await asyncio.to_thread(_placeholders, request)
     if protocol == "a1111":
         return await _a1111(backend, request, request_id)
-    return await _openai_images(backend, request, request_id)
+    return await _openai_images(backend, request, upstream_model, request_id)
 
 
 def _placeholders(request: ImageRequest) -> list[bytes]:
@@ -62,14 +65,16 @@ async def _a1111(backend: Backend, request: ImageRequest, request_id: str) -> li
     return images[-request.n :] if len(images) >= request.n else _short(backend, images, request)
 
 
-async def _openai_images(backend: Backend, request: ImageRequest, request_id: str) -> list[bytes]:
+async def _openai_images(
+    backend: Backend, request: ImageRequest, upstream_model: str | None, request_id: str
+) -> list[bytes]:
     payload: dict[str, Any] = {
         "prompt": request.prompt,
         "n": request.n,
         "size": request.size,
         "response_format": "b64_json",
     }
-    model = request.model or backend.config.images.model
+    model = upstream_model or backend.config.images.model
     if model:
         payload["model"] = model
     knobs = dict(request.knobs)

@@ -56,6 +56,7 @@ def checked(route: Route, requested: str) -> Route:
             f"backend '{backend.name}' serving '{requested}' is not ready "
             f"({backend.health.state}); retry shortly",
             retry_after=max(1, math.ceil(backend.config.health.interval_s)),
+            headers={"X-Backend-Used": backend.name},
         )
     return route
 
