@@ -21,10 +21,23 @@ from .auth import TokenSet
 from .config.reload import ConfigReloader, load_checked
 from .images.signing import UrlSigner, load_or_create_secret
 from .images.store import ImageStore
+from .music.tool import heartmula_generate
 from .routing.health import HealthChecker, running
 from .routing.registry import RegistryHolder, build_registry
 from .settings import Settings
-from .typedefs import HEALTH, IMAGE_STORE, REGISTRY, RELOADER, SETTINGS, TOKENS, URL_SIGNER
+from .toolbus.bus import ToolBus
+from .toolbus.executors import BUILTINS
+from .toolbus.log import ToolLog
+from .typedefs import (
+    HEALTH,
+    IMAGE_STORE,
+    REGISTRY,
+    RELOADER,
+    SETTINGS,
+    TOKENS,
+    TOOLBUS,
+    URL_SIGNER,
+)
 
 log = logging.getLogger("gateway")
 
@@ -42,6 +55,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_health_checks)
     app.cleanup_ctx.append(_config_reload)
     app.cleanup_ctx.append(_images)
+    app.cleanup_ctx.append(_toolbus)
     app.on_response_prepare.append(stamp_response)
     setup_routes(app)
     return app
@@ -98,6 +112,20 @@ async def _prune_forever(store: ImageStore, retention_s: float) -> None:
             if removed:
                 log.info("pruned %d images older than the retention", removed)
         await asyncio.sleep(interval)
+
+
+async def _toolbus(app: web.Application) -> AsyncIterator[None]:
+    """The tool bus on the current config's tools, following every reload."""
+    settings = app[SETTINGS]
+    log_ = ToolLog(settings.tools.log_mode, settings.tool_log_path, settings.tool_log_dir)
+    await asyncio.to_thread(log_.open)
+    builtins = {**BUILTINS, "heartmula_generate": heartmula_generate}
+    bus = ToolBus(app[REGISTRY], log_, settings.environ, settings.tools.allowlist, builtins)
+    bus.configure(app[REGISTRY].current.config)
+    app[RELOADER].listeners.append(bus.configure)
+    app[TOOLBUS] = bus
+    yield
+    await asyncio.to_thread(log_.close)
 
 
 async def _config_reload(app: web.Application) -> AsyncIterator[None]:

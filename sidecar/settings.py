@@ -83,6 +83,22 @@ class ImagesSettings:
     url_secret: str | None = field(default=None, repr=False)
 
 
+TOOL_LOG_MODES = ("ndjson", "per_invocation", "both")
+
+
+@dataclass(frozen=True)
+class ToolsSettings:
+    """The tool bus and agents: allowlist, where calls and runs are recorded."""
+
+    allowlist: frozenset[str] | None = None  # TOOLS_ALLOWLIST; None allows every tool
+    registry_path: Path | None = None  # TOOLS_REGISTRY_PATH replaces gateway.yaml's tools
+    log_mode: str = "both"
+    log_path: Path | None = None  # default: $GATEWAY_DATA_DIR/tools/invocations.ndjson
+    log_dir: Path | None = None  # default: $GATEWAY_DATA_DIR/tools/invocations
+    agent_specs_path: Path | None = None  # AGENT_SPECS_PATH
+    heartmula_base_url: str | None = None  # shorthand for a music backend
+
+
 @dataclass(frozen=True)
 class Settings:
     bearer_tokens: tuple[BearerToken, ...]
@@ -92,6 +108,7 @@ class Settings:
     host: str | None = None
     port: int | None = None
     trusted_proxies: tuple[IPNetwork, ...] = ()
+    ui_ip_allowlist: tuple[IPNetwork, ...] = ()  # empty: the UI is closed
     backend_tls: BackendTlsDefaults = BackendTlsDefaults()
     max_body_bytes: int = 8 * 1024 * 1024
     config_poll_s: float = 2.0
@@ -99,7 +116,20 @@ class Settings:
     access_log: bool = True
     public_base_url: str | None = None
     images: ImagesSettings = ImagesSettings()
+    tools: ToolsSettings = ToolsSettings()
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def tool_log_path(self) -> Path:
+        return self.tools.log_path or self.data_dir / "tools" / "invocations.ndjson"
+
+    @property
+    def tool_log_dir(self) -> Path:
+        return self.tools.log_dir or self.data_dir / "tools" / "invocations"
+
+    @property
+    def agent_runs_dir(self) -> Path:
+        return self.data_dir / "agent_runs"
 
     @property
     def image_dir(self) -> Path:
@@ -132,6 +162,7 @@ class Settings:
             if port_text
             else (8080 if host else None),
             trusted_proxies=parse_networks(env.get("TRUSTED_PROXIES", ""), "TRUSTED_PROXIES"),
+            ui_ip_allowlist=parse_networks(env.get("UI_IP_ALLOWLIST", ""), "UI_IP_ALLOWLIST"),
             backend_tls=_backend_tls(env),
             max_body_bytes=_int(env, "GATEWAY_MAX_BODY_BYTES", 8 * 1024 * 1024, minimum=1024),
             config_poll_s=_float(env, "GATEWAY_CONFIG_POLL_S", 2.0, minimum=0.0),
@@ -139,6 +170,7 @@ class Settings:
             access_log=_bool(env, "GATEWAY_ACCESS_LOG", True),
             public_base_url=_base_url(env.get("PUBLIC_BASE_URL")),
             images=_images(env),
+            tools=_tools(env),
             environ=MappingProxyType(env),
         )
 
@@ -227,12 +259,33 @@ def _images(env: Mapping[str, str]) -> ImagesSettings:
     )
 
 
-def _base_url(value: str | None) -> str | None:
+def _tools(env: Mapping[str, str]) -> ToolsSettings:
+    allow = [name for name in re.split(r"[,\s]+", env.get("TOOLS_ALLOWLIST") or "") if name]
+    mode = (env.get("TOOLS_LOG_MODE") or "both").strip().lower()
+    if mode not in TOOL_LOG_MODES:
+        raise SettingsError(f"TOOLS_LOG_MODE must be one of {', '.join(TOOL_LOG_MODES)}")
+
+    def path(name: str) -> Path | None:
+        value = (env.get(name) or "").strip()
+        return Path(value) if value else None
+
+    return ToolsSettings(
+        allowlist=frozenset(allow) if allow else None,
+        registry_path=path("TOOLS_REGISTRY_PATH"),
+        log_mode=mode,
+        log_path=path("TOOLS_LOG_PATH"),
+        log_dir=path("TOOLS_LOG_DIR"),
+        agent_specs_path=path("AGENT_SPECS_PATH"),
+        heartmula_base_url=_base_url(env.get("HEARTMULA_BASE_URL"), "HEARTMULA_BASE_URL"),
+    )
+
+
+def _base_url(value: str | None, name: str = "PUBLIC_BASE_URL") -> str | None:
     text = (value or "").strip().rstrip("/")
     if not text:
         return None
-    if not re.match(r"^https?://[^/\s]+(/\S*)?$", text):
-        raise SettingsError(f"PUBLIC_BASE_URL must be an http(s) URL, not {value!r}")
+    if not re.match(r"^https?://[^/\s?#]+$", text):
+        raise SettingsError(f"{name} must be an http(s) URL with no path, not {value!r}")
     return text
 
 

@@ -12,6 +12,7 @@ from .observability.access_log import AccessRecord
 from .routing.health import HealthChecker
 from .routing.registry import RegistryHolder
 from .settings import BearerToken, Settings
+from .toolbus.bus import ToolBus
 
 SETTINGS = web.AppKey("settings", Settings)
 REGISTRY = web.AppKey("registry", RegistryHolder)
@@ -20,6 +21,7 @@ HEALTH = web.AppKey("health", HealthChecker)
 TOKENS = web.AppKey("tokens", TokenSet)
 IMAGE_STORE = web.AppKey("image_store", ImageStore)
 URL_SIGNER = web.AppKey("url_signer", UrlSigner)
+TOOLBUS = web.AppKey("toolbus", ToolBus)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 CLIENT_IP = web.RequestKey("client_ip", str)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..images import api as images
+from ..music import api as music
+from ..toolbus import api as tools
 from . import openai, status
 
 
@@ -16,5 +18,11 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/v1/completions", openai.completions, name="completions")
     app.router.add_post("/v1/embeddings", openai.embeddings, name="embeddings")
     app.router.add_post("/v1/images/generations", images.generations, name="images")
+    app.router.add_post("/v1/music/generations", music.generations, name="music")
+    app.router.add_get("/ui/heartmula/audio/{filename}", music.audio, name="music_audio")
+    app.router.add_get("/v1/tools", tools.list_tools, name="tools")
+    app.router.add_get("/v1/tools/replay/{replay_id}", tools.get_replay, name="tool_record")
+    app.router.add_post("/v1/tools/replay/{replay_id}", tools.replay, name="tool_replay")
+    app.router.add_post("/v1/tools/{name}", tools.call_tool, name="tool_call")
     app.router.add_get("/v1/gateway/status", status.gateway_status, name="gateway_status")
     app.router.add_get("/images/{name}", images.image_file, name="image_file", allow_head=True)

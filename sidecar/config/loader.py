@@ -18,6 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import jsonschema
 import yaml
 from yarl import URL
 
@@ -25,10 +26,12 @@ from ..routing.tls import TlsSetupError, build_ssl_context
 from ..settings import BackendTlsDefaults, ImagesSettings
 from .schema import (
     BUILTIN_CLASSES,
+    BUILTIN_TOOLS,
     CAPABILITIES,
     DEFAULT_CLASS,
-    IMAGE_PROTOCOLS,
+    PROTOCOL_CAPABILITIES,
     PROTOCOLS,
+    TOOL_EXECUTORS,
     AliasConfig,
     BackendConfig,
     GatewayConfig,
@@ -38,11 +41,24 @@ from .schema import (
     QueueConfig,
     Timeouts,
     TlsConfig,
+    ToolSpec,
 )
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_TOP_KEYS = {"version", "defaults", "classes", "backends", "aliases", "tools"}
+_TOP_KEYS = {"version", "defaults", "classes", "backends", "aliases", "tools", "token_tools"}
+_TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_TOOL_KEYS = {
+    "version",
+    "description",
+    "parameters",
+    "builtin",
+    "subprocess",
+    "http",
+    "timeout_s",
+    "concurrency",
+    "max_output_bytes",
+}
 _BACKEND_KEYS = {
     "url",
     "class",
@@ -88,12 +104,50 @@ def load_config(
     environ: Mapping[str, str],
     tls_defaults: BackendTlsDefaults,
     images_env: ImagesSettings | None = None,
+    tools_path: Path | None = None,
+    heartmula_url: str | None = None,
 ) -> GatewayConfig:
+    """The config from ``path``; with ``tools_path`` (TOOLS_REGISTRY_PATH), the tools
+    come from that file instead of the ``tools:`` section."""
+    config = parse_config(_read(path), path, environ, tls_defaults, images_env, heartmula_url)
+    if tools_path is None:
+        return config
+    data = _read(tools_path)
+    reader = _Reader(tools_path, environ)
+    root = reader.mapping(
+        reader.plain(_compose(data, tools_path), ""), "", {"tools", "token_tools"}
+    )
+    backends = {backend.name: backend for backend in config.backends}
+    tools = reader.tools(root.get("tools"), backends)
+    token_tools = reader.token_tools(root.get("token_tools"), tools)
+    if reader.issues:
+        raise ConfigError(tools_path, reader.issues)
+    return dataclasses.replace(
+        config,
+        digest=hashlib.sha256(config.digest.encode() + data).hexdigest(),
+        tools=MappingProxyType(tools),
+        token_tools=MappingProxyType(token_tools),
+    )
+
+
+def _read(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise ConfigError(path, [ConfigIssue("", None, f"cannot read: {exc.strerror}")]) from exc
-    return parse_config(data, path, environ, tls_defaults, images_env)
+
+
+def _compose(data: bytes, source: Path) -> yaml.Node:
+    try:
+        node = yaml.compose(data.decode("utf-8"), Loader=yaml.SafeLoader)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, [ConfigIssue("", None, "not UTF-8 text")]) from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, [ConfigIssue("", line, f"invalid YAML: {problem}")]) from exc
+    return node if node is not None else yaml.MappingNode("tag:yaml.org,2002:map", [])
 
 
 def parse_config(
@@ -102,22 +156,15 @@ def parse_config(
     environ: Mapping[str, str],
     tls_defaults: BackendTlsDefaults,
     images_env: ImagesSettings | None = None,
+    heartmula_url: str | None = None,
 ) -> GatewayConfig:
-    """Validate ``data``; ``images_env`` (the IMAGES_* shorthand) adds an images backend
-    when the YAML has none."""
+    """Validate ``data``; ``images_env`` (the IMAGES_* shorthand) and ``heartmula_url``
+    (HEARTMULA_BASE_URL) add an images or music backend when the YAML has none."""
     reader = _Reader(source, environ)
-    try:
-        text = data.decode("utf-8")
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except UnicodeDecodeError as exc:
-        raise ConfigError(source, [ConfigIssue("", None, "not UTF-8 text")]) from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(source, [ConfigIssue("", line, f"invalid YAML: {problem}")]) from exc
-    root = reader.plain(node, "") if node is not None else {}
-    config = reader.gateway(root, hashlib.sha256(data).hexdigest(), tls_defaults, images_env)
+    root = reader.plain(_compose(data, source), "")
+    config = reader.gateway(
+        root, hashlib.sha256(data).hexdigest(), tls_defaults, images_env, heartmula_url
+    )
     if reader.issues:
         raise ConfigError(source, reader.issues)
     return config
@@ -309,6 +356,7 @@ class _Reader:
         digest: str,
         tls_defaults: BackendTlsDefaults,
         images_env: ImagesSettings | None,
+        heartmula_url: str | None = None,
     ) -> GatewayConfig:
         root = self.mapping(root, "", _TOP_KEYS)
         version = root.get("version", 1)
@@ -328,13 +376,21 @@ class _Reader:
             backend = self.images_from_env(images_env, defaults, classes, set(backends_raw))
             if backend is not None:
                 backends.append(backend)
+        if heartmula_url and not any("music" in b.capabilities for b in backends):
+            name = "music" if "music" not in backends_raw else "music-env"
+            spec = {"url": heartmula_url, "protocol": "heartmula", "class": "gpu_heavy"}
+            backend = self.backend(name, spec, defaults, classes)
+            if backend is not None:
+                backends.append(backend)
         aliases = self.aliases(root.get("aliases"), {b.name: b for b in backends}, backends_raw)
+        tools = self.tools(root.get("tools"), {b.name: b for b in backends})
         return GatewayConfig(
             source=self.source,
             digest=digest,
             backends=tuple(backends),
             aliases=MappingProxyType(aliases),
-            tools=root.get("tools"),
+            tools=MappingProxyType(tools),
+            token_tools=MappingProxyType(self.token_tools(root.get("token_tools"), tools)),
         )
 
     def classes(self, value: Any) -> dict[str, Mapping[str, int]]:
@@ -390,20 +446,13 @@ class _Reader:
         if backend_class not in classes:
             self.error(f"{path}.class", f"unknown class (known: {_list(classes)})")
             backend_class = DEFAULT_CLASS
-        image_protocol = protocol in IMAGE_PROTOCOLS
+        served = PROTOCOL_CAPABILITIES.get(protocol, ("chat",))
         capabilities = self.capabilities(
-            spec.get(
-                "capabilities",
-                ["images"] if image_protocol else ["chat", "completions", "embeddings"],
-            ),
-            f"{path}.capabilities",
+            spec.get("capabilities", list(served)), f"{path}.capabilities"
         )
-        if capabilities is not None and image_protocol != (capabilities == {"images"}):
+        if capabilities is not None and not capabilities <= set(served):
             self.error(
-                f"{path}.capabilities",
-                f"protocol {protocol} serves only images"
-                if image_protocol
-                else "images need protocol a1111, openai_images or mock_images",
+                f"{path}.capabilities", f"protocol {protocol} serves only: {', '.join(served)}"
             )
         limits = self.limits(
             spec.get("limits"), f"{path}.limits", classes[backend_class], capabilities
@@ -475,6 +524,118 @@ class _Reader:
             spec["basic_auth"] = env.a1111_auth
         name = "images" if "images" not in taken else "images-env"
         return self.backend(name, spec, defaults, classes)
+
+    def tools(self, value: Any, backends: Mapping[str, BackendConfig]) -> dict[str, ToolSpec]:
+        tools = {}
+        for name, spec in self.mapping(value, "tools").items():
+            tool = self.tool(name, spec, backends)
+            if tool is not None:
+                tools[name] = tool
+        return tools
+
+    def tool(self, name: str, spec: Any, backends: Mapping[str, BackendConfig]) -> ToolSpec | None:
+        path = f"tools.{name}"
+        before = len(self.issues)
+        if not _TOOL_NAME.match(name):
+            self.error(path, "tool names match ^[A-Za-z0-9_-]{1,64}$")
+        spec = self.mapping(spec, path, _TOOL_KEYS)
+        version = spec.get("version", "1")
+        if isinstance(version, int | float) and not isinstance(version, bool):
+            version = str(version)
+        if not isinstance(version, str) or not version:
+            self.error(f"{path}.version", "must be a non-empty string")
+        parameters = spec.get("parameters", {"type": "object"})
+        if not isinstance(parameters, dict):
+            self.error(f"{path}.parameters", "must be a JSON Schema object")
+        else:
+            try:
+                jsonschema.Draft202012Validator.check_schema(parameters)
+            except jsonschema.SchemaError as exc:
+                where = "/".join(str(part) for part in exc.absolute_path)
+                self.error(f"{path}.parameters", f"invalid JSON Schema at '{where}': {exc.message}")
+        executors = [key for key in TOOL_EXECUTORS if key in spec]
+        if len(executors) != 1:
+            self.error(path, f"needs exactly one executor: {', '.join(TOOL_EXECUTORS)}")
+            return None
+        executor = executors[0]
+        fields: dict[str, Any] = {}
+        if executor == "builtin":
+            builtin = spec["builtin"]
+            if builtin not in BUILTIN_TOOLS:
+                self.error(f"{path}.builtin", f"unknown builtin (known: {_list(BUILTIN_TOOLS)})")
+            fields["builtin"] = builtin
+        elif executor == "subprocess":
+            fields.update(self.subprocess_tool(spec["subprocess"], f"{path}.subprocess"))
+        else:
+            fields.update(self.http_tool(spec["http"], f"{path}.http", backends))
+        timeout_s = self.number(spec.get("timeout_s"), f"{path}.timeout_s", 30.0, exclusive=True)
+        concurrency = self.number(
+            spec.get("concurrency"), f"{path}.concurrency", 4, integer=True, minimum=1
+        )
+        max_output = self.number(
+            spec.get("max_output_bytes"),
+            f"{path}.max_output_bytes",
+            1024 * 1024,
+            integer=True,
+            minimum=1024,
+        )
+        description = self.string(spec.get("description"), f"{path}.description") or ""
+        if len(self.issues) > before:
+            return None
+        return ToolSpec(
+            name=name,
+            version=version,
+            description=description,
+            parameters=parameters,
+            executor=executor,
+            timeout_s=timeout_s,
+            concurrency=concurrency,
+            max_output_bytes=max_output,
+            **fields,
+        )
+
+    def subprocess_tool(self, value: Any, path: str) -> dict[str, Any]:
+        spec = self.mapping(value, path, {"argv", "env", "cwd"})
+        argv = spec.get("argv")
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            self.error(f"{path}.argv", "must be a non-empty list of strings (no shell)")
+            argv = []
+        env = spec.get("env", [])
+        if not isinstance(env, list) or not all(isinstance(e, str) for e in env):
+            self.error(f"{path}.env", "must be a list of environment variable names")
+            env = []
+        cwd = self.string(spec.get("cwd"), f"{path}.cwd")
+        cwd_path = None
+        if cwd is not None:
+            cwd_path = Path(cwd) if Path(cwd).is_absolute() else self.base_dir / cwd
+        return {"argv": tuple(argv), "env_allow": tuple(env), "cwd": cwd_path}
+
+    def http_tool(
+        self, value: Any, path: str, backends: Mapping[str, BackendConfig]
+    ) -> dict[str, Any]:
+        spec = self.mapping(value, path, {"backend", "path"})
+        backend = self.string(spec.get("backend"), f"{path}.backend", required=True)
+        target = self.string(spec.get("path"), f"{path}.path", required=True)
+        if backend is not None and backend not in backends:
+            self.error(f"{path}.backend", f"no backend named {backend!r}")
+        elif backend is not None and backends[backend].url is None:
+            self.error(f"{path}.backend", f"backend {backend!r} has no URL")
+        if target is not None and not target.startswith("/"):
+            self.error(f"{path}.path", "must be an absolute path such as /tools/lookup")
+        return {"http_backend": backend, "http_path": target}
+
+    def token_tools(self, value: Any, tools: Mapping[str, ToolSpec]) -> dict[str, frozenset[str]]:
+        result = {}
+        for token, names in self.mapping(value, "token_tools").items():
+            path = f"token_tools.{token}"
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                self.error(path, "must be a list of tool names")
+                continue
+            for index, name in enumerate(names):
+                if name not in tools:
+                    self.error(f"{path}[{index}]", f"no tool named {name!r}")
+            result[token] = frozenset(names)
+        return result
 
     def basic_auth(self, value: Any, path: str) -> tuple[str, str] | None:
         text = self.string(value, path)
@@ -684,7 +845,7 @@ def _readiness_path(protocol: str, url: URL | None) -> str | None:
         return None
     if protocol == "a1111":
         return "/sdapi/v1/sd-models"
-    if protocol == "openai_images":
+    if protocol in ("openai_images", "heartmula"):
         return "/readyz"
     return f"{url.path.rstrip('/')}/models"
 

@@ -11,7 +11,9 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..routing.registry import RegistryHolder, build_registry
 from ..settings import Settings
@@ -33,7 +35,13 @@ class ReloadOutcome:
 async def load_checked(settings: Settings) -> GatewayConfig:
     """Load and validate the YAML and its TLS files off the loop; raises ``ConfigError``."""
     return await asyncio.to_thread(
-        load_config, settings.config_path, settings.environ, settings.backend_tls, settings.images
+        load_config,
+        settings.config_path,
+        settings.environ,
+        settings.backend_tls,
+        settings.images,
+        settings.tools.registry_path,
+        settings.tools.heartmula_base_url,
     )
 
 
@@ -42,16 +50,21 @@ class ConfigReloader:
         self._settings = settings
         self._holder = holder
         self._lock = asyncio.Lock()
-        self._stamp = _stamp(settings.config_path)
+        self._files = [settings.config_path]
+        if settings.tools.registry_path is not None:
+            self._files.append(settings.tools.registry_path)
+        self._stamp = _stamps(self._files)
         self.last: ReloadOutcome = ReloadOutcome(
             ok=True, at=time.time(), reason="start", digest=holder.current.config.digest
         )
         self.reloads_ok = 0
         self.reloads_refused = 0
+        # Called with each newly swapped-in config (the tool bus takes its tools from it).
+        self.listeners: list[Callable[[GatewayConfig], None]] = []
 
     async def reload(self, reason: str) -> ReloadOutcome:
         async with self._lock:
-            self._stamp = await asyncio.to_thread(_stamp, self._settings.config_path)
+            self._stamp = await asyncio.to_thread(_stamps, self._files)
             try:
                 config = await load_checked(self._settings)
             except ConfigError as exc:
@@ -65,6 +78,8 @@ class ConfigReloader:
             if config.digest != current.config.digest:
                 registry, retired = build_registry(config, current)
                 self._holder.swap(registry, retired)
+                for listener in self.listeners:
+                    listener(config)
                 log.info("config reloaded (%s): %d backends", reason, len(config.backends))
             self.reloads_ok += 1
             self.last = ReloadOutcome(True, time.time(), reason, digest=config.digest)
@@ -81,9 +96,13 @@ class ConfigReloader:
         interval = self._settings.config_poll_s
         while True:
             await asyncio.sleep(interval)
-            stamp = await asyncio.to_thread(_stamp, self._settings.config_path)
+            stamp = await asyncio.to_thread(_stamps, self._files)
             if stamp != self._stamp:
                 await self.reload("file changed")
+
+
+def _stamps(paths: list[Path]) -> list[tuple[int, int, int, int] | None]:
+    return [_stamp(path) for path in paths]
 
 
 def _stamp(path: os.PathLike[str]) -> tuple[int, int, int, int] | None:

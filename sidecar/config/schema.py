@@ -15,13 +15,22 @@ CAPABILITIES = ("chat", "completions", "embeddings", "images", "music")
 # ``{url}/...``), ``a1111`` (stable-diffusion-webui's ``/sdapi/v1``), ``openai_images``
 # (an InvokeAI/ComfyUI shim's ``{url}/v1/images/generations``), ``mock_images`` (the
 # built-in SVG placeholder; no URL).
-PROTOCOLS = ("openai", "a1111", "openai_images", "mock_images")
+# ``heartmula`` is the HeartMuLa music shim (``{url}/v1/music/generations``).
+PROTOCOLS = ("openai", "a1111", "openai_images", "mock_images", "heartmula")
 IMAGE_PROTOCOLS = ("a1111", "openai_images", "mock_images")
+# What each protocol can serve; a backend's capabilities must be among them.
+PROTOCOL_CAPABILITIES: Mapping[str, tuple[str, ...]] = {
+    "openai": ("chat", "completions", "embeddings"),
+    "a1111": ("images",),
+    "openai_images": ("images",),
+    "mock_images": ("images",),
+    "heartmula": ("music",),
+}
 
 # Default concurrent requests per capability for each backend class. A backend's own
 # ``limits`` and the YAML's ``classes`` section override these.
 BUILTIN_CLASSES: Mapping[str, Mapping[str, int]] = {
-    "gpu_heavy": {"chat": 2, "completions": 2, "embeddings": 4, "images": 2, "music": 1},
+    "gpu_heavy": {"chat": 2, "completions": 2, "embeddings": 4, "images": 2, "music": 2},
     "gpu_light": {"chat": 4, "completions": 4, "embeddings": 8, "images": 2, "music": 1},
     "cpu": {"chat": 1, "completions": 1, "embeddings": 4, "images": 1, "music": 1},
     "remote": {"chat": 16, "completions": 16, "embeddings": 16, "images": 4, "music": 2},
@@ -112,13 +121,39 @@ class AliasConfig:
     tools: bool = True
 
 
+TOOL_EXECUTORS = ("builtin", "subprocess", "http")
+BUILTIN_TOOLS = ("noop", "calculator", "heartmula_generate")
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A tool on the bus: its contract (name, version, JSON Schema) and how it runs."""
+
+    name: str
+    version: str
+    description: str
+    parameters: Mapping[str, Any]  # a JSON Schema, checked against its metaschema
+    executor: str  # builtin | subprocess | http
+    builtin: str | None = None
+    argv: tuple[str, ...] = ()
+    env_allow: tuple[str, ...] = ()
+    cwd: Path | None = None
+    http_backend: str | None = None
+    http_path: str | None = None
+    timeout_s: float = 30.0
+    concurrency: int = 4
+    max_output_bytes: int = 1024 * 1024
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     source: Path
     digest: str
     backends: tuple[BackendConfig, ...]
     aliases: Mapping[str, AliasConfig]
-    tools: Any = None  # the tool bus's section, validated by the tool bus
+    tools: Mapping[str, ToolSpec] = field(default_factory=dict)
+    # Token name -> the tools that token may call (tokens not listed: any allowed tool).
+    token_tools: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def backend(self, name: str) -> BackendConfig | None:
         for backend in self.backends:

@@ -66,3 +66,8 @@ def _in(address: str, networks: tuple[IPNetwork, ...]) -> bool:
     except ValueError:
         return False
     return any(ip in network for network in networks)
+
+
+def address_allowed(address: str, allowlist: tuple[IPNetwork, ...]) -> bool:
+    """Whether a client address is inside an allowlist (an empty list allows nobody)."""
+    return _in(address, allowlist)

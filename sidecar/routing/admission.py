@@ -44,8 +44,16 @@ class Slot:
 
 
 class Admission:
-    def __init__(self, label: str, limit: int, queue_max: int = 0, queue_timeout_s: float = 0):
+    def __init__(
+        self,
+        label: str,
+        limit: int,
+        queue_max: int = 0,
+        queue_timeout_s: float = 0,
+        code: str = "backend_overloaded",
+    ) -> None:
         self.label = label
+        self.code = code
         self.limit = limit
         self.queue_max = queue_max
         self.queue_timeout_s = queue_timeout_s
@@ -107,6 +115,7 @@ class Admission:
         return BackendOverloaded(
             f"{self.label} is at its concurrency limit of {self.limit} {reason}; retry shortly",
             retry_after=1,
+            code=self.code,
         )
 
     def _grant(self) -> Slot:

@@ -48,9 +48,12 @@ _TLS_REASONS = {
 class UpstreamCall:
     """One request to a backend, open until the caller closes it (a stream stays open)."""
 
-    def __init__(self, client: BackendClient, response: aiohttp.ClientResponse) -> None:
+    def __init__(
+        self, client: BackendClient, response: aiohttp.ClientResponse, read_s: float
+    ) -> None:
         self._client = client
         self.response = response
+        self.read_s = read_s
         self._closed = False
 
     @property
@@ -60,7 +63,7 @@ class UpstreamCall:
     async def read_body(self) -> bytes:
         """The whole body (to EOF, within the read timeout and the size cap)."""
         try:
-            async with asyncio.timeout(self._client.config.timeouts.read_s):
+            async with asyncio.timeout(self.read_s):
                 return await _read_capped(self.response.content, MAX_UPSTREAM_BODY)
         except OverflowError:
             raise UpstreamError(f"backend '{self._client.name}' sent an oversized reply") from None
@@ -85,7 +88,7 @@ class UpstreamCall:
         """
         content = self.response.content
         timeouts = self._client.config.timeouts
-        wait = timeouts.read_s
+        wait = self.read_s
         while True:
             try:
                 async with asyncio.timeout(wait):
@@ -106,7 +109,7 @@ class UpstreamCall:
         if self.status < 400:
             return
         try:
-            async with asyncio.timeout(self._client.config.timeouts.read_s):
+            async with asyncio.timeout(self.read_s):
                 body = await _read_capped(self.response.content, 64 * 1024, truncate=True)
         except (TimeoutError, aiohttp.ClientError, OSError):
             body = b""
@@ -151,7 +154,7 @@ class BackendClient:
             self._headers["Authorization"] = f"Bearer {config.api_key}"
         elif config.basic_auth:
             user, password = config.basic_auth
-            self._headers["Authorization"] = aiohttp.BasicAuth(user, password).encode()
+            self._headers["Authorization"] = aiohttp.encode_basic_auth(user, password)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -178,20 +181,33 @@ class BackendClient:
             raise ValueError(f"backend '{self.name}' is built in and has no URL")
         return self.config.url / endpoint
 
-    async def post(self, endpoint: str, payload: dict[str, Any], request_id: str) -> UpstreamCall:
-        """Send a JSON request and wait (up to the read timeout) for the response head."""
+    async def post(
+        self,
+        endpoint: str | URL,
+        payload: dict[str, Any],
+        request_id: str,
+        read_timeout_s: float | None = None,
+    ) -> UpstreamCall:
+        """Send a JSON request and wait (up to the read timeout) for the response head.
+
+        ``endpoint`` is relative to the backend's URL, or a full URL on its origin;
+        ``read_timeout_s`` overrides the backend's read timeout for this call (music
+        generation takes about as long as the audio).
+        """
+        read_s = read_timeout_s or self.config.timeouts.read_s
+        target = endpoint if isinstance(endpoint, URL) else self.url(endpoint)
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
         headers = {**self._headers, "X-Request-Id": request_id}
         self._active += 1
         try:
-            async with asyncio.timeout(self.config.timeouts.read_s):
-                response = await self.session.post(self.url(endpoint), data=body, headers=headers)
+            async with asyncio.timeout(read_s):
+                response = await self.session.post(target, data=body, headers=headers)
         except BaseException as exc:
             self._call_done()
             if isinstance(exc, TimeoutError | aiohttp.ClientError | OSError):
                 raise self.translate(exc, before_head=True) from None
             raise
-        return UpstreamCall(self, response)
+        return UpstreamCall(self, response, read_s)
 
     async def probe(self, path: str, timeout_s: float) -> tuple[int, bytes]:
         """GET a health path on the backend's origin; transport errors raise."""

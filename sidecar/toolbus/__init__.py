@@ -1,0 +1,1 @@
+"""The tool bus: declared tools, validated calls, recorded and replayable invocations."""

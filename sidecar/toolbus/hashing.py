@@ -1,0 +1,28 @@
+"""Identities of tool calls: the request hash (RFC 8785 JCS) and replay ids.
+
+``request_hash`` is the SHA-256 of the canonical JSON of ``{"tool", "version",
+"arguments"}``: the same call always hashes the same, whatever key order or number
+spelling the client used. ``rfc8785`` implements the canonicalisation (its number
+formatting is the subtle part of the RFC, and the library is maintained against it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Any
+
+import rfc8785
+
+
+def request_hash(tool: str, version: str, arguments: Any) -> str:
+    canonical = rfc8785.dumps({"tool": tool, "version": version, "arguments": arguments})
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def canonical_hash(value: Any) -> str:
+    return hashlib.sha256(rfc8785.dumps(value)).hexdigest()
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(12)}"
