@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from .agents.service import AgentRunner
+from .agents.transcripts import RunStore
 from .api.middleware import bearer, errors, observe, stamp_response
 from .api.routes import setup_routes
 from .auth import TokenSet
@@ -29,6 +31,7 @@ from .toolbus.bus import ToolBus
 from .toolbus.executors import BUILTINS
 from .toolbus.log import ToolLog
 from .typedefs import (
+    AGENTS,
     HEALTH,
     IMAGE_STORE,
     REGISTRY,
@@ -124,6 +127,7 @@ async def _toolbus(app: web.Application) -> AsyncIterator[None]:
     bus.configure(app[REGISTRY].current.config)
     app[RELOADER].listeners.append(bus.configure)
     app[TOOLBUS] = bus
+    app[AGENTS] = AgentRunner(app[REGISTRY], bus, RunStore(settings.agent_runs_dir))
     yield
     await asyncio.to_thread(log_.close)
 

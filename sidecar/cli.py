@@ -27,6 +27,7 @@ from .config.reload import load_checked
 from .mock_backends import (
     MockBehaviour,
     create_a1111_app,
+    create_heartmula_app,
     create_mock_app,
     create_openai_images_app,
 )
@@ -48,10 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     mock = commands.add_parser("mock-backends", help="run a fake model server on loopback")
     mock.add_argument(
         "--kind",
-        choices=("openai", "a1111", "openai-images"),
+        choices=("openai", "a1111", "openai-images", "heartmula"),
         default="openai",
         help="openai: chat/completions/embeddings; a1111: stable-diffusion-webui; "
-        "openai-images: an InvokeAI/ComfyUI-style image shim",
+        "openai-images: an InvokeAI/ComfyUI-style image shim; heartmula: a music shim",
+    )
+    mock.add_argument(
+        "--audio-dir", type=Path, default=Path("var/mock-heartmula"), help="heartmula's files"
     )
     mock.add_argument("--host", default="127.0.0.1")
     mock.add_argument("--port", type=int, default=9101)
@@ -219,6 +223,8 @@ def run_mock(args: argparse.Namespace) -> int:
         app = create_a1111_app(latency_ms=args.latency_ms)
     elif args.kind == "openai-images":
         app = create_openai_images_app(latency_ms=args.latency_ms)
+    elif args.kind == "heartmula":
+        app = create_heartmula_app(args.audio_dir, latency_ms=args.latency_ms)
     else:
         behaviour = MockBehaviour(
             latency_ms=args.latency_ms, chunk_delay_ms=args.chunk_delay_ms, chunks=args.chunks

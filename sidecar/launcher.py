@@ -27,6 +27,12 @@ import aiohttp
 from yarl import URL
 
 READY_TIMEOUT_S = 30.0
+# Fake backends that `up` starts when the config names their variable:
+# (variable, `gateway mock-backends --kind`, URL path).
+_FAKES = (
+    ("MOCK_BACKEND_URL", "openai", "/v1"),
+    ("MOCK_HEARTMULA_URL", "heartmula", ""),
+)
 STOP_TIMEOUT_S = 15.0
 
 
@@ -111,13 +117,7 @@ class Launcher:
         child_env = self._child_env(token)
         stop = _StopSignal()
         try:
-            if "MOCK_BACKEND_URL" in layout.config.read_text() and not self.env.get(
-                "MOCK_BACKEND_URL"
-            ):
-                port = free_port()
-                child_env["MOCK_BACKEND_URL"] = f"http://127.0.0.1:{port}/v1"
-                self._start("mock backend", ["mock-backends", "--port", str(port)], child_env)
-                self._wait_listening(port)
+            self._start_fakes(layout.config.read_text(), child_env)
             self._start("sidecar", ["serve"], child_env)
             self._start_caddy(child_env)
             asyncio.run(self._wait_ready(token))
@@ -126,6 +126,19 @@ class Launcher:
         finally:
             self._stop_children()
             stop.restore()
+
+    def _start_fakes(self, config_text: str, env: dict[str, str]) -> None:
+        """Start each fake backend the config refers to (and the env does not replace)."""
+        for variable, kind, path in _FAKES:
+            if variable not in config_text or self.env.get(variable):
+                continue
+            port = free_port()
+            env[variable] = f"http://127.0.0.1:{port}{path}"
+            args = ["mock-backends", "--kind", kind, "--port", str(port)]
+            if kind == "heartmula":
+                args += ["--audio-dir", str(self.layout.data_dir / "mock-heartmula")]
+            self._start(f"fake {kind} backend", args, env)
+            self._wait_listening(port)
 
     def _lock(self) -> None:
         path = self.layout.data_dir / "run" / "up.lock"
@@ -160,6 +173,9 @@ class Launcher:
         if env.get("GATEWAY_TLS_CERT_PATH") and env.get("GATEWAY_TLS_KEY_PATH"):
             env["GATEWAY_TLS_MODE"] = "files"
         env.setdefault("UI_IP_ALLOWLIST", "127.0.0.1/32 ::1/128")
+        agents = self.layout.root / "agent_specs.example.json"
+        if "AGENT_SPECS_PATH" not in env and agents.exists():
+            env["AGENT_SPECS_PATH"] = str(agents)
         return env
 
     def _start(self, name: str, args: list[str], env: dict[str, str]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from .agents.service import AgentRunner
 from .auth import TokenSet
 from .config.reload import ConfigReloader
 from .images.signing import UrlSigner
@@ -22,6 +23,7 @@ TOKENS = web.AppKey("tokens", TokenSet)
 IMAGE_STORE = web.AppKey("image_store", ImageStore)
 URL_SIGNER = web.AppKey("url_signer", UrlSigner)
 TOOLBUS = web.AppKey("toolbus", ToolBus)
+AGENTS = web.AppKey("agents", AgentRunner)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 CLIENT_IP = web.RequestKey("client_ip", str)

@@ -15,8 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import GatewayError, InvalidRequest, UpstreamError, error_envelope
-from ..routing.router import Route, admit, resolve
+from ..errors import GatewayError, UpstreamError, error_envelope
+from ..routing.router import Route, admit, resolve, upstream_body
 from ..routing.upstream import UpstreamCall
 from ..typedefs import ACCESS, REGISTRY, REQUEST_ID
 from . import validation
@@ -79,7 +79,7 @@ async def _relay(
     record.stream = stream
     route = resolve(request.app[REGISTRY].current, model, capability)
     record.backend = route.backend.name
-    upstream_payload = _upstream_payload(payload, route)
+    upstream_payload = upstream_body(payload, route)
     headers = {"X-Backend-Used": route.backend.name, "X-Model-Used": route.upstream_model}
     try:
         slot = await admit(route)
@@ -111,27 +111,6 @@ async def _call(
         return web.Response(body=body, content_type="application/json", headers=headers)
     finally:
         call.close()
-
-
-def _upstream_payload(payload: dict[str, Any], route: Route) -> dict[str, Any]:
-    """The body sent upstream: the upstream model name, and an alias's caps applied."""
-    upstream = {**payload, "model": route.upstream_model}
-    alias = route.alias
-    if alias is None:
-        return upstream
-    if not alias.tools and (payload.get("tools") or payload.get("functions")):
-        raise InvalidRequest(f"model '{alias.name}' does not accept tools", param="tools")
-    if alias.max_tokens_cap is not None:
-        keys = [k for k in ("max_tokens", "max_completion_tokens") if upstream.get(k) is not None]
-        for key in keys or ["max_tokens"]:
-            upstream[key] = min(upstream.get(key) or alias.max_tokens_cap, alias.max_tokens_cap)
-    if alias.temperature_cap is not None:
-        temperature = upstream.get("temperature")
-        default = min(1.0, alias.temperature_cap)
-        upstream["temperature"] = min(
-            temperature if temperature is not None else default, alias.temperature_cap
-        )
-    return upstream
 
 
 async def _relay_stream(

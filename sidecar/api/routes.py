@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..agents import api as agents
 from ..images import api as images
 from ..music import api as music
 from ..toolbus import api as tools
@@ -24,5 +25,8 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/v1/tools/replay/{replay_id}", tools.get_replay, name="tool_record")
     app.router.add_post("/v1/tools/replay/{replay_id}", tools.replay, name="tool_replay")
     app.router.add_post("/v1/tools/{name}", tools.call_tool, name="tool_call")
+    app.router.add_post("/v1/agent/run", agents.run, name="agent_run")
+    app.router.add_get("/v1/agent/replay/{run_id}", agents.get_run, name="agent_record")
+    app.router.add_post("/v1/agent/replay/{run_id}", agents.replay, name="agent_replay")
     app.router.add_get("/v1/gateway/status", status.gateway_status, name="gateway_status")
     app.router.add_get("/images/{name}", images.image_file, name="image_file", allow_head=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import json
 import re
 import ssl
 from collections.abc import Mapping
@@ -32,6 +33,7 @@ from .schema import (
     PROTOCOL_CAPABILITIES,
     PROTOCOLS,
     TOOL_EXECUTORS,
+    AgentSpec,
     AliasConfig,
     BackendConfig,
     GatewayConfig,
@@ -106,12 +108,40 @@ def load_config(
     images_env: ImagesSettings | None = None,
     tools_path: Path | None = None,
     heartmula_url: str | None = None,
+    agents_path: Path | None = None,
 ) -> GatewayConfig:
     """The config from ``path``; with ``tools_path`` (TOOLS_REGISTRY_PATH), the tools
-    come from that file instead of the ``tools:`` section."""
+    come from that file instead of the ``tools:`` section; ``agents_path``
+    (AGENT_SPECS_PATH) adds the agents, checked against the tools."""
     config = parse_config(_read(path), path, environ, tls_defaults, images_env, heartmula_url)
-    if tools_path is None:
-        return config
+    if tools_path is not None:
+        config = _with_tools_file(config, tools_path, environ)
+    if agents_path is not None:
+        config = _with_agents_file(config, agents_path)
+    return config
+
+
+def _with_agents_file(config: GatewayConfig, path: Path) -> GatewayConfig:
+    data = _read(path)
+    try:
+        document = json.loads(data)
+    except ValueError as exc:
+        line = getattr(exc, "lineno", None)
+        raise ConfigError(path, [ConfigIssue("", line, f"invalid JSON: {exc}")]) from None
+    reader = _Reader(path, {})
+    agents = reader.agents(document, config.tools)
+    if reader.issues:
+        raise ConfigError(path, reader.issues)
+    return dataclasses.replace(
+        config,
+        digest=hashlib.sha256(config.digest.encode() + data).hexdigest(),
+        agents=MappingProxyType(agents),
+    )
+
+
+def _with_tools_file(
+    config: GatewayConfig, tools_path: Path, environ: Mapping[str, str]
+) -> GatewayConfig:
     data = _read(tools_path)
     reader = _Reader(tools_path, environ)
     root = reader.mapping(
@@ -623,6 +653,62 @@ class _Reader:
         if target is not None and not target.startswith("/"):
             self.error(f"{path}.path", "must be an absolute path such as /tools/lookup")
         return {"http_backend": backend, "http_path": target}
+
+    def agents(self, document: Any, tools: Mapping[str, ToolSpec]) -> dict[str, AgentSpec]:
+        """``{"agents": {name: spec}}`` from AGENT_SPECS_PATH."""
+        root = self.mapping(document, "", {"agents"})
+        agents = {}
+        keys = {
+            "model",
+            "system_prompt",
+            "tools",
+            "max_turns",
+            "max_seconds",
+            "max_tool_output_chars",
+            "temperature",
+            "seed",
+        }
+        for name, spec in self.mapping(root.get("agents"), "agents").items():
+            path = f"agents.{name}"
+            before = len(self.issues)
+            if not _TOOL_NAME.match(name):
+                self.error(path, "agent names match ^[A-Za-z0-9_-]{1,64}$")
+            spec = self.mapping(spec, path, keys)
+            model = self.string(spec.get("model"), f"{path}.model", required=True)
+            allowed = spec.get("tools", [])
+            if not isinstance(allowed, list) or not all(isinstance(t, str) for t in allowed):
+                self.error(f"{path}.tools", "must be a list of tool names")
+                allowed = []
+            for index, tool in enumerate(allowed):
+                if tool not in tools:
+                    self.error(f"{path}.tools[{index}]", f"no tool named {tool!r} is configured")
+            seed = spec.get("seed", 0)
+            if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+                self.error(f"{path}.seed", "must be an integer or null")
+            agent = AgentSpec(
+                name=name,
+                model=model or "",
+                system_prompt=self.string(spec.get("system_prompt"), f"{path}.system_prompt") or "",
+                tools=tuple(allowed),
+                max_turns=self.number(
+                    spec.get("max_turns"), f"{path}.max_turns", 6, integer=True, minimum=1
+                ),
+                max_seconds=self.number(
+                    spec.get("max_seconds"), f"{path}.max_seconds", 300.0, exclusive=True
+                ),
+                max_tool_output_chars=self.number(
+                    spec.get("max_tool_output_chars"),
+                    f"{path}.max_tool_output_chars",
+                    20_000,
+                    integer=True,
+                    minimum=100,
+                ),
+                temperature=self.number(spec.get("temperature"), f"{path}.temperature", 0.0),
+                seed=seed if isinstance(seed, int) else None,
+            )
+            if len(self.issues) == before:
+                agents[name] = agent
+        return agents
 
     def token_tools(self, value: Any, tools: Mapping[str, ToolSpec]) -> dict[str, frozenset[str]]:
         result = {}

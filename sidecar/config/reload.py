@@ -42,6 +42,7 @@ async def load_checked(settings: Settings) -> GatewayConfig:
         settings.images,
         settings.tools.registry_path,
         settings.tools.heartmula_base_url,
+        settings.tools.agent_specs_path,
     )
 
 
@@ -51,8 +52,9 @@ class ConfigReloader:
         self._holder = holder
         self._lock = asyncio.Lock()
         self._files = [settings.config_path]
-        if settings.tools.registry_path is not None:
-            self._files.append(settings.tools.registry_path)
+        for extra in (settings.tools.registry_path, settings.tools.agent_specs_path):
+            if extra is not None:
+                self._files.append(extra)
         self._stamp = _stamps(self._files)
         self.last: ReloadOutcome = ReloadOutcome(
             ok=True, at=time.time(), reason="start", digest=holder.current.config.digest

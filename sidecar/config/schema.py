@@ -146,6 +146,21 @@ class ToolSpec:
 
 
 @dataclass(frozen=True)
+class AgentSpec:
+    """An agent: which model, which tools, and the budgets that stop it."""
+
+    name: str
+    model: str
+    system_prompt: str
+    tools: tuple[str, ...]
+    max_turns: int = 6
+    max_seconds: float = 300.0
+    max_tool_output_chars: int = 20_000
+    temperature: float = 0.0
+    seed: int | None = 0
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     source: Path
     digest: str
@@ -154,6 +169,7 @@ class GatewayConfig:
     tools: Mapping[str, ToolSpec] = field(default_factory=dict)
     # Token name -> the tools that token may call (tokens not listed: any allowed tool).
     token_tools: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    agents: Mapping[str, AgentSpec] = field(default_factory=dict)
 
     def backend(self, name: str) -> BackendConfig | None:
         for backend in self.backends:

@@ -4,7 +4,14 @@ Used by the tests, by the default ``gateway.yaml`` on a fresh install, and for t
 gateway without a GPU.
 """
 
+from .heartmula import create_heartmula_app
 from .images import create_a1111_app, create_openai_images_app
 from .openai_server import MockBehaviour, create_mock_app
 
-__all__ = ["MockBehaviour", "create_a1111_app", "create_mock_app", "create_openai_images_app"]
+__all__ = [
+    "MockBehaviour",
+    "create_a1111_app",
+    "create_heartmula_app",
+    "create_mock_app",
+    "create_openai_images_app",
+]

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from ..config.schema import AliasConfig
-from ..errors import BackendNotReady, CapabilityNotSupported, UnknownModel
+from ..errors import BackendNotReady, CapabilityNotSupported, InvalidRequest, UnknownModel
 from .admission import Slot
 from .registry import Backend, Registry
 
@@ -78,8 +79,45 @@ def resolve_default(registry: Registry, model: str | None, capability: str) -> R
     raise UnknownModel(f"no backend of this gateway serves {capability}", param="model")
 
 
+def upstream_body(payload: dict[str, Any], route: Route) -> dict[str, Any]:
+    """The body sent upstream: the upstream model name, and an alias's caps applied."""
+    upstream = {**payload, "model": route.upstream_model}
+    alias = route.alias
+    if alias is None:
+        return upstream
+    if not alias.tools and (payload.get("tools") or payload.get("functions")):
+        raise InvalidRequest(f"model '{alias.name}' does not accept tools", param="tools")
+    if alias.max_tokens_cap is not None:
+        keys = [k for k in ("max_tokens", "max_completion_tokens") if upstream.get(k) is not None]
+        for key in keys or ["max_tokens"]:
+            upstream[key] = min(upstream.get(key) or alias.max_tokens_cap, alias.max_tokens_cap)
+    if alias.temperature_cap is not None:
+        temperature = upstream.get("temperature")
+        default = min(1.0, alias.temperature_cap)
+        upstream["temperature"] = min(
+            temperature if temperature is not None else default, alias.temperature_cap
+        )
+    return upstream
+
+
 async def admit(route: Route) -> Slot:
     return await route.backend.admissions[route.capability].acquire()
+
+
+async def complete(route: Route, endpoint: str, body: dict[str, Any], request_id: str) -> Any:
+    """A whole non-streamed call for the gateway's own use (agents): admitted like any
+    client request, its slot released when the answer is in."""
+    slot = await admit(route)
+    try:
+        call = await route.backend.client.post(endpoint, upstream_body(body, route), request_id)
+        try:
+            await call.raise_for_status()
+            _, reply = await call.read_json()
+        finally:
+            call.close()
+    finally:
+        slot.release()
+    return reply
 
 
 def _unknown(model: str) -> UnknownModel:

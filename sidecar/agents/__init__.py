@@ -1,0 +1,1 @@
+"""Agents: a model-and-tools loop with budgets, recorded as replayable transcripts."""

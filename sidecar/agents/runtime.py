@@ -1,0 +1,232 @@
+"""The agent loop: ask the model, run the tools it asks for, repeat, within budgets.
+
+The loop is written once and driven two ways: live (the model through the gateway's own
+router, tools through the tool bus) and in replay (the recorded model answers and tool
+results, with every regenerated model request hashed and compared to the recording).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..config.schema import AgentSpec, ToolSpec
+from ..errors import GatewayError
+from ..toolbus.hashing import canonical_hash
+
+ModelCall = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+ToolRun = Callable[[str, Any], Awaitable[dict[str, Any]]]
+
+
+class ReplayDiverged(Exception):
+    """Replaying a run produced a different request than the recording."""
+
+    def __init__(self, event_index: int, detail: dict[str, Any]) -> None:
+        super().__init__(f"event {event_index} differs")
+        self.event_index = event_index
+        self.detail = detail
+
+
+class BadModelReply(GatewayError):
+    status = 502
+    code = "bad_model_reply"
+
+
+@dataclass
+class RunResult:
+    ok: bool
+    stop_reason: str
+    output: str | None
+    events: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+
+
+def openai_tools(specs: list[ToolSpec]) -> list[dict[str, Any]]:
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": spec.name,
+                "description": spec.description,
+                "parameters": dict(spec.parameters),
+            },
+        }
+        for spec in specs
+    ]
+
+
+def initial_messages(spec: AgentSpec, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    messages = payload.get("messages")
+    if messages is None:
+        messages = [{"role": "user", "content": payload["input"]}]
+    messages = [dict(message) for message in messages]
+    if spec.system_prompt and not any(m.get("role") == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": spec.system_prompt})
+    return messages
+
+
+async def run_loop(
+    spec: AgentSpec,
+    tools: list[dict[str, Any]],
+    messages: list[dict[str, Any]],
+    model: ModelCall,
+    run_tool: ToolRun,
+) -> RunResult:
+    """The loop itself; ``model`` and ``run_tool`` decide whether it is live or replayed."""
+    result = RunResult(ok=False, stop_reason="max_turns", output=None)
+    output_budget = spec.max_tool_output_chars
+    try:
+        async with asyncio.timeout(spec.max_seconds):
+            for turn in range(spec.max_turns):
+                body = _model_request(spec, tools, messages)
+                request_hash = canonical_hash(body)
+                reply = await model(body)
+                result.events.append(
+                    {"type": "model", "turn": turn, "request_hash": request_hash, "response": reply}
+                )
+                message = _first_message(reply)
+                messages.append(_assistant_message(message))
+                calls = message.get("tool_calls") or []
+                if not calls:
+                    result.ok, result.stop_reason = True, "final_answer"
+                    result.output = message.get("content")
+                    return result
+                for call in calls:
+                    content, event = await _tool_turn(spec, call, run_tool)
+                    if len(content) > output_budget:
+                        content = content[:output_budget]
+                        event["truncated"] = True
+                    output_budget -= len(content)
+                    result.events.append(event)
+                    messages.append(
+                        {"role": "tool", "tool_call_id": call.get("id", ""), "content": content}
+                    )
+                    if output_budget <= 0:
+                        result.stop_reason = "tool_output_budget"
+                        return result
+    except TimeoutError:
+        result.stop_reason = "time_budget"
+    except GatewayError as exc:
+        result.stop_reason, result.error = "model_error", exc.message
+    return result
+
+
+def _model_request(
+    spec: AgentSpec, tools: list[dict[str, Any]], messages: list[dict[str, Any]]
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": spec.model,
+        "messages": [dict(m) for m in messages],
+        "temperature": spec.temperature,
+    }
+    if spec.seed is not None:
+        body["seed"] = spec.seed
+    if tools:
+        body["tools"] = tools
+    return body
+
+
+def _first_message(reply: dict[str, Any]) -> dict[str, Any]:
+    try:
+        message = reply["choices"][0]["message"]
+    except (KeyError, IndexError, TypeError):
+        raise BadModelReply("the model's reply has no choices[0].message") from None
+    if not isinstance(message, dict):
+        raise BadModelReply("the model's message is not an object")
+    return message
+
+
+def _assistant_message(message: dict[str, Any]) -> dict[str, Any]:
+    kept: dict[str, Any] = {"role": "assistant", "content": message.get("content")}
+    if message.get("tool_calls"):
+        kept["tool_calls"] = message["tool_calls"]
+    return kept
+
+
+async def _tool_turn(spec: AgentSpec, call: Any, run_tool: ToolRun) -> tuple[str, dict[str, Any]]:
+    """Run one requested tool call; the content for the model and the transcript event."""
+    function = call.get("function") if isinstance(call, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    raw = function.get("arguments", "{}") if isinstance(function, dict) else "{}"
+    event: dict[str, Any] = {"type": "tool", "tool_call_id": call.get("id"), "name": name}
+    if name not in spec.tools:
+        event.update(type="tool_refused", reason="not in this agent's tool allowlist")
+        return json.dumps({"error": f"tool {name!r} is not available to this agent"}), event
+    try:
+        arguments = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        event.update(ok=False, error={"type": "invalid_arguments", "message": "not JSON"})
+        return json.dumps({"error": "the arguments were not valid JSON"}), event
+    event["arguments"] = arguments
+    outcome = await run_tool(name, arguments)
+    event.update(outcome)
+    shown = outcome.get("result") if outcome.get("ok") else {"error": outcome.get("error")}
+    return json.dumps(shown, ensure_ascii=False), event
+
+
+def transcript(
+    run_id: str,
+    spec: AgentSpec,
+    messages: list[dict[str, Any]],
+    result: RunResult,
+    started: float,
+    duration_ms: float,
+) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "agent": spec.name,
+        "spec": asdict(spec),
+        "input": messages,
+        "started": round(started, 3),
+        "duration_ms": round(duration_ms, 3),
+        "ok": result.ok,
+        "stop_reason": result.stop_reason,
+        "output": result.output,
+        "error": result.error,
+        "events": result.events,
+    }
+
+
+def recorded_driver(recorded: dict[str, Any]) -> tuple[ModelCall, ToolRun]:
+    """Model and tool functions that answer from a transcript and check each request."""
+    events = recorded["events"]
+    position = 0
+
+    def next_event(kinds: tuple[str, ...]) -> tuple[int, dict[str, Any]]:
+        nonlocal position
+        while position < len(events) and events[position]["type"] == "tool_refused":
+            position += 1
+        if position >= len(events) or events[position]["type"] not in kinds:
+            raise ReplayDiverged(position, {"expected": "end of the recording", "got": kinds[0]})
+        index, position = position, position + 1
+        return index, events[index]
+
+    async def model(body: dict[str, Any]) -> dict[str, Any]:
+        index, event = next_event(("model",))
+        actual = canonical_hash(body)
+        if actual != event["request_hash"]:
+            raise ReplayDiverged(
+                index, {"recorded_request_hash": event["request_hash"], "replayed": actual}
+            )
+        return event["response"]
+
+    async def run_tool(name: str, arguments: Any) -> dict[str, Any]:
+        index, event = next_event(("tool",))
+        if event.get("name") != name or event.get("arguments") != arguments:
+            raise ReplayDiverged(
+                index,
+                {
+                    "recorded": {"name": event.get("name"), "arguments": event.get("arguments")},
+                    "replayed": {"name": name, "arguments": arguments},
+                },
+            )
+        return {
+            key: event[key]
+            for key in ("ok", "result", "error", "request_hash", "replay_id")
+            if key in event
+        }
+
+    return model, run_tool
