@@ -173,8 +173,10 @@ class Launcher:
         if env.get("GATEWAY_TLS_CERT_PATH") and env.get("GATEWAY_TLS_KEY_PATH"):
             env["GATEWAY_TLS_MODE"] = "files"
         env.setdefault("UI_IP_ALLOWLIST", "127.0.0.1/32 ::1/128")
+        # The example agents use the default config's tools: pair them only with it.
         agents = self.layout.root / "agent_specs.example.json"
-        if "AGENT_SPECS_PATH" not in env and agents.exists():
+        default_config = self.layout.config == (self.layout.root / "gateway.yaml").resolve()
+        if "AGENT_SPECS_PATH" not in env and default_config and agents.exists():
             env["AGENT_SPECS_PATH"] = str(agents)
         return env
 

@@ -284,10 +284,12 @@ class _Reader:
         self.issues.append(ConfigIssue(path, line, message))
 
     def _line(self, path: str) -> int | None:
+        """The line of ``path``, else of its nearest parent that has one."""
         while path:
             if path in self.lines:
                 return self.lines[path]
-            path = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", path)
+            parent = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", path)
+            path = parent if parent != path else ""
         return self.lines.get("")
 
     # -- typed readers ---------------------------------------------------------------------
