@@ -130,12 +130,12 @@ def error_response(
 
 
 def bearer(tokens: TokenSet) -> web.middleware:
-    """Bearer auth on every ``/v1`` path, matched route or not."""
+    """Bearer auth on every ``/v1`` path (matched route or not) and on ``/mcp``."""
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path
-        if path == "/v1" or path.startswith("/v1/"):
+        if path == "/v1" or path.startswith("/v1/") or path == "/mcp":
             request[TOKEN] = tokens.authenticate(request.headers.get("Authorization"))
         return await handler(request)
 

@@ -8,6 +8,7 @@ from ..agents import api as agents
 from ..images import api as images
 from ..music import api as music
 from ..toolbus import api as tools
+from ..toolbus import mcp
 from . import openai, status
 
 
@@ -28,5 +29,6 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/v1/agent/run", agents.run, name="agent_run")
     app.router.add_get("/v1/agent/replay/{run_id}", agents.get_run, name="agent_record")
     app.router.add_post("/v1/agent/replay/{run_id}", agents.replay, name="agent_replay")
+    app.router.add_post("/mcp", mcp.endpoint, name="mcp")
     app.router.add_get("/v1/gateway/status", status.gateway_status, name="gateway_status")
     app.router.add_get("/images/{name}", images.image_file, name="image_file", allow_head=True)

@@ -1,0 +1,123 @@
+"""The tool bus as an MCP server: JSON-RPC 2.0 over one HTTP endpoint (``POST /mcp``).
+
+``tools/list`` and ``tools/call`` use the same registry, checks, limits, hashes and log
+as ``/v1/tools``: an MCP client and an OpenAI-style client see the same tools and leave
+the same records. Answers are plain ``application/json`` (the streamable HTTP transport
+allows it); ``GET`` is 405. A browser's cross-site ``Origin`` is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+from yarl import URL
+
+from .. import __version__
+from ..errors import BackendOverloaded, Forbidden, GatewayError
+from ..typedefs import REQUEST_ID, TOKEN, TOOLBUS
+
+PROTOCOL_VERSIONS = ("2025-06-18", "2025-03-26", "2024-11-05")
+PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS = -32700, -32600, -32601, -32602
+SERVER_BUSY = -32000
+
+
+class RpcError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+async def endpoint(request: web.Request) -> web.StreamResponse:
+    _check_origin(request)
+    try:
+        message = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError):
+        return _reply(None, error=RpcError(PARSE_ERROR, "not valid JSON"))
+    if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
+        return _reply(None, error=RpcError(INVALID_REQUEST, "expected one JSON-RPC 2.0 object"))
+    method, rpc_id = message.get("method"), message.get("id")
+    if "id" not in message:  # a notification (e.g. notifications/initialized): no answer
+        return web.Response(status=202)
+    if not isinstance(method, str):
+        return _reply(rpc_id, error=RpcError(INVALID_REQUEST, "'method' must be a string"))
+    params = message.get("params") or {}
+    try:
+        if not isinstance(params, dict):
+            raise RpcError(INVALID_PARAMS, "'params' must be an object")
+        result = await _dispatch(request, method, params)
+    except RpcError as exc:
+        return _reply(rpc_id, error=exc)
+    return _reply(rpc_id, result=result)
+
+
+async def _dispatch(request: web.Request, method: str, params: dict[str, Any]) -> Any:
+    token = request.get(TOKEN)
+    token_name = token.name if token is not None else None
+    bus = request.app[TOOLBUS]
+    if method == "initialize":
+        asked = params.get("protocolVersion")
+        return {
+            "protocolVersion": asked if asked in PROTOCOL_VERSIONS else PROTOCOL_VERSIONS[0],
+            "capabilities": {"tools": {"listChanged": False}},
+            "serverInfo": {"name": "local-ai-gateway", "version": __version__},
+        }
+    if method == "ping":
+        return {}
+    if method == "tools/list":
+        tools = [
+            {"name": s.name, "description": s.description, "inputSchema": dict(s.parameters)}
+            for s in bus.visible(token_name)
+        ]
+        return {"tools": tools}
+    if method == "tools/call":
+        return await _call(request, params, token_name)
+    raise RpcError(METHOD_NOT_FOUND, f"unknown method {method!r}")
+
+
+async def _call(request: web.Request, params: dict[str, Any], token: str | None) -> Any:
+    name, arguments = params.get("name"), params.get("arguments", {})
+    if not isinstance(name, str):
+        raise RpcError(INVALID_PARAMS, "'name' must be a string")
+    try:
+        call = await request.app[TOOLBUS].invoke(
+            name, arguments, token=token, request_id=request[REQUEST_ID]
+        )
+    except BackendOverloaded as exc:
+        raise RpcError(SERVER_BUSY, exc.message) from None
+    except GatewayError as exc:  # unknown tool, not allowed, bad arguments
+        raise RpcError(INVALID_PARAMS, exc.message) from None
+    outcome = call.result if call.ok else call.error
+    result: dict[str, Any] = {
+        "content": [{"type": "text", "text": json.dumps(outcome, ensure_ascii=False)}],
+        "isError": not call.ok,
+        "_meta": {"replay_id": call.replay_id, "request_hash": call.request_hash},
+    }
+    if isinstance(outcome, dict):
+        result["structuredContent"] = outcome
+    return result
+
+
+def _check_origin(request: web.Request) -> None:
+    """Refuse browsers on other sites (DNS rebinding); non-browser clients send none."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return
+    try:
+        host = URL(origin).host
+    except ValueError:
+        host = None
+    forwarded = request.headers.get("X-Forwarded-Host", request.host).split(",")[0].strip()
+    if host is None or host != URL(f"//{forwarded}").host:
+        raise Forbidden("Origin not allowed for /mcp", code="origin_not_allowed")
+
+
+def _reply(rpc_id: Any, *, result: Any = None, error: RpcError | None = None) -> web.Response:
+    body: dict[str, Any] = {"jsonrpc": "2.0", "id": rpc_id}
+    if error is not None:
+        body["error"] = {"code": error.code, "message": error.message}
+    else:
+        body["result"] = result
+    return web.json_response(body)
