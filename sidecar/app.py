@@ -24,6 +24,7 @@ from .config.reload import ConfigReloader, load_checked
 from .images.signing import UrlSigner, load_or_create_secret
 from .images.store import ImageStore
 from .music.tool import heartmula_generate
+from .observability.metrics import GatewayMetrics
 from .routing.health import HealthChecker, running
 from .routing.registry import RegistryHolder, build_registry
 from .settings import Settings
@@ -34,6 +35,7 @@ from .typedefs import (
     AGENTS,
     HEALTH,
     IMAGE_STORE,
+    METRICS,
     REGISTRY,
     RELOADER,
     SETTINGS,
@@ -54,6 +56,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[TOKENS] = tokens
     app[IMAGE_STORE] = ImageStore(settings.image_dir)
+    app[METRICS] = GatewayMetrics()
     app.cleanup_ctx.append(_registry)
     app.cleanup_ctx.append(_health_checks)
     app.cleanup_ctx.append(_config_reload)
@@ -123,11 +126,21 @@ async def _toolbus(app: web.Application) -> AsyncIterator[None]:
     log_ = ToolLog(settings.tools.log_mode, settings.tool_log_path, settings.tool_log_dir)
     await asyncio.to_thread(log_.open)
     builtins = {**BUILTINS, "heartmula_generate": heartmula_generate}
-    bus = ToolBus(app[REGISTRY], log_, settings.environ, settings.tools.allowlist, builtins)
+    metrics = app[METRICS]
+    bus = ToolBus(
+        app[REGISTRY],
+        log_,
+        settings.environ,
+        settings.tools.allowlist,
+        builtins,
+        observer=metrics.observe_tool,
+    )
     bus.configure(app[REGISTRY].current.config)
     app[RELOADER].listeners.append(bus.configure)
     app[TOOLBUS] = bus
-    app[AGENTS] = AgentRunner(app[REGISTRY], bus, RunStore(settings.agent_runs_dir))
+    app[AGENTS] = AgentRunner(
+        app[REGISTRY], bus, RunStore(settings.agent_runs_dir), observer=metrics.observe_agent
+    )
     yield
     await asyncio.to_thread(log_.close)
 
@@ -136,6 +149,7 @@ async def _config_reload(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     reloader = ConfigReloader(settings, app[REGISTRY])
     app[RELOADER] = reloader
+    app[METRICS].watch(app[REGISTRY], reloader)
     tasks: set[asyncio.Task[object]] = set()
 
     def on_sighup() -> None:

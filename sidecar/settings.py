@@ -109,6 +109,7 @@ class Settings:
     port: int | None = None
     trusted_proxies: tuple[IPNetwork, ...] = ()
     ui_ip_allowlist: tuple[IPNetwork, ...] = ()  # empty: the UI is closed
+    metrics_allowlist: tuple[IPNetwork, ...] = ()  # may scrape /metrics without a token
     backend_tls: BackendTlsDefaults = BackendTlsDefaults()
     max_body_bytes: int = 8 * 1024 * 1024
     config_poll_s: float = 2.0
@@ -163,6 +164,7 @@ class Settings:
             else (8080 if host else None),
             trusted_proxies=parse_networks(env.get("TRUSTED_PROXIES", ""), "TRUSTED_PROXIES"),
             ui_ip_allowlist=parse_networks(env.get("UI_IP_ALLOWLIST", ""), "UI_IP_ALLOWLIST"),
+            metrics_allowlist=parse_networks(env.get("METRICS_ALLOWLIST", ""), "METRICS_ALLOWLIST"),
             backend_tls=_backend_tls(env),
             max_body_bytes=_int(env, "GATEWAY_MAX_BODY_BYTES", 8 * 1024 * 1024, minimum=1024),
             config_poll_s=_float(env, "GATEWAY_CONFIG_POLL_S", 2.0, minimum=0.0),

@@ -10,6 +10,7 @@ from .config.reload import ConfigReloader
 from .images.signing import UrlSigner
 from .images.store import ImageStore
 from .observability.access_log import AccessRecord
+from .observability.metrics import GatewayMetrics
 from .routing.health import HealthChecker
 from .routing.registry import RegistryHolder
 from .settings import BearerToken, Settings
@@ -24,6 +25,7 @@ IMAGE_STORE = web.AppKey("image_store", ImageStore)
 URL_SIGNER = web.AppKey("url_signer", UrlSigner)
 TOOLBUS = web.AppKey("toolbus", ToolBus)
 AGENTS = web.AppKey("agents", AgentRunner)
+METRICS = web.AppKey("metrics", GatewayMetrics)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 CLIENT_IP = web.RequestKey("client_ip", str)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..config.schema import AgentSpec
@@ -26,7 +27,14 @@ from .transcripts import RunStore
 
 
 class AgentRunner:
-    def __init__(self, registry: RegistryHolder, bus: ToolBus, runs: RunStore) -> None:
+    def __init__(
+        self,
+        registry: RegistryHolder,
+        bus: ToolBus,
+        runs: RunStore,
+        observer: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self._observer = observer
         self._registry = registry
         self._bus = bus
         self._runs = runs
@@ -62,6 +70,8 @@ class AgentRunner:
         )
         record["tools"] = tools
         await asyncio.to_thread(self._runs.save, record)
+        if self._observer is not None:
+            self._observer(spec.name, result.stop_reason)
         return _summary(record)
 
     async def recorded(self, run_id: str) -> dict[str, Any]:

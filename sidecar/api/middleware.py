@@ -18,7 +18,7 @@ from ..auth import TokenSet
 from ..errors import GatewayError, error_envelope
 from ..observability.access_log import AccessRecord
 from ..observability.client_ip import client_ip
-from ..typedefs import ACCESS, CLIENT_IP, REQUEST_ID, SETTINGS, TOKEN
+from ..typedefs import ACCESS, CLIENT_IP, METRICS, REGISTRY, REQUEST_ID, SETTINGS, TOKEN
 
 log = logging.getLogger("gateway.errors")
 
@@ -61,7 +61,9 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def _finish(record: AccessRecord, request: web.Request) -> None:
-    if not request.app[SETTINGS].access_log:
+    app = request.app
+    app[METRICS].observe_request(record, app[REGISTRY].current.backends.__contains__)
+    if not app[SETTINGS].access_log:
         return
     token = request.get(TOKEN)
     record.token = token.name if token is not None else None

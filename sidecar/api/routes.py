@@ -15,6 +15,7 @@ from . import openai, status
 def setup_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", status.healthz, name="healthz", allow_head=True)
     app.router.add_get("/readyz", status.readyz, name="readyz", allow_head=True)
+    app.router.add_get("/metrics", status.metrics, name="metrics")
     app.router.add_get("/v1/models", openai.list_models, name="models")
     app.router.add_post("/v1/chat/completions", openai.chat_completions, name="chat")
     app.router.add_post("/v1/completions", openai.completions, name="completions")

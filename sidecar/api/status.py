@@ -6,14 +6,17 @@ never reveal backend URLs; ``/v1/gateway/status`` needs the bearer token.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Any
 
 from aiohttp import web
 
 from .. import __version__
+from ..observability.client_ip import address_allowed
+from ..observability.metrics import CONTENT_TYPE
 from ..routing.registry import Backend
-from ..typedefs import REGISTRY, RELOADER
+from ..typedefs import CLIENT_IP, METRICS, REGISTRY, RELOADER, SETTINGS, TOKENS
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -81,3 +84,12 @@ def _backend_status(backend: Backend) -> dict[str, Any]:
             for capability, admission in backend.admissions.items()
         },
     }
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text; for METRICS_ALLOWLIST addresses, or with the bearer token."""
+    settings = request.app[SETTINGS]
+    if not address_allowed(request[CLIENT_IP], settings.metrics_allowlist):
+        request.app[TOKENS].authenticate(request.headers.get("Authorization"))
+    body = await asyncio.to_thread(request.app[METRICS].render)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

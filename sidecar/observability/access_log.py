@@ -29,6 +29,9 @@ class AccessRecord:
     bytes_out: int = 0
     token: str | None = None
 
+    def elapsed_s(self) -> float:
+        return time.perf_counter() - self.started
+
     def first_token(self) -> None:
         if self.ttft_ms is None:
             self.ttft_ms = round((time.perf_counter() - self.started) * 1000, 2)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +61,9 @@ class ToolBus:
         environ: Mapping[str, str],
         allowlist: frozenset[str] | None,
         builtins: Mapping[str, Builtin] = BUILTINS,
+        observer: Callable[[str, bool, float], None] | None = None,
     ) -> None:
+        self._observer = observer
         self._registry = registry
         self._builtins = builtins
         self.log = log
@@ -174,6 +176,8 @@ class ToolBus:
             "request_id": request_id,
         }
         await asyncio.to_thread(self.log.write, record)
+        if self._observer is not None:
+            self._observer(call.tool, call.ok, call.duration_ms)
         return call
 
     async def recorded(self, replay_id: str) -> dict[str, Any]:

@@ -1,0 +1,135 @@
+"""Prometheus metrics for ``/metrics``, on a registry of the app's own (no global state).
+
+Label sets stay bounded: routes are templates (``/v1/tools/{name}``), never raw paths;
+backends, capabilities, tools and agents are names from the config, never strings a
+client typed. Admission and health numbers are read when scraped, not kept twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ..config.reload import ConfigReloader
+from ..routing.registry import HealthState, RegistryHolder
+from .access_log import AccessRecord
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "gateway_http_requests",
+            "HTTP requests by route template, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "gateway_http_request_duration_seconds",
+            "Time from request to the end of the response.",
+            ["route", "method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "gateway_stream_time_to_first_token_seconds",
+            "Time from request to the first streamed event, by backend.",
+            ["backend"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.tool_calls = Counter(
+            "gateway_tool_invocations",
+            "Tool bus calls by tool and outcome.",
+            ["tool", "ok"],
+            registry=self.registry,
+        )
+        self.tool_duration = Histogram(
+            "gateway_tool_duration_seconds",
+            "Tool run time.",
+            ["tool"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.agent_runs = Counter(
+            "gateway_agent_runs",
+            "Agent runs by agent and why they stopped.",
+            ["agent", "stop_reason"],
+            registry=self.registry,
+        )
+
+    def watch(self, holder: RegistryHolder, reloader: ConfigReloader) -> None:
+        """Report backends and reloads from the live objects at scrape time."""
+        self.registry.register(_LiveCollector(holder, reloader))
+
+    def observe_request(self, record: AccessRecord, known_backends: Callable[[str], bool]) -> None:
+        self.requests.labels(record.route, record.method, str(record.status)).inc()
+        self.latency.labels(record.route, record.method).observe(record.elapsed_s())
+        if record.ttft_ms is not None and record.backend and known_backends(record.backend):
+            self.ttft.labels(record.backend).observe(record.ttft_ms / 1000)
+
+    def observe_tool(self, tool: str, ok: bool, duration_ms: float) -> None:
+        self.tool_calls.labels(tool, "true" if ok else "false").inc()
+        self.tool_duration.labels(tool).observe(duration_ms / 1000)
+
+    def observe_agent(self, agent: str, stop_reason: str) -> None:
+        self.agent_runs.labels(agent, stop_reason).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _LiveCollector(Collector):
+    def __init__(self, holder: RegistryHolder, reloader: ConfigReloader) -> None:
+        self._holder = holder
+        self._reloader = reloader
+
+    def collect(self) -> Iterator[Metric]:
+        backends = list(self._holder.current.backends.values())
+        up = GaugeMetricFamily(
+            "gateway_backend_up",
+            "1 when the backend is ready (or not yet probed).",
+            labels=["backend", "state"],
+        )
+        in_flight = GaugeMetricFamily(
+            "gateway_backend_in_flight",
+            "Requests holding a slot.",
+            labels=["backend", "capability"],
+        )
+        queued = GaugeMetricFamily(
+            "gateway_backend_queued",
+            "Requests waiting for a slot.",
+            labels=["backend", "capability"],
+        )
+        limit = GaugeMetricFamily(
+            "gateway_backend_limit",
+            "Concurrent requests allowed.",
+            labels=["backend", "capability"],
+        )
+        rejected = CounterMetricFamily(
+            "gateway_backend_rejected",
+            "Requests refused with 429.",
+            labels=["backend", "capability"],
+        )
+        for backend in backends:
+            state = backend.health.state
+            ready = state in (HealthState.READY, HealthState.UNKNOWN)
+            up.add_metric([backend.name], 1.0 if ready else 0.0)
+            for capability, admission in backend.admissions.items():
+                labels = [backend.name, capability]
+                in_flight.add_metric(labels, admission.in_flight)
+                queued.add_metric(labels, admission.queued)
+                limit.add_metric(labels, admission.limit)
+                rejected.add_metric(labels, admission.rejected)
+        reloads = CounterMetricFamily(
+            "gateway_config_reloads", "Config reloads by outcome.", labels=["result"]
+        )
+        reloads.add_metric(["ok"], self._reloader.reloads_ok)
+        reloads.add_metric(["refused"], self._reloader.reloads_refused)
+        yield from (up, in_flight, queued, limit, rejected, reloads)
