@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .app import create_app
 from .config.loader import ConfigError
@@ -88,7 +89,9 @@ def _configure_logging(level: str) -> Callable[[], None]:
     errors.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     root = logging.getLogger()
-    root.handlers[:] = [logging.handlers.QueueHandler(records)]
+    queued = logging.handlers.QueueHandler(records)
+    queued.addFilter(_malformed_http_in_one_line)  # before the record is formatted
+    root.handlers[:] = [queued]
     root.setLevel(getattr(logging, level, logging.INFO))
     listener = logging.handlers.QueueListener(records, errors, respect_handler_level=True)
     listener.start()
@@ -104,6 +107,16 @@ def _configure_logging(level: str) -> Callable[[], None]:
         listener.stop()
 
     return stop
+
+
+def _malformed_http_in_one_line(record: logging.LogRecord) -> bool:
+    """A client's malformed HTTP (aiohttp answers 400) is a warning, not a traceback."""
+    error = record.exc_info[1] if record.exc_info else None
+    if record.name == "aiohttp.server" and isinstance(error, HttpProcessingError):
+        record.msg, record.args = "malformed HTTP from a client: %s", (error.message,)
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info = record.exc_text = None
+    return True
 
 
 def check_config(path: Path | None) -> int:

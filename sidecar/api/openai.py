@@ -80,7 +80,7 @@ async def _relay(
     route = resolve(request.app[REGISTRY].current, model, capability)
     record.backend = route.backend.name
     upstream_payload = upstream_body(payload, route)
-    headers = {"X-Backend-Used": route.backend.name, "X-Model-Used": route.upstream_model}
+    headers = route.headers()
     try:
         slot = await admit(route)
         try:

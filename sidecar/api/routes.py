@@ -9,13 +9,14 @@ from ..images import api as images
 from ..music import api as music
 from ..toolbus import api as tools
 from ..toolbus import mcp
-from . import openai, status
+from . import openai, openapi, status
 
 
 def setup_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", status.healthz, name="healthz", allow_head=True)
     app.router.add_get("/readyz", status.readyz, name="readyz", allow_head=True)
     app.router.add_get("/metrics", status.metrics, name="metrics")
+    app.router.add_get("/openapi.json", openapi.openapi, name="openapi")
     app.router.add_get("/v1/models", openai.list_models, name="models")
     app.router.add_post("/v1/chat/completions", openai.chat_completions, name="chat")
     app.router.add_post("/v1/completions", openai.completions, name="completions")

@@ -15,14 +15,27 @@ _TOOL_CHOICES = {"none", "auto", "required"}
 MAX_TOOLS = 128
 
 
+MAX_MODEL_CHARS = 256
+
+
 def require_model(payload: dict[str, Any]) -> str:
     model = payload.get("model")
     if model is None:
         raise InvalidRequest(
             "'model' is required", param="model", code="missing_required_parameter"
         )
+    return check_model_name(model)
+
+
+def check_model_name(model: Any) -> str:
+    """A model name: printable text of sane length (it ends up in headers and logs)."""
     if not isinstance(model, str) or not model.strip():
         raise InvalidRequest("'model' must be a non-empty string", param="model")
+    if len(model) > MAX_MODEL_CHARS or not model.isprintable():
+        raise InvalidRequest(
+            f"'model' must be printable text of at most {MAX_MODEL_CHARS} characters",
+            param="model",
+        )
     return model
 
 
@@ -135,7 +148,8 @@ def _check_tools(payload: dict[str, Any]) -> None:
                 or not isinstance(name, str)
             ):
                 raise InvalidRequest(
-                    f"'tools[{index}]' must be a function tool with a 'function.name'",
+                    f"'tools[{index}]' must be a function tool with a 'function.name' "
+                    "(and 'parameters', if any, an object)",
                     param=f"tools[{index}]",
                 )
     choice = payload.get("tool_choice")

@@ -42,7 +42,7 @@ async def generations(request: web.Request) -> web.Response:
     backend = route.backend
     record = request[ACCESS]
     record.backend, record.model = backend.name, image_request.model
-    headers = {"X-Backend-Used": backend.name, "X-Model-Used": route.upstream_model or backend.name}
+    headers = route.headers()
     try:
         check_pixels(image_request, backend.config.images.max_pixels, backend.name)
         slot = await admit(route)

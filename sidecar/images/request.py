@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..api.validation import check_model_name
 from ..errors import InvalidRequest
 
 MAX_PROMPT_CHARS = 32_000
@@ -64,8 +65,8 @@ def parse_image_request(payload: dict[str, Any]) -> ImageRequest:
             "'response_format' must be 'url' or 'b64_json'", param="response_format"
         )
     model = payload.get("model")
-    if model is not None and (not isinstance(model, str) or not model.strip()):
-        raise InvalidRequest("'model' must be a non-empty string", param="model")
+    if model is not None:
+        check_model_name(model)
     return ImageRequest(
         prompt=prompt,
         n=n,

@@ -51,6 +51,7 @@ def create_mock_app(behaviour: MockBehaviour | None = None) -> web.Application:
     app = web.Application()
     app[BEHAVIOUR] = behaviour or MockBehaviour()
     app[RECEIVED] = collections.deque(maxlen=1000)
+    app.middlewares.append(_bad_input_is_400)
     app.router.add_get("/healthz", _ok)
     app.router.add_get("/readyz", _ok)
     app.router.add_get("/v1/models", _models)
@@ -58,6 +59,15 @@ def create_mock_app(behaviour: MockBehaviour | None = None) -> web.Application:
     app.router.add_post("/v1/completions", _completions)
     app.router.add_post("/v1/embeddings", _embeddings)
     return app
+
+
+@web.middleware
+async def _bad_input_is_400(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Odd but well-formed JSON gets a 400 like a real server's, not a crash."""
+    try:
+        return await handler(request)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
+        return _error(400, f"cannot handle this request: {type(exc).__name__}")
 
 
 async def _ok(request: web.Request) -> web.Response:
@@ -235,6 +245,8 @@ async def _embeddings(request: web.Request) -> web.Response:
     value = body.get("input")
     inputs = [value] if isinstance(value, str) or (value and isinstance(value[0], int)) else value
     dim = body.get("dimensions") or behaviour.embedding_dim
+    if not isinstance(dim, int) or not 1 <= dim <= 4096:
+        return _error(400, "dimensions must be from 1 to 4096")
     data = []
     for index, item in enumerate(inputs or []):
         vector = embed(item if isinstance(item, str) else json.dumps(item), dim)

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ..api.validation import check_model_name
 from ..errors import InvalidRequest, UpstreamError
 from ..routing.registry import Registry
 from ..routing.router import admit, resolve_default
@@ -69,8 +70,8 @@ def parse_music_request(payload: dict[str, Any]) -> MusicRequest:
             raise InvalidRequest("'top_k' must be an integer from 1 to 1000", param="top_k")
         fields["top_k"] = top_k
     model = payload.get("model")
-    if model is not None and (not isinstance(model, str) or not model):
-        raise InvalidRequest("'model' must be a non-empty string", param="model")
+    if model is not None:
+        check_model_name(model)
     return MusicRequest(fields, duration, model)
 
 

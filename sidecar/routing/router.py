@@ -8,6 +8,7 @@ readiness (503 + Retry-After), admission (429 or a bounded queue wait).
 from __future__ import annotations
 
 import math
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,13 @@ class Route:
     upstream_model: str
     capability: str
     alias: AliasConfig | None = None
+
+    def headers(self) -> dict[str, str]:
+        """``X-Backend-Used`` / ``X-Model-Used``, safe to put in a header whatever the name."""
+        model = self.upstream_model or self.backend.name
+        if not (model.isascii() and model.isprintable()):
+            model = urllib.parse.quote(model, safe="")
+        return {"X-Backend-Used": self.backend.name, "X-Model-Used": model}
 
 
 def resolve(registry: Registry, model: str, capability: str) -> Route:

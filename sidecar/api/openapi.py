@@ -1,0 +1,406 @@
+"""``GET /openapi.json``: the gateway's API as OpenAPI 3.1, from one table.
+
+Request schemas state what the gateway checks (unknown fields pass through to backends,
+so objects stay open); every operation lists the error envelope it can answer with.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from .. import __version__
+
+_OPEN = {"type": "object", "additionalProperties": True}
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+_MESSAGE = {
+    "type": "object",
+    "required": ["role"],
+    "properties": {
+        "role": {"enum": ["system", "developer", "user", "assistant", "tool", "function"]},
+        "content": {"type": ["string", "array", "null"]},
+    },
+    "additionalProperties": True,
+}
+_TOOL = {
+    "type": "object",
+    "required": ["type", "function"],
+    "properties": {
+        "type": {"const": "function"},
+        "function": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string"},
+                "description": {"type": "string"},
+                "parameters": {"type": "object"},
+            },
+        },
+    },
+}
+_SAMPLING = {
+    "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+    "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+    "max_tokens": {"type": "integer", "minimum": 1},
+    "n": {"type": "integer", "minimum": 1},
+    "seed": {"type": "integer"},
+    "stop": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+    "stream": {"type": "boolean"},
+}
+_TEXT_OR_TOKENS = {
+    "oneOf": [
+        {"type": "string"},
+        {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        {"type": "array", "items": {"type": "integer"}, "minItems": 1},
+        {
+            "type": "array",
+            "items": {"type": "array", "items": {"type": "integer"}},
+            "minItems": 1,
+        },
+    ]
+}
+SCHEMAS: dict[str, Any] = {
+    "Error": _ERROR,
+    "ChatRequest": {
+        "type": "object",
+        "required": ["model", "messages"],
+        "properties": {
+            "model": {"type": "string", "minLength": 1, "examples": ["default"]},
+            "messages": {"type": "array", "items": _MESSAGE, "minItems": 1},
+            "tools": {"type": "array", "items": _TOOL, "maxItems": 128},
+            "tool_choice": {
+                "oneOf": [
+                    {"enum": ["none", "auto", "required"]},
+                    {
+                        "type": "object",
+                        "required": ["function"],
+                        "properties": {
+                            "type": {"const": "function"},
+                            "function": {
+                                "type": "object",
+                                "required": ["name"],
+                                "properties": {"name": {"type": "string"}},
+                            },
+                        },
+                    },
+                ]
+            },
+            "stream_options": {"type": "object"},
+            **_SAMPLING,
+        },
+        "additionalProperties": True,
+    },
+    "CompletionRequest": {
+        "type": "object",
+        "required": ["model", "prompt"],
+        "properties": {
+            "model": {"type": "string", "minLength": 1, "examples": ["default"]},
+            "prompt": _TEXT_OR_TOKENS,
+            **_SAMPLING,
+        },
+        "additionalProperties": True,
+    },
+    "EmbeddingRequest": {
+        "type": "object",
+        "required": ["model", "input"],
+        "properties": {
+            "model": {"type": "string", "minLength": 1, "examples": ["mock-embed"]},
+            "input": _TEXT_OR_TOKENS,
+            "encoding_format": {"enum": ["float", "base64"]},
+            "dimensions": {"type": "integer", "minimum": 1},
+        },
+        "additionalProperties": True,
+    },
+    "ImageRequest": {
+        "type": "object",
+        "required": ["prompt"],
+        "properties": {
+            "prompt": {"type": "string", "minLength": 1, "maxLength": 32000},
+            "model": {"type": "string", "minLength": 1},
+            "n": {"type": "integer", "minimum": 1, "maximum": 10},
+            "size": {"type": "string", "pattern": "^[0-9]+x[0-9]+$"},
+            "response_format": {"enum": ["url", "b64_json"]},
+            "seed": {"type": "integer"},
+            "negative_prompt": {"type": "string"},
+            "steps": {"type": "integer", "minimum": 1, "maximum": 150},
+            "cfg_scale": {"type": "number", "minimum": 0, "maximum": 30},
+            "sampler": {"type": "string"},
+            "style": {"type": "string"},
+            "quality": {"type": "string"},
+        },
+        "additionalProperties": True,
+    },
+    "MusicRequest": {
+        "type": "object",
+        "properties": {
+            "prompt": {"type": "string", "maxLength": 8000},
+            "lyrics": {"type": "string", "maxLength": 8000},
+            "style": {"type": "string", "maxLength": 8000},
+            "tags": {"type": "string", "maxLength": 8000},
+            "duration": {"type": "integer", "minimum": 1, "maximum": 300},
+            "temperature": {"type": "number", "minimum": 0, "maximum": 5},
+            "top_k": {"type": "integer", "minimum": 1, "maximum": 1000},
+            "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+            "model": {"type": "string", "minLength": 1},
+        },
+        "additionalProperties": True,
+    },
+    "ToolCallRequest": {
+        "type": "object",
+        "properties": {"arguments": {}},
+        "additionalProperties": True,
+    },
+    "AgentRunRequest": {
+        "type": "object",
+        "required": ["agent"],
+        "properties": {
+            "agent": {"type": "string", "examples": ["default"]},
+            "input": {"type": "string", "minLength": 1},
+            "messages": {"type": "array", "items": _MESSAGE, "minItems": 1},
+        },
+        "additionalProperties": True,
+    },
+    "ModelList": {
+        "type": "object",
+        "required": ["object", "data"],
+        "properties": {
+            "object": {"const": "list"},
+            "data": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["id", "object", "created", "owned_by"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "object": {"const": "model"},
+                        "created": {"type": "integer"},
+                        "owned_by": {"type": "string"},
+                    },
+                },
+            },
+        },
+    },
+    "ChatCompletion": {
+        "type": "object",
+        "required": ["choices"],
+        "properties": {"id": {"type": "string"}, "choices": {"type": "array"}},
+        "additionalProperties": True,
+    },
+    "Embeddings": {
+        "type": "object",
+        "required": ["data"],
+        "properties": {"object": {"const": "list"}, "data": {"type": "array"}},
+        "additionalProperties": True,
+    },
+    "ImagesResponse": {
+        "type": "object",
+        "required": ["created", "data"],
+        "properties": {
+            "created": {"type": "integer"},
+            "data": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"url": {"type": "string"}, "b64_json": {"type": "string"}},
+                },
+            },
+        },
+    },
+    "MusicResponse": {
+        "type": "object",
+        "required": ["audio_url", "status"],
+        "properties": {
+            "id": {"type": ["string", "null"]},
+            "status": {"type": "string"},
+            "audio_url": {"type": "string", "pattern": "^/ui/heartmula/audio/"},
+            "duration": {"type": ["integer", "number", "null"]},
+            "backend": {"type": "string"},
+        },
+    },
+    "ToolList": {
+        "type": "object",
+        "required": ["object", "data"],
+        "properties": {
+            "object": {"const": "list"},
+            "data": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "version", "description", "parameters"],
+                },
+            },
+        },
+    },
+    "ToolCall": {
+        "type": "object",
+        "required": ["replay_id", "request_hash", "ok", "duration_ms"],
+        "properties": {
+            "replay_id": {"type": "string", "pattern": "^tool-[0-9a-f]{24}$"},
+            "request_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "ok": {"type": "boolean"},
+            "result": {},
+            "error": {"type": "object"},
+            "duration_ms": {"type": "number"},
+        },
+    },
+    "ToolReplay": {
+        "type": "object",
+        "required": ["original_replay_id", "replay", "matches"],
+        "properties": {"matches": {"type": "boolean"}},
+    },
+    "AgentRun": {
+        "type": "object",
+        "required": ["run_id", "agent", "ok", "stop_reason"],
+        "properties": {
+            "run_id": {"type": "string", "pattern": "^run-[0-9a-f]{24}$"},
+            "ok": {"type": "boolean"},
+            "stop_reason": {"type": "string"},
+        },
+    },
+    "AgentReplay": {
+        "type": "object",
+        "required": ["run_id", "deterministic"],
+        "properties": {"deterministic": {"type": "boolean"}},
+    },
+    "GatewayStatus": {
+        "type": "object",
+        "required": ["object", "backends"],
+        "properties": {"object": {"const": "gateway.status"}, "backends": {"type": "array"}},
+    },
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _operation(
+    summary: str,
+    response: str,
+    *,
+    body: str | None = None,
+    errors: tuple[int, ...] = (),
+    stream: bool = False,
+    parameter: str | None = None,
+) -> dict[str, Any]:
+    content: dict[str, Any] = {"application/json": {"schema": _ref(response)}}
+    if stream:
+        content["text/event-stream"] = {"schema": _SSE_EVENT}
+    responses: dict[str, Any] = {"200": {"description": "OK", "content": content}}
+    for status in sorted({401, *errors}):
+        responses[str(status)] = {
+            "description": "Error",
+            "content": {"application/json": {"schema": _ref("Error")}},
+        }
+    operation: dict[str, Any] = {"summary": summary, "responses": responses}
+    if body is not None:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _ref(body)}},
+        }
+    if parameter is not None:
+        operation["parameters"] = [
+            {"name": parameter, "in": "path", "required": True, "schema": {"type": "string"}}
+        ]
+    return operation
+
+
+_ROUTED = (400, 404, 413, 429, 502, 503, 504)
+# One server-sent event of a stream: a JSON chunk, an error envelope, or [DONE].
+_SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+}
+PATHS: dict[str, Any] = {
+    "/v1/models": {"get": _operation("Models of every backend, and the aliases", "ModelList")},
+    "/v1/chat/completions": {
+        "post": _operation(
+            "Chat (JSON or SSE)", "ChatCompletion", body="ChatRequest", errors=_ROUTED, stream=True
+        )
+    },
+    "/v1/completions": {
+        "post": _operation(
+            "Text completion",
+            "ChatCompletion",
+            body="CompletionRequest",
+            errors=_ROUTED,
+            stream=True,
+        )
+    },
+    "/v1/embeddings": {
+        "post": _operation("Embeddings", "Embeddings", body="EmbeddingRequest", errors=_ROUTED)
+    },
+    "/v1/images/generations": {
+        "post": _operation("Text to image", "ImagesResponse", body="ImageRequest", errors=_ROUTED)
+    },
+    "/v1/music/generations": {
+        "post": _operation("Text to music", "MusicResponse", body="MusicRequest", errors=_ROUTED)
+    },
+    "/v1/tools": {"get": _operation("Tools this token may call", "ToolList")},
+    "/v1/tools/{name}": {
+        "post": _operation(
+            "Call a tool",
+            "ToolCall",
+            body="ToolCallRequest",
+            errors=(400, 403, 404, 413, 429),
+            parameter="name",
+        )
+    },
+    "/v1/tools/replay/{replay_id}": {
+        "get": _operation("A recorded tool call", "ToolCall", errors=(404,), parameter="replay_id"),
+        "post": _operation(
+            "Run a recorded call again and compare",
+            "ToolReplay",
+            errors=(403, 404, 429),
+            parameter="replay_id",
+        ),
+    },
+    "/v1/agent/run": {
+        "post": _operation(
+            "Run an agent", "AgentRun", body="AgentRunRequest", errors=(400, 404, 413)
+        )
+    },
+    "/v1/agent/replay/{run_id}": {
+        "get": _operation(
+            "An agent run's transcript", "AgentRun", errors=(404,), parameter="run_id"
+        ),
+        "post": _operation(
+            "Replay a run against its recording", "AgentReplay", errors=(404,), parameter="run_id"
+        ),
+    },
+    "/v1/gateway/status": {"get": _operation("Backends, health and limits", "GatewayStatus")},
+}
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Local AI Gateway", "version": __version__},
+        "security": [{"bearer": []}],
+        "paths": PATHS,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(document())
