@@ -17,6 +17,7 @@ from ..config.schema import AgentSpec, ToolSpec
 from ..errors import GatewayError
 from ..toolbus.hashing import canonical_hash
 
+_NOT_RUN = ("tool_refused", "tool_rejected")
 ModelCall = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 ToolRun = Callable[[str, Any], Awaitable[dict[str, Any]]]
 
@@ -136,6 +137,11 @@ def _first_message(reply: dict[str, Any]) -> dict[str, Any]:
         raise BadModelReply("the model's reply has no choices[0].message") from None
     if not isinstance(message, dict):
         raise BadModelReply("the model's message is not an object")
+    calls = message.get("tool_calls")
+    if calls is not None and (
+        not isinstance(calls, list) or not all(isinstance(call, dict) for call in calls)
+    ):
+        raise BadModelReply("the model's tool_calls is not a list of objects")
     return message
 
 
@@ -158,7 +164,11 @@ async def _tool_turn(spec: AgentSpec, call: Any, run_tool: ToolRun) -> tuple[str
     try:
         arguments = json.loads(raw) if isinstance(raw, str) else raw
     except ValueError:
-        event.update(ok=False, error={"type": "invalid_arguments", "message": "not JSON"})
+        event.update(
+            type="tool_rejected",
+            ok=False,
+            error={"type": "invalid_arguments", "message": "not JSON"},
+        )
         return json.dumps({"error": "the arguments were not valid JSON"}), event
     event["arguments"] = arguments
     outcome = await run_tool(name, arguments)
@@ -197,7 +207,8 @@ def recorded_driver(recorded: dict[str, Any]) -> tuple[ModelCall, ToolRun]:
 
     def next_event(kinds: tuple[str, ...]) -> tuple[int, dict[str, Any]]:
         nonlocal position
-        while position < len(events) and events[position]["type"] == "tool_refused":
+        # Refused and rejected tool calls never ran, so nothing is asked for them.
+        while position < len(events) and events[position]["type"] in _NOT_RUN:
             position += 1
         if position >= len(events) or events[position]["type"] not in kinds:
             raise ReplayDiverged(position, {"expected": "end of the recording", "got": kinds[0]})

@@ -159,7 +159,7 @@ def _check_input(payload: dict[str, Any]) -> None:
 
 
 def _summary(record: dict[str, Any]) -> dict[str, Any]:
-    tool_events = [e for e in record["events"] if e["type"] in ("tool", "tool_refused")]
+    tool_events = [e for e in record["events"] if e["type"].startswith("tool")]
     return {
         "run_id": record["run_id"],
         "agent": record["agent"],

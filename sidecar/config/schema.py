@@ -31,7 +31,7 @@ PROTOCOL_CAPABILITIES: Mapping[str, tuple[str, ...]] = {
 # ``limits`` and the YAML's ``classes`` section override these.
 BUILTIN_CLASSES: Mapping[str, Mapping[str, int]] = {
     "gpu_heavy": {"chat": 2, "completions": 2, "embeddings": 4, "images": 2, "music": 2},
-    "gpu_light": {"chat": 4, "completions": 4, "embeddings": 8, "images": 2, "music": 1},
+    "gpu_light": {"chat": 4, "completions": 4, "embeddings": 8, "images": 2, "music": 2},
     "cpu": {"chat": 1, "completions": 1, "embeddings": 4, "images": 1, "music": 1},
     "remote": {"chat": 16, "completions": 16, "embeddings": 16, "images": 4, "music": 2},
     "mock": {"chat": 64, "completions": 64, "embeddings": 64, "images": 8, "music": 4},
