@@ -152,7 +152,9 @@ tools:
 
 
 @pytest.mark.timeout(240)
-def test_fuzzing_from_the_schema_finds_no_server_errors(live_gateway: tuple[str, Path]) -> None:
+def test_fuzzing_from_the_schema_finds_no_server_errors(
+    live_gateway: tuple[str, Path], tmp_path: Path
+) -> None:
     base, log = live_gateway
     result = subprocess.run(
         [
@@ -172,6 +174,7 @@ def test_fuzzing_from_the_schema_finds_no_server_errors(live_gateway: tuple[str,
             "--request-timeout",
             "30",
         ],
+        cwd=tmp_path,  # schemathesis keeps its example database in the working directory
         capture_output=True,
         text=True,
         timeout=220,
