@@ -13,6 +13,8 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 
+import aiohttp_jinja2
+import jinja2
 from aiohttp import web
 
 from .agents.service import AgentRunner
@@ -41,8 +43,13 @@ from .typedefs import (
     SETTINGS,
     TOKENS,
     TOOLBUS,
+    UI_STATE,
     URL_SIGNER,
 )
+from .ui.guard import security_headers, ui_guard
+from .ui.routes import setup_ui_routes
+from .ui.state import UiState
+from .users.store import UserStore, anonymous_csrf
 
 log = logging.getLogger("gateway")
 
@@ -51,7 +58,7 @@ def create_app(settings: Settings) -> web.Application:
     tokens = TokenSet(settings.bearer_tokens)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[observe, errors, bearer(tokens)],
+        middlewares=[observe, errors, bearer(tokens), ui_guard],
     )
     app[SETTINGS] = settings
     app[TOKENS] = tokens
@@ -62,8 +69,16 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_config_reload)
     app.cleanup_ctx.append(_images)
     app.cleanup_ctx.append(_toolbus)
+    app.cleanup_ctx.append(_ui)
     app.on_response_prepare.append(stamp_response)
+    app.on_response_prepare.append(security_headers)
+    aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.FileSystemLoader(settings.templates_dir),
+        autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
+    )
     setup_routes(app)
+    setup_ui_routes(app, settings.templates_dir)
     return app
 
 
@@ -143,6 +158,23 @@ async def _toolbus(app: web.Application) -> AsyncIterator[None]:
     )
     yield
     await asyncio.to_thread(log_.close)
+
+
+async def _ui(app: web.Application) -> AsyncIterator[None]:
+    """The users database (opened off the loop) and what the UI needs without accounts."""
+    settings = app[SETTINGS]
+    users = UserStore(settings.user_db_path, settings.ui.session_idle_s, settings.ui.session_max_s)
+    await users.open()
+    local_user = await users.run(lambda db: db.local_user())
+    secret = await asyncio.to_thread(
+        load_or_create_secret, settings.data_dir / "secrets" / "ui.key"
+    )
+    state = UiState(users, local_user, anonymous_csrf(secret))
+    app[UI_STATE] = state
+    yield
+    if state.pending:
+        await asyncio.gather(*state.pending, return_exceptions=True)
+    await users.close()
 
 
 async def _config_reload(app: web.Application) -> AsyncIterator[None]:

@@ -100,6 +100,17 @@ class ToolsSettings:
 
 
 @dataclass(frozen=True)
+class UiSettings:
+    """The browser UI: accounts, sessions, where its templates live."""
+
+    accounts: bool = False  # USER_AUTH_ENABLED; off: open to UI_IP_ALLOWLIST, no login
+    db_path: Path | None = None  # USER_DB_PATH; default $GATEWAY_DATA_DIR/users.sqlite3
+    session_idle_s: float = 8 * 3600
+    session_max_s: float = 7 * 24 * 3600
+    templates_dir: Path | None = None  # default: the repository's templates/
+
+
+@dataclass(frozen=True)
 class Settings:
     bearer_tokens: tuple[BearerToken, ...]
     config_path: Path = Path("gateway.yaml")
@@ -118,6 +129,7 @@ class Settings:
     public_base_url: str | None = None
     images: ImagesSettings = ImagesSettings()
     tools: ToolsSettings = ToolsSettings()
+    ui: UiSettings = UiSettings()
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
@@ -127,6 +139,14 @@ class Settings:
     @property
     def tool_log_dir(self) -> Path:
         return self.tools.log_dir or self.data_dir / "tools" / "invocations"
+
+    @property
+    def user_db_path(self) -> Path:
+        return self.ui.db_path or self.data_dir / "users.sqlite3"
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.ui.templates_dir or Path(__file__).resolve().parents[1] / "templates"
 
     @property
     def agent_runs_dir(self) -> Path:
@@ -173,6 +193,15 @@ class Settings:
             public_base_url=_base_url(env.get("PUBLIC_BASE_URL")),
             images=_images(env),
             tools=_tools(env),
+            ui=UiSettings(
+                accounts=_bool(env, "USER_AUTH_ENABLED", False),
+                db_path=Path(env["USER_DB_PATH"]) if env.get("USER_DB_PATH") else None,
+                session_idle_s=_float(env, "UI_SESSION_IDLE_S", 8 * 3600, minimum=60),
+                session_max_s=_float(env, "UI_SESSION_MAX_S", 7 * 24 * 3600, minimum=60),
+                templates_dir=Path(env["GATEWAY_TEMPLATES_DIR"])
+                if env.get("GATEWAY_TEMPLATES_DIR")
+                else None,
+            ),
             environ=MappingProxyType(env),
         )
 

@@ -15,6 +15,9 @@ from .routing.health import HealthChecker
 from .routing.registry import RegistryHolder
 from .settings import BearerToken, Settings
 from .toolbus.bus import ToolBus
+from .ui.state import UiState
+from .users.db import User
+from .users.store import Session
 
 SETTINGS = web.AppKey("settings", Settings)
 REGISTRY = web.AppKey("registry", RegistryHolder)
@@ -26,8 +29,12 @@ URL_SIGNER = web.AppKey("url_signer", UrlSigner)
 TOOLBUS = web.AppKey("toolbus", ToolBus)
 AGENTS = web.AppKey("agents", AgentRunner)
 METRICS = web.AppKey("metrics", GatewayMetrics)
+UI_STATE = web.AppKey("ui_state", UiState)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 CLIENT_IP = web.RequestKey("client_ip", str)
 TOKEN = web.RequestKey("token", BearerToken)
 ACCESS = web.RequestKey("access", AccessRecord)
+UI_USER = web.RequestKey("ui_user", User)
+UI_SESSION = web.RequestKey("ui_session", Session | None)
+UI_CSRF = web.RequestKey("ui_csrf", str)

@@ -37,7 +37,15 @@ _SVG_POLICY = "sandbox; default-src 'none'; style-src 'unsafe-inline'"
 
 
 async def generations(request: web.Request) -> web.Response:
-    image_request = parse_image_request(await read_json_object(request))
+    answer, headers = await generate_for(request, await read_json_object(request))
+    return web.json_response(answer, headers=headers)
+
+
+async def generate_for(
+    request: web.Request, payload: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The OpenAI images answer for ``payload`` and the routed headers (API and UI)."""
+    image_request = parse_image_request(payload)
     route = resolve_default(request.app[REGISTRY].current, image_request.model, "images")
     backend = route.backend
     record = request[ACCESS]
@@ -63,7 +71,7 @@ async def generations(request: web.Request) -> web.Response:
     except GatewayError as exc:
         exc.headers.update(headers)
         raise
-    return web.json_response({"created": int(time.time()), "data": data}, headers=headers)
+    return {"created": int(time.time()), "data": data}, headers
 
 
 def _kind(data: bytes, backend: str) -> media.ImageKind:

@@ -1,0 +1,166 @@
+"""Sending a chat message from the UI: store it, stream the reply, store the reply.
+
+The user's message is committed before the model is asked, and the assistant's reply
+when the stream ends — also when the model fails part-way or the browser goes away, so
+what was shown is what is kept. The reply is streamed to the browser as small JSON
+events (``delta``, then ``done`` or ``error``); the browser renders it as text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from ..api.body import read_json_object
+from ..api.validation import check_model_name
+from ..errors import GatewayError, InvalidRequest, NotFound, UpstreamError
+from ..routing.router import admit, resolve, upstream_body
+from ..typedefs import REGISTRY, REQUEST_ID, UI_STATE, UI_USER
+from .api import _conversation_id
+from .pages import chat_models
+
+log = logging.getLogger("gateway.ui")
+MAX_MESSAGE = 32_000
+TITLE_CHARS = 60
+
+
+async def send_message(request: web.Request) -> web.StreamResponse:
+    conversation_id, user = _conversation_id(request), request[UI_USER]
+    body = await read_json_object(request)
+    content = body.get("content")
+    if not isinstance(content, str) or not content.strip() or len(content) > MAX_MESSAGE:
+        raise InvalidRequest(
+            f"'content' must be text of 1 to {MAX_MESSAGE} characters", param="content"
+        )
+    users = request.app[UI_STATE].users
+
+    def load(db: Any) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]] | None:
+        conversation = db.conversation(user.id, conversation_id)
+        if conversation is None:
+            return None
+        return conversation, db.messages(conversation_id), db.settings(user.id)
+
+    loaded = await users.run(load)
+    if loaded is None:
+        raise NotFound("No such conversation", code="conversation_not_found")
+    conversation, history, settings = loaded
+    model = _model(request, body.get("model"), conversation, settings)
+    route = resolve(request.app[REGISTRY].current, model, "chat")
+    title = conversation["title"] or content.strip().splitlines()[0][:TITLE_CHARS]
+
+    def store_question(db: Any) -> None:
+        db.add_message(conversation_id, "user", content)
+        db.update_conversation(user.id, conversation_id, {"title": title, "model": model})
+
+    await users.run(store_question)
+    messages = _messages(settings, history, content)
+    payload: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
+    if settings.get("temperature") is not None:
+        payload["temperature"] = settings["temperature"]
+    slot = await admit(route)
+    try:
+        call = await route.backend.client.post(
+            "chat/completions", upstream_body(payload, route), request[REQUEST_ID]
+        )
+        try:
+            await call.raise_for_status()
+            return await _relay(request, call, conversation_id, title)
+        finally:
+            call.close()
+    finally:
+        slot.release()
+
+
+def _model(
+    request: web.Request, asked: Any, conversation: dict[str, Any], settings: dict[str, Any]
+) -> str:
+    if asked not in (None, ""):
+        return check_model_name(asked)
+    for candidate in (conversation.get("model"), settings.get("default_model")):
+        if candidate:
+            return str(candidate)
+    models = chat_models(request)
+    if not models:
+        raise InvalidRequest("No chat model is configured", param="model")
+    return models[0]
+
+
+def _messages(
+    settings: dict[str, Any], history: list[dict[str, Any]], content: str
+) -> list[dict[str, Any]]:
+    messages = []
+    if settings.get("system_prompt"):
+        messages.append({"role": "system", "content": settings["system_prompt"]})
+    messages += [{"role": m["role"], "content": m["content"]} for m in history]
+    messages.append({"role": "user", "content": content})
+    return messages
+
+
+async def _relay(
+    request: web.Request, call: Any, conversation_id: int, title: str
+) -> web.StreamResponse:
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    parts: list[str] = []
+    saved: asyncio.Future[int] | None = None
+    try:
+        try:
+            async for event in call.events():
+                if event.startswith((b"data: [DONE]", b"data:[DONE]")):
+                    break
+                text = _delta(event)
+                if text:
+                    parts.append(text)
+                    await response.write(_frame({"type": "delta", "content": text}))
+            else:
+                raise UpstreamError("the model ended its reply early")
+        except GatewayError as exc:
+            saved = _save(request, conversation_id, parts) if parts else _nothing()
+            await response.write(_frame({"type": "error", "message": exc.message}))
+            return response
+        saved = _save(request, conversation_id, parts)
+        message_id = await saved
+        await response.write(_frame({"type": "done", "message_id": message_id, "title": title}))
+        return response
+    finally:
+        if saved is None and parts:  # the browser went away mid-reply: keep what it saw
+            _save(request, conversation_id, parts)
+
+
+def _save(request: web.Request, conversation_id: int, parts: list[str]) -> asyncio.Future[int]:
+    """Store the reply on the database thread; it completes even if this task is cancelled."""
+    state = request.app[UI_STATE]
+    text = "".join(parts)
+    task = asyncio.ensure_future(
+        state.users.run(lambda db: db.add_message(conversation_id, "assistant", text))
+    )
+    state.pending.add(task)
+    task.add_done_callback(state.pending.discard)
+    return task
+
+
+def _nothing() -> asyncio.Future[int]:
+    done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    done.set_result(0)
+    return done
+
+
+def _delta(event: bytes) -> str:
+    for line in event.splitlines():
+        if line.startswith(b"data:"):
+            try:
+                chunk = json.loads(line[5:])
+                return chunk["choices"][0]["delta"].get("content") or ""
+            except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+                return ""
+    return ""
+
+
+def _frame(event: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(event).encode() + b"\n\n"

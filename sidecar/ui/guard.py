@@ -1,0 +1,115 @@
+"""What stands in front of every /ui request, in order.
+
+1. The client address must be in UI_IP_ALLOWLIST (Caddy checks it too; this is the
+   second line). Otherwise: a page that says how to open the UI, or a JSON 403.
+2. The session (when accounts are on) is loaded from its cookie; pages without one go to
+   the login page, the UI API answers 401. With accounts off, everyone allowed in is the
+   single local user.
+3. Every state-changing request carries the CSRF token in ``X-CSRF-Token`` and, when the
+   browser says where it comes from (``Sec-Fetch-Site``, ``Origin``), comes from this
+   site. The login form is no exception.
+4. Every /ui response gets a strict Content-Security-Policy (no inline script),
+   ``X-Frame-Options: DENY``, a Referrer-Policy and ``nosniff``.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+import aiohttp_jinja2
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from yarl import URL
+
+from ..errors import Forbidden, Unauthorized
+from ..observability.client_ip import address_allowed, via_trusted_proxy
+from ..typedefs import CLIENT_IP, SETTINGS, UI_CSRF, UI_SESSION, UI_STATE, UI_USER
+
+SESSION_COOKIE = "__Host-gw_session"
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "media-src 'self'; connect-src 'self'; object-src 'none'; frame-ancestors 'none'; "
+    "base-uri 'none'; form-action 'self'"
+)
+_UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Reachable without a session (with accounts on): logging in, and what the login page needs.
+_OPEN_PATHS = ("/ui/login", "/ui/static/", "/ui/api/auth/login", "/ui/api/auth/me")
+
+
+def is_ui(path: str) -> bool:
+    return path == "/ui" or path.startswith("/ui/")
+
+
+@web.middleware
+async def ui_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if not is_ui(request.path):
+        return await handler(request)
+    settings = request.app[SETTINGS]
+    api = request.path.startswith("/ui/api/")
+    if not address_allowed(request[CLIENT_IP], settings.ui_ip_allowlist):
+        if api or request.path.startswith("/ui/heartmula/"):
+            raise Forbidden(
+                "The UI is not open to this address (UI_IP_ALLOWLIST)", code="ui_closed"
+            )
+        return _closed_page(request)
+    state = request.app[UI_STATE]
+    session = None
+    if settings.ui.accounts:
+        session_id = request.cookies.get(SESSION_COOKIE)
+        session = await state.users.session(session_id) if session_id else None
+        if session is None and not request.path.startswith(_OPEN_PATHS):
+            if api or request.method != "GET":
+                raise Unauthorized("Log in first", code="login_required")
+            raise web.HTTPSeeOther(str(URL("/ui/login").with_query(next=request.path_qs)))
+    request[UI_SESSION] = session
+    request[UI_USER] = session.user if session else state.local_user
+    request[UI_CSRF] = session.csrf if session else state.anonymous_csrf
+    if request.method in _UNSAFE:
+        _check_csrf(request)
+    return await handler(request)
+
+
+def _check_csrf(request: web.Request) -> None:
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site not in ("same-origin", "none"):
+        raise Forbidden("Cross-site request refused", code="csrf_failed")
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != "null":
+        try:
+            authority = URL(origin).raw_authority
+        except ValueError:
+            authority = None
+        if authority != _site_authority(request):
+            raise Forbidden("Cross-origin request refused", code="csrf_failed")
+    elif origin == "null":
+        raise Forbidden("Cross-origin request refused", code="csrf_failed")
+    token = request.headers.get("X-CSRF-Token", "")
+    if not hmac.compare_digest(token.encode(), request[UI_CSRF].encode()):
+        raise Forbidden("Missing or wrong CSRF token; reload the page", code="csrf_failed")
+
+
+def _site_authority(request: web.Request) -> str:
+    settings = request.app[SETTINGS]
+    if via_trusted_proxy(request, settings.trusted_proxies):
+        forwarded = request.headers.get("X-Forwarded-Host")
+        if forwarded:
+            return forwarded.split(",")[0].strip()
+    return request.host
+
+
+def _closed_page(request: web.Request) -> web.Response:
+    return aiohttp_jinja2.render_template(
+        "closed.html", request, {"client_ip": request[CLIENT_IP]}, status=403
+    )
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: the UI's headers, on pages, assets, API and errors alike."""
+    if not is_ui(request.path):
+        return
+    headers = response.headers
+    headers.setdefault("Content-Security-Policy", CSP)
+    headers["X-Frame-Options"] = "DENY"
+    headers["Referrer-Policy"] = "same-origin"
+    headers["X-Content-Type-Options"] = "nosniff"
+    headers.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")

@@ -1,0 +1,1 @@
+"""People on the LAN: accounts, sessions, settings and chat history in SQLite."""

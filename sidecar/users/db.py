@@ -1,0 +1,400 @@
+"""The users database: SQLite in WAL mode, schema versioned with migrations.
+
+``Database`` is synchronous and owns one connection; the sidecar reaches it only through
+``UserStore`` (one dedicated thread), and ``tools/manage_users.py`` uses it directly. A
+transaction is committed before a method returns, so what a caller saw stored survives a
+crash of the process.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: accounts, sessions, settings, conversations, messages, login throttling
+    """
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        username TEXT NOT NULL UNIQUE COLLATE NOCASE,
+        password_hash TEXT NOT NULL,
+        is_admin INTEGER NOT NULL DEFAULT 0,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE sessions (
+        id_hash TEXT PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        csrf TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        last_seen_at REAL NOT NULL
+    );
+    CREATE INDEX sessions_user ON sessions(user_id);
+    CREATE TABLE settings (
+        user_id INTEGER PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+        default_model TEXT,
+        system_prompt TEXT NOT NULL DEFAULT '',
+        temperature REAL
+    );
+    CREATE TABLE conversations (
+        id INTEGER PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        title TEXT NOT NULL DEFAULT '',
+        model TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX conversations_user ON conversations(user_id, updated_at);
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+        role TEXT NOT NULL,
+        content TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX messages_conversation ON messages(conversation_id, id);
+    CREATE TABLE login_failures (
+        username TEXT PRIMARY KEY COLLATE NOCASE,
+        failures INTEGER NOT NULL,
+        locked_until REAL NOT NULL DEFAULT 0
+    );
+    """,
+)
+LOCAL_USER = "local"  # owns the history when accounts are off
+
+
+class DatabaseError(Exception):
+    """The database cannot be used; the message says what to do."""
+
+
+class DuplicateUser(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    username: str
+    is_admin: bool
+    disabled: bool
+    created_at: float
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "username": self.username,
+            "is_admin": self.is_admin,
+            "disabled": self.disabled,
+            "created_at": self.created_at,
+        }
+
+
+class Database:
+    def __init__(self, path: Path, *, create: bool = True) -> None:
+        self.path = path
+        if not create and not path.exists():
+            raise DatabaseError(
+                f"no users database at {path} (start the gateway once, or check USER_DB_PATH)"
+            )
+        try:
+            if create:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except (sqlite3.Error, OSError) as exc:
+            raise DatabaseError(f"cannot open {path}: {exc}") from None
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA busy_timeout = 5000")
+        self._db.execute("PRAGMA foreign_keys = ON")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        try:
+            if self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                with self.transaction() as db:
+                    db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number};")
+        except sqlite3.OperationalError as exc:
+            raise _explained(exc, self.path) from None
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        try:
+            if not self._db.in_transaction:
+                self._db.execute("BEGIN IMMEDIATE")
+            yield self._db
+            if self._db.in_transaction:
+                self._db.execute("COMMIT")
+        except BaseException as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError):
+                raise _explained(exc, self.path) from None
+            raise
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- users --------------------------------------------------------------------------
+
+    def create_user(self, username: str, password_hash: str, is_admin: bool = False) -> User:
+        try:
+            with self.transaction() as db:
+                cursor = db.execute(
+                    "INSERT INTO users (username, password_hash, is_admin, created_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (username, password_hash, int(is_admin), time.time()),
+                )
+        except sqlite3.IntegrityError:
+            raise DuplicateUser(f"a user named {username!r} already exists") from None
+        user = self.user_by_id(int(cursor.lastrowid or 0))
+        assert user is not None
+        return user
+
+    def user_by_name(self, username: str) -> tuple[User, str] | None:
+        row = self._db.execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
+        return (_user(row), row["password_hash"]) if row else None
+
+    def user_by_id(self, user_id: int) -> User | None:
+        row = self._db.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone()
+        return _user(row) if row else None
+
+    def users(self) -> list[User]:
+        rows = self._db.execute(
+            "SELECT * FROM users WHERE username != ? ORDER BY username", (LOCAL_USER,)
+        )
+        return [_user(row) for row in rows]
+
+    def local_user(self) -> User:
+        """The owner of history when accounts are off (cannot log in: no usable hash)."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO users (username, password_hash, created_at)"
+                " VALUES (?, '!', ?)",
+                (LOCAL_USER, time.time()),
+            )
+        found = self.user_by_name(LOCAL_USER)
+        assert found is not None
+        return found[0]
+
+    def update_user(
+        self,
+        username: str,
+        *,
+        password_hash: str | None = None,
+        disabled: bool | None = None,
+        is_admin: bool | None = None,
+    ) -> User | None:
+        """Change a user; a new password or a disable also ends all their sessions."""
+        with self.transaction() as db:
+            row = db.execute("SELECT id FROM users WHERE username = ?", (username,)).fetchone()
+            if row is None:
+                return None
+            if password_hash is not None:
+                db.execute(
+                    "UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, row["id"])
+                )
+            if disabled is not None:
+                db.execute("UPDATE users SET disabled = ? WHERE id = ?", (int(disabled), row["id"]))
+            if is_admin is not None:
+                db.execute("UPDATE users SET is_admin = ? WHERE id = ?", (int(is_admin), row["id"]))
+            if password_hash is not None or disabled or is_admin is not None:
+                db.execute("DELETE FROM sessions WHERE user_id = ?", (row["id"],))
+            if password_hash is not None:
+                db.execute("DELETE FROM login_failures WHERE username = ?", (username,))
+        return self.user_by_id(row["id"])
+
+    def delete_user(self, username: str) -> bool:
+        with self.transaction() as db:
+            return db.execute("DELETE FROM users WHERE username = ?", (username,)).rowcount > 0
+
+    # -- sessions -----------------------------------------------------------------------
+
+    def create_session(self, id_hash: str, user_id: int, csrf: str) -> None:
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO sessions (id_hash, user_id, csrf, created_at, last_seen_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (id_hash, user_id, csrf, now, now),
+            )
+
+    def session(self, id_hash: str, idle_s: float, max_s: float) -> tuple[User, str] | None:
+        """The session's user and CSRF token, if it is live; touching it keeps it alive."""
+        now = time.time()
+        row = self._db.execute(
+            "SELECT s.csrf, s.created_at, s.last_seen_at, u.* FROM sessions s"
+            " JOIN users u ON u.id = s.user_id WHERE s.id_hash = ?",
+            (id_hash,),
+        ).fetchone()
+        if row is None:
+            return None
+        expired = now - row["last_seen_at"] > idle_s or now - row["created_at"] > max_s
+        if expired or row["disabled"]:
+            self.delete_session(id_hash)
+            return None
+        if now - row["last_seen_at"] > 60:  # write at most once a minute per session
+            with self.transaction() as db:
+                db.execute("UPDATE sessions SET last_seen_at = ? WHERE id_hash = ?", (now, id_hash))
+        return _user(row), row["csrf"]
+
+    def delete_session(self, id_hash: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM sessions WHERE id_hash = ?", (id_hash,))
+
+    # -- login throttling ---------------------------------------------------------------
+
+    def locked_until(self, username: str) -> float:
+        row = self._db.execute(
+            "SELECT locked_until FROM login_failures WHERE username = ?", (username,)
+        ).fetchone()
+        return float(row["locked_until"]) if row else 0.0
+
+    def record_failure(
+        self, username: str, free_attempts: int, base_s: float, max_s: float
+    ) -> float:
+        """Count a failed login; returns when the account unlocks (0 if it does not lock)."""
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT failures FROM login_failures WHERE username = ?", (username,)
+            ).fetchone()
+            failures = (row["failures"] if row else 0) + 1
+            locked = 0.0
+            if failures >= free_attempts:
+                locked = time.time() + min(max_s, base_s * 2 ** (failures - free_attempts))
+            db.execute(
+                "INSERT INTO login_failures (username, failures, locked_until) VALUES (?, ?, ?)"
+                " ON CONFLICT(username) DO UPDATE SET failures = ?, locked_until = ?",
+                (username, failures, locked, failures, locked),
+            )
+        return locked
+
+    def clear_failures(self, username: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM login_failures WHERE username = ?", (username,))
+
+    # -- settings -----------------------------------------------------------------------
+
+    def settings(self, user_id: int) -> dict[str, Any]:
+        row = self._db.execute("SELECT * FROM settings WHERE user_id = ?", (user_id,)).fetchone()
+        if row is None:
+            return {"default_model": None, "system_prompt": "", "temperature": None}
+        return {
+            "default_model": row["default_model"],
+            "system_prompt": row["system_prompt"],
+            "temperature": row["temperature"],
+        }
+
+    def save_settings(self, user_id: int, values: dict[str, Any]) -> dict[str, Any]:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO settings (user_id, default_model, system_prompt, temperature)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT(user_id) DO UPDATE SET"
+                " default_model = excluded.default_model, system_prompt = excluded.system_prompt,"
+                " temperature = excluded.temperature",
+                (user_id, values["default_model"], values["system_prompt"], values["temperature"]),
+            )
+        return self.settings(user_id)
+
+    # -- conversations and messages ------------------------------------------------------
+
+    def conversations(self, user_id: int) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT * FROM conversations WHERE user_id = ? ORDER BY updated_at DESC, id DESC",
+            (user_id,),
+        )
+        return [_conversation(row) for row in rows]
+
+    def conversation(self, user_id: int, conversation_id: int) -> dict[str, Any] | None:
+        row = self._db.execute(
+            "SELECT * FROM conversations WHERE id = ? AND user_id = ?", (conversation_id, user_id)
+        ).fetchone()
+        return _conversation(row) if row else None
+
+    def create_conversation(self, user_id: int, title: str, model: str | None) -> dict[str, Any]:
+        now = time.time()
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO conversations (user_id, title, model, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (user_id, title, model, now, now),
+            )
+        found = self.conversation(user_id, int(cursor.lastrowid or 0))
+        assert found is not None
+        return found
+
+    def update_conversation(
+        self, user_id: int, conversation_id: int, fields: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        with self.transaction() as db:
+            for column in ("title", "model"):
+                if column in fields:
+                    db.execute(
+                        f"UPDATE conversations SET {column} = ?, updated_at = ?"  # noqa: S608
+                        " WHERE id = ? AND user_id = ?",
+                        (fields[column], time.time(), conversation_id, user_id),
+                    )
+        return self.conversation(user_id, conversation_id)
+
+    def delete_conversation(self, user_id: int, conversation_id: int) -> bool:
+        with self.transaction() as db:
+            cursor = db.execute(
+                "DELETE FROM conversations WHERE id = ? AND user_id = ?", (conversation_id, user_id)
+            )
+            return cursor.rowcount > 0
+
+    def messages(self, conversation_id: int) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT id, role, content, created_at FROM messages WHERE conversation_id = ?"
+            " ORDER BY id",
+            (conversation_id,),
+        )
+        return [dict(row) for row in rows]
+
+    def add_message(self, conversation_id: int, role: str, content: str) -> int:
+        now = time.time()
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO messages (conversation_id, role, content, created_at)"
+                " VALUES (?, ?, ?, ?)",
+                (conversation_id, role, content, now),
+            )
+            db.execute(
+                "UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conversation_id)
+            )
+        return int(cursor.lastrowid or 0)
+
+
+def _user(row: sqlite3.Row) -> User:
+    return User(
+        id=row["id"],
+        username=row["username"],
+        is_admin=bool(row["is_admin"]),
+        disabled=bool(row["disabled"]),
+        created_at=row["created_at"],
+    )
+
+
+def _conversation(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "title": row["title"],
+        "model": row["model"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+    }
+
+
+def _explained(exc: sqlite3.OperationalError, path: Path) -> DatabaseError:
+    message = str(exc)
+    if "readonly" in message or "read-only" in message:
+        return DatabaseError(f"cannot write {path}: read-only; run as the gateway service user")
+    if "unable to open" in message:
+        return DatabaseError(f"cannot open {path}; run as the gateway service user")
+    return DatabaseError(f"users database {path}: {message}")

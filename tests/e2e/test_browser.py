@@ -1,0 +1,184 @@
+"""The UI in a real headless Chromium, through real Caddy, with user accounts on.
+
+Playwright drives Debian's Chromium (``executable_path``; no browser download).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright
+
+from sidecar.users.db import Database
+from sidecar.users.passwords import hash_password
+
+from ..conftest import TOKEN
+from .stack import ROOT, GatewayStack
+
+pytestmark = pytest.mark.timeout(180)
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayStack]:
+    data_dir = tmp_path_factory.mktemp("browser")
+    database = Database(data_dir / "users.sqlite3")
+    database.create_user("alice", hash_password(PASSWORD))
+    database.close()
+    gateway = GatewayStack(
+        data_dir,
+        (ROOT / "gateway.yaml").read_text(),
+        TOKEN,
+        USER_AUTH_ENABLED="true",
+    ).start()
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+async def logged_in(browser: Browser, stack: GatewayStack) -> tuple[Page, list[str]]:
+    context = await browser.new_context(ignore_https_errors=True)
+    page = await context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.on(
+        "console",
+        lambda message: problems.append(message.text) if message.type == "error" else None,
+    )
+    await page.goto(f"{stack.base_url}/ui")
+    assert "/ui/login" in page.url  # no session: the login page first
+    await page.fill("#username", "alice")
+    await page.fill("#password", PASSWORD)
+    await page.click("#login")
+    await page.wait_for_url(f"{stack.base_url}/ui**")
+    await page.wait_for_selector("#prompt")
+    return page, problems
+
+
+async def test_login_chat_streams_and_survives_a_reload(
+    browser: Browser, stack: GatewayStack
+) -> None:
+    page, problems = await logged_in(browser, stack)
+    # Record every text the reply bubble shows while it streams in.
+    await page.evaluate(
+        """() => {
+            window.seen = [];
+            new MutationObserver(() => {
+                const bubbles = document.querySelectorAll('#messages .message.assistant');
+                const last = bubbles[bubbles.length - 1];
+                const text = last && last.textContent;
+                if (text && !window.seen.includes(text)) window.seen.push(text);
+            }).observe(document.querySelector('#messages'),
+                       {childList: true, subtree: true, characterData: true});
+        }"""
+    )
+    await page.fill("#prompt", "one two three four five six seven eight")
+    await page.click("#send")
+    expected = "Mock reply to: one two three four five six seven eight"
+    await page.wait_for_function(
+        "text => [...document.querySelectorAll('#messages .message.assistant')]"
+        ".some(node => node.textContent === text)",
+        arg=expected,
+    )
+    seen: list[str] = await page.evaluate("window.seen")
+    growing = [text for text in seen if text and expected.startswith(text)]
+    assert len(growing) >= 3, seen  # the reply grew in steps, not all at once
+    assert growing[-1] == expected
+
+    await page.reload()
+    await page.wait_for_selector("#messages .message.assistant")
+    assert await page.locator("#messages .message.user").first.text_content() == (
+        "one two three four five six seven eight"
+    )
+    titles = await page.locator("#conversations button[data-id]").all_text_contents()
+    assert any("one two three" in title for title in titles)
+    assert problems == []
+
+
+async def test_model_html_is_shown_as_text(browser: Browser, stack: GatewayStack) -> None:
+    page, problems = await logged_in(browser, stack)
+    await page.click("#new-conversation")
+    await page.fill("#prompt", "<img src=x onerror=\"document.title='pwned'\">")
+    await page.click("#send")
+    await page.wait_for_function(
+        "() => [...document.querySelectorAll('#messages .message.assistant')]"
+        ".some(node => node.textContent.startsWith('Mock reply to: <img'))"
+    )
+    assert await page.locator("#messages img").count() == 0
+    assert await page.title() != "pwned"
+    assert problems == []
+
+
+async def test_music_playground_plays_a_wav(browser: Browser, stack: GatewayStack) -> None:
+    page, problems = await logged_in(browser, stack)
+    await page.goto(f"{stack.base_url}/ui/music")
+    await page.fill("#music-prompt", "a calm piano loop")
+    await page.fill("#music-tags", "piano,calm")
+    await page.fill("#music-duration", "3")
+    await page.click("#generate-music")
+    audio = page.locator("#music-result audio")
+    await audio.wait_for(timeout=30_000)
+    source = await audio.get_attribute("src")
+    assert source is not None and source.startswith("/ui/heartmula/audio/")
+    # The browser itself loads and decodes it: a WAV of the asked length.
+    duration = await page.evaluate(
+        """() => new Promise((resolve, reject) => {
+            const audio = document.querySelector('#music-result audio');
+            if (audio.readyState >= 1) return resolve(audio.duration);
+            audio.addEventListener('loadedmetadata', () => resolve(audio.duration));
+            audio.addEventListener('error', () => reject(new Error('audio failed')));
+            audio.load();
+        })"""
+    )
+    assert 2.5 < duration < 3.5
+    header: dict[str, Any] = await page.evaluate(
+        """async src => {
+            const response = await fetch(src);
+            const bytes = new Uint8Array(await response.arrayBuffer());
+            return {type: response.headers.get('content-type'),
+                    magic: String.fromCharCode(...bytes.slice(0, 4), ...bytes.slice(8, 12))};
+        }""",
+        source,
+    )
+    assert header == {"type": "audio/wav", "magic": "RIFFWAVE"}
+    assert problems == []
+
+
+async def test_images_playground_shows_an_image(browser: Browser, stack: GatewayStack) -> None:
+    page, problems = await logged_in(browser, stack)
+    await page.goto(f"{stack.base_url}/ui/images")
+    await page.fill("#image-prompt", "a red fox in the snow")
+    await page.select_option("#image-size", "256x256")
+    await page.click("#generate-image")
+    image = page.locator("#image-results img").first
+    await image.wait_for(timeout=30_000)
+    await page.wait_for_function(
+        "() => { const img = document.querySelector('#image-results img');"
+        " return img && img.complete && img.naturalWidth > 0; }"
+    )
+    assert await image.evaluate("img => img.naturalWidth") == 256
+    assert problems == []
