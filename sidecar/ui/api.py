@@ -20,7 +20,7 @@ from ..errors import BackendOverloaded, GatewayError, InvalidRequest, NotFound, 
 from ..images.api import generate_for
 from ..music.service import generate_music, parse_music_request
 from ..typedefs import REGISTRY, REQUEST_ID, SETTINGS, UI_SESSION, UI_STATE, UI_USER
-from ..users.db import DuplicateUser
+from ..users.db import LOCAL_USER, DuplicateUser
 from ..users.passwords import PasswordRejected
 from ..users.store import LoginThrottled
 from .guard import SESSION_COOKIE
@@ -240,6 +240,8 @@ async def create_user(request: web.Request) -> web.Response:
         raise InvalidRequest(
             "usernames are 1-64 letters, digits, '_', '.', '@' or '-'", param="username"
         )
+    if username.lower() == LOCAL_USER:
+        raise InvalidRequest(f"'{LOCAL_USER}' is reserved for the shared history", param="username")
     if not isinstance(password, str):
         raise InvalidRequest("'password' is required", param="password")
     try:

@@ -8,6 +8,7 @@ crash of the process.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -101,11 +102,20 @@ class Database:
                 f"no users database at {path} (start the gateway once, or check USER_DB_PATH)"
             )
         try:
-            if create:
+            if create and not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
+                # Password hashes and conversations: readable by the service user only
+                # (SQLite gives its -wal and -shm files the same mode).
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except PermissionError:
+            raise DatabaseError(f"cannot create {path}; run as the gateway service user") from None
+        except FileExistsError:  # another process made it first
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except (sqlite3.Error, OSError) as exc:
-            raise DatabaseError(f"cannot open {path}: {exc}") from None
+            raise DatabaseError(
+                f"cannot open {path}: {exc}; run as the gateway service user"
+            ) from None
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA busy_timeout = 5000")
         self._db.execute("PRAGMA foreign_keys = ON")
@@ -122,6 +132,8 @@ class Database:
                     db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number};")
         except sqlite3.OperationalError as exc:
             raise _explained(exc, self.path) from None
+        except sqlite3.DatabaseError as exc:
+            raise DatabaseError(f"{self.path} is not a usable users database: {exc}") from None
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
