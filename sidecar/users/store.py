@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import secrets
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -46,6 +47,9 @@ class UserStore:
         self.max_s = max_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="users-db")
         self._db: Database | None = None
+        self._login_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     async def open(self) -> None:
         self._db = await self.run(lambda _: Database(self.path))
@@ -63,7 +67,19 @@ class UserStore:
     # -- logging in and out -------------------------------------------------------------
 
     async def login(self, username: str, password: str) -> tuple[str, Session] | None:
-        """A new session for the right password; None for any failure (same timing)."""
+        """A new session for the right password; None for any failure (same timing).
+
+        Attempts on one account run one at a time, so parallel guesses cannot all pass
+        the lock check before the first failure is counted.
+        """
+        key = username.casefold()
+        lock = self._login_locks.get(key)
+        if lock is None:
+            lock = self._login_locks[key] = asyncio.Lock()
+        async with lock:
+            return await self._login(username, password)
+
+    async def _login(self, username: str, password: str) -> tuple[str, Session] | None:
         locked = await self.run(lambda db: db.locked_until(username))
         if locked > time.time():
             raise LoginThrottled(int(locked - time.time()) + 1)
