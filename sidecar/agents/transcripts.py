@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from ..storage import write_atomic
 
 _RUN_ID = re.compile(r"^run-[0-9a-f]{24}$")
 
@@ -20,17 +19,7 @@ class RunStore:
     def save(self, transcript: dict[str, Any]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         data = json.dumps(transcript, ensure_ascii=False, indent=1).encode()
-        fd, temp = tempfile.mkstemp(dir=self.directory, prefix=".incoming-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, self.directory / f"{transcript['run_id']}.json")
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
+        write_atomic(self.directory / f"{transcript['run_id']}.json", data)
 
     def get(self, run_id: str) -> dict[str, Any] | None:
         if not _RUN_ID.match(run_id):

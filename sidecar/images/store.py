@@ -11,9 +11,10 @@ import contextlib
 import hashlib
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
+
+from ..storage import TEMP_PREFIX, write_atomic
 
 _NAME = re.compile(r"^[0-9a-f]{64}\.(png|jpg|webp|svg)$")
 
@@ -30,18 +31,7 @@ class ImageStore:
         if target.exists():
             os.utime(target)
             return name
-        fd, temp = tempfile.mkstemp(dir=self.directory, prefix=".incoming-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(temp, 0o640)
-            os.replace(temp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
+        write_atomic(target, data)
         return name
 
     def path(self, name: str) -> Path | None:
@@ -60,7 +50,7 @@ class ImageStore:
         except FileNotFoundError:
             return 0
         for entry in entries:
-            if not (_NAME.match(entry.name) or entry.name.startswith(".incoming-")):
+            if not (_NAME.match(entry.name) or entry.name.startswith(TEMP_PREFIX)):
                 continue
             with contextlib.suppress(FileNotFoundError):
                 if entry.stat().st_mtime < cutoff:

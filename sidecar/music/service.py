@@ -87,7 +87,7 @@ async def generate_music(
     backend = route.backend
     slot = await admit(route)
     try:
-        call = await backend.client.post(
+        reply = await backend.client.call_json(
             "v1/music/generations",
             request.fields,
             request_id,
@@ -95,11 +95,6 @@ async def generate_music(
                 generation_timeout_s(request.duration), backend.config.timeouts.read_s
             ),
         )
-        try:
-            await call.raise_for_status()
-            _, reply = await call.read_json()
-        finally:
-            call.close()
     finally:
         slot.release()
     name = _audio_name(reply, backend.name)

@@ -117,15 +117,11 @@ async def complete(route: Route, endpoint: str, body: dict[str, Any], request_id
     client request, its slot released when the answer is in."""
     slot = await admit(route)
     try:
-        call = await route.backend.client.post(endpoint, upstream_body(body, route), request_id)
-        try:
-            await call.raise_for_status()
-            _, reply = await call.read_json()
-        finally:
-            call.close()
+        return await route.backend.client.call_json(
+            endpoint, upstream_body(body, route), request_id
+        )
     finally:
         slot.release()
-    return reply
 
 
 def _unknown(model: str) -> UnknownModel:

@@ -179,12 +179,6 @@ async def _http(spec: ToolSpec, arguments: dict[str, Any], context: ToolContext)
         raise ToolFailure("unavailable", f"backend {spec.http_backend!r} is not configured")
     try:
         target = backend.client.url("").with_path(spec.http_path or "/")
-        call = await backend.client.post(target, arguments, context.request_id)
-        try:
-            await call.raise_for_status()
-            _, result = await call.read_json()
-        finally:
-            call.close()
+        return await backend.client.call_json(target, arguments, context.request_id)
     except GatewayError as exc:
         raise ToolFailure("upstream_error", exc.message) from None
-    return result

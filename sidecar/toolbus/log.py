@@ -13,10 +13,11 @@ import contextlib
 import json
 import os
 import re
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
+
+from ..storage import write_atomic
 
 _REPLAY_ID = re.compile(r"^tool-[0-9a-f]{24}$")
 
@@ -48,7 +49,7 @@ class ToolLog:
     def write(self, record: dict[str, Any]) -> None:
         line = (json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
         if self.per_invocation:
-            self._write_file(record["replay_id"], line)
+            write_atomic(self.directory / f"{record['replay_id']}.json", line)
         if self.ndjson and self._fd is not None:
             with self._lock:
                 offset = os.lseek(self._fd, 0, os.SEEK_END)
@@ -69,17 +70,6 @@ class ToolLog:
         with self.ndjson_path.open("rb") as handle:
             handle.seek(offset)
             return json.loads(handle.readline())
-
-    def _write_file(self, replay_id: str, line: bytes) -> None:
-        fd, temp = tempfile.mkstemp(dir=self.directory, prefix=".incoming-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(line)
-            os.replace(temp, self.directory / f"{replay_id}.json")
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
 
     def _index_existing(self) -> None:
         offset = 0
