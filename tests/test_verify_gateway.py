@@ -101,6 +101,8 @@ async def test_passes_against_fake_backends_and_says_real_ones_were_not_checked(
     assert "fake backends only" in lines["backends"]
     assert "mock-llama on mock [fake]" in lines["chat"]
     assert "fetched without the token" in lines["images-url"]
+    # This gateway's UI allowlist is empty: the UI is closed, which is not a failure.
+    assert lines["ui"].startswith("SKIP ui: the UI is closed to this address")
 
 
 async def test_require_backend_fails_when_only_fake_backends_are_healthy(
@@ -175,7 +177,7 @@ def test_starts_checks_and_stops_its_own_gateway() -> None:
     assert result.returncode == 0, output
     start = re.search(r"^PASS start: (https://127\.0\.0\.1:\d+) \(data dir (.+)\)$", output, re.M)
     assert start, output
-    for name in (*LIVE_CHECKS, "images-b64", "images-url", "stop"):
+    for name in (*LIVE_CHECKS, "ui", "images-b64", "images-url", "stop"):
         assert re.search(rf"^PASS {name}\b", output, re.MULTILINE), output
     summary = SUMMARY.search(output)
     assert summary and summary.group(2) == "0", output

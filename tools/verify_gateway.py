@@ -17,7 +17,7 @@ imports), so it can check any running gateway, or one it starts itself:
 3. With ``--appliance`` (which implies ``--require-backend``):
    ``tools/freeze_release.py --verify release_manifest.json``.
 
-Checks, in order: healthz, readyz, models, backends, chat, chat-stream, embeddings, tools,
+Checks, in order: healthz, readyz, models, backends, chat, chat-stream, embeddings, tools, ui,
 and with ``--check-images`` images-b64 and images-url. Each prints one line, ``PASS name``,
 ``FAIL name: reason`` or ``SKIP name: reason``; then ``N passed, M failed, K skipped``.
 
@@ -289,6 +289,7 @@ class Smoke:
             ("chat-stream", self.check_chat_stream),
             ("embeddings", self.check_embeddings),
             ("tools", self.check_tools),
+            ("ui", self.check_ui),
         ]
         if self.check_images:
             checks += [("images-b64", self.check_images_b64), ("images-url", self.check_images_url)]
@@ -315,6 +316,20 @@ class Smoke:
         if not isinstance(body, dict) or body.get("status") != "ok":
             raise CheckFailed(f"status is not ok: {reply.snippet()}")
         return "ok"
+
+    def check_ui(self) -> str:
+        """The browser UI answers (a page, or the login page it redirects to) with its
+        security headers; a UI closed to this address is a skip, not a failure."""
+        reply = self.get("/ui", auth=False)
+        if reply.status == 403 and b"UI_IP_ALLOWLIST" in reply.body:
+            raise CheckSkipped("the UI is closed to this address (UI_IP_ALLOWLIST)")
+        reply.expect(200, "GET /ui")
+        csp = reply.headers.get("content-security-policy", "")
+        if "script-src 'self'" not in csp or reply.headers.get("x-frame-options") != "DENY":
+            raise CheckFailed(f"UI page without its security headers (CSP {csp!r})")
+        if b'name="csrf-token"' not in reply.body:
+            raise CheckFailed(f"not the UI page: {reply.snippet()}")
+        return "page served with CSP and X-Frame-Options"
 
     def check_readyz(self) -> str:
         reply = self.get("/readyz", auth=False)
