@@ -23,6 +23,7 @@ from .api.middleware import bearer, errors, observe, stamp_response
 from .api.routes import setup_routes
 from .auth import TokenSet
 from .config.reload import ConfigReloader, load_checked
+from .config.schema import GatewayConfig
 from .images.signing import UrlSigner, load_or_create_secret
 from .images.store import ImageStore
 from .music.tool import heartmula_generate
@@ -52,9 +53,11 @@ from .ui.state import UiState
 from .users.store import UserStore, anonymous_csrf
 
 log = logging.getLogger("gateway")
+_PRELOADED = web.AppKey("preloaded_config", GatewayConfig)
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: Settings, config: GatewayConfig | None = None) -> web.Application:
+    """The whole sidecar; ``config``, when given, is used instead of loading it again."""
     tokens = TokenSet(settings.bearer_tokens)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
@@ -64,6 +67,8 @@ def create_app(settings: Settings) -> web.Application:
     app[TOKENS] = tokens
     app[IMAGE_STORE] = ImageStore(settings.image_dir)
     app[METRICS] = GatewayMetrics()
+    if config is not None:
+        app[_PRELOADED] = config
     app.cleanup_ctx.append(_registry)
     app.cleanup_ctx.append(_health_checks)
     app.cleanup_ctx.append(_config_reload)
@@ -83,14 +88,20 @@ def create_app(settings: Settings) -> web.Application:
 
 
 async def _registry(app: web.Application) -> AsyncIterator[None]:
-    """Load the config (a bad one stops start-up) and open the backends' sessions."""
-    config = await load_checked(app[SETTINGS])
+    """Load the config (a bad one stops start-up) and open the backends' sessions.
+
+    ``gateway serve`` has loaded and checked the config already and hands it over in
+    ``_PRELOADED``, so it is read once.
+    """
+    config = app.get(_PRELOADED) or await load_checked(app[SETTINGS])
     registry, _ = build_registry(config)
     holder = RegistryHolder(registry)
     app[REGISTRY] = holder
     log.info("config %s loaded: %d backends", config.source, len(config.backends))
-    yield
-    await holder.close()
+    try:
+        yield
+    finally:
+        await holder.close()
 
 
 async def _health_checks(app: web.Application) -> AsyncIterator[None]:
@@ -139,25 +150,28 @@ async def _toolbus(app: web.Application) -> AsyncIterator[None]:
     """The tool bus on the current config's tools, following every reload."""
     settings = app[SETTINGS]
     log_ = ToolLog(settings.tools.log_mode, settings.tool_log_path, settings.tool_log_dir)
+    # Opened first: if anything after it fails, start-up stops and the log is closed.
     await asyncio.to_thread(log_.open)
-    builtins = {**BUILTINS, "heartmula_generate": heartmula_generate}
-    metrics = app[METRICS]
-    bus = ToolBus(
-        app[REGISTRY],
-        log_,
-        settings.environ,
-        settings.tools.allowlist,
-        builtins,
-        observer=metrics.observe_tool,
-    )
-    bus.configure(app[REGISTRY].current.config)
-    app[RELOADER].listeners.append(bus.configure)
-    app[TOOLBUS] = bus
-    app[AGENTS] = AgentRunner(
-        app[REGISTRY], bus, RunStore(settings.agent_runs_dir), observer=metrics.observe_agent
-    )
-    yield
-    await asyncio.to_thread(log_.close)
+    try:
+        builtins = {**BUILTINS, "heartmula_generate": heartmula_generate}
+        metrics = app[METRICS]
+        bus = ToolBus(
+            app[REGISTRY],
+            log_,
+            settings.environ,
+            settings.tools.allowlist,
+            builtins,
+            observer=metrics.observe_tool,
+        )
+        bus.configure(app[REGISTRY].current.config)
+        app[RELOADER].listeners.append(bus.configure)
+        app[TOOLBUS] = bus
+        app[AGENTS] = AgentRunner(
+            app[REGISTRY], bus, RunStore(settings.agent_runs_dir), observer=metrics.observe_agent
+        )
+        yield
+    finally:
+        await asyncio.to_thread(log_.close)
 
 
 async def _ui(app: web.Application) -> AsyncIterator[None]:
@@ -165,16 +179,18 @@ async def _ui(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     users = UserStore(settings.user_db_path, settings.ui.session_idle_s, settings.ui.session_max_s)
     await users.open()
-    local_user = await users.run(lambda db: db.local_user())
-    secret = await asyncio.to_thread(
-        load_or_create_secret, settings.data_dir / "secrets" / "ui.key"
-    )
-    state = UiState(users, local_user, anonymous_csrf(secret))
-    app[UI_STATE] = state
-    yield
-    if state.pending:
-        await asyncio.gather(*state.pending, return_exceptions=True)
-    await users.close()
+    try:  # a failure after the database opened still closes it
+        local_user = await users.run(lambda db: db.local_user())
+        secret = await asyncio.to_thread(
+            load_or_create_secret, settings.data_dir / "secrets" / "ui.key"
+        )
+        state = UiState(users, local_user, anonymous_csrf(secret))
+        app[UI_STATE] = state
+        yield
+        if state.pending:
+            await asyncio.gather(*state.pending, return_exceptions=True)
+    finally:
+        await users.close()
 
 
 async def _config_reload(app: web.Application) -> AsyncIterator[None]:

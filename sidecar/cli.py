@@ -25,6 +25,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from .app import create_app
 from .config.loader import ConfigError
 from .config.reload import load_checked
+from .config.schema import GatewayConfig
 from .mock_backends import (
     MockBehaviour,
     create_a1111_app,
@@ -152,14 +153,14 @@ def serve() -> int:
         return 2
     stop_logging = _configure_logging(settings.log_level)
     try:
-        asyncio.run(load_checked(settings))
+        config = asyncio.run(load_checked(settings))
     except ConfigError as exc:
         print(f"gateway: cannot start: invalid config:\n{exc.render()}", file=sys.stderr)
         return 2
     try:
         if not settings.uses_tcp:
             _prepare_socket_dir(settings.sidecar_socket)
-        asyncio.run(_serve(settings))
+        asyncio.run(_serve(settings, config))  # the app serves the config checked here
     except OSError as exc:
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         return 1
@@ -168,12 +169,16 @@ def serve() -> int:
     return 0
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, config: GatewayConfig | None = None) -> None:
     runner = web.AppRunner(
-        create_app(settings), handler_cancellation=True, access_log=None, shutdown_timeout=30
+        create_app(settings, config),
+        handler_cancellation=True,
+        access_log=None,
+        shutdown_timeout=30,
     )
-    await runner.setup()
     try:
+        # Inside the try: a start-up step that fails still closes what earlier steps opened.
+        await runner.setup()
         if settings.uses_tcp:
             site: web.BaseSite = web.TCPSite(runner, settings.host, settings.port)
             await site.start()

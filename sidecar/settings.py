@@ -7,6 +7,7 @@ here for ``${VAR}`` substitution.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -42,10 +43,15 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class BearerToken:
-    """One accepted API token. ``name`` is what logs and records show; never the value."""
+    """One accepted API token. ``name`` is what logs and records show; never the value.
+
+    ``admin`` tokens (named in ``GATEWAY_ADMIN_TOKENS``) may read and replay every tool
+    record and agent run; any other token sees only the records it made.
+    """
 
     name: str
     value: str = field(repr=False)
+    admin: bool = False
 
 
 @dataclass(frozen=True)
@@ -173,7 +179,9 @@ class Settings:
         port_text = env.get("GATEWAY_PORT") or None
         return cls(
             bearer_tokens=parse_bearer_tokens(
-                env.get("GATEWAY_BEARER_TOKEN"), env.get("GATEWAY_BEARER_TOKENS")
+                env.get("GATEWAY_BEARER_TOKEN"),
+                env.get("GATEWAY_BEARER_TOKENS"),
+                env.get("GATEWAY_ADMIN_TOKENS"),
             ),
             config_path=Path(env.get("GATEWAY_CONFIG") or "gateway.yaml"),
             data_dir=data_dir,
@@ -206,12 +214,15 @@ class Settings:
         )
 
 
-def parse_bearer_tokens(single: str | None, many: str | None) -> tuple[BearerToken, ...]:
+def parse_bearer_tokens(
+    single: str | None, many: str | None, admins: str | None = None
+) -> tuple[BearerToken, ...]:
     """``GATEWAY_BEARER_TOKEN`` (named ``default``) plus ``GATEWAY_BEARER_TOKENS``.
 
     Entries of the list are ``token`` or ``name:token``. Refuses to start without one, or
     with an empty, placeholder or short token, because a guessable token on a LAN gateway
-    is an open door.
+    is an open door. ``admins`` (``GATEWAY_ADMIN_TOKENS``) names the tokens that may read
+    every record; a name that is not a configured token is refused.
     """
     tokens: list[BearerToken] = []
     if single is not None and single.strip():
@@ -239,7 +250,16 @@ def parse_bearer_tokens(single: str | None, many: str | None) -> tuple[BearerTok
     names = [token.name for token in tokens]
     if len(set(names)) != len(names):
         raise SettingsError("GATEWAY_BEARER_TOKENS: token names must be unique")
-    return tuple(tokens)
+    admin_names = {name for name in re.split(r"[,\s]+", admins or "") if name}
+    unknown = sorted(admin_names - set(names))
+    if unknown:
+        raise SettingsError(
+            f"GATEWAY_ADMIN_TOKENS names no configured token: {', '.join(unknown)} "
+            f"(token names: {', '.join(names)})"
+        )
+    return tuple(
+        BearerToken(t.name, t.value, admin=True) if t.name in admin_names else t for t in tokens
+    )
 
 
 def _checked_token(value: str, source: str) -> str:
@@ -379,6 +399,8 @@ def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float)
         value = float(raw.strip())
     except ValueError as exc:
         raise SettingsError(f"{name} must be a number, not {raw!r}") from exc
+    if not math.isfinite(value):
+        raise SettingsError(f"{name} must be a finite number, not {raw!r}")
     if value < minimum:
         raise SettingsError(f"{name} must be at least {minimum}")
     return value

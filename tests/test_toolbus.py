@@ -414,7 +414,9 @@ async def test_every_call_is_recorded_with_its_token_name_never_its_value(
     assert "result" not in second
 
     for replay_id, record in records.items():
-        response = await client.get(f"/v1/tools/replay/{replay_id}", headers=headers_for())
+        # Each record is read by the token that made it (the other one gets a 404).
+        owner = TOKEN if record["token"] == "default" else OTHER_TOKEN
+        response = await client.get(f"/v1/tools/replay/{replay_id}", headers=headers_for(owner))
         assert response.status == 200
         assert await response.json() == record
 

@@ -1,4 +1,8 @@
-"""``POST /v1/agent/run`` and the transcript/replay routes."""
+"""``POST /v1/agent/run`` and the transcript/replay routes.
+
+A run is read or replayed only by the token name that started it, or an admin token
+(``GATEWAY_ADMIN_TOKENS``); any other token gets the 404 an unknown run id gets.
+"""
 
 from __future__ import annotations
 
@@ -18,9 +22,18 @@ async def run(request: web.Request) -> web.Response:
     return web.json_response(summary)
 
 
+def _caller(request: web.Request) -> tuple[str | None, bool]:
+    token = request.get(TOKEN)
+    return (token.name, token.admin) if token is not None else (None, False)
+
+
 async def get_run(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[AGENTS].recorded(request.match_info["run_id"]))
+    name, admin = _caller(request)
+    run_id = request.match_info["run_id"]
+    return web.json_response(await request.app[AGENTS].recorded(run_id, token=name, admin=admin))
 
 
 async def replay(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[AGENTS].replay(request.match_info["run_id"]))
+    name, admin = _caller(request)
+    run_id = request.match_info["run_id"]
+    return web.json_response(await request.app[AGENTS].replay(run_id, token=name, admin=admin))

@@ -69,20 +69,22 @@ class AgentRunner:
             run_id, spec, messages, result, started, (time.perf_counter() - clock) * 1000
         )
         record["tools"] = tools
+        record["token"] = token  # who may read and replay it
         await asyncio.to_thread(self._runs.save, record)
         if self._observer is not None:
             self._observer(spec.name, result.stop_reason)
         return _summary(record)
 
-    async def recorded(self, run_id: str) -> dict[str, Any]:
+    async def recorded(self, run_id: str, *, token: str | None, admin: bool) -> dict[str, Any]:
+        """A transcript, for the token name that started the run or an admin; else 404."""
         record = await asyncio.to_thread(self._runs.get, run_id)
-        if record is None:
+        if record is None or not (admin or (token is not None and record.get("token") == token)):
             raise NotFound(f"No agent run '{run_id}'", code="run_not_found")
         return record
 
-    async def replay(self, run_id: str) -> dict[str, Any]:
+    async def replay(self, run_id: str, *, token: str | None, admin: bool) -> dict[str, Any]:
         """Re-run the loop on the recorded answers; deterministic when every request matches."""
-        record = await self.recorded(run_id)
+        record = await self.recorded(run_id, token=token, admin=admin)
         spec = AgentSpec(**{**record["spec"], "tools": tuple(record["spec"]["tools"])})
         model, run_tool = recorded_driver(record)
         try:

@@ -229,6 +229,7 @@ SCHEMAS: dict[str, Any] = {
             "id": {"type": ["string", "null"]},
             "status": {"type": "string"},
             "audio_url": {"type": "string", "pattern": "^/ui/heartmula/audio/"},
+            "download_url": {"type": "string", "pattern": "^/music/"},
             "duration": {"type": ["integer", "number", "null"]},
             "backend": {"type": "string"},
         },

@@ -24,6 +24,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/v1/images/generations", images.generations, name="images")
     app.router.add_post("/v1/music/generations", music.generations, name="music")
     app.router.add_get("/ui/heartmula/audio/{filename}", music.audio, name="music_audio")
+    app.router.add_get("/music/{filename}", music.music_file, name="music_file")
     app.router.add_get("/v1/tools", tools.list_tools, name="tools")
     app.router.add_get("/v1/tools/replay/{replay_id}", tools.get_replay, name="tool_record")
     app.router.add_post("/v1/tools/replay/{replay_id}", tools.replay, name="tool_replay")

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import ssl
 from collections.abc import Mapping
@@ -331,6 +332,9 @@ class _Reader:
         kind = int if integer else (int, float)
         if isinstance(value, bool) or not isinstance(value, kind):
             self.error(path, "must be an integer" if integer else "must be a number")
+            return default
+        if isinstance(value, float) and not math.isfinite(value):
+            self.error(path, "must be a finite number (not NaN or infinity)")
             return default
         if value < minimum or (exclusive and value == minimum):
             relation = "greater than" if exclusive else "at least"

@@ -1,4 +1,14 @@
-"""``POST /v1/music/generations`` and ``GET /ui/heartmula/audio/{filename}``."""
+"""``POST /v1/music/generations``, ``GET /ui/heartmula/audio/{filename}`` and
+``GET /music/{filename}``.
+
+The UI path is for browsers on ``UI_IP_ALLOWLIST`` (with a session when accounts are on,
+or the bearer token). ``/music/{filename}`` is for API clients wherever they are: a
+signed, expiring link (``download_url`` in the generation's answer, signed like image
+links) or the bearer token, so the client that generated a song can always fetch it.
+
+A download holds the backend's client for as long as it streams, so a reload that
+retires that client closes it only after the download ends.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +21,7 @@ from ..api.body import read_json_object
 from ..errors import Forbidden, GatewayError, NotFound, UpstreamError
 from ..observability.client_ip import address_allowed
 from ..routing.router import resolve_default
-from ..typedefs import CLIENT_IP, REGISTRY, REQUEST_ID, SETTINGS
+from ..typedefs import CLIENT_IP, REGISTRY, REQUEST_ID, SETTINGS, TOKENS, URL_SIGNER
 from .service import AUDIO_NAME, generate_music, parse_music_request
 
 log = logging.getLogger("gateway.music")
@@ -21,15 +31,40 @@ _PASSED_HEADERS = ("Content-Length", "Content-Range", "Accept-Ranges", "Last-Mod
 async def generations(request: web.Request) -> web.Response:
     music = parse_music_request(await read_json_object(request))
     result = await generate_music(request.app[REGISTRY].current, music, request[REQUEST_ID])
+    name = result["audio_url"].rsplit("/", 1)[-1]
+    path = str(request.app.router["music_file"].url_for(filename=name))
+    signed = request.app[URL_SIGNER].sign(path)
+    result["download_url"] = f"{path}?expires={signed['expires']}&signature={signed['signature']}"
     return web.json_response(result, headers={"X-Backend-Used": result["backend"]})
 
 
 async def audio(request: web.Request) -> web.StreamResponse:
-    """Stream a generated file from the music backend; Range passes through."""
+    """The UI's path: addresses in UI_IP_ALLOWLIST (the guard checked session or token)."""
     settings = request.app[SETTINGS]
     if not address_allowed(request[CLIENT_IP], settings.ui_ip_allowlist):
         raise Forbidden("The UI is not open to this address (UI_IP_ALLOWLIST)", code="ui_closed")
-    name = request.match_info["filename"]
+    return await _stream(request, request.match_info["filename"])
+
+
+async def music_file(request: web.Request) -> web.StreamResponse:
+    """The API's path: a valid signed link or a bearer token; 403 otherwise."""
+    query = request.query
+    if "signature" in query or "expires" in query:
+        valid = request.app[URL_SIGNER].verify(
+            request.path, query.get("expires", ""), query.get("signature", "")
+        )
+        if not valid:
+            raise Forbidden("This audio link is invalid or has expired", code="invalid_signature")
+    else:
+        authorization = request.headers.get("Authorization")
+        if authorization is None:
+            raise Forbidden("Audio links need their signature or a bearer token", code="unsigned")
+        request.app[TOKENS].authenticate(authorization)
+    return await _stream(request, request.match_info["filename"])
+
+
+async def _stream(request: web.Request, name: str) -> web.StreamResponse:
+    """Stream a generated file from the music backend; Range passes through."""
     if not AUDIO_NAME.match(name):
         raise NotFound("No such audio file", code="audio_not_found")
     backend = resolve_default(request.app[REGISTRY].current, None, "music").backend
@@ -37,34 +72,35 @@ async def audio(request: web.Request) -> web.StreamResponse:
     if "Range" in request.headers:
         headers["Range"] = request.headers["Range"]
     try:
-        async with backend.client.session.get(
-            backend.client.url("").with_path(f"/audio/{name}"),
-            headers=headers,
-            timeout=aiohttp.ClientTimeout(sock_read=backend.config.timeouts.read_s),
-        ) as upstream:
-            if upstream.status == 404:
-                raise NotFound("No such audio file", code="audio_not_found")
-            if upstream.status not in (200, 206, 416):
-                raise UpstreamError(f"backend '{backend.name}' answered {upstream.status}")
-            response = web.StreamResponse(status=upstream.status)
-            response.content_type = (
-                "audio/wav" if name.endswith(".wav") else "application/octet-stream"
-            )
-            response.headers["X-Content-Type-Options"] = "nosniff"
-            for header in _PASSED_HEADERS:
-                if header in upstream.headers:
-                    response.headers[header] = upstream.headers[header]
-            await response.prepare(request)
-            try:
-                async for chunk in upstream.content.iter_chunked(64 * 1024):
-                    await response.write(chunk)
-                await response.write_eof()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                # Headers are gone already: cut the body short so the client sees an error.
-                log.warning("audio %s from backend %s broke off: %r", name, backend.name, exc)
-                if request.transport is not None:
-                    request.transport.close()
-            return response
+        with backend.client.hold() as client:
+            async with client.session.get(
+                client.url("").with_path(f"/audio/{name}"),
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(sock_read=backend.config.timeouts.read_s),
+            ) as upstream:
+                if upstream.status == 404:
+                    raise NotFound("No such audio file", code="audio_not_found")
+                if upstream.status not in (200, 206, 416):
+                    raise UpstreamError(f"backend '{backend.name}' answered {upstream.status}")
+                response = web.StreamResponse(status=upstream.status)
+                response.content_type = (
+                    "audio/wav" if name.endswith(".wav") else "application/octet-stream"
+                )
+                response.headers["X-Content-Type-Options"] = "nosniff"
+                for header in _PASSED_HEADERS:
+                    if header in upstream.headers:
+                        response.headers[header] = upstream.headers[header]
+                await response.prepare(request)
+                try:
+                    async for chunk in upstream.content.iter_chunked(64 * 1024):
+                        await response.write(chunk)
+                    await response.write_eof()
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    # Headers are gone already: cut the body short so the client sees an error.
+                    log.warning("audio %s from backend %s broke off: %r", name, backend.name, exc)
+                    if request.transport is not None:
+                        request.transport.close()
+                return response
     except GatewayError:
         raise
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:

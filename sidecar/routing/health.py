@@ -1,7 +1,9 @@
 """Background health checks: each backend probed on its own interval.
 
 Liveness (optional) says the process is up; readiness says it can serve. A backend whose
-models are not listed in the YAML has them discovered from ``/models`` on each probe.
+models are not listed in the YAML has them discovered from ``/models`` on each probe. A
+probe whose client a reload retired meanwhile is discarded: it never marks the new
+backend down.
 """
 
 from __future__ import annotations
@@ -50,6 +52,12 @@ class HealthChecker:
         finally:
             health.probing = False
             health.next_probe_at = time.monotonic() + config.interval_s
+        current = self._holder.current.get(backend.name)
+        if current is None or current.client is not backend.client:
+            # A reload retired this client mid-probe: the answer (often "session closed")
+            # says nothing about the backend now serving, which may share this health.
+            health.next_probe_at = 0.0
+            return
         if state != HealthState.READY:
             # Come back sooner while a backend is failing, so a restart is noticed fast.
             retry = min(config.interval_s, 0.5 * 2 ** min(health.consecutive_failures, 6))

@@ -17,7 +17,7 @@ import os
 import re
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
@@ -263,6 +263,16 @@ class BackendClient:
         if isinstance(exc, ValueError):
             return UpstreamError(f"backend '{name}' sent a malformed stream")
         return UpstreamError(f"backend '{name}' failed: {type(exc).__name__}")
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[BackendClient]:
+        """Count a use of the session made outside ``post`` (a download), so a reload that
+        retires this client closes it only after the use ends."""
+        self._active += 1
+        try:
+            yield self
+        finally:
+            self._call_done()
 
     def _call_done(self) -> None:
         self._active -= 1

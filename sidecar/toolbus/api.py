@@ -1,4 +1,8 @@
-"""The tool bus over HTTP: list, call, and look up or replay recorded calls."""
+"""The tool bus over HTTP: list, call, and look up or replay recorded calls.
+
+A record is read or replayed only by the token name that made it, or by a token named in
+``GATEWAY_ADMIN_TOKENS``; any other token gets the 404 an unknown id gets.
+"""
 
 from __future__ import annotations
 
@@ -37,13 +41,24 @@ async def call_tool(request: web.Request) -> web.Response:
     return web.json_response(call.response())
 
 
+def _admin(request: web.Request) -> bool:
+    token = request.get(TOKEN)
+    return token is not None and token.admin
+
+
 async def get_replay(request: web.Request) -> web.Response:
-    record = await request.app[TOOLBUS].recorded(request.match_info["replay_id"])
+    """A record, for the token that made it (or an admin token); 404 for anyone else."""
+    record = await request.app[TOOLBUS].recorded(
+        request.match_info["replay_id"], token=_token(request), admin=_admin(request)
+    )
     return web.json_response(record)
 
 
 async def replay(request: web.Request) -> web.Response:
     outcome = await request.app[TOOLBUS].replay(
-        request.match_info["replay_id"], token=_token(request), request_id=request[REQUEST_ID]
+        request.match_info["replay_id"],
+        token=_token(request),
+        request_id=request[REQUEST_ID],
+        admin=_admin(request),
     )
     return web.json_response(outcome)

@@ -180,15 +180,22 @@ class ToolBus:
             self._observer(call.tool, call.ok, call.duration_ms)
         return call
 
-    async def recorded(self, replay_id: str) -> dict[str, Any]:
+    async def recorded(self, replay_id: str, *, token: str | None, admin: bool) -> dict[str, Any]:
+        """The record of a call, for the token name that made it or an admin token.
+
+        Anyone else gets the same 404 as for an id that does not exist, so a record's
+        existence is not confirmed to other callers.
+        """
         record = await asyncio.to_thread(self.log.get, replay_id)
-        if record is None:
+        if record is None or not (admin or (token is not None and record.get("token") == token)):
             raise NotFound(f"No recorded tool call '{replay_id}'", code="replay_not_found")
         return record
 
-    async def replay(self, replay_id: str, *, token: str | None, request_id: str) -> dict[str, Any]:
+    async def replay(
+        self, replay_id: str, *, token: str | None, request_id: str, admin: bool = False
+    ) -> dict[str, Any]:
         """Run a recorded call again and say whether the outcome matches."""
-        record = await self.recorded(replay_id)
+        record = await self.recorded(replay_id, token=token, admin=admin)
         spec = self.spec(record["tool"], token)
         call = await self.invoke(spec.name, record["arguments"], token=token, request_id=request_id)
         recorded_outcome = record.get("result") if record.get("ok") else record.get("error")

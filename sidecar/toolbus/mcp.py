@@ -12,11 +12,11 @@ import json
 from typing import Any
 
 from aiohttp import web
-from yarl import URL
 
 from .. import __version__
 from ..errors import BackendOverloaded, Forbidden, GatewayError
 from ..typedefs import REQUEST_ID, TOKEN, TOOLBUS
+from ..ui.guard import same_origin
 
 PROTOCOL_VERSIONS = ("2025-06-18", "2025-03-26", "2024-11-05")
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS = -32700, -32600, -32601, -32602
@@ -105,12 +105,7 @@ def _check_origin(request: web.Request) -> None:
     origin = request.headers.get("Origin")
     if origin is None:
         return
-    try:
-        host = URL(origin).host
-    except ValueError:
-        host = None
-    forwarded = request.headers.get("X-Forwarded-Host", request.host).split(",")[0].strip()
-    if host is None or host != URL(f"//{forwarded}").host:
+    if not same_origin(origin, request):  # scheme, host and port, as Caddy forwarded them
         raise Forbidden("Origin not allowed for /mcp", code="origin_not_allowed")
 
 

@@ -7,7 +7,11 @@
    single local user.
 3. Every state-changing request carries the CSRF token in ``X-CSRF-Token`` and, when the
    browser says where it comes from (``Sec-Fetch-Site``, ``Origin``), comes from this
-   site. The login form is no exception.
+   site: the ``Origin``'s scheme, host and port all equal the site's, as Caddy forwarded
+   them (``X-Forwarded-Proto``/``-Host``, believed only from a trusted proxy). The login
+   form is no exception.
+5. A music download (``/ui/heartmula/``) may carry the API's bearer token instead of a
+   session, so the API client that generated a song can fetch it with accounts on.
 4. Every /ui response gets a strict Content-Security-Policy (no inline script),
    ``X-Frame-Options: DENY``, a Referrer-Policy and ``nosniff``.
 """
@@ -23,7 +27,16 @@ from yarl import URL
 
 from ..errors import Forbidden, Unauthorized
 from ..observability.client_ip import address_allowed, via_trusted_proxy
-from ..typedefs import CLIENT_IP, SETTINGS, UI_CSRF, UI_SESSION, UI_STATE, UI_USER
+from ..typedefs import (
+    CLIENT_IP,
+    SETTINGS,
+    TOKEN,
+    TOKENS,
+    UI_CSRF,
+    UI_SESSION,
+    UI_STATE,
+    UI_USER,
+)
 
 SESSION_COOKIE = "__Host-gw_session"
 CSP = (
@@ -52,6 +65,9 @@ async def ui_guard(request: web.Request, handler: Handler) -> web.StreamResponse
                 "The UI is not open to this address (UI_IP_ALLOWLIST)", code="ui_closed"
             )
         return _closed_page(request)
+    if request.path.startswith("/ui/heartmula/") and "Authorization" in request.headers:
+        request[TOKEN] = request.app[TOKENS].authenticate(request.headers["Authorization"])
+        return await handler(request)
     state = request.app[UI_STATE]
     session = None
     if settings.ui.accounts:
@@ -74,27 +90,42 @@ def _check_csrf(request: web.Request) -> None:
     if site is not None and site not in ("same-origin", "none"):
         raise Forbidden("Cross-site request refused", code="csrf_failed")
     origin = request.headers.get("Origin")
-    if origin is not None and origin != "null":
-        try:
-            authority = URL(origin).raw_authority
-        except ValueError:
-            authority = None
-        if authority != _site_authority(request):
-            raise Forbidden("Cross-origin request refused", code="csrf_failed")
-    elif origin == "null":
+    if origin is not None and not same_origin(origin, request):
         raise Forbidden("Cross-origin request refused", code="csrf_failed")
     token = request.headers.get("X-CSRF-Token", "")
     if not hmac.compare_digest(token.encode(), request[UI_CSRF].encode()):
         raise Forbidden("Missing or wrong CSRF token; reload the page", code="csrf_failed")
 
 
-def _site_authority(request: web.Request) -> str:
+def _origin_tuple(url: URL) -> tuple[str, str, int | None] | None:
+    if url.scheme not in ("http", "https") or not url.host:
+        return None
+    return url.scheme, url.host.lower().rstrip("."), url.port
+
+
+def site_origin(request: web.Request) -> tuple[str, str, int | None] | None:
+    """(scheme, host, port) of this site as the browser sees it: what a trusted proxy
+    (Caddy) forwarded, else the request itself."""
     settings = request.app[SETTINGS]
+    scheme, host = request.scheme, request.host
     if via_trusted_proxy(request, settings.trusted_proxies):
-        forwarded = request.headers.get("X-Forwarded-Host")
-        if forwarded:
-            return forwarded.split(",")[0].strip()
-    return request.host
+        scheme = request.headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip().lower()
+        host = request.headers.get("X-Forwarded-Host", host).split(",")[0].strip()
+    try:
+        return _origin_tuple(URL.build(scheme=scheme, authority=host))
+    except ValueError:
+        return None
+
+
+def same_origin(origin: str, request: web.Request) -> bool:
+    """Whether a browser's ``Origin`` header is this site: scheme, host and port."""
+    if origin == "null":
+        return False
+    try:
+        presented = _origin_tuple(URL(origin))
+    except ValueError:
+        return False
+    return presented is not None and presented == site_origin(request)
 
 
 def _closed_page(request: web.Request) -> web.Response:
