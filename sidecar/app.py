@@ -64,6 +64,7 @@ def create_app(settings: Settings) -> web.Application:
     app[TOKENS] = tokens
     app[IMAGE_STORE] = ImageStore(settings.image_dir)
     app[METRICS] = GatewayMetrics()
+    app.cleanup_ctx.append(_loop_lag)
     app.cleanup_ctx.append(_registry)
     app.cleanup_ctx.append(_health_checks)
     app.cleanup_ctx.append(_config_reload)
@@ -80,6 +81,14 @@ def create_app(settings: Settings) -> web.Application:
     setup_routes(app)
     setup_ui_routes(app, settings.templates_dir)
     return app
+
+
+async def _loop_lag(app: web.Application) -> AsyncIterator[None]:
+    """The event-loop lag gauge of ``/metrics``: one small task, off every request's path."""
+    task = asyncio.create_task(app[METRICS].loop_lag.run())
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 async def _registry(app: web.Application) -> AsyncIterator[None]:
