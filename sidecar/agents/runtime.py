@@ -114,7 +114,7 @@ async def run_loop(
                 body = _model_request(spec, tools, messages)
                 request_hash = canonical_hash(body)
                 running = {"during": "model", "turn": turn}
-                reply = await model(body)
+                reply = _model_reply(await model(body))
                 result.events.append(
                     {"type": "model", "turn": turn, "request_hash": request_hash, "response": reply}
                 )
@@ -164,6 +164,26 @@ def _model_request(
     return body
 
 
+def _storable(value: Any) -> Any:
+    """``value`` if the transcript can hold it as UTF-8 JSON; else ValueError.
+
+    ``json.loads`` accepts lone surrogates (``"\\ud800"``) and ``NaN``; a transcript
+    cannot be written with them, so a model that sends them is refused, not recorded.
+    """
+    try:
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode()
+    except (TypeError, RecursionError):
+        raise ValueError("not JSON") from None
+    return value  # UnicodeEncodeError and NaN's ValueError are ValueErrors already
+
+
+def _model_reply(reply: Any) -> Any:
+    try:
+        return _storable(reply)
+    except ValueError:
+        raise BadModelReply("the model sent text or numbers that are not valid JSON") from None
+
+
 def _first_message(reply: dict[str, Any]) -> dict[str, Any]:
     try:
         message = reply["choices"][0]["message"]
@@ -202,7 +222,7 @@ async def _tool_turn(spec: AgentSpec, call: Any, run_tool: ToolRun) -> tuple[str
         event.update(type="tool_refused", reason="not in this agent's tool allowlist")
         return json.dumps({"error": f"tool {name!r} is not available to this agent"}), event
     try:
-        arguments = json.loads(raw) if isinstance(raw, str) else raw
+        arguments = _storable(json.loads(raw) if isinstance(raw, str) else raw)
     except ValueError:
         event.update(
             type="tool_rejected",
