@@ -69,6 +69,7 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> web.A
     app[METRICS] = GatewayMetrics()
     if config is not None:
         app[_PRELOADED] = config
+    app.cleanup_ctx.append(_loop_lag)
     app.cleanup_ctx.append(_registry)
     app.cleanup_ctx.append(_health_checks)
     app.cleanup_ctx.append(_config_reload)
@@ -85,6 +86,14 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> web.A
     setup_routes(app)
     setup_ui_routes(app, settings.templates_dir)
     return app
+
+
+async def _loop_lag(app: web.Application) -> AsyncIterator[None]:
+    """The event-loop lag gauge of ``/metrics``: one small task, off every request's path."""
+    task = asyncio.create_task(app[METRICS].loop_lag.run())
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 async def _registry(app: web.Application) -> AsyncIterator[None]:

@@ -552,7 +552,7 @@ async def test_the_model_is_offered_the_agents_tools_with_its_temperature_and_se
     assert (call["name"], call["ok"]) == ("calculator", True)
 
 
-async def test_messages_input_keeps_the_callers_system_prompt(
+async def test_messages_input_appends_the_callers_system_prompt_to_the_agents(
     agent_gateway: AgentGateway,
 ) -> None:
     env = await agent_gateway({"chatty": agent(tools=[])})
@@ -564,7 +564,11 @@ async def test_messages_input_keeps_the_callers_system_prompt(
     assert status == 200, summary
     assert (summary["ok"], summary["output"]) == (True, "Mock reply to: hello there")
     [body] = env.model_received()
-    assert body["messages"] == messages and "tools" not in body
+    assert body["messages"] == [
+        {"role": "system", "content": "You are a test agent.\n\nBe brief."},
+        {"role": "user", "content": "hello there"},
+    ]
+    assert "tools" not in body
 
 
 async def test_a_music_backend_that_is_down_is_a_failed_tool_call_the_model_hears(

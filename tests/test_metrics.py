@@ -61,7 +61,11 @@ async def test_counters_move_with_traffic(make_gateway: Any, start_mock: Any) ->
     assert value(after, "gateway_tool_invocations_total", tool="noop", ok="true") == 1
     assert value(after, "gateway_backend_in_flight", backend="mock", capability="chat") == 0
     assert value(after, "gateway_backend_limit", backend="mock", capability="chat") == 64
-    assert value(after, "gateway_backend_up", backend="mock") == 1
+    [(up_labels, up)] = [
+        (dict(labels), v) for (name, labels), v in after.items() if name == "gateway_backend_up"
+    ]
+    assert up == 1 and up_labels["backend"] == "mock"
+    assert up_labels["state"] in ("ready", "unknown")  # not probed yet counts as up
     assert value(after, "gateway_config_reloads_total", result="refused") == 0
 
 

@@ -3,6 +3,14 @@
 The loop is written once and driven two ways: live (the model through the gateway's own
 router, tools through the tool bus) and in replay (the recorded model answers and tool
 results, with every regenerated model request hashed and compared to the recording).
+
+Budgets: ``max_seconds`` is one wall-clock deadline over the whole loop, model calls,
+tool admission and tool runs included. Whatever is running when it passes is cancelled
+(a subprocess tool's process group is killed) and the run ends ``time_budget`` with
+``cut_off`` in its transcript saying what was cut (the model at turn n, or which tool).
+
+The agent's system prompt always comes first: a caller's system messages cannot replace
+it; their text is appended to it (one system message, the agent's prompt, then theirs).
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..config.schema import AgentSpec, ToolSpec
-from ..errors import GatewayError
+from ..errors import GatewayError, InvalidRequest
 from ..toolbus.hashing import canonical_hash
 
 _NOT_RUN = ("tool_refused", "tool_rejected")
@@ -43,6 +51,7 @@ class RunResult:
     output: str | None
     events: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    cut_off: dict[str, Any] | None = None
 
 
 def openai_tools(specs: list[ToolSpec]) -> list[dict[str, Any]]:
@@ -64,9 +73,26 @@ def initial_messages(spec: AgentSpec, payload: dict[str, Any]) -> list[dict[str,
     if messages is None:
         messages = [{"role": "user", "content": payload["input"]}]
     messages = [dict(message) for message in messages]
-    if spec.system_prompt and not any(m.get("role") == "system" for m in messages):
-        messages.insert(0, {"role": "system", "content": spec.system_prompt})
-    return messages
+    if not spec.system_prompt:
+        return messages
+    callers = [_system_text(m) for m in messages if m.get("role") == "system"]
+    system = "\n\n".join([spec.system_prompt, *(text for text in callers if text)])
+    return [{"role": "system", "content": system}] + [
+        m for m in messages if m.get("role") != "system"
+    ]
+
+
+def _system_text(message: dict[str, Any]) -> str:
+    """A caller's system message as text (a string or a list of text parts)."""
+    content = message.get("content")
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list) and all(
+        isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+        for part in content
+    ):
+        return "\n".join(part["text"] for part in content)
+    raise InvalidRequest("a system message's content must be text", param="messages")
 
 
 async def run_loop(
@@ -79,12 +105,16 @@ async def run_loop(
     """The loop itself; ``model`` and ``run_tool`` decide whether it is live or replayed."""
     result = RunResult(ok=False, stop_reason="max_turns", output=None)
     output_budget = spec.max_tool_output_chars
+    running: dict[str, Any] = {}  # what the deadline would cut off right now
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     try:
         async with asyncio.timeout(spec.max_seconds):
             for turn in range(spec.max_turns):
                 body = _model_request(spec, tools, messages)
                 request_hash = canonical_hash(body)
-                reply = await model(body)
+                running = {"during": "model", "turn": turn}
+                reply = _model_reply(await model(body))
                 result.events.append(
                     {"type": "model", "turn": turn, "request_hash": request_hash, "response": reply}
                 )
@@ -96,6 +126,7 @@ async def run_loop(
                     result.output = message.get("content")
                     return result
                 for call in calls:
+                    running = {"during": "tool", "turn": turn, **_call_names(call)}
                     content, event = await _tool_turn(spec, call, run_tool)
                     if len(content) > output_budget:
                         content = content[:output_budget]
@@ -110,6 +141,9 @@ async def run_loop(
                         return result
     except TimeoutError:
         result.stop_reason = "time_budget"
+        result.cut_off = {**running, "after_s": round(loop.time() - started, 3)}
+        what = f"tool {running.get('name')!r}" if running.get("during") == "tool" else "the model"
+        result.error = f"the {spec.max_seconds:g} s budget ran out while waiting for {what}"
     except GatewayError as exc:
         result.stop_reason, result.error = "model_error", exc.message
     return result
@@ -130,6 +164,26 @@ def _model_request(
     return body
 
 
+def _storable(value: Any) -> Any:
+    """``value`` if the transcript can hold it as UTF-8 JSON; else ValueError.
+
+    ``json.loads`` accepts lone surrogates (``"\\ud800"``) and ``NaN``; a transcript
+    cannot be written with them, so a model that sends them is refused, not recorded.
+    """
+    try:
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode()
+    except (TypeError, RecursionError):
+        raise ValueError("not JSON") from None
+    return value  # UnicodeEncodeError and NaN's ValueError are ValueErrors already
+
+
+def _model_reply(reply: Any) -> Any:
+    try:
+        return _storable(reply)
+    except ValueError:
+        raise BadModelReply("the model sent text or numbers that are not valid JSON") from None
+
+
 def _first_message(reply: dict[str, Any]) -> dict[str, Any]:
     try:
         message = reply["choices"][0]["message"]
@@ -143,6 +197,12 @@ def _first_message(reply: dict[str, Any]) -> dict[str, Any]:
     ):
         raise BadModelReply("the model's tool_calls is not a list of objects")
     return message
+
+
+def _call_names(call: Any) -> dict[str, Any]:
+    function = call.get("function") if isinstance(call, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    return {"tool_call_id": call.get("id") if isinstance(call, dict) else None, "name": name}
 
 
 def _assistant_message(message: dict[str, Any]) -> dict[str, Any]:
@@ -162,7 +222,7 @@ async def _tool_turn(spec: AgentSpec, call: Any, run_tool: ToolRun) -> tuple[str
         event.update(type="tool_refused", reason="not in this agent's tool allowlist")
         return json.dumps({"error": f"tool {name!r} is not available to this agent"}), event
     try:
-        arguments = json.loads(raw) if isinstance(raw, str) else raw
+        arguments = _storable(json.loads(raw) if isinstance(raw, str) else raw)
     except ValueError:
         event.update(
             type="tool_rejected",
@@ -196,6 +256,7 @@ def transcript(
         "stop_reason": result.stop_reason,
         "output": result.output,
         "error": result.error,
+        "cut_off": result.cut_off,
         "events": result.events,
     }
 

@@ -3,10 +3,16 @@
 Label sets stay bounded: routes are templates (``/v1/tools/{name}``), never raw paths;
 backends, capabilities, tools and agents are names from the config, never strings a
 client typed. Admission and health numbers are read when scraped, not kept twice.
+
+The event loop's lag is measured by one small task (``LoopLag.run``, started by the app
+factory): it asks to wake every ``interval_s`` and records how late it woke. Nothing is
+added to a request's path; a scrape reads the last lag and the maximum over the window.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -19,6 +25,46 @@ from .access_log import AccessRecord
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class LoopLag(Collector):
+    """How late the event loop runs a timer: the time any request may have waited for it."""
+
+    def __init__(self, interval_s: float = 0.1, window_s: float = 60.0) -> None:
+        self.interval_s = interval_s
+        self.window_s = window_s
+        self.last_s = 0.0
+        self._recent: deque[float] = deque(maxlen=max(1, round(window_s / interval_s)))
+
+    @property
+    def max_s(self) -> float:
+        """The worst lag over the last ``window_s`` (the last ``window_s / interval_s`` ticks)."""
+        return max(self._recent, default=0.0)
+
+    def record(self, lag_s: float) -> None:
+        self.last_s = lag_s
+        self._recent.append(lag_s)
+
+    async def run(self) -> None:
+        """Forever: sleep ``interval_s``, record how much later than asked the loop woke."""
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + self.interval_s
+            await asyncio.sleep(self.interval_s)
+            self.record(max(0.0, loop.time() - due))
+
+    def collect(self) -> Iterator[Metric]:
+        last = GaugeMetricFamily(
+            "gateway_event_loop_lag_seconds",
+            f"How late the event loop ran a {self.interval_s} s timer, last tick.",
+        )
+        last.add_metric([], self.last_s)
+        worst = GaugeMetricFamily(
+            "gateway_event_loop_lag_max_seconds",
+            f"The worst event-loop lag over the last {self.window_s:g} s.",
+        )
+        worst.add_metric([], self.max_s)
+        yield from (last, worst)
 
 
 class GatewayMetrics:
@@ -63,6 +109,8 @@ class GatewayMetrics:
             ["agent", "stop_reason"],
             registry=self.registry,
         )
+        self.loop_lag = LoopLag()
+        self.registry.register(self.loop_lag)
 
     def watch(self, holder: RegistryHolder, reloader: ConfigReloader) -> None:
         """Report backends and reloads from the live objects at scrape time."""
@@ -94,7 +142,7 @@ class _LiveCollector(Collector):
         backends = list(self._holder.current.backends.values())
         up = GaugeMetricFamily(
             "gateway_backend_up",
-            "1 when the backend is ready (or not yet probed).",
+            "1 when the backend is ready (or not yet probed); state is its health state.",
             labels=["backend", "state"],
         )
         in_flight = GaugeMetricFamily(
@@ -120,7 +168,7 @@ class _LiveCollector(Collector):
         for backend in backends:
             state = backend.health.state
             ready = state in (HealthState.READY, HealthState.UNKNOWN)
-            up.add_metric([backend.name], 1.0 if ready else 0.0)
+            up.add_metric([backend.name, state], 1.0 if ready else 0.0)
             for capability, admission in backend.admissions.items():
                 labels = [backend.name, capability]
                 in_flight.add_metric(labels, admission.in_flight)

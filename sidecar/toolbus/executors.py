@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config.schema import ToolSpec
-from ..errors import GatewayError
+from ..errors import GatewayError, InvalidRequest
 from ..routing.registry import RegistryHolder
-from .calculator import CalculatorError, evaluate
+from .calculator import CalculatorError, ExpressionError, evaluate
 
 # Never passed to a tool, even when a tool's env allowlist names them.
 SECRET_VARIABLES = frozenset(
@@ -59,16 +59,31 @@ async def _noop(context: ToolContext, arguments: dict[str, Any]) -> Any:
 
 
 async def _calculator(context: ToolContext, arguments: dict[str, Any]) -> Any:
-    expression = arguments.get("expression")
+    """Runs on the loop: ``calculator`` proves every expression cheap (see its docstring).
+
+    A bad expression (syntax, arity, too long or deep) is a 400 like any bad argument and
+    nothing is computed; a computation that fails is the tool's ``calculation_error``.
+    """
+    expression = arguments.get("expression") if isinstance(arguments, dict) else None
     if not isinstance(expression, str):
-        raise ToolFailure("invalid_arguments", "calculator needs an 'expression' string")
+        raise InvalidRequest(
+            "calculator needs an 'expression' string", param="arguments", code="invalid_arguments"
+        )
     try:
         return {"value": evaluate(expression)}
+    except ExpressionError as exc:
+        raise InvalidRequest(
+            f"calculator: {exc}", param="arguments", code="invalid_arguments"
+        ) from None
     except CalculatorError as exc:
         raise ToolFailure("calculation_error", str(exc)) from None
 
 
 # The bus's own builtins; features that bring a tool (music) are added by the app factory.
+# Builtins run on the event loop, so each must either only await I/O (the bus's timeout_s
+# cancels it at any await: noop, heartmula_generate) or be CPU work with a proven bound far
+# below any timeout_s (the calculator: see calculator.py). Nothing else belongs here: a
+# CPU-heavy tool is a subprocess tool, which timeout_s kills.
 BUILTINS: Mapping[str, Builtin] = {"noop": _noop, "calculator": _calculator}
 
 
