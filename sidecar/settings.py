@@ -100,6 +100,17 @@ class ToolsSettings:
 
 
 @dataclass(frozen=True)
+class LoginSettings:
+    """What one login may cost: password checks at once, per address, rows kept."""
+
+    max_checks: int = 8  # USER_LOGIN_MAX_CHECKS: logins being checked at once; over: 429
+    hash_threads: int = 2  # USER_LOGIN_HASH_THREADS: bcrypt's own pool (never the default)
+    ip_failures: int = 20  # USER_LOGIN_IP_FAILURES: per client address per window; over: 429
+    ip_window_s: int = 300  # USER_LOGIN_IP_WINDOW_S
+    failure_rows: int = 10_000  # USER_LOGIN_FAILURE_ROWS: per-account throttle rows kept
+
+
+@dataclass(frozen=True)
 class UiSettings:
     """The browser UI: accounts, sessions, where its templates live."""
 
@@ -108,6 +119,7 @@ class UiSettings:
     session_idle_s: float = 8 * 3600
     session_max_s: float = 7 * 24 * 3600
     templates_dir: Path | None = None  # default: the repository's templates/
+    login: LoginSettings = LoginSettings()
 
 
 @dataclass(frozen=True)
@@ -201,6 +213,7 @@ class Settings:
                 templates_dir=Path(env["GATEWAY_TEMPLATES_DIR"])
                 if env.get("GATEWAY_TEMPLATES_DIR")
                 else None,
+                login=_login(env),
             ),
             environ=MappingProxyType(env),
         )
@@ -287,6 +300,17 @@ def _images(env: Mapping[str, str]) -> ImagesSettings:
         url_ttl_s=_int(env, "IMAGES_URL_TTL_S", 3600, minimum=1),
         retention_hours=_float(env, "IMAGES_RETENTION_HOURS", 168.0, minimum=0.0),
         url_secret=(env.get("IMAGES_URL_SECRET") or "").strip() or None,
+    )
+
+
+def _login(env: Mapping[str, str]) -> LoginSettings:
+    threads = _int(env, "USER_LOGIN_HASH_THREADS", 2, minimum=1, maximum=16)
+    return LoginSettings(
+        max_checks=_int(env, "USER_LOGIN_MAX_CHECKS", max(8, threads), minimum=threads),
+        hash_threads=threads,
+        ip_failures=_int(env, "USER_LOGIN_IP_FAILURES", 20, minimum=1),
+        ip_window_s=_int(env, "USER_LOGIN_IP_WINDOW_S", 300, minimum=1, maximum=86_400),
+        failure_rows=_int(env, "USER_LOGIN_FAILURE_ROWS", 10_000, minimum=100),
     )
 
 
