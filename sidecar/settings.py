@@ -99,12 +99,16 @@ class ToolsSettings:
     heartmula_base_url: str | None = None  # shorthand for a music backend
 
 
+# bcrypt's own threads: 2, but always leave one core to the event loop and its pool.
+DEFAULT_HASH_THREADS = max(1, min(2, (os.cpu_count() or 1) - 1))
+
+
 @dataclass(frozen=True)
 class LoginSettings:
     """What one login may cost: password checks at once, per address, rows kept."""
 
     max_checks: int = 8  # USER_LOGIN_MAX_CHECKS: logins being checked at once; over: 429
-    hash_threads: int = 2  # USER_LOGIN_HASH_THREADS: bcrypt's own pool (never the default)
+    hash_threads: int = DEFAULT_HASH_THREADS  # USER_LOGIN_HASH_THREADS: bcrypt's own pool
     ip_failures: int = 20  # USER_LOGIN_IP_FAILURES: per client address per window; over: 429
     ip_window_s: int = 300  # USER_LOGIN_IP_WINDOW_S
     failure_rows: int = 10_000  # USER_LOGIN_FAILURE_ROWS: per-account throttle rows kept
@@ -304,7 +308,7 @@ def _images(env: Mapping[str, str]) -> ImagesSettings:
 
 
 def _login(env: Mapping[str, str]) -> LoginSettings:
-    threads = _int(env, "USER_LOGIN_HASH_THREADS", 2, minimum=1, maximum=16)
+    threads = _int(env, "USER_LOGIN_HASH_THREADS", DEFAULT_HASH_THREADS, minimum=1, maximum=16)
     return LoginSettings(
         max_checks=_int(env, "USER_LOGIN_MAX_CHECKS", max(8, threads), minimum=threads),
         hash_threads=threads,

@@ -101,7 +101,8 @@ class PasswordChecks:
                 stats.hashes += 1
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        """Queued checks are dropped (their logins are ending with the process)."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
 
 
 class AddressThrottle:
