@@ -17,6 +17,7 @@ import contextlib
 import io
 import ipaddress
 import json
+import os
 import re
 import secrets
 import sqlite3
@@ -29,7 +30,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from sidecar.settings import LoginSettings, UiSettings
+from sidecar.settings import LoginSettings, Settings, SettingsError, UiSettings
 from sidecar.typedefs import SETTINGS, UI_STATE
 from sidecar.users.store import FREE_ATTEMPTS, LOCK_BASE_S, LOCK_MAX_S, UserStore
 
@@ -341,3 +342,32 @@ async def test_v1_latency_holds_while_128_parallel_logins_fail(
         # (seconds), once per burst: that shows in the worst probe, not the median. A
         # second is four bcrypt checks; no probe of an idle-CPU request comes near it.
         assert worst < 1.0, report
+
+
+def test_the_login_limits_are_settings_with_sane_bounds() -> None:
+    base = {"GATEWAY_BEARER_TOKEN": TOKEN}
+    settings = Settings.from_env(
+        {
+            **base,
+            "USER_LOGIN_MAX_CHECKS": "3",
+            "USER_LOGIN_HASH_THREADS": "1",
+            "USER_LOGIN_IP_FAILURES": "7",
+            "USER_LOGIN_IP_WINDOW_S": "60",
+            "USER_LOGIN_FAILURE_ROWS": "500",
+        }
+    )
+    assert settings.ui.login == LoginSettings(
+        max_checks=3, hash_threads=1, ip_failures=7, ip_window_s=60, failure_rows=500
+    )
+    defaults = Settings.from_env(base).ui.login
+    assert defaults.hash_threads == max(1, min(2, (os.cpu_count() or 1) - 1))
+    assert (defaults.max_checks, defaults.ip_failures, defaults.failure_rows) == (8, 20, 10_000)
+    refused = [
+        {"USER_LOGIN_HASH_THREADS": "2", "USER_LOGIN_MAX_CHECKS": "1"},  # cap below the pool
+        {"USER_LOGIN_FAILURE_ROWS": "0"},
+        {"USER_LOGIN_IP_WINDOW_S": "nan"},
+        {"USER_LOGIN_IP_FAILURES": "0"},
+    ]
+    for extra in refused:
+        with pytest.raises(SettingsError):
+            Settings.from_env({**base, **extra})

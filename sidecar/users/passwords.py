@@ -60,21 +60,18 @@ def login_input_problem(username: str, password: str) -> tuple[str, str] | None:
     Checked before any database write or hash, so a megabyte of name or password is
     neither stored as a throttle row nor hashed.
     """
-    if len(username) > MAX_USERNAME or not _encodable(username):
+    if len(username) > MAX_USERNAME:
         return "username", f"usernames are at most {MAX_USERNAME} characters"
-    if len(password) > MAX_LOGIN_PASSWORD_BYTES or not _encodable(password):
+    if len(password) > MAX_LOGIN_PASSWORD_BYTES:  # cheap first: a character is >= 1 byte
         return "password", f"passwords are at most {MAX_LOGIN_PASSWORD_BYTES} bytes"
-    if len(password.encode("utf-8")) > MAX_LOGIN_PASSWORD_BYTES:
-        return "password", f"passwords are at most {MAX_LOGIN_PASSWORD_BYTES} bytes"
+    for param, text in (("username", username), ("password", password)):
+        try:
+            encoded = text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate from JSON's \ud800
+            return param, f"the {param} must be valid Unicode text"
+        if len(encoded) > MAX_LOGIN_PASSWORD_BYTES:
+            return param, f"passwords are at most {MAX_LOGIN_PASSWORD_BYTES} bytes"
     return None
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 # A hash to check against when the user does not exist, so the time taken does not

@@ -30,8 +30,6 @@ from .db import LOCAL_USER, Database, ReservedUser, User
 from .passwords import DECOY_HASH, login_input_problem
 from .throttle import AddressThrottle, LoginThrottled, PasswordChecks
 
-__all__ = ["LoginRejected", "LoginThrottled", "Session", "UserStore"]
-
 T = TypeVar("T")
 FREE_ATTEMPTS = 5
 LOCK_BASE_S = 30.0
