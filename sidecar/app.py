@@ -186,7 +186,12 @@ async def _toolbus(app: web.Application) -> AsyncIterator[None]:
 async def _ui(app: web.Application) -> AsyncIterator[None]:
     """The users database (opened off the loop) and what the UI needs without accounts."""
     settings = app[SETTINGS]
-    users = UserStore(settings.user_db_path, settings.ui.session_idle_s, settings.ui.session_max_s)
+    users = UserStore(
+        settings.user_db_path,
+        settings.ui.session_idle_s,
+        settings.ui.session_max_s,
+        settings.ui.login,
+    )
     await users.open()
     try:  # a failure after the database opened still closes it
         local_user = await users.run(lambda db: db.local_user())

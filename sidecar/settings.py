@@ -105,6 +105,21 @@ class ToolsSettings:
     heartmula_base_url: str | None = None  # shorthand for a music backend
 
 
+# bcrypt's own threads: 2, but always leave one core to the event loop and its pool.
+DEFAULT_HASH_THREADS = max(1, min(2, (os.cpu_count() or 1) - 1))
+
+
+@dataclass(frozen=True)
+class LoginSettings:
+    """What one login may cost: password checks at once, per address, rows kept."""
+
+    max_checks: int = 8  # USER_LOGIN_MAX_CHECKS: logins being checked at once; over: 429
+    hash_threads: int = DEFAULT_HASH_THREADS  # USER_LOGIN_HASH_THREADS: bcrypt's own pool
+    ip_failures: int = 20  # USER_LOGIN_IP_FAILURES: per client address per window; over: 429
+    ip_window_s: int = 300  # USER_LOGIN_IP_WINDOW_S
+    failure_rows: int = 10_000  # USER_LOGIN_FAILURE_ROWS: per-account throttle rows kept
+
+
 @dataclass(frozen=True)
 class UiSettings:
     """The browser UI: accounts, sessions, where its templates live."""
@@ -114,6 +129,7 @@ class UiSettings:
     session_idle_s: float = 8 * 3600
     session_max_s: float = 7 * 24 * 3600
     templates_dir: Path | None = None  # default: the repository's templates/
+    login: LoginSettings = LoginSettings()
 
 
 @dataclass(frozen=True)
@@ -209,6 +225,7 @@ class Settings:
                 templates_dir=Path(env["GATEWAY_TEMPLATES_DIR"])
                 if env.get("GATEWAY_TEMPLATES_DIR")
                 else None,
+                login=_login(env),
             ),
             environ=MappingProxyType(env),
         )
@@ -307,6 +324,17 @@ def _images(env: Mapping[str, str]) -> ImagesSettings:
         url_ttl_s=_int(env, "IMAGES_URL_TTL_S", 3600, minimum=1),
         retention_hours=_float(env, "IMAGES_RETENTION_HOURS", 168.0, minimum=0.0),
         url_secret=(env.get("IMAGES_URL_SECRET") or "").strip() or None,
+    )
+
+
+def _login(env: Mapping[str, str]) -> LoginSettings:
+    threads = _int(env, "USER_LOGIN_HASH_THREADS", DEFAULT_HASH_THREADS, minimum=1, maximum=16)
+    return LoginSettings(
+        max_checks=_int(env, "USER_LOGIN_MAX_CHECKS", max(8, threads), minimum=threads),
+        hash_threads=threads,
+        ip_failures=_int(env, "USER_LOGIN_IP_FAILURES", 20, minimum=1),
+        ip_window_s=_int(env, "USER_LOGIN_IP_WINDOW_S", 300, minimum=1, maximum=86_400),
+        failure_rows=_int(env, "USER_LOGIN_FAILURE_ROWS", 10_000, minimum=100),
     )
 
 

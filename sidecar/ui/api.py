@@ -19,10 +19,10 @@ from ..api.validation import check_model_name
 from ..errors import BackendOverloaded, GatewayError, InvalidRequest, NotFound, Unauthorized
 from ..images.api import generate_for
 from ..music.service import generate_music, parse_music_request
-from ..typedefs import REGISTRY, REQUEST_ID, SETTINGS, UI_SESSION, UI_STATE, UI_USER
-from ..users.db import LOCAL_USER, DuplicateUser
+from ..typedefs import CLIENT_IP, REGISTRY, REQUEST_ID, SETTINGS, UI_SESSION, UI_STATE, UI_USER
+from ..users.db import LOCAL_USER, DuplicateUser, ReservedUser
 from ..users.passwords import PasswordRejected
-from ..users.store import LoginThrottled
+from ..users.store import LoginRejected, LoginThrottled
 from .guard import SESSION_COOKIE
 from .pages import require_admin
 
@@ -48,14 +48,11 @@ async def login(request: web.Request) -> web.Response:
         raise InvalidRequest("User accounts are off (USER_AUTH_ENABLED)", code="accounts_off")
     users = request.app[UI_STATE].users
     try:
-        result = await users.login(username, password)
+        result = await users.login(username, password, request[CLIENT_IP])
+    except LoginRejected as exc:
+        raise InvalidRequest(str(exc), param=exc.param) from None
     except LoginThrottled as exc:
-        log.warning("login for %r refused: locked after repeated failures", username[:64])
-        raise BackendOverloaded(
-            "Too many failed logins; wait and try again",
-            code="login_throttled",
-            retry_after=exc.retry_after,
-        ) from None
+        raise _login_refused(exc, username, request[CLIENT_IP]) from None
     if result is None:
         raise Unauthorized("Invalid username or password", code="invalid_login")
     old = request.cookies.get(SESSION_COOKIE)
@@ -75,6 +72,26 @@ async def login(request: web.Request) -> web.Response:
         max_age=math.ceil(request.app[SETTINGS].ui.session_max_s),
     )
     return response
+
+
+def _login_refused(exc: LoginThrottled, username: str, address: str) -> GatewayError:
+    """A 429 with ``Retry-After``; the log names the limit, never the password."""
+    if exc.reason == "busy":
+        log.warning("login refused: too many password checks at once")
+        return BackendOverloaded(
+            "Too many logins at once; try again in a moment",
+            code="login_busy",
+            retry_after=exc.retry_after,
+        )
+    if exc.reason == "address":
+        log.warning("login refused for %s: too many failed logins from this address", address)
+    else:
+        log.warning("login for %r refused: locked after repeated failures", username[:64])
+    return BackendOverloaded(
+        "Too many failed logins; wait and try again",
+        code="login_throttled",
+        retry_after=exc.retry_after,
+    )
 
 
 async def logout(request: web.Request) -> web.Response:
@@ -274,6 +291,8 @@ async def update_user(request: web.Request) -> web.Response:
         )
     except PasswordRejected as exc:
         raise InvalidRequest(str(exc), param="password") from None
+    except ReservedUser as exc:
+        raise InvalidRequest(str(exc), param="username", code="reserved_user") from None
     if user is None:
         raise NotFound("No such user", code="user_not_found")
     return _json(user.public())

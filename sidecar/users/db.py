@@ -65,6 +65,11 @@ MIGRATIONS: tuple[str, ...] = (
         locked_until REAL NOT NULL DEFAULT 0
     );
     """,
+    # 2: failure rows are pruned by age and capped (record_failure), so they carry a time
+    """
+    ALTER TABLE login_failures ADD COLUMN last_failure_at REAL NOT NULL DEFAULT 0;
+    CREATE INDEX login_failures_age ON login_failures(last_failure_at);
+    """,
 )
 LOCAL_USER = "local"  # owns the history when accounts are off
 
@@ -75,6 +80,17 @@ class DatabaseError(Exception):
 
 class DuplicateUser(Exception):
     pass
+
+
+class ReservedUser(ValueError):
+    """The local user owns the shared history; it is no account and has no password."""
+
+    def __init__(self, username: str = LOCAL_USER) -> None:
+        super().__init__(
+            f"{LOCAL_USER!r} is reserved for the history kept when accounts are off; "
+            "it cannot be given a password or changed"
+        )
+        self.username = username
 
 
 @dataclass(frozen=True)
@@ -156,6 +172,7 @@ class Database:
     # -- users --------------------------------------------------------------------------
 
     def create_user(self, username: str, password_hash: str, is_admin: bool = False) -> User:
+        _refuse_reserved(username)
         try:
             with self.transaction() as db:
                 cursor = db.execute(
@@ -203,7 +220,12 @@ class Database:
         disabled: bool | None = None,
         is_admin: bool | None = None,
     ) -> User | None:
-        """Change a user; a new password or a disable also ends all their sessions."""
+        """Change a user; a new password or a disable also ends all their sessions.
+
+        The local user is refused (``ReservedUser``): it must never become an account
+        that someone could log in to.
+        """
+        _refuse_reserved(username)
         with self.transaction() as db:
             row = db.execute("SELECT id FROM users WHERE username = ?", (username,)).fetchone()
             if row is None:
@@ -269,23 +291,54 @@ class Database:
         return float(row["locked_until"]) if row else 0.0
 
     def record_failure(
-        self, username: str, free_attempts: int, base_s: float, max_s: float
+        self,
+        username: str,
+        free_attempts: int,
+        base_s: float,
+        max_s: float,
+        *,
+        max_rows: int = 10_000,
+        forget_s: float = 24 * 3600.0,
     ) -> float:
-        """Count a failed login; returns when the account unlocks (0 if it does not lock)."""
+        """Count a failed login; returns when the account unlocks (0 if it does not lock).
+
+        Names that are no account are counted too (or a lock would tell them apart), so
+        the table is bounded: a row not locked and without a failure for ``forget_s`` is
+        dropped, and past ``max_rows`` rows the least recently failed go first (by age
+        alone, so which rows survive says nothing about which names exist).
+        """
+        now = time.time()
         with self.transaction() as db:
+            db.execute(
+                "DELETE FROM login_failures WHERE last_failure_at < ? AND locked_until < ?",
+                (now - forget_s, now),
+            )
             row = db.execute(
                 "SELECT failures FROM login_failures WHERE username = ?", (username,)
             ).fetchone()
             failures = (row["failures"] if row else 0) + 1
             locked = 0.0
             if failures >= free_attempts:
-                locked = time.time() + min(max_s, base_s * 2 ** (failures - free_attempts))
+                # capped exponent: a huge count must not overflow the float
+                locked = now + min(max_s, base_s * 2 ** min(failures - free_attempts, 32))
             db.execute(
-                "INSERT INTO login_failures (username, failures, locked_until) VALUES (?, ?, ?)"
-                " ON CONFLICT(username) DO UPDATE SET failures = ?, locked_until = ?",
-                (username, failures, locked, failures, locked),
+                "INSERT INTO login_failures (username, failures, locked_until, last_failure_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT(username) DO UPDATE SET failures = ?,"
+                " locked_until = ?, last_failure_at = ?",
+                (username, failures, locked, now, failures, locked, now),
             )
+            if row is None:
+                (count,) = db.execute("SELECT count(*) FROM login_failures").fetchone()
+                if count > max_rows:
+                    db.execute(
+                        "DELETE FROM login_failures WHERE rowid IN (SELECT rowid FROM"
+                        " login_failures WHERE username != ? ORDER BY last_failure_at LIMIT ?)",
+                        (username, count - max_rows),
+                    )
         return locked
+
+    def failure_rows(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM login_failures").fetchone()[0])
 
     def clear_failures(self, username: str) -> None:
         with self.transaction() as db:
@@ -381,6 +434,11 @@ class Database:
                 "UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conversation_id)
             )
         return int(cursor.lastrowid or 0)
+
+
+def _refuse_reserved(username: str) -> None:
+    if username.casefold() == LOCAL_USER:
+        raise ReservedUser(username)
 
 
 def _user(row: sqlite3.Row) -> User:

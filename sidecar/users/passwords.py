@@ -1,4 +1,7 @@
-"""Password hashing with bcrypt (cost 12), off the event loop by its callers."""
+"""Password hashing with bcrypt (cost 12), off the event loop by its callers.
+
+The sidecar runs these only on ``throttle.PasswordChecks``' own small pool.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,10 @@ import bcrypt
 COST = 12
 MIN_LENGTH = 8
 MAX_BYTES = 72  # bcrypt ignores (or, since bcrypt 5, refuses) anything longer
+# A login is refused before any database write or hash beyond these (a longer name cannot
+# exist; a longer password cannot match, since none longer than MAX_BYTES is ever set).
+MAX_USERNAME = 64
+MAX_LOGIN_PASSWORD_BYTES = 1024
 
 
 class PasswordRejected(ValueError):
@@ -14,7 +21,10 @@ class PasswordRejected(ValueError):
 
 
 def check_password_rules(password: str) -> bytes:
-    encoded = password.encode("utf-8")
+    try:
+        encoded = password.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from JSON's \ud800
+        raise PasswordRejected("passwords must be valid Unicode text") from None
     if len(password) < MIN_LENGTH:
         raise PasswordRejected(f"passwords need at least {MIN_LENGTH} characters")
     if len(encoded) > MAX_BYTES:
@@ -32,13 +42,36 @@ def hash_password(password: str) -> str:
 
 def verify_password(password: str, password_hash: str) -> bool:
     """Blocking; a malformed stored hash (e.g. the local user's ``!``) never matches."""
-    encoded = password.encode("utf-8")
+    try:
+        encoded = password.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
     if len(encoded) > MAX_BYTES:
         return False
     try:
         return bcrypt.checkpw(encoded, password_hash.encode())
     except ValueError:
         return False
+
+
+def login_input_problem(username: str, password: str) -> tuple[str, str] | None:
+    """Why a login attempt is refused before it costs anything: (param, message), or None.
+
+    Checked before any database write or hash, so a megabyte of name or password is
+    neither stored as a throttle row nor hashed.
+    """
+    if len(username) > MAX_USERNAME:
+        return "username", f"usernames are at most {MAX_USERNAME} characters"
+    if len(password) > MAX_LOGIN_PASSWORD_BYTES:  # cheap first: a character is >= 1 byte
+        return "password", f"passwords are at most {MAX_LOGIN_PASSWORD_BYTES} bytes"
+    for param, text in (("username", username), ("password", password)):
+        try:
+            encoded = text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate from JSON's \ud800
+            return param, f"the {param} must be valid Unicode text"
+        if len(encoded) > MAX_LOGIN_PASSWORD_BYTES:
+            return param, f"passwords are at most {MAX_LOGIN_PASSWORD_BYTES} bytes"
+    return None
 
 
 # A hash to check against when the user does not exist, so the time taken does not

@@ -1,8 +1,14 @@
 """The users database for the event loop: every call runs on one dedicated thread.
 
 One thread owns the SQLite connection, so queries never block the loop and never race
-each other; bcrypt runs on the default executor, so a slow hash does not hold up others'
-queries.
+each other; bcrypt runs on its own small pool (``throttle.PasswordChecks``), so a slow
+hash holds up neither others' queries nor the default executor.
+
+A login is refused, in this order and before anything is written or hashed: a name or
+password over the length limits (``LoginRejected``); an address over its failures
+(``LoginThrottled("address")``); too many checks at once (``"busy"``); an account locked
+after repeated failures (``"account"``). Failure rows are capped and pruned by age
+(``Database.record_failure``).
 """
 
 from __future__ import annotations
@@ -19,13 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .db import Database, User
-from .passwords import DECOY_HASH, hash_password, verify_password
+from ..settings import LoginSettings
+from .db import LOCAL_USER, Database, ReservedUser, User
+from .passwords import DECOY_HASH, login_input_problem
+from .throttle import AddressThrottle, LoginThrottled, PasswordChecks
 
 T = TypeVar("T")
 FREE_ATTEMPTS = 5
 LOCK_BASE_S = 30.0
 LOCK_MAX_S = 900.0
+FORGET_FAILURES_S = 24 * 3600.0  # an unlocked failure row older than this is dropped
 
 
 @dataclass(frozen=True)
@@ -34,18 +43,29 @@ class Session:
     csrf: str
 
 
-class LoginThrottled(Exception):
-    def __init__(self, retry_after: int) -> None:
-        super().__init__("too many failed logins")
-        self.retry_after = retry_after
+class LoginRejected(ValueError):
+    """A login refused for its input alone (too long); ``param`` names the field."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class UserStore:
-    def __init__(self, path: Path, idle_s: float, max_s: float) -> None:
+    def __init__(
+        self,
+        path: Path,
+        idle_s: float,
+        max_s: float,
+        login: LoginSettings = LoginSettings(),  # noqa: B008 (frozen)
+    ) -> None:
         self.path = path
         self.idle_s = idle_s
         self.max_s = max_s
+        self.login_settings = login
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="users-db")
+        self.checks = PasswordChecks(login.hash_threads, login.max_checks)
+        self.addresses = AddressThrottle(login.ip_failures, login.ip_window_s)
         self._db: Database | None = None
         self._login_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()
@@ -58,6 +78,7 @@ class UserStore:
         if self._db is not None:
             await self.run(lambda db: db.close())
         self._executor.shutdown(wait=True)
+        self.checks.close()
 
     async def run(self, work: Callable[[Database], T]) -> T:
         """Run ``work(database)`` on the database thread."""
@@ -66,29 +87,53 @@ class UserStore:
 
     # -- logging in and out -------------------------------------------------------------
 
-    async def login(self, username: str, password: str) -> tuple[str, Session] | None:
+    async def login(
+        self, username: str, password: str, address: str = "unknown"
+    ) -> tuple[str, Session] | None:
         """A new session for the right password; None for any failure (same timing).
 
-        Attempts on one account run one at a time, so parallel guesses cannot all pass
-        the lock check before the first failure is counted.
+        Raises ``LoginRejected`` or ``LoginThrottled`` before any write or hash (see the
+        module docstring). Attempts on one account run one at a time, so parallel
+        guesses cannot all pass the lock check before the first failure is counted.
         """
-        key = username.casefold()
-        lock = self._login_locks.get(key)
-        if lock is None:
-            lock = self._login_locks[key] = asyncio.Lock()
-        async with lock:
-            return await self._login(username, password)
+        problem = login_input_problem(username, password)
+        if problem is not None:
+            raise LoginRejected(*problem)
+        ticket = self.addresses.admit(address)
+        try:
+            with self.checks.admit():
+                key = username.casefold()
+                lock = self._login_locks.get(key)
+                if lock is None:
+                    lock = self._login_locks[key] = asyncio.Lock()
+                async with lock:
+                    result = await self._login(username, password)
+        except LoginThrottled as exc:
+            if exc.reason == "busy":  # refused before any work: not the address's fault
+                self.addresses.forgive(address, ticket)
+            raise
+        if result is not None:
+            self.addresses.forgive(address, ticket)
+        return result
 
     async def _login(self, username: str, password: str) -> tuple[str, Session] | None:
         locked = await self.run(lambda db: db.locked_until(username))
         if locked > time.time():
-            raise LoginThrottled(int(locked - time.time()) + 1)
+            raise LoginThrottled(int(locked - time.time()) + 1, "account")
         found = await self.run(lambda db: db.user_by_name(username))
         stored = found[1] if found else DECOY_HASH
-        ok = await asyncio.to_thread(verify_password, password, stored)
+        ok = await self.checks.verify(password, stored)
         if not ok or found is None or found[0].disabled:
+            rows = self.login_settings.failure_rows
             await self.run(
-                lambda db: db.record_failure(username, FREE_ATTEMPTS, LOCK_BASE_S, LOCK_MAX_S)
+                lambda db: db.record_failure(
+                    username,
+                    FREE_ATTEMPTS,
+                    LOCK_BASE_S,
+                    LOCK_MAX_S,
+                    max_rows=rows,
+                    forget_s=FORGET_FAILURES_S,
+                )
             )
             return None
         user = found[0]
@@ -107,14 +152,23 @@ class UserStore:
     # -- accounts -----------------------------------------------------------------------
 
     async def create_user(self, username: str, password: str, is_admin: bool) -> User:
-        password_hash = await asyncio.to_thread(hash_password, password)
+        _refuse_reserved(username)
+        password_hash = await self.checks.hash(password)
         return await self.run(lambda db: db.create_user(username, password_hash, is_admin))
 
     async def update_user(self, username: str, **changes: Any) -> User | None:
+        """Change an account; ``ReservedUser`` for the local user (it has no account)."""
+        _refuse_reserved(username)
         if changes.get("password") is not None:
-            changes["password_hash"] = await asyncio.to_thread(hash_password, changes["password"])
+            changes["password_hash"] = await self.checks.hash(changes["password"])
         changes.pop("password", None)
         return await self.run(lambda db: db.update_user(username, **changes))
+
+
+def _refuse_reserved(username: str) -> None:
+    """Before a hash is spent on it: the local user can never be given a password."""
+    if username.casefold() == LOCAL_USER:
+        raise ReservedUser(LOCAL_USER)
 
 
 def _digest(session_id: str) -> str:
