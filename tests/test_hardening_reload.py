@@ -221,6 +221,9 @@ async def test_hostile_edits_are_refused_counted_and_hidden_then_a_good_file_res
         status = await status_config(gateway)
         assert (status["reloads_refused"], status["reloads_ok"]) == (len(hostile), 2)
         assert status["last_reload_error"] is None
+        async with gateway.get("/metrics", headers=AUTH) as response:
+            metrics = await response.text()
+        assert f'gateway_config_reloads_total{{result="refused"}} {len(hostile)}.0' in metrics
 
 
 async def test_a_directory_or_fifo_in_place_of_the_file_is_refused(
