@@ -121,12 +121,14 @@ def _malformed_http_in_one_line(record: logging.LogRecord) -> bool:
 
 
 def check_config(path: Path | None) -> int:
+    """Validate the config and say what is wrong; never a traceback, whatever the file."""
     env = dict(os.environ)
     if path is not None:
         env["GATEWAY_CONFIG"] = str(path)
     # Checking a config needs no token; do not fail on the one this shell may have.
     env["GATEWAY_BEARER_TOKEN"] = "check-config-needs-no-real-token"  # noqa: S105
     env.pop("GATEWAY_BEARER_TOKENS", None)
+    where = str(path or env.get("GATEWAY_CONFIG") or "the config")
     try:
         settings = Settings.from_env(env)
         config = asyncio.run(load_checked(settings))
@@ -137,6 +139,15 @@ def check_config(path: Path | None) -> int:
         count = len(exc.issues)
         print(exc.render(), file=sys.stderr)
         print(f"{exc.source}: {count} error{'s' if count != 1 else ''}", file=sys.stderr)
+        return 1
+    except RecursionError:
+        print(f"{where}: nested too deeply to load", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print(f"{where}: out of memory while loading", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug in the checker: say so in one line, not a traceback
+        print(f"{where}: cannot check: {type(exc).__name__}", file=sys.stderr)
         return 1
     print(
         f"{settings.config_path}: OK ({len(config.backends)} backends, "

@@ -152,8 +152,8 @@ async def test_broken_edit_keeps_serving_then_fix_is_picked_up(
     await eventually(degraded, "the broken edit to be refused")
     last_reload = (await readyz(gateway))["config"]["last_reload"]
     assert last_reload["ok"] is False
-    assert "aliases.default.backend" in last_reload["error"]
-    assert "second" in last_reload["error"]
+    # The open /readyz names and counts the refusal; the text stays behind the token.
+    assert (last_reload["error"], last_reload["issues"]) == ("config error", 1)
 
     async with openai_client(gateway) as client:
         reply = await client.chat.completions.with_raw_response.create(
@@ -209,7 +209,8 @@ async def test_edit_with_an_unknown_yaml_tag_is_refused_and_the_fix_still_loads(
         return (await readyz(gateway))["status"] == "degraded"
 
     await eventually(degraded, "the edit with an unknown tag to be refused")
-    assert "backends.mock.url" in (await readyz(gateway))["config"]["last_reload"]["error"]
+    async with gateway.get("/v1/gateway/status", headers=AUTH) as response:
+        assert "backends.mock.url" in (await response.json())["config"]["last_reload_error"]
 
     rewrite(
         config,

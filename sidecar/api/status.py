@@ -1,7 +1,8 @@
 """Health, readiness and the admin-facing status of backends and limits.
 
 ``/healthz`` and ``/readyz`` are open (Caddy and probes call them without a token) and
-never reveal backend URLs; ``/v1/gateway/status`` needs the bearer token.
+never reveal backend URLs, file paths or a refused config's error text (only "config
+error" and a count of issues); ``/v1/gateway/status`` needs the bearer token.
 """
 
 from __future__ import annotations
@@ -35,11 +36,14 @@ async def readyz(request: web.Request) -> web.Response:
             "config": {
                 "digest": registry.config.digest[:12],
                 "loaded_at": round(registry.loaded_at, 3),
+                # Open route: a refusal is named and counted; its text (paths, values)
+                # stays behind the token in /v1/gateway/status.
                 "last_reload": {
                     "ok": last.ok,
                     "at": round(last.at, 3),
                     "reason": last.reason,
-                    "error": last.error,
+                    "error": None if last.ok else "config error",
+                    "issues": last.issues,
                 },
             },
             "backends": {"total": len(registry.backends), "routable": routable},
@@ -60,6 +64,12 @@ async def gateway_status(request: web.Request) -> web.Response:
                 "reloads_ok": reloader.reloads_ok,
                 "reloads_refused": reloader.reloads_refused,
                 "last_reload_error": reloader.last.error,
+                "last_reload": {
+                    "ok": reloader.last.ok,
+                    "at": round(reloader.last.at, 3),
+                    "reason": reloader.last.reason,
+                    "issues": reloader.last.issues,
+                },
             },
             "backends": [_backend_status(backend) for backend in registry.backends.values()],
         }

@@ -3,6 +3,12 @@
 Every problem is collected (not just the first) and reported with its key path and line,
 so ``gateway check-config`` and a refused reload tell the admin exactly what to fix.
 Blocking (reads files): call it from a thread when the event loop is running.
+
+Reading is bounded, whatever is at the path: only a regular file (a symlink to one is
+fine; a directory, FIFO, device or symlink loop is an error), at most ``MAX_CONFIG_BYTES``;
+YAML nodes nest at most ``MAX_DEPTH`` deep and the document, with every alias expanded,
+has at most ``MAX_NODES`` nodes (a "billion laughs" file is refused while composing, before
+anything is expanded); an alias inside its own anchor is refused.
 """
 
 from __future__ import annotations
@@ -12,8 +18,10 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import re
 import ssl
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +54,10 @@ from .schema import (
     TlsConfig,
     ToolSpec,
 )
+
+MAX_CONFIG_BYTES = 1024 * 1024  # gateway.yaml, TOOLS_REGISTRY_PATH, AGENT_SPECS_PATH
+MAX_DEPTH = 32  # nested mappings/sequences
+MAX_NODES = 20_000  # YAML nodes with every alias expanded (bounds time and memory)
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -119,7 +131,20 @@ def load_config(
         config = _with_tools_file(config, tools_path, environ)
     if agents_path is not None:
         config = _with_agents_file(config, agents_path)
-    return config
+    # The TLS files' contents are part of the config: a rotated certificate is a new config.
+    tls = "".join(backend.tls.fingerprint for backend in config.backends)
+    digest = hashlib.sha256(f"{config.digest}:{tls}".encode()).hexdigest()
+    return dataclasses.replace(config, digest=digest)
+
+
+def tls_files(config: GatewayConfig) -> list[Path]:
+    """The CA bundles, client certificates and keys the config's backends load."""
+    paths: dict[Path, None] = {}
+    for backend in config.backends:
+        for path in (backend.tls.ca_bundle, backend.tls.client_cert, backend.tls.client_key):
+            if path is not None:
+                paths[path] = None
+    return list(paths)
 
 
 def _with_agents_file(config: GatewayConfig, path: Path) -> GatewayConfig:
@@ -129,6 +154,9 @@ def _with_agents_file(config: GatewayConfig, path: Path) -> GatewayConfig:
     except ValueError as exc:
         line = getattr(exc, "lineno", None)
         raise ConfigError(path, [ConfigIssue("", line, f"invalid JSON: {exc}")]) from None
+    except RecursionError:
+        issue = ConfigIssue("", None, "invalid JSON: nested too deeply")
+        raise ConfigError(path, [issue]) from None
     reader = _Reader(path, {})
     agents = reader.agents(document, config.tools)
     if reader.issues:
@@ -162,23 +190,141 @@ def _with_tools_file(
 
 
 def _read(path: Path) -> bytes:
+    """The file's bytes: a regular file of at most ``MAX_CONFIG_BYTES``, never blocking."""
     try:
-        return path.read_bytes()
+        # O_NONBLOCK: opening a FIFO put in the file's place must not hang the reload.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError as exc:
-        raise ConfigError(path, [ConfigIssue("", None, f"cannot read: {exc.strerror}")]) from exc
+        raise ConfigError(path, [ConfigIssue("", None, _cannot_read(exc))]) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(path, [ConfigIssue("", None, "cannot read: not a regular file")])
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(path, [_too_large()])
+        chunks = []
+        size = 0
+        while size <= MAX_CONFIG_BYTES:
+            chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > MAX_CONFIG_BYTES:  # grew while being read
+            raise ConfigError(path, [_too_large()])
+        return b"".join(chunks)
+    except OSError as exc:
+        raise ConfigError(path, [ConfigIssue("", None, _cannot_read(exc))]) from None
+    finally:
+        os.close(fd)
+
+
+def _cannot_read(exc: OSError) -> str:
+    return f"cannot read: {(exc.strerror or type(exc).__name__).lower()}"
+
+
+def _too_large() -> ConfigIssue:
+    return ConfigIssue("", None, f"larger than {MAX_CONFIG_BYTES} bytes")
+
+
+class _LimitError(yaml.YAMLError):
+    """A bound of the bounded loader was hit at ``path`` (a key path) and ``mark``."""
+
+    def __init__(self, message: str, path: str, mark: yaml.Mark | None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = path
+        self.mark = mark
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """Composes nodes like ``SafeLoader``, within ``MAX_DEPTH`` and ``MAX_NODES``.
+
+    Aliases are not expanded here, so each node's expanded size is summed bottom-up
+    (shared nodes are counted once per use, as the reader will walk them) and the
+    budget is checked as the document is composed: the bound costs milliseconds.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._keys: list[str] = []  # the key path to the node being composed
+        self._open: set[str] = set()  # anchors whose node is still being composed
+        self._sizes: dict[int, int] = {}  # id(node) -> nodes once its aliases are expanded
+
+    def _path(self) -> str:
+        return "".join(self._keys).lstrip(".")
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if isinstance(index, yaml.ScalarNode):
+            self._keys.append(f".{index.value}")
+        elif isinstance(index, int) and not isinstance(index, bool):
+            self._keys.append(f"[{index}]")
+        else:
+            self._keys.append("")
+        try:
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent):
+                if event.anchor in self._open:
+                    raise _LimitError(
+                        f"alias *{event.anchor} is inside its own anchor (a recursive structure)",
+                        self._path(),
+                        event.start_mark,
+                    )
+                node = super().compose_node(parent, index)
+            else:
+                if len(self._keys) > MAX_DEPTH:
+                    raise _LimitError(
+                        f"nested deeper than {MAX_DEPTH} levels", self._path(), event.start_mark
+                    )
+                anchor = getattr(event, "anchor", None)
+                if anchor is not None:
+                    self._open.add(anchor)
+                node = super().compose_node(parent, index)
+                self._open.discard(anchor)
+                self._sizes[id(node)] = 1 + sum(self._size(child) for child in _children(node))
+            if self._size(node) > MAX_NODES:
+                raise _LimitError(
+                    f"more than {MAX_NODES} nodes once aliases are expanded",
+                    self._path(),
+                    event.start_mark,
+                )
+            return node
+        finally:
+            self._keys.pop()
+
+    def _size(self, node: yaml.Node) -> int:
+        return self._sizes.get(id(node), 1)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [child for pair in node.value for child in pair]
+    return []
 
 
 def _compose(data: bytes, source: Path) -> yaml.Node:
     try:
-        node = yaml.compose(data.decode("utf-8"), Loader=yaml.SafeLoader)
+        loader = _BoundedLoader(data.decode("utf-8"))
+        try:
+            node = loader.get_single_node()
+        finally:
+            loader.dispose()
     except UnicodeDecodeError as exc:
         raise ConfigError(source, [ConfigIssue("", None, "not UTF-8 text")]) from exc
+    except _LimitError as exc:
+        line = exc.mark.line + 1 if exc.mark is not None else None
+        raise ConfigError(source, [ConfigIssue(exc.path, line, exc.message)]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(source, [ConfigIssue("", line, f"invalid YAML: {problem}")]) from exc
-    return node if node is not None else yaml.MappingNode("tag:yaml.org,2002:map", [])
+    if node is None:  # an empty file (or only comments): an empty mapping at line 1
+        start = yaml.Mark(str(source), 0, 0, 0, None, None)
+        node = yaml.MappingNode("tag:yaml.org,2002:map", [], start, start)
+    return node
 
 
 def parse_config(
@@ -513,6 +659,8 @@ class _Reader:
             return None
         if url is None and protocol != "mock_images":
             return None
+        # Fingerprint before loading: a file rotated in between is then seen as a change.
+        tls = dataclasses.replace(tls, fingerprint=_fingerprint(tls))
         ssl_context = None
         if url is not None and url.scheme == "https":
             ssl_context = self.ssl_context(tls, f"{path}.tls")
@@ -527,7 +675,7 @@ class _Reader:
             limits=MappingProxyType(limits),
             queue=queue,
             health=health,
-            tls=dataclasses.replace(tls, fingerprint=_fingerprint(tls)),
+            tls=tls,
             timeouts=timeouts,
             models=models,
             api_key=api_key,

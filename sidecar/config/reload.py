@@ -3,6 +3,13 @@
 Triggered by SIGHUP and by a change of the file (polled, so editors that replace the
 file are seen too). A failed reload is logged and kept for ``/readyz``; the last good
 config keeps serving and requests in flight keep the backends they started with.
+
+Reload cannot die: any exception from reading, validating or applying a config (not only
+``ConfigError``: ``RecursionError``, ``MemoryError``, a bug in a listener) refuses that
+reload, is logged and counted, and the watcher keeps polling. The CA bundles, client
+certificates and keys the config names are watched with the YAML files, and their
+contents are part of the config's digest, so rotating one takes effect on the next poll
+or SIGHUP. The first good reload after a refused one logs "config restored".
 """
 
 from __future__ import annotations
@@ -14,10 +21,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..routing.registry import RegistryHolder, build_registry
 from ..settings import Settings
-from .loader import ConfigError, load_config
+from .loader import ConfigError, load_config, tls_files
 from .schema import GatewayConfig
 
 log = logging.getLogger("gateway.config")
@@ -29,7 +37,8 @@ class ReloadOutcome:
     at: float
     reason: str
     digest: str | None = None
-    error: str | None = None
+    error: str | None = None  # the full text, for the admin behind the token
+    issues: int = 0  # how many problems (what the open /readyz may show)
 
 
 async def load_checked(settings: Settings) -> GatewayConfig:
@@ -55,7 +64,10 @@ class ConfigReloader:
         for extra in (settings.tools.registry_path, settings.tools.agent_specs_path):
             if extra is not None:
                 self._files.append(extra)
-        self._stamp = _stamps(self._files)
+        paths = self._watched()
+        self._stamp = dict(zip(paths, _stamps(paths), strict=True))
+        # The digest whose registry and listeners are fully in place.
+        self._applied = holder.current.config.digest
         self.last: ReloadOutcome = ReloadOutcome(
             ok=True, at=time.time(), reason="start", digest=holder.current.config.digest
         )
@@ -64,52 +76,84 @@ class ConfigReloader:
         # Called with each newly swapped-in config (the tool bus takes its tools from it).
         self.listeners: list[Callable[[GatewayConfig], None]] = []
 
+    def _watched(self) -> list[Path]:
+        """The YAML/JSON files and the TLS files the serving config loads."""
+        return [*self._files, *tls_files(self._holder.current.config)]
+
     async def reload(self, reason: str) -> ReloadOutcome:
+        """Load, validate and apply the config; never raises (but for cancellation)."""
         async with self._lock:
-            self._stamp = await asyncio.to_thread(_stamps, self._files)
             try:
-                config = await load_checked(self._settings)
+                return await self._reload(reason)
             except ConfigError as exc:
-                self.reloads_refused += 1
-                log.error(
-                    "config reload (%s) refused; keeping the last good config:\n%s", reason, exc
-                )
-                self.last = ReloadOutcome(False, time.time(), reason, error=exc.render())
-                return self.last
-            current = self._holder.current
+                return self._refused(reason, exc.render(), len(exc.issues))
+            except RecursionError:
+                return self._refused(reason, "the config is nested too deeply to load", 1)
+            except MemoryError:
+                return self._refused(reason, "out of memory while loading the config", 1)
+            except Exception as exc:  # a bug must not stop hot reload for good
+                log.exception("config reload (%s) failed unexpectedly", reason)
+                return self._refused(reason, f"unexpected error: {type(exc).__name__}", 1)
+
+    async def _reload(self, reason: str) -> ReloadOutcome:
+        paths = self._watched()
+        self._stamp = dict(zip(paths, await asyncio.to_thread(_stamps, paths), strict=True))
+        config = await load_checked(self._settings)
+        current = self._holder.current
+        if config.digest != self._applied:
             if config.digest != current.config.digest:
                 registry, retired = build_registry(config, current)
                 self._holder.swap(registry, retired)
-                for listener in self.listeners:
-                    listener(config)
                 log.info("config reloaded (%s): %d backends", reason, len(config.backends))
-            self.reloads_ok += 1
-            self.last = ReloadOutcome(True, time.time(), reason, digest=config.digest)
-            return self.last
+            for listener in self.listeners:
+                listener(config)
+            self._applied = config.digest
+            # Files the new config names (a new CA bundle, say) are watched from now on.
+            added = [path for path in self._watched() if path not in self._stamp]
+            self._stamp.update(zip(added, await asyncio.to_thread(_stamps, added), strict=True))
+        if not self.last.ok:
+            log.warning("config restored (%s): serving %s again", reason, config.digest[:12])
+        self.reloads_ok += 1
+        self.last = ReloadOutcome(True, time.time(), reason, digest=config.digest)
+        return self.last
 
-    def _refused(self, reason: str, error: str) -> ReloadOutcome:
+    def _refused(self, reason: str, error: str, issues: int = 1) -> ReloadOutcome:
         self.reloads_refused += 1
         log.error("config reload (%s) refused; keeping the last good config:\n%s", reason, error)
-        self.last = ReloadOutcome(False, time.time(), reason, error=error)
+        self.last = ReloadOutcome(False, time.time(), reason, error=error, issues=issues)
         return self.last
 
     async def watch(self) -> None:
-        """Poll the file's identity and reload when it changes."""
+        """Poll the files' identity and reload when one changes; survives anything."""
         interval = self._settings.config_poll_s
         while True:
             await asyncio.sleep(interval)
-            stamp = await asyncio.to_thread(_stamps, self._files)
-            if stamp != self._stamp:
-                await self.reload("file changed")
+            try:
+                paths = self._watched()
+                stamps = await asyncio.to_thread(_stamps, paths)
+                seen = [self._stamp.get(path, _UNSEEN) for path in paths]
+                if seen != stamps:
+                    await self.reload("file changed")
+            except Exception:  # reload() catches its own; this guards the poll itself
+                log.exception("config watcher: polling failed; retrying")
 
 
-def _stamps(paths: list[Path]) -> list[tuple[int, int, int, int] | None]:
+_UNSEEN: Any = object()
+_Stamp = tuple[int, ...] | None
+
+
+def _stamps(paths: list[Path]) -> list[_Stamp]:
     return [_stamp(path) for path in paths]
 
 
-def _stamp(path: os.PathLike[str]) -> tuple[int, int, int, int] | None:
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+def _stamp(path: os.PathLike[str]) -> _Stamp:
+    """The identity of the file and of the link to it (a swapped symlink is a change)."""
+    stamp: tuple[int, ...] = ()
+    for stat in (os.lstat, os.stat):
+        try:
+            info = stat(path)
+        except (OSError, ValueError):
+            stamp += (-1,)
+            continue
+        stamp += (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    return stamp

@@ -240,9 +240,11 @@ class BackendClient:
         """A transport failure as the gateway error the client should see."""
         name = self.name
         tls_reason = _tls_reason(exc)
-        if tls_reason is None and before_head and _reset(exc) and self._ssl is not None:
+        dropped = _reset(exc) or isinstance(exc, aiohttp.ServerDisconnectedError)
+        if tls_reason is None and before_head and dropped and self._ssl is not None:
             # Python TLS servers (asyncio, uvicorn) drop a rejected client certificate
-            # without sending the alert, so a reset right after connecting is all we see.
+            # without sending the alert (with TLS 1.3, after the request went out), so a
+            # reset or a disconnect before any response head is all we see.
             tls_reason = (
                 "the backend reset the connection after the handshake; it may require a "
                 "client certificate or not trust the one sent"
