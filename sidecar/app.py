@@ -30,6 +30,7 @@ from .observability.metrics import GatewayMetrics
 from .routing.health import HealthChecker, running
 from .routing.registry import RegistryHolder, build_registry
 from .settings import Settings
+from .storage import StorageMonitor
 from .toolbus.bus import ToolBus
 from .toolbus.executors import BUILTINS
 from .toolbus.log import ToolLog
@@ -41,6 +42,7 @@ from .typedefs import (
     REGISTRY,
     RELOADER,
     SETTINGS,
+    STORAGE,
     TOKENS,
     TOOLBUS,
     UI_STATE,
@@ -62,8 +64,10 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[TOKENS] = tokens
-    app[IMAGE_STORE] = ImageStore(settings.image_dir)
+    app[STORAGE] = StorageMonitor(settings.data_dir)
+    app[IMAGE_STORE] = ImageStore(settings.image_dir, app[STORAGE])
     app[METRICS] = GatewayMetrics()
+    app.cleanup_ctx.append(_storage)
     app.cleanup_ctx.append(_registry)
     app.cleanup_ctx.append(_health_checks)
     app.cleanup_ctx.append(_config_reload)
@@ -80,6 +84,14 @@ def create_app(settings: Settings) -> web.Application:
     setup_routes(app)
     setup_ui_routes(app, settings.templates_dir)
     return app
+
+
+async def _storage(app: web.Application) -> AsyncIterator[None]:
+    """Re-probe the data directory while writes fail, so the gateway recovers by itself."""
+    task = asyncio.create_task(app[STORAGE].watch())
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 async def _registry(app: web.Application) -> AsyncIterator[None]:
@@ -149,12 +161,16 @@ async def _toolbus(app: web.Application) -> AsyncIterator[None]:
         settings.tools.allowlist,
         builtins,
         observer=metrics.observe_tool,
+        storage=app[STORAGE],
     )
     bus.configure(app[REGISTRY].current.config)
     app[RELOADER].listeners.append(bus.configure)
     app[TOOLBUS] = bus
     app[AGENTS] = AgentRunner(
-        app[REGISTRY], bus, RunStore(settings.agent_runs_dir), observer=metrics.observe_agent
+        app[REGISTRY],
+        bus,
+        RunStore(settings.agent_runs_dir, app[STORAGE]),
+        observer=metrics.observe_agent,
     )
     yield
     await asyncio.to_thread(log_.close)
@@ -163,7 +179,9 @@ async def _toolbus(app: web.Application) -> AsyncIterator[None]:
 async def _ui(app: web.Application) -> AsyncIterator[None]:
     """The users database (opened off the loop) and what the UI needs without accounts."""
     settings = app[SETTINGS]
-    users = UserStore(settings.user_db_path, settings.ui.session_idle_s, settings.ui.session_max_s)
+    users = UserStore(
+        settings.user_db_path, settings.ui.session_idle_s, settings.ui.session_max_s, app[STORAGE]
+    )
     await users.open()
     local_user = await users.run(lambda db: db.local_user())
     secret = await asyncio.to_thread(

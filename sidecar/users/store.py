@@ -2,7 +2,9 @@
 
 One thread owns the SQLite connection, so queries never block the loop and never race
 each other; bcrypt runs on the default executor, so a slow hash does not hold up others'
-queries.
+queries. A query that fails because of the disk ("database or disk is full", read-only,
+I/O error, locked) is a 503 ``storage_unavailable`` without the path or SQLite's text,
+reported to the storage monitor; the next query that works clears it.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import logging
 import secrets
+import sqlite3
 import time
 import weakref
 from collections.abc import Callable
@@ -19,10 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .db import Database, User
+from ..errors import StorageUnavailable
+from ..storage import RETRY_AFTER_S, StorageMonitor, error_kind
+from .db import Database, DatabaseError, User
 from .passwords import DECOY_HASH, hash_password, verify_password
 
 T = TypeVar("T")
+log = logging.getLogger("gateway.users")
 FREE_ATTEMPTS = 5
 LOCK_BASE_S = 30.0
 LOCK_MAX_S = 900.0
@@ -41,8 +48,11 @@ class LoginThrottled(Exception):
 
 
 class UserStore:
-    def __init__(self, path: Path, idle_s: float, max_s: float) -> None:
+    def __init__(
+        self, path: Path, idle_s: float, max_s: float, storage: StorageMonitor | None = None
+    ) -> None:
         self.path = path
+        self.storage = storage
         self.idle_s = idle_s
         self.max_s = max_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="users-db")
@@ -62,7 +72,26 @@ class UserStore:
     async def run(self, work: Callable[[Database], T]) -> T:
         """Run ``work(database)`` on the database thread."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: work(self._db))  # type: ignore[arg-type]
+        try:
+            result = await loop.run_in_executor(self._executor, lambda: work(self._db))  # type: ignore[arg-type]
+        except (DatabaseError, sqlite3.OperationalError) as exc:
+            if self._db is None:  # opening at start-up: the caller says what to do
+                raise
+            raise self._unavailable(exc) from None
+        if self.storage is not None:
+            self.storage.succeeded()
+        return result
+
+    def _unavailable(self, exc: Exception) -> StorageUnavailable:
+        message = (
+            "The users database cannot be written right now (the gateway's storage is full"
+            " or not writable); try again later"
+        )
+        kind = error_kind(exc)
+        if self.storage is not None and kind != "database_busy":
+            return self.storage.unavailable(exc, "users database", message)
+        log.warning("users database unavailable (%s)", kind)
+        return StorageUnavailable(message, retry_after=RETRY_AFTER_S)
 
     # -- logging in and out -------------------------------------------------------------
 
