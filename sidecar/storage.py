@@ -8,9 +8,11 @@ Blocking: call it from a thread.
 transcripts, images, the users database) reports a failed write here and turns it into a
 503 ``storage_unavailable`` envelope (``unavailable``), never a 500. ``/readyz`` shows the
 state (writable, free bytes, the kind of the last error — never a path) and says
-``degraded`` while writes fail. The gateway recovers by itself: the next successful write
-clears the state, and while it is set a background task re-probes the data directory
-with a small write every ``PROBE_INTERVAL_S`` seconds.
+``degraded`` while writes fail. Writers always try (a request never waits for the
+state), and the gateway recovers by itself: while the state is set, a background task
+re-probes the data directory every ``PROBE_INTERVAL_S`` seconds with a write of a new
+page (``PROBE_BYTES``, fsynced) and clears it when that works. Only the probe clears it:
+a small append that happens to fit in an already allocated page proves nothing.
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ class StorageMonitor:
         self._poke()
 
     def succeeded(self) -> None:
-        """A write worked: clear a failed state (cheap when nothing failed)."""
+        """The probe worked: clear a failed state (cheap when nothing failed)."""
         if self._state.writable:
             return
         with self._lock:

@@ -35,8 +35,6 @@ class RunStore:
             if self.storage is None:
                 raise StorageUnavailable(_UNSAVED, retry_after=RETRY_AFTER_S) from None
             raise self.storage.unavailable(exc, "agent transcript", _UNSAVED) from None
-        if self.storage is not None:
-            self.storage.succeeded()
 
     def get(self, run_id: str) -> dict[str, Any] | None:
         if not _RUN_ID.match(run_id):

@@ -44,8 +44,6 @@ class ImageStore:
             if self.storage is None:
                 raise StorageUnavailable(_UNSAVED, retry_after=RETRY_AFTER_S) from None
             raise self.storage.unavailable(exc, "image store", _UNSAVED) from None
-        if self.storage is not None:
-            self.storage.succeeded()
         return name
 
     def path(self, name: str) -> Path | None:

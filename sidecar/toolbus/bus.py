@@ -220,8 +220,6 @@ class ToolBus:
             if self._storage is None:
                 raise StorageUnavailable(message, retry_after=RETRY_AFTER_S) from None
             raise self._storage.unavailable(exc, "tool log", message) from None
-        if self._storage is not None:
-            self._storage.succeeded()
 
     async def recorded(self, replay_id: str) -> dict[str, Any]:
         record = await asyncio.to_thread(self.log.get, replay_id)

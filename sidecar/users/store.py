@@ -4,7 +4,7 @@ One thread owns the SQLite connection, so queries never block the loop and never
 each other; bcrypt runs on the default executor, so a slow hash does not hold up others'
 queries. A query that fails because of the disk ("database or disk is full", read-only,
 I/O error, locked) is a 503 ``storage_unavailable`` without the path or SQLite's text,
-reported to the storage monitor; the next query that works clears it.
+reported to the storage monitor, whose probe notices when writes work again.
 """
 
 from __future__ import annotations
@@ -73,19 +73,16 @@ class UserStore:
         """Run ``work(database)`` on the database thread."""
         loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(self._executor, lambda: work(self._db))  # type: ignore[arg-type]
+            return await loop.run_in_executor(self._executor, lambda: work(self._db))  # type: ignore[arg-type]
         except (DatabaseError, sqlite3.OperationalError) as exc:
             if self._db is None:  # opening at start-up: the caller says what to do
                 raise
             raise self._unavailable(exc) from None
-        if self.storage is not None:
-            self.storage.succeeded()
-        return result
 
     def _unavailable(self, exc: Exception) -> StorageUnavailable:
         message = (
-            "The users database cannot be written right now (the gateway's storage is full"
-            " or not writable); try again later"
+            "The users database is not available right now (the gateway's storage is full,"
+            " read-only or busy); try again later"
         )
         kind = error_kind(exc)
         if self.storage is not None and kind != "database_busy":
