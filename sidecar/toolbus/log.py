@@ -20,6 +20,7 @@ into place (the outcome replaces the intent). All methods block: call them from 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -81,22 +82,30 @@ class ToolLog:
             self.directory.mkdir(parents=True, exist_ok=True)
             write_atomic(self.directory / f"{record['replay_id']}.json", line)
         if self.ndjson:
-            with self._lock:
-                if self._fd is None:  # closed, or never opened: try again
-                    self._fd = os.open(
-                        self.ndjson_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640
-                    )
-                offset = os.lseek(self._fd, 0, os.SEEK_END)
-                view = memoryview(line)
-                try:
-                    while view:
-                        view = view[os.write(self._fd, view) :]
-                except OSError:
-                    if len(view) < len(line):  # part of the line landed: cut it off
-                        with contextlib.suppress(OSError):
-                            os.ftruncate(self._fd, offset)
-                    raise
-                self._remember(record["replay_id"], offset)
+            try:
+                self._append(record["replay_id"], line)
+            except OSError:
+                if self.per_invocation and record.get("phase") == "started":
+                    # The call will not run: do not leave an intent for it in one place.
+                    with contextlib.suppress(OSError):
+                        os.unlink(self.directory / f"{record['replay_id']}.json")
+                raise
+
+    def _append(self, replay_id: str, line: bytes) -> None:
+        with self._lock:
+            if self._fd is None:  # closed (shutting down): nothing may run unrecorded
+                raise OSError(errno.EBADF, "the tool log is closed")
+            offset = os.lseek(self._fd, 0, os.SEEK_END)
+            view = memoryview(line)
+            try:
+                while view:
+                    view = view[os.write(self._fd, view) :]
+            except OSError:
+                if len(view) < len(line):  # part of the line landed: cut it off
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(self._fd, offset)
+                raise
+            self._remember(replay_id, offset)
 
     def get(self, replay_id: str) -> dict[str, Any] | None:
         if not _REPLAY_ID.match(replay_id):
