@@ -29,8 +29,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from .conftest import TOKEN, gateway_yaml, mock_backend_yaml
+from .test_agents import SCRIPTED_RECEIVED, always_calls, scripted_model_app
 
 ROOT = Path(__file__).resolve().parents[1]
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -200,8 +202,8 @@ GatewayStarter = Callable[..., Awaitable[Gateway]]
 async def full_disk_gateway(start_mock: Any, tmp_path: Path) -> AsyncIterator[GatewayStarter]:
     started: list[Gateway] = []
 
-    async def start(**env_extra: str) -> Gateway:
-        backend = await start_mock()
+    async def start(model_app: web.Application | None = None, **env_extra: str) -> Gateway:
+        backend = await start_mock(model_app)
         config = tmp_path / "gateway.yaml"
         config.write_text(
             gateway_yaml(
@@ -211,8 +213,9 @@ async def full_disk_gateway(start_mock: Any, tmp_path: Path) -> AsyncIterator[Ga
             + tools_yaml(tmp_path)
         )
         agents = tmp_path / "agents.json"
-        agent = {"model": "default", "system_prompt": "Be brief.", "tools": ["touch"]}
-        agents.write_text(json.dumps({"agents": {"brief": agent}}))
+        brief = {"model": "default", "system_prompt": "Be brief.", "tools": ["touch"]}
+        looper = {**brief, "max_turns": 3}
+        agents.write_text(json.dumps({"agents": {"brief": brief, "looper": looper}}))
         data_dir = tmp_path / "var"
         data_dir.mkdir()
         socket_path = tmp_path / "run" / "gw.sock"
@@ -451,3 +454,38 @@ async def test_a_tool_that_fills_the_disk_is_recorded_as_started_and_the_log_sta
     lines = gateway.log_lines()
     assert [line["phase"] for line in lines] == ["started", "started", "finished"]
     assert "Traceback" not in gateway.log()
+
+
+async def test_an_agent_on_a_full_disk_runs_no_tool_and_answers_503(
+    full_disk_gateway: GatewayStarter, tmp_path: Path
+) -> None:
+    marker = tmp_path / "agent-marker"
+    model = scripted_model_app(always_calls("touch", {"marker": str(marker), "pad": PAD}))
+    gateway = await full_disk_gateway(model_app=model)
+    gateway.fill()
+
+    status, body, headers = await gateway.request(
+        "POST", "/v1/agent/run", {"agent": "looper", "input": "touch it"}
+    )
+    assert_storage_503(status, body, headers)
+    # The model asked for the tool on every one of its 3 turns; it never ran.
+    assert len(model[SCRIPTED_RECEIVED]) == 3
+    assert not marker.exists()
+    assert gateway.files("agent_runs") == [] and gateway.files("tools/invocations") == []
+    assert (gateway.view / "tools" / "invocations.ndjson").stat().st_size == 0
+
+    gateway.free()
+
+    async def recovered() -> bool:
+        return (await gateway.readyz())["status"] == "ready"
+
+    await until(recovered, "/readyz to recover", gateway)
+    status, body, _ = await gateway.request(
+        "POST", "/v1/agent/run", {"agent": "looper", "input": "touch it"}
+    )
+    assert status == 200, body
+    assert [call["ok"] for call in body["tool_calls"]] == [True, True, True]
+    assert marker.read_text() == "ran"
+    assert len(gateway.files("agent_runs")) == 1
+    phases = [line["phase"] for line in gateway.log_lines()]
+    assert phases == ["started", "finished"] * 3
