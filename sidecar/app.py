@@ -31,6 +31,7 @@ from .observability.metrics import GatewayMetrics
 from .routing.health import HealthChecker, running
 from .routing.registry import RegistryHolder, build_registry
 from .settings import Settings
+from .storage import StorageMonitor
 from .toolbus.bus import ToolBus
 from .toolbus.executors import BUILTINS
 from .toolbus.log import ToolLog
@@ -42,6 +43,7 @@ from .typedefs import (
     REGISTRY,
     RELOADER,
     SETTINGS,
+    STORAGE,
     TOKENS,
     TOOLBUS,
     UI_STATE,
@@ -65,11 +67,13 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> web.A
     )
     app[SETTINGS] = settings
     app[TOKENS] = tokens
-    app[IMAGE_STORE] = ImageStore(settings.image_dir)
+    app[STORAGE] = StorageMonitor(settings.data_dir)
+    app[IMAGE_STORE] = ImageStore(settings.image_dir, app[STORAGE])
     app[METRICS] = GatewayMetrics()
     if config is not None:
         app[_PRELOADED] = config
     app.cleanup_ctx.append(_loop_lag)
+    app.cleanup_ctx.append(_storage)
     app.cleanup_ctx.append(_registry)
     app.cleanup_ctx.append(_health_checks)
     app.cleanup_ctx.append(_config_reload)
@@ -91,6 +95,14 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> web.A
 async def _loop_lag(app: web.Application) -> AsyncIterator[None]:
     """The event-loop lag gauge of ``/metrics``: one small task, off every request's path."""
     task = asyncio.create_task(app[METRICS].loop_lag.run())
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def _storage(app: web.Application) -> AsyncIterator[None]:
+    """Re-probe the data directory while writes fail, so the gateway recovers by itself."""
+    task = asyncio.create_task(app[STORAGE].watch())
     yield
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
@@ -171,12 +183,16 @@ async def _toolbus(app: web.Application) -> AsyncIterator[None]:
             settings.tools.allowlist,
             builtins,
             observer=metrics.observe_tool,
+            storage=app[STORAGE],
         )
         bus.configure(app[REGISTRY].current.config)
         app[RELOADER].listeners.append(bus.configure)
         app[TOOLBUS] = bus
         app[AGENTS] = AgentRunner(
-            app[REGISTRY], bus, RunStore(settings.agent_runs_dir), observer=metrics.observe_agent
+            app[REGISTRY],
+            bus,
+            RunStore(settings.agent_runs_dir, app[STORAGE]),
+            observer=metrics.observe_agent,
         )
         yield
     finally:
@@ -191,6 +207,7 @@ async def _ui(app: web.Application) -> AsyncIterator[None]:
         settings.ui.session_idle_s,
         settings.ui.session_max_s,
         settings.ui.login,
+        app[STORAGE],
     )
     await users.open()
     try:  # a failure after the database opened still closes it

@@ -139,3 +139,11 @@ class UpstreamStatusError(GatewayError):
     def __init__(self, status: int, message: str, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.status = status
+
+
+class StorageUnavailable(GatewayError):
+    """A record could not be written (disk full, read-only, I/O error): nothing was done."""
+
+    status = 503
+    error_type = "api_error"
+    code = "storage_unavailable"

@@ -14,6 +14,7 @@ from .observability.metrics import GatewayMetrics
 from .routing.health import HealthChecker
 from .routing.registry import RegistryHolder
 from .settings import BearerToken, Settings
+from .storage import StorageMonitor
 from .toolbus.bus import ToolBus
 from .ui.state import UiState
 from .users.db import User
@@ -30,6 +31,7 @@ TOOLBUS = web.AppKey("toolbus", ToolBus)
 AGENTS = web.AppKey("agents", AgentRunner)
 METRICS = web.AppKey("metrics", GatewayMetrics)
 UI_STATE = web.AppKey("ui_state", UiState)
+STORAGE = web.AppKey("storage", StorageMonitor)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 CLIENT_IP = web.RequestKey("client_ip", str)

@@ -341,9 +341,12 @@ async def test_bad_arguments_are_400_listing_every_violation(
     assert "is not of type 'object'" in assert_error(body, "invalid_arguments")
     status, body = await call(client, "strict", {"name": "n", "level": 1, "mode": "fast"})
     assert status == 200 and body["ok"] is True
-    # Refused calls are not recorded: only the one that ran is in the log.
+    # Refused calls are not recorded: only the one that ran is in the log (intent, outcome).
     lines = (tmp_path / "log" / "calls.ndjson").read_text().splitlines()
-    assert [json.loads(line)["replay_id"] for line in lines] == [body["replay_id"]]
+    assert [(json.loads(line)["replay_id"], json.loads(line)["phase"]) for line in lines] == [
+        (body["replay_id"], "started"),
+        (body["replay_id"], "finished"),
+    ]
 
 
 async def test_a_failing_call_is_ok_false_with_an_error_type(
@@ -387,7 +390,10 @@ async def test_every_call_is_recorded_with_its_token_name_never_its_value(
 
     records: dict[str, dict[str, Any]] = {}
     if mode in ("ndjson", "both"):
-        records = {record["replay_id"]: record for record in ndjson_records(settings.log_path)}
+        lines = ndjson_records(settings.log_path)
+        assert [line["phase"] for line in lines].count("started") == 2
+        # The newest line of each id is its outcome.
+        records = {record["replay_id"]: record for record in lines}
     else:
         assert not settings.log_path.exists()
     if mode in ("per_invocation", "both"):
@@ -418,7 +424,8 @@ async def test_every_call_is_recorded_with_its_token_name_never_its_value(
         owner = TOKEN if record["token"] == "default" else OTHER_TOKEN
         response = await client.get(f"/v1/tools/replay/{replay_id}", headers=headers_for(owner))
         assert response.status == 200
-        assert await response.json() == record
+        assert record["phase"] == "finished"
+        assert await response.json() == {**record, "complete": True}
 
     written = [settings.log_path] if mode != "per_invocation" else []
     if mode != "ndjson":
@@ -444,8 +451,10 @@ async def test_fifty_concurrent_calls_write_fifty_whole_lines(
     raw = settings.log_path.read_bytes()
     assert raw.endswith(b"\n")
     lines = raw.split(b"\n")[:-1]
-    assert len(lines) == 50
+    assert len(lines) == 100  # an intent and an outcome per call
     records = [json.loads(line) for line in lines]
+    assert sorted(record["phase"] for record in records) == ["finished"] * 50 + ["started"] * 50
+    records = [record for record in records if record["phase"] == "finished"]
     assert {record["replay_id"] for record in records} == {body["replay_id"] for body in bodies}
     assert sorted(record["arguments"]["i"] for record in records) == list(range(50))
     for body in bodies:  # the index points at each whole line

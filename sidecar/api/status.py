@@ -17,7 +17,7 @@ from .. import __version__
 from ..observability.client_ip import address_allowed
 from ..observability.metrics import CONTENT_TYPE
 from ..routing.registry import Backend
-from ..typedefs import CLIENT_IP, METRICS, REGISTRY, RELOADER, SETTINGS, TOKENS
+from ..typedefs import CLIENT_IP, METRICS, REGISTRY, RELOADER, SETTINGS, STORAGE, TOKENS
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -29,9 +29,10 @@ async def readyz(request: web.Request) -> web.Response:
     last = request.app[RELOADER].last
     backends = registry.backends.values()
     routable = sum(1 for backend in backends if backend.health.routable)
+    storage = await asyncio.to_thread(request.app[STORAGE].snapshot)
     return web.json_response(
         {
-            "status": "ready" if last.ok else "degraded",
+            "status": "ready" if last.ok and storage["writable"] else "degraded",
             "version": __version__,
             "config": {
                 "digest": registry.config.digest[:12],
@@ -47,6 +48,7 @@ async def readyz(request: web.Request) -> web.Response:
                 },
             },
             "backends": {"total": len(registry.backends), "routable": routable},
+            "storage": storage,
         }
     )
 

@@ -1,8 +1,9 @@
 """Content-addressed image files: the name is the SHA-256 of the bytes plus an extension.
 
 The same image is stored once; every write is a temp file renamed into place, so a
-crash never leaves a half-written image under a real name. All methods block: call them
-from a thread.
+crash never leaves a half-written image under a real name. A write that fails (disk
+full, read-only) removes its temp file and is a 503 ``storage_unavailable``, reported to
+the storage monitor. All methods block: call them from a thread.
 """
 
 from __future__ import annotations
@@ -14,24 +15,35 @@ import re
 import time
 from pathlib import Path
 
-from ..storage import TEMP_PREFIX, write_atomic
+from ..errors import StorageUnavailable
+from ..storage import RETRY_AFTER_S, TEMP_PREFIX, StorageMonitor, write_atomic
 
 _NAME = re.compile(r"^[0-9a-f]{64}\.(png|jpg|webp|svg)$")
+_UNSAVED = (
+    "The image could not be stored (the gateway's storage is full or not writable);"
+    " try again later, or ask for response_format b64_json"
+)
 
 
 class ImageStore:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, storage: StorageMonitor | None = None) -> None:
         self.directory = directory
+        self.storage = storage
 
     def save(self, data: bytes, extension: str) -> str:
         """Store ``data``; returns its file name. Storing it again refreshes its age."""
         name = f"{hashlib.sha256(data).hexdigest()}.{extension}"
         target = self.directory / name
-        self.directory.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            os.utime(target)
-            return name
-        write_atomic(target, data)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                os.utime(target)
+                return name
+            write_atomic(target, data)
+        except OSError as exc:
+            if self.storage is None:
+                raise StorageUnavailable(_UNSAVED, retry_after=RETRY_AFTER_S) from None
+            raise self.storage.unavailable(exc, "image store", _UNSAVED) from None
         return name
 
     def path(self, name: str) -> Path | None:

@@ -2,6 +2,12 @@
 
 Every call — from the API, an agent or a replay — goes through ``ToolBus.invoke``, so
 the same hash, limits and log apply whoever asked.
+
+Record first, then run: the call's intent (hash, arguments, token name) is written to
+the tool log before the tool runs. If that write fails (disk full, read-only, I/O error)
+the tool does not run and the caller gets a 503 ``storage_unavailable``; no side effect
+ever happens unrecorded. If the outcome cannot be written, the caller gets the same 503,
+saying the tool ran and is recorded only as started.
 """
 
 from __future__ import annotations
@@ -15,9 +21,10 @@ from typing import Any
 import jsonschema
 
 from ..config.schema import GatewayConfig, ToolSpec
-from ..errors import Forbidden, InvalidRequest, NotFound
+from ..errors import Forbidden, InvalidRequest, NotFound, StorageUnavailable
 from ..routing.admission import Admission
 from ..routing.registry import RegistryHolder
+from ..storage import RETRY_AFTER_S, StorageMonitor
 from .executors import BUILTINS, Builtin, ToolContext, ToolFailure, execute
 from .hashing import new_id, request_hash
 from .log import ToolLog
@@ -62,8 +69,10 @@ class ToolBus:
         allowlist: frozenset[str] | None,
         builtins: Mapping[str, Builtin] = BUILTINS,
         observer: Callable[[str, bool, float], None] | None = None,
+        storage: StorageMonitor | None = None,
     ) -> None:
         self._observer = observer
+        self._storage = storage
         self._registry = registry
         self._builtins = builtins
         self.log = log
@@ -144,6 +153,24 @@ class ToolBus:
     async def _run(
         self, spec: ToolSpec, arguments: Any, token: str | None, request_id: str
     ) -> ToolCall:
+        replay_id = new_id("tool")
+        hashed = request_hash(spec.name, spec.version, arguments)
+        intent = {
+            "ts": round(time.time(), 3),
+            "phase": "started",
+            "replay_id": replay_id,
+            "request_hash": hashed,
+            "tool": spec.name,
+            "version": spec.version,
+            "arguments": arguments,
+            "token": token,
+            "request_id": request_id,
+        }
+        await self._record(
+            intent,
+            "The tool was not run: its call could not be recorded (the gateway's storage is"
+            " full or not writable); try again later",
+        )
         context = ToolContext(self._registry, self._environ, request_id)
         started = time.perf_counter()
         ok, result, error = True, None, None
@@ -158,8 +185,8 @@ class ToolBus:
         except ToolFailure as exc:
             ok, error = False, {"type": exc.kind, "message": exc.message}
         call = ToolCall(
-            replay_id=new_id("tool"),
-            request_hash=request_hash(spec.name, spec.version, arguments),
+            replay_id=replay_id,
+            request_hash=hashed,
             tool=spec.name,
             version=spec.version,
             arguments=arguments,
@@ -170,15 +197,29 @@ class ToolBus:
         )
         record = {
             "ts": round(time.time(), 3),
+            "phase": "finished",
             **call.response(),
             "arguments": arguments,
             "token": token,
             "request_id": request_id,
         }
-        await asyncio.to_thread(self.log.write, record)
         if self._observer is not None:
             self._observer(call.tool, call.ok, call.duration_ms)
+        await self._record(
+            record,
+            f"The tool ran, but its outcome could not be recorded (the gateway's storage is"
+            f" full or not writable); replay id {replay_id} is recorded as started only",
+        )
         return call
+
+    async def _record(self, record: dict[str, Any], message: str) -> None:
+        """Write one record of the log, or raise the 503 with ``message``."""
+        try:
+            await asyncio.to_thread(self.log.write, record)
+        except OSError as exc:
+            if self._storage is None:
+                raise StorageUnavailable(message, retry_after=RETRY_AFTER_S) from None
+            raise self._storage.unavailable(exc, "tool log", message) from None
 
     async def recorded(self, replay_id: str, *, token: str | None, admin: bool) -> dict[str, Any]:
         """The record of a call, for the token name that made it or an admin token.
@@ -205,5 +246,6 @@ class ToolBus:
             "replay": call.response(),
             "request_hash_matches": call.request_hash == record.get("request_hash"),
             "version_matches": spec.version == record.get("version"),
+            "recorded_complete": record.get("complete", True),
             "matches": call.ok == record.get("ok") and new_outcome == recorded_outcome,
         }

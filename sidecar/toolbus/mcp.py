@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
-from ..errors import BackendOverloaded, Forbidden, GatewayError
+from ..errors import BackendOverloaded, Forbidden, GatewayError, StorageUnavailable
 from ..typedefs import REQUEST_ID, TOKEN, TOOLBUS
 from ..ui.guard import same_origin
 
@@ -85,7 +85,7 @@ async def _call(request: web.Request, params: dict[str, Any], token: str | None)
         call = await request.app[TOOLBUS].invoke(
             name, arguments, token=token, request_id=request[REQUEST_ID]
         )
-    except BackendOverloaded as exc:
+    except (BackendOverloaded, StorageUnavailable) as exc:  # try again later
         raise RpcError(SERVER_BUSY, exc.message) from None
     except GatewayError as exc:  # unknown tool, not allowed, bad arguments
         raise RpcError(INVALID_PARAMS, exc.message) from None

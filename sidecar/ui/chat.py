@@ -17,7 +17,7 @@ from aiohttp import web
 
 from ..api.body import read_json_object
 from ..api.validation import check_model_name
-from ..errors import GatewayError, InvalidRequest, NotFound, UpstreamError
+from ..errors import GatewayError, InvalidRequest, NotFound, StorageUnavailable, UpstreamError
 from ..routing.router import admit, resolve, upstream_body
 from ..typedefs import REGISTRY, REQUEST_ID, UI_STATE, UI_USER
 from .api import _conversation_id
@@ -125,7 +125,11 @@ async def _relay(
             await response.write(_frame({"type": "error", "message": exc.message}))
             return response
         saved = _save(request, conversation_id, parts)
-        message_id = await saved
+        try:
+            message_id = await saved
+        except StorageUnavailable as exc:  # the reply was shown but could not be stored
+            await response.write(_frame({"type": "error", "message": exc.message}))
+            return response
         await response.write(_frame({"type": "done", "message_id": message_id, "title": title}))
         return response
     finally:
@@ -142,6 +146,7 @@ def _save(request: web.Request, conversation_id: int, parts: list[str]) -> async
     )
     state.pending.add(task)
     task.add_done_callback(state.pending.discard)
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())  # seen: no warning
     return task
 
 

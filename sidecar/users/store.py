@@ -9,6 +9,10 @@ password over the length limits (``LoginRejected``); an address over its failure
 (``LoginThrottled("address")``); too many checks at once (``"busy"``); an account locked
 after repeated failures (``"account"``). Failure rows are capped and pruned by age
 (``Database.record_failure``).
+
+A query that fails because of the disk ("database or disk is full", read-only, I/O
+error, locked) is a 503 ``storage_unavailable`` without the path or SQLite's text,
+reported to the storage monitor, whose probe notices when writes work again.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import logging
 import secrets
+import sqlite3
 import time
 import weakref
 from collections.abc import Callable
@@ -25,12 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..errors import StorageUnavailable
 from ..settings import LoginSettings
-from .db import LOCAL_USER, Database, ReservedUser, User
+from ..storage import RETRY_AFTER_S, StorageMonitor, error_kind
+from .db import LOCAL_USER, Database, DatabaseError, ReservedUser, User
 from .passwords import DECOY_HASH, login_input_problem
 from .throttle import AddressThrottle, LoginThrottled, PasswordChecks
 
 T = TypeVar("T")
+log = logging.getLogger("gateway.users")
 FREE_ATTEMPTS = 5
 LOCK_BASE_S = 30.0
 LOCK_MAX_S = 900.0
@@ -58,8 +67,10 @@ class UserStore:
         idle_s: float,
         max_s: float,
         login: LoginSettings = LoginSettings(),  # noqa: B008 (frozen)
+        storage: StorageMonitor | None = None,
     ) -> None:
         self.path = path
+        self.storage = storage
         self.idle_s = idle_s
         self.max_s = max_s
         self.login_settings = login
@@ -83,7 +94,23 @@ class UserStore:
     async def run(self, work: Callable[[Database], T]) -> T:
         """Run ``work(database)`` on the database thread."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: work(self._db))  # type: ignore[arg-type]
+        try:
+            return await loop.run_in_executor(self._executor, lambda: work(self._db))  # type: ignore[arg-type]
+        except (DatabaseError, sqlite3.OperationalError) as exc:
+            if self._db is None:  # opening at start-up: the caller says what to do
+                raise
+            raise self._unavailable(exc) from None
+
+    def _unavailable(self, exc: Exception) -> StorageUnavailable:
+        message = (
+            "The users database is not available right now (the gateway's storage is full,"
+            " read-only or busy); try again later"
+        )
+        kind = error_kind(exc)
+        if self.storage is not None and kind != "database_busy":
+            return self.storage.unavailable(exc, "users database", message)
+        log.warning("users database unavailable (%s)", kind)
+        return StorageUnavailable(message, retry_after=RETRY_AFTER_S)
 
     # -- logging in and out -------------------------------------------------------------
 
