@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import logging
 import os
 import sqlite3
@@ -203,3 +204,18 @@ class StorageMonitor:
             return
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(wake.set)
+
+
+def record_bytes(value: Any, *, indent: int | None = None) -> bytes:
+    """``value`` as UTF-8 JSON for a record on disk, whatever strings it holds.
+
+    Text stays readable (``ensure_ascii=False``) unless it carries a lone surrogate, which
+    UTF-8 cannot encode: then the record is written with ``\\uXXXX`` escapes, so a tool
+    result or a model reply with one is still recorded instead of failing the request.
+    """
+    separators = (",", ":") if indent is None else None
+    text = json.dumps(value, ensure_ascii=False, indent=indent, separators=separators)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(value, indent=indent, separators=separators).encode()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StorageUnavailable
-from ..storage import RETRY_AFTER_S, StorageMonitor, write_atomic
+from ..storage import RETRY_AFTER_S, StorageMonitor, record_bytes, write_atomic
 
 _RUN_ID = re.compile(r"^run-[0-9a-f]{24}$")
 _UNSAVED = (
@@ -27,7 +27,7 @@ class RunStore:
         self.storage = storage
 
     def save(self, transcript: dict[str, Any]) -> None:
-        data = json.dumps(transcript, ensure_ascii=False, indent=1).encode()
+        data = record_bytes(transcript, indent=1)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             write_atomic(self.directory / f"{transcript['run_id']}.json", data)

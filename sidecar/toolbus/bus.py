@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
+from rfc8785 import CanonicalizationError
 
 from ..config.schema import GatewayConfig, ToolSpec
 from ..errors import Forbidden, InvalidRequest, NotFound, StorageUnavailable
@@ -144,17 +145,17 @@ class ToolBus:
         """Check, admit (429 when the tool is at its limit), run, record."""
         spec = self.spec(name, token)
         self.check_arguments(spec, arguments)
+        hashed = await _hash_arguments(spec, arguments)
         slot = await self._admissions[name].acquire()
         try:
-            return await self._run(spec, arguments, token, request_id)
+            return await self._run(spec, arguments, hashed, token, request_id)
         finally:
             slot.release()
 
     async def _run(
-        self, spec: ToolSpec, arguments: Any, token: str | None, request_id: str
+        self, spec: ToolSpec, arguments: Any, hashed: str, token: str | None, request_id: str
     ) -> ToolCall:
         replay_id = new_id("tool")
-        hashed = request_hash(spec.name, spec.version, arguments)
         intent = {
             "ts": round(time.time(), 3),
             "phase": "started",
@@ -249,3 +250,17 @@ class ToolBus:
             "recorded_complete": record.get("complete", True),
             "matches": call.ok == record.get("ok") and new_outcome == recorded_outcome,
         }
+
+
+async def _hash_arguments(spec: ToolSpec, arguments: Any) -> str:
+    """The call's request hash, off the loop (arguments may be megabytes); arguments that
+    have no canonical JSON form (a lone surrogate, an integer beyond 2**53, a non-finite
+    number) are a 400 before anything is recorded or run."""
+    try:
+        return await asyncio.to_thread(request_hash, spec.name, spec.version, arguments)
+    except CanonicalizationError as exc:
+        raise InvalidRequest(
+            f"arguments of '{spec.name}' have no canonical JSON form: {exc}",
+            param="arguments",
+            code="invalid_arguments",
+        ) from None

@@ -29,7 +29,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from ..storage import write_atomic
+from ..storage import record_bytes, write_atomic
 
 _REPLAY_ID = re.compile(r"^tool-[0-9a-f]{24}$")
 INDEX_MAX_ENTRIES = 20_000
@@ -77,7 +77,7 @@ class ToolLog:
 
     def write(self, record: dict[str, Any]) -> None:
         """Write one record (intent or outcome); any ``OSError`` means it is not stored."""
-        line = (json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+        line = record_bytes(record) + b"\n"
         if self.per_invocation:
             self.directory.mkdir(parents=True, exist_ok=True)
             write_atomic(self.directory / f"{record['replay_id']}.json", line)
