@@ -17,15 +17,18 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
+from http import HTTPStatus
 from pathlib import Path
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
 
 from .app import create_app
 from .config.loader import ConfigError
 from .config.reload import load_checked
 from .config.schema import GatewayConfig
+from .launcher import raise_open_file_limit
 from .mock_backends import (
     MockBehaviour,
     create_a1111_app,
@@ -37,6 +40,14 @@ from .observability.access_log import BatchedLineWriter
 from .settings import Settings, SettingsError
 
 log = logging.getLogger("gateway")
+
+# Connections Caddy may hold open to the sidecar at once wait here, not as dial errors
+# (the kernel caps it at net.core.somaxconn; `serve` warns when that is lower).
+LISTEN_BACKLOG = 2048
+# Caddy's `max_header_size 64KiB` (the Caddyfile) bounds the request line plus headers,
+# and Go reads up to 4 KiB past it: the sidecar accepts any one line that long, so what
+# Caddy forwards is never refused here; anything longer is a 400 that quotes nothing.
+MAX_HEADER_BYTES = 64 * 1024 + 4096
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,10 +122,14 @@ def _configure_logging(level: str) -> Callable[[], None]:
 
 
 def _malformed_http_in_one_line(record: logging.LogRecord) -> bool:
-    """A client's malformed HTTP (aiohttp answers 400) is a warning, not a traceback."""
+    """A client's malformed HTTP (aiohttp answers 400) is a warning, not a traceback.
+
+    Only the kind of error is logged: aiohttp's message quotes the offending bytes (the
+    start of an oversized header's value, which may be a secret).
+    """
     error = record.exc_info[1] if record.exc_info else None
     if record.name == "aiohttp.server" and isinstance(error, HttpProcessingError):
-        record.msg, record.args = "malformed HTTP from a client: %s", (error.message,)
+        record.msg, record.args = "malformed HTTP from a client: %s", (type(error).__name__,)
         record.levelno, record.levelname = logging.WARNING, "WARNING"
         record.exc_info = record.exc_text = None
     return True
@@ -163,6 +178,7 @@ def serve() -> int:
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         return 2
     stop_logging = _configure_logging(settings.log_level)
+    raise_open_file_limit()
     try:
         config = asyncio.run(load_checked(settings))
     except ConfigError as exc:
@@ -180,18 +196,71 @@ def serve() -> int:
     return 0
 
 
+class _QuietRequestHandler(RequestHandler):
+    """Answers a request aiohttp cannot parse with its status alone.
+
+    aiohttp's own 400 body is the parser's message, which quotes up to 100 bytes of the
+    offending line: an oversized header would be echoed back.
+    """
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status != HTTPStatus.INTERNAL_SERVER_ERROR:
+            message = f"{status} {HTTPStatus(status).phrase}"
+        return super().handle_error(request, status, exc, message)
+
+
+class _QuietServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _QuietRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class _GatewayRunner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _QuietServer  # same state, only the connections' class differs
+        return server
+
+
+def _check_backlog() -> None:
+    try:
+        somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    except (OSError, ValueError):
+        return
+    if somaxconn < LISTEN_BACKLOG:
+        log.warning(
+            "the kernel caps the listen backlog at %d (net.core.somaxconn), below the "
+            "gateway's %d: raise it (sysctl -w net.core.somaxconn=%d) for bursts",
+            somaxconn,
+            LISTEN_BACKLOG,
+            LISTEN_BACKLOG,
+        )
+
+
 async def _serve(settings: Settings, config: GatewayConfig | None = None) -> None:
-    runner = web.AppRunner(
+    runner = _GatewayRunner(
         create_app(settings, config),
         handler_cancellation=True,
         access_log=None,
         shutdown_timeout=30,
+        max_line_size=MAX_HEADER_BYTES,
+        max_field_size=MAX_HEADER_BYTES,
     )
+    _check_backlog()
     try:
         # Inside the try: a start-up step that fails still closes what earlier steps opened.
         await runner.setup()
         if settings.uses_tcp:
-            site: web.BaseSite = web.TCPSite(runner, settings.host, settings.port)
+            site: web.BaseSite = web.TCPSite(
+                runner, settings.host, settings.port, backlog=LISTEN_BACKLOG
+            )
             await site.start()
         else:
             site = await _unix_site(runner, settings.sidecar_socket)
@@ -208,7 +277,7 @@ async def _unix_site(runner: web.AppRunner, path: Path) -> web.UnixSite:
     """Bind the socket with mode 0660 from the start (Caddy reaches it via the group)."""
     old_umask = os.umask(0o117)
     try:
-        site = web.UnixSite(runner, str(path))
+        site = web.UnixSite(runner, str(path), backlog=LISTEN_BACKLOG)
         await site.start()
     finally:
         os.umask(old_umask)

@@ -3,7 +3,9 @@
 Starts the fake backends the config uses, the sidecar and Caddy as child processes,
 waits until ``/readyz`` answers through Caddy, prints how to connect, and stops every
 child cleanly on Ctrl-C or SIGTERM. A second ``up`` on the same data directory says
-that one is already running instead of failing on a busy port.
+that one is already running instead of failing on a busy port. The soft open-file limit
+is raised to the hard one first, for ``up`` and every child: a burst of streams holds
+two descriptors in Caddy and two in the sidecar for each client.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import resource
 import secrets
 import shutil
 import signal
@@ -96,6 +99,16 @@ def find_caddy() -> str:
     return found
 
 
+def raise_open_file_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (children inherit it); the new soft."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -113,6 +126,7 @@ class Launcher:
         layout = self.layout
         (layout.data_dir / "run").mkdir(parents=True, exist_ok=True)
         self._lock()
+        raise_open_file_limit()
         token = bearer_token(layout, self.env)
         child_env = self._child_env(token)
         stop = _StopSignal()
