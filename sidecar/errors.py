@@ -139,3 +139,10 @@ class UpstreamStatusError(GatewayError):
     def __init__(self, status: int, message: str, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.status = status
+
+
+class UpstreamRateLimited(UpstreamStatusError):
+    """A backend's 429, relayed as the rate limit it is (clients back off and retry)."""
+
+    error_type = "rate_limit_error"
+    code = "upstream_rate_limited"

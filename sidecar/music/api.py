@@ -1,4 +1,8 @@
-"""``POST /v1/music/generations`` and ``GET /ui/heartmula/audio/{filename}``."""
+"""``POST /v1/music/generations`` and ``GET /ui/heartmula/audio/{filename}``.
+
+The audio proxy never follows a backend's redirect (a 3xx is a 502) and passes on only
+the headers in ``_PASSED_HEADERS`` (never the backend's ``Server``).
+"""
 
 from __future__ import annotations
 
@@ -41,9 +45,16 @@ async def audio(request: web.Request) -> web.StreamResponse:
             backend.client.url("").with_path(f"/audio/{name}"),
             headers=headers,
             timeout=aiohttp.ClientTimeout(sock_read=backend.config.timeouts.read_s),
+            allow_redirects=False,
         ) as upstream:
             if upstream.status == 404:
                 raise NotFound("No such audio file", code="audio_not_found")
+            if 300 <= upstream.status < 400:
+                raise UpstreamError(
+                    f"backend '{backend.name}' answered with a redirect ({upstream.status});"
+                    " the gateway does not follow redirects",
+                    code="upstream_redirect",
+                )
             if upstream.status not in (200, 206, 416):
                 raise UpstreamError(f"backend '{backend.name}' answered {upstream.status}")
             response = web.StreamResponse(status=upstream.status)
