@@ -419,3 +419,38 @@ async def test_no_response_carries_a_server_header(
     await writer.wait_closed()
     head = raw.split(b"\r\n\r\n")[0].lower()
     assert head.startswith(b"http/1.1 200") and b"\r\nserver:" not in head, head
+
+
+async def test_an_error_event_mid_stream_is_cleaned_too(
+    make_gateway: GatewayFactory, aiohttp_server: Starter
+) -> None:
+    """vLLM and others report a failure inside the stream: only a clean message passes."""
+    failure = {"error": {"message": TRACEBACK, "type": "InternalServerError", "code": 500}}
+    frames = [
+        {"choices": [{"index": 0, "delta": {"content": "partial"}}], "error": None},
+        failure,
+    ]
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for frame in frames:
+            await response.write(b"data: " + json.dumps(frame).encode() + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    server = await aiohttp_server(app)
+    client = await make_gateway(gateway_yaml(llm_yaml("llm", server)))
+    response = await client.post(
+        "/v1/chat/completions", json={**CHAT, "stream": True}, headers=BEARER
+    )
+    received = (await response.read()).decode()
+    events = [e[6:] for e in received.split("\n\n") if e.startswith("data: ")]
+    assert len(events) == 3 and events[-1] == "[DONE]", events
+    assert json.loads(events[0]) == frames[0]  # a normal chunk passes untouched
+    error = json.loads(events[1])["error"]
+    assert error["message"].startswith("RuntimeError: CUDA out of memory"), error
+    assert (error["type"], error["code"]) == ("InternalServerError", None)
+    assert [leak for leak in LEAKS if leak in received] == [], received

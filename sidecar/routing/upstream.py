@@ -120,6 +120,7 @@ class UpstreamCall:
         The first event may take the read timeout (prompt processing); later ones the
         stream-idle timeout. Ends at EOF; transport failures raise gateway errors, and so
         does an event longer than ``MAX_SSE_EVENT_BYTES`` (never buffered past that).
+        An error event the backend sends mid-stream has its message cleaned.
         """
         content = self.response.content
         timeouts = self._client.config.timeouts
@@ -139,7 +140,7 @@ class UpstreamCall:
             if event is None:
                 return
             wait = timeouts.stream_idle_s
-            yield event
+            yield _clean_error_event(event) if b'"error"' in event else event
 
     async def raise_for_status(self) -> None:
         """Relay a backend's 4xx with its message; a 5xx (or its auth failure) is a 502.
@@ -396,6 +397,38 @@ def _upstream_message(body: bytes) -> str | None:
     if not isinstance(error, str) or not error.strip():
         return None
     return clean_message(error)
+
+
+def _clean_error_event(event: bytes) -> bytes:
+    """A backend's ``data: {"error": ...}`` event with only a cleaned message, type and code."""
+    for line in event.splitlines():
+        if not line.startswith(b"data:"):
+            continue
+        try:
+            parsed = json.loads(line[5:])
+        except (ValueError, RecursionError):
+            return event
+        if not isinstance(parsed, dict) or not parsed.get("error"):
+            return event  # no error here (some backends send "error": null in every chunk)
+        error = parsed["error"]
+        details = error if isinstance(error, dict) else {"message": error}
+        message = details.get("message")
+        cleaned: dict[str, Any] = {
+            "message": (clean_message(message) if isinstance(message, str) else None)
+            or "the backend reported an error",
+            "type": _short(details.get("type")) or "api_error",
+            "param": None,
+            "code": _short(details.get("code")),
+        }
+        return b"data: " + json.dumps({"error": cleaned}).encode() + b"\n\n"
+    return event
+
+
+def _short(value: Any) -> str | None:
+    """A type or code worth passing on: a short identifier, nothing else."""
+    if isinstance(value, str) and len(value) <= 64 and value.replace("_", "").isalnum():
+        return value
+    return None
 
 
 def clean_message(text: str) -> str | None:
