@@ -350,3 +350,27 @@ def test_the_strict_parser_walks_a_chat_body_only_when_it_must(
     assert len(walked) == 0
     assert strict_json.loads(b'{"a": "\\ud83d\\ude00"}') == {"a": "\U0001f600"}  # a pair
     assert len(walked) == 1
+
+
+@pytest.mark.parametrize("digits", [1, 17, 89, 90, 91, 120, 308, 309, 310, 400])
+@pytest.mark.parametrize("exponent", [None, "99", "-400", "+0099", "288", "308", "309", "400"])
+def test_the_number_shortcut_refuses_exactly_what_overflows(
+    digits: int, exponent: str | None
+) -> None:
+    """The pre-check that skips per-number hooks must never let an overflow through."""
+    literal = "9" * digits + (f"e{exponent}" if exponent is not None else "")
+    if exponent is None:
+        overflows = abs(int(literal)) >= 2**1024 or _float_overflows(literal)
+    else:
+        overflows = _float_overflows(literal)
+    body = f'{{"n": [{literal}]}}'.encode()
+    if overflows:
+        with pytest.raises(strict_json.StrictJsonError) as caught:
+            strict_json.loads(body)
+        assert caught.value.param == "n"
+    else:
+        assert strict_json.loads(body) == json.loads(body)
+
+
+def _float_overflows(literal: str) -> bool:
+    return float(literal) in (float("inf"), float("-inf"))

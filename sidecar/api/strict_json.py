@@ -13,10 +13,12 @@ gateway cannot hash (RFC 8785), record or answer with, so every one is refused h
 ``StrictJsonError`` (a ``ValueError``) says which rule was broken and, where it can,
 ``param``: the top-level field the bad value sits under. It never echoes the value.
 
-Cost: ``parse_constant`` runs only for NaN/Infinity and ``parse_float`` once per float
-literal; the walks for depth and surrogates run only when the raw bytes could hold them
-(more brackets than ``MAX_DEPTH``, a ``\\uD800``-``\\uDFFF`` escape), so a typical chat
-body costs about what ``json.loads`` costs.
+Cost: ``parse_constant`` runs only for NaN/Infinity. Numbers are checked one by one only
+when the raw bytes could hold one that overflows (a run of 90+ digits, or an exponent of
+3+ digits: below both, a number is under 1e189); the depth walk (containers only) runs
+only with more brackets than ``MAX_DEPTH``, the string walk only with a
+``\\uD800``-``\\uDFFF`` escape. So a chat body or an embeddings reply costs about what
+``json.loads`` costs.
 """
 
 from __future__ import annotations
@@ -30,9 +32,15 @@ MAX_DEPTH = 64
 # 2**1024 has 309 digits: an integer literal this long or longer may overflow a float.
 _LONG_INT_DIGITS = 309
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-# Every digit becomes "0", everything else a space: a long number is a long run of "0".
-_DIGITS_ONLY = bytes(ord("0") if chr(i).isdigit() and i < 128 else ord(" ") for i in range(256))
-_LONG_RUN = b"0" * _LONG_INT_DIGITS
+# Digits become "0", e/E "e", "+" stays, everything else a space: then a number that may
+# overflow shows as a run of 90 "0"s or as "e000" / "e+000" (a 3-digit exponent). (Below
+# 100 bytes, ``in`` keeps its fast search; two-way search is slow on runs of "0".)
+_NUMBER_SHAPE = bytes(
+    ord("0") if 48 <= i <= 57 else ord("e") if i in (69, 101) else i if i == 43 else 32
+    for i in range(256)
+)
+_SUSPECT = (b"0" * 90, b"e000", b"e+000")
+_CONTAINERS = frozenset({dict, list})
 
 
 class StrictJsonError(ValueError):
@@ -92,8 +100,8 @@ def _mark_int(text: str) -> int | _Bad:
     return int(text)
 
 
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_strict_float)
-_BIG_INTS = json.JSONDecoder(
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+_CHECKING = json.JSONDecoder(
     parse_constant=_refuse_constant, parse_float=_strict_float, parse_int=_strict_int
 )
 _MARKING = json.JSONDecoder(
@@ -114,18 +122,53 @@ def loads(data: bytes | str) -> Any:
         text = raw.decode("utf-8")  # strict: no encoded surrogates, no UTF-16 or -32
     except UnicodeDecodeError:
         raise StrictJsonError("JSON is not valid UTF-8") from None
-    long_number = len(raw) >= _LONG_INT_DIGITS and _LONG_RUN in raw.translate(_DIGITS_ONLY)
+    shape = raw.translate(_NUMBER_SHAPE)
+    suspect = any(pattern in shape for pattern in _SUSPECT)
     try:
-        value = (_BIG_INTS if long_number else _DECODER).decode(text)
+        value = (_CHECKING if suspect else _DECODER).decode(text)
     except _NonFinite as exc:
         raise StrictJsonError(str(exc), _where_bad(text)) from None
     except RecursionError:
         raise StrictJsonError(f"JSON is nested deeper than {MAX_DEPTH} levels") from None
     except ValueError as exc:
         raise StrictJsonError(f"not valid JSON: {_position(exc)}") from None
-    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH or _SURROGATE_ESCAPE.search(raw):
+    if _SURROGATE_ESCAPE.search(raw):
         check_value(value)
+    elif raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:
+        _check_depth(value)
     return value
+
+
+def loads_reply(data: bytes) -> Any:
+    """A backend's reply: only NaN/Infinity are refused (free: ``parse_constant``).
+
+    Replies can be megabytes of floats (embeddings), and the client gets the backend's
+    bytes, not a re-encoding, so the other checks are not worth their cost here; a tool's
+    result still passes ``check_value`` in the tool bus.
+    """
+    try:
+        return _DECODER.decode(bytes(data).decode("utf-8"))
+    except _NonFinite as exc:
+        raise StrictJsonError(str(exc)) from None
+    except RecursionError:
+        raise StrictJsonError("JSON is nested too deeply") from None
+    except ValueError as exc:  # also UnicodeDecodeError
+        raise StrictJsonError(f"not valid JSON: {_position(exc)}") from None
+
+
+def _check_depth(value: Any) -> None:
+    """``MAX_DEPTH``, looking only at containers (a list of numbers is skipped in C)."""
+    stack: list[tuple[Any, int, str | None]] = [(value, 0, None)]
+    while stack:
+        item, depth, param = stack.pop()
+        if depth >= MAX_DEPTH:
+            raise StrictJsonError(f"JSON is nested deeper than {MAX_DEPTH} levels", param)
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if isinstance(child, dict | list):
+                    stack.append((child, depth + 1, param or _name(key)))
+        elif not _CONTAINERS.isdisjoint(map(type, item)):
+            stack.extend((c, depth + 1, param) for c in item if isinstance(c, dict | list))
 
 
 def check_value(value: Any, *, safe_integers: bool = False) -> None:
