@@ -147,3 +147,10 @@ class StorageUnavailable(GatewayError):
     status = 503
     error_type = "api_error"
     code = "storage_unavailable"
+
+
+class UpstreamRateLimited(UpstreamStatusError):
+    """A backend's 429, relayed as the rate limit it is (clients back off and retry)."""
+
+    error_type = "rate_limit_error"
+    code = "upstream_rate_limited"

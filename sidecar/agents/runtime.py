@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..api import strict_json
 from ..config.schema import AgentSpec, ToolSpec
 from ..errors import GatewayError, InvalidRequest
 from ..toolbus.hashing import canonical_hash
@@ -222,7 +223,7 @@ async def _tool_turn(spec: AgentSpec, call: Any, run_tool: ToolRun) -> tuple[str
         event.update(type="tool_refused", reason="not in this agent's tool allowlist")
         return json.dumps({"error": f"tool {name!r} is not available to this agent"}), event
     try:
-        arguments = _storable(json.loads(raw) if isinstance(raw, str) else raw)
+        arguments = _storable(strict_json.loads(raw) if isinstance(raw, str) else raw)
     except ValueError:
         event.update(
             type="tool_rejected",

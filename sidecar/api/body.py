@@ -1,14 +1,19 @@
-"""Reading request bodies: size limits and JSON, with errors a client can act on."""
+"""Reading request bodies: size limits and JSON, with errors a client can act on.
+
+JSON is parsed strictly (``strict_json``): NaN, Infinity, numbers that overflow a float,
+lone surrogates and nesting deeper than ``strict_json.MAX_DEPTH`` are a 400 whose
+``param`` names the top-level field the bad value sits under.
+"""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
 
 from ..errors import InvalidRequest, PayloadTooLarge
 from ..typedefs import SETTINGS
+from . import strict_json
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
@@ -23,9 +28,11 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     if not body:
         raise InvalidRequest("Request body is empty; send a JSON object", code="invalid_json")
     try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError):
-        raise InvalidRequest("Request body is not valid JSON", code="invalid_json") from None
+        payload = strict_json.loads(body)
+    except strict_json.StrictJsonError as exc:
+        raise InvalidRequest(
+            f"Request body is not valid JSON: {exc.message}", param=exc.param, code="invalid_json"
+        ) from None
     if not isinstance(payload, dict):
         raise InvalidRequest("Request body must be a JSON object", code="invalid_json")
     return payload

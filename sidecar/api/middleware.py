@@ -71,7 +71,9 @@ def _finish(record: AccessRecord, request: web.Request) -> None:
 
 
 async def stamp_response(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: every response carries the request id and no caching."""
+    """``on_response_prepare``: every response carries the request id and no caching, and
+    no ``Server`` header (aiohttp's names itself and its version: nothing a client needs)."""
+    response.headers.popall("Server", None)
     request_id = request.get(REQUEST_ID)
     if request_id:
         response.headers["X-Request-Id"] = request_id

@@ -8,6 +8,9 @@ links) or the bearer token, so the client that generated a song can always fetch
 
 A download holds the backend's client for as long as it streams, so a reload that
 retires that client closes it only after the download ends.
+
+The audio proxy never follows a backend's redirect (a 3xx is a 502) and passes on only
+the headers in ``_PASSED_HEADERS`` (never the backend's ``Server``).
 """
 
 from __future__ import annotations
@@ -77,9 +80,16 @@ async def _stream(request: web.Request, name: str) -> web.StreamResponse:
                 client.url("").with_path(f"/audio/{name}"),
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(sock_read=backend.config.timeouts.read_s),
+                allow_redirects=False,
             ) as upstream:
                 if upstream.status == 404:
                     raise NotFound("No such audio file", code="audio_not_found")
+                if 300 <= upstream.status < 400:
+                    raise UpstreamError(
+                        f"backend '{backend.name}' answered with a redirect ({upstream.status});"
+                        " the gateway does not follow redirects",
+                        code="upstream_redirect",
+                    )
                 if upstream.status not in (200, 206, 416):
                     raise UpstreamError(f"backend '{backend.name}' answered {upstream.status}")
                 response = web.StreamResponse(status=upstream.status)

@@ -3,7 +3,7 @@
 Liveness (optional) says the process is up; readiness says it can serve. A backend whose
 models are not listed in the YAML has them discovered from ``/models`` on each probe. A
 probe whose client a reload retired meanwhile is discarded: it never marks the new
-backend down.
+backend down. Probes never follow redirects: a 3xx counts as a failed probe.
 """
 
 from __future__ import annotations
@@ -81,17 +81,17 @@ class HealthChecker:
         try:
             if config.liveness:
                 status, _ = await client.probe(config.liveness, config.timeout_s)
-                if status >= 400:
-                    return HealthState.DOWN, f"liveness answered {status}"
+                if status >= 300:
+                    return HealthState.DOWN, f"liveness answered {status}{_redirect(status)}"
             if config.readiness:
                 status, body = await client.probe(config.readiness, config.timeout_s)
-                if status >= 400:
-                    return HealthState.NOT_READY, f"readiness answered {status}"
+                if status >= 300:
+                    return HealthState.NOT_READY, f"readiness answered {status}{_redirect(status)}"
                 listing = body if config.readiness == models_path else None
             if discover:
                 if listing is None:
                     status, listing = await client.probe(models_path, config.timeout_s)
-                    listing = listing if status < 400 else None
+                    listing = listing if status < 300 else None
                 discovered = _model_ids(listing) if listing is not None else None
                 if discovered is not None:
                     backend.discovered = discovered
@@ -114,6 +114,10 @@ def _describe(backend: Backend, exc: Exception) -> str:
         return "probe timed out"
     translated = backend.client.translate(exc)
     return translated.message if isinstance(translated, GatewayError) else type(exc).__name__
+
+
+def _redirect(status: int) -> str:
+    return " (a redirect; not followed)" if status < 400 else ""
 
 
 def _model_ids(body: bytes) -> tuple[str, ...] | None:

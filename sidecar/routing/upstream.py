@@ -2,6 +2,13 @@
 
 Transport failures are translated here, once, into the gateway's errors, so the API
 layer never sees an aiohttp exception and no message carries a backend URL.
+
+Backends are not trusted: redirects are never followed (a 3xx is a 502 that says so);
+replies with NaN or Infinity are refused (``api.strict_json``); one server-sent event is at most
+``MAX_SSE_EVENT_BYTES`` (1 MiB), a longer one ends the stream with an error; a backend's
+error text reaches the client only as its message, with URLs, paths, tracebacks and
+anything that looks like a key removed, at most ``MAX_ERROR_MESSAGE`` (500) characters;
+a backend's 429 stays a ``rate_limit_error``.
 """
 
 from __future__ import annotations
@@ -21,19 +28,45 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
+from aiohttp.http_exceptions import LineTooLong
 from yarl import URL
 
+from ..api import strict_json
 from ..config.schema import BackendConfig
 from ..errors import (
     GatewayError,
     UpstreamError,
+    UpstreamRateLimited,
     UpstreamStatusError,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
 
 MAX_UPSTREAM_BODY = 64 * 1024 * 1024
+MAX_SSE_EVENT_BYTES = 1024 * 1024
+MAX_ERROR_MESSAGE = 500
 _URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
+_TRACEBACK = re.compile(r"Traceback \(most recent call last\)|^\s*File \"[^\"]*\", line \d+", re.M)
+_SECRETS = (
+    # key=value / key: value for names that hold secrets
+    (
+        re.compile(
+            r"\b(password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|authorization)"
+            r"(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|\S+)",
+            re.IGNORECASE,
+        ),
+        r"\1\2<redacted>",
+    ),
+    (re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+", re.IGNORECASE), r"\1 <redacted>"),
+    (re.compile(r"\b(?:sk|pk|rk|hf|ghp|gho|xox[abp])[-_][A-Za-z0-9_-]{6,}"), "<redacted>"),
+    (re.compile(r"\bAKIA[0-9A-Z]{16}\b"), "<redacted>"),
+    (re.compile(r"\b[0-9a-fA-F]{32,}\b"), "<redacted>"),
+)
+# A long run of base64/token characters; redacted when one piece of it looks random
+# (model names like "meta-llama/Llama-3.1-8B-Instruct" are short pieces and stay).
+_TOKENISH = re.compile(r"[A-Za-z0-9+/_=-]{24,}")
+_PIECE = re.compile(r"[A-Za-z0-9+=]{24,}")
+_PATH = re.compile(r"(?<![\w.])(?:~|\.{1,2})?(?:/[\w.@+-]+){2,}/?|\b[A-Za-z]:\\[^\s\"']+")
 log = logging.getLogger("gateway.upstream")
 _JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 _TLS_REASONS = {
@@ -74,17 +107,20 @@ class UpstreamCall:
         """The whole body and its parsed JSON; garbage or a cut-off body is a 502."""
         body = await self.read_body()
         try:
-            return body, json.loads(body)
-        except ValueError:
+            return body, strict_json.loads_reply(body)
+        except strict_json.StrictJsonError as exc:
             raise UpstreamError(
                 f"backend '{self._client.name}' returned a response that is not JSON"
+                f" the gateway accepts ({exc.message})"
             ) from None
 
     async def events(self) -> AsyncIterator[bytes]:
         """Server-sent events, each as its raw bytes ending in a blank line.
 
         The first event may take the read timeout (prompt processing); later ones the
-        stream-idle timeout. Ends at EOF; transport failures raise gateway errors.
+        stream-idle timeout. Ends at EOF; transport failures raise gateway errors, and so
+        does an event longer than ``MAX_SSE_EVENT_BYTES`` (never buffered past that).
+        An error event the backend sends mid-stream has its message cleaned.
         """
         content = self.response.content
         timeouts = self._client.config.timeouts
@@ -92,36 +128,50 @@ class UpstreamCall:
         while True:
             try:
                 async with asyncio.timeout(wait):
-                    event = await _read_event(content)
+                    event = await _read_event(content, MAX_SSE_EVENT_BYTES)
+            except _EventTooLarge:
+                raise UpstreamError(
+                    f"backend '{self._client.name}' sent a stream event larger than"
+                    f" {MAX_SSE_EVENT_BYTES} bytes",
+                    code="upstream_event_too_large",
+                ) from None
             except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
                 raise self._client.translate(exc, streaming=True) from None
             if event is None:
                 return
             wait = timeouts.stream_idle_s
-            yield event
+            yield _clean_error_event(event) if b'"error"' in event else event
 
     async def raise_for_status(self) -> None:
         """Relay a backend's 4xx with its message; a 5xx (or its auth failure) is a 502.
 
-        Only an OpenAI-style JSON ``error.message`` is passed on, with URLs blanked out:
-        a backend's raw error page or traceback never reaches the client.
+        Only the message is passed on (``error.message`` or ``detail`` from JSON, else
+        plain text), cleaned by ``clean_message``: a backend's error page, traceback,
+        paths or keys never reach the client. A 3xx is a 502: redirects are not followed.
         """
-        if self.status < 400:
+        if self.status < 300:
             return
+        name = self._client.name
+        if self.status < 400:
+            log.warning("backend %s answered %d (a redirect; not followed)", name, self.status)
+            raise UpstreamError(
+                f"backend '{name}' answered with a redirect ({self.status}); the gateway does"
+                " not follow redirects",
+                code="upstream_redirect",
+            )
         try:
             async with asyncio.timeout(self.read_s):
                 body = await _read_capped(self.response.content, 64 * 1024, truncate=True)
         except (TimeoutError, aiohttp.ClientError, OSError):
             body = b""
         detail = _upstream_message(body)
-        name = self._client.name
         if self.status >= 500 or self.status in (401, 403, 407):
             log.warning("backend %s answered %d", name, self.status)
             suffix = f": {detail}" if detail and self.status >= 500 else ""
             raise UpstreamError(f"backend '{name}' answered {self.status}{suffix}")
         message = detail or self.response.reason or "error"
         if self.status == 429:
-            raise UpstreamStatusError(
+            raise UpstreamRateLimited(
                 429,
                 f"backend '{name}' is rate limiting: {message}",
                 code="upstream_rate_limited",
@@ -201,7 +251,9 @@ class BackendClient:
         self._active += 1
         try:
             async with asyncio.timeout(read_s):
-                response = await self.session.post(target, data=body, headers=headers)
+                response = await self.session.post(
+                    target, data=body, headers=headers, allow_redirects=False
+                )
         except BaseException as exc:
             self._call_done()
             if isinstance(exc, TimeoutError | aiohttp.ClientError | OSError):
@@ -226,12 +278,12 @@ class BackendClient:
         return reply
 
     async def probe(self, path: str, timeout_s: float) -> tuple[int, bytes]:
-        """GET a health path on the backend's origin; transport errors raise."""
+        """GET a health path on the backend's origin (no redirects); transport errors raise."""
         url = self.url("").with_path(path)
         async with asyncio.timeout(timeout_s):
             auth = self._headers.get("Authorization")
             headers = {"Authorization": auth} if auth else {}
-            async with self.session.get(url, headers=headers) as response:
+            async with self.session.get(url, headers=headers, allow_redirects=False) as response:
                 return response.status, await response.content.read(4 * 1024 * 1024)
 
     def translate(
@@ -301,10 +353,19 @@ class BackendClient:
             await self._session.close()
 
 
-async def _read_event(content: aiohttp.StreamReader) -> bytes | None:
+class _EventTooLarge(Exception):
+    pass
+
+
+async def _read_event(content: aiohttp.StreamReader, limit: int) -> bytes | None:
+    """One event; past ``limit`` bytes raise ``_EventTooLarge`` (at most ~limit buffered)."""
     lines: list[bytes] = []
+    size = 0
     while True:
-        line = await content.readline()
+        try:
+            line = await content.readline(max_line_length=limit - size + 2)
+        except LineTooLong:
+            raise _EventTooLarge from None
         if not line:
             return b"".join(lines) + b"\n" if lines else None
         if line in (b"\n", b"\r\n"):
@@ -312,6 +373,9 @@ async def _read_event(content: aiohttp.StreamReader) -> bytes | None:
                 lines.append(line)
                 return b"".join(lines)
             continue
+        size += len(line)
+        if size > limit:
+            raise _EventTooLarge
         lines.append(line)
 
 
@@ -330,11 +394,13 @@ async def _read_capped(content: aiohttp.StreamReader, limit: int, truncate: bool
 
 
 def _upstream_message(body: bytes) -> str | None:
-    """A JSON error message from the backend (FastAPI ``detail`` too), URLs blanked."""
+    """The backend's error message: ``error.message`` / ``error`` / ``detail`` from JSON
+    (FastAPI's too), else plain text (never an HTML page), cleaned by ``clean_message``."""
     try:
         parsed = json.loads(body)
-    except ValueError:
-        return None
+    except (ValueError, RecursionError):
+        text = body.decode("utf-8", "replace").strip()
+        return clean_message(text) if text and not text.startswith("<") else None
     if not isinstance(parsed, dict):
         return None
     error = parsed.get("error", parsed.get("detail"))
@@ -342,7 +408,65 @@ def _upstream_message(body: bytes) -> str | None:
         error = error.get("message")
     if not isinstance(error, str) or not error.strip():
         return None
-    return _URL.sub("<url>", error.strip())[:500]
+    return clean_message(error)
+
+
+def _clean_error_event(event: bytes) -> bytes:
+    """A backend's ``data: {"error": ...}`` event with only a cleaned message, type and code."""
+    for line in event.splitlines():
+        if not line.startswith(b"data:"):
+            continue
+        try:
+            parsed = json.loads(line[5:])
+        except (ValueError, RecursionError):
+            return event
+        if not isinstance(parsed, dict) or not parsed.get("error"):
+            return event  # no error here (some backends send "error": null in every chunk)
+        error = parsed["error"]
+        details = error if isinstance(error, dict) else {"message": error}
+        message = details.get("message")
+        cleaned: dict[str, Any] = {
+            "message": (clean_message(message) if isinstance(message, str) else None)
+            or "the backend reported an error",
+            "type": _short(details.get("type")) or "api_error",
+            "param": None,
+            "code": _short(details.get("code")),
+        }
+        return b"data: " + json.dumps({"error": cleaned}).encode() + b"\n\n"
+    return event
+
+
+def _short(value: Any) -> str | None:
+    """A type or code worth passing on: a short identifier, nothing else."""
+    if isinstance(value, str) and len(value) <= 64 and value.replace("_", "").isalnum():
+        return value
+    return None
+
+
+def clean_message(text: str) -> str | None:
+    """A backend's error text fit for a client: no traceback (only its last line, the
+    error itself), no URL, filesystem path or anything that looks like a key or password,
+    no control characters, at most ``MAX_ERROR_MESSAGE`` characters."""
+    if _TRACEBACK.search(text):
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        last = lines[-1] if lines else ""
+        text = "" if _TRACEBACK.search(last) else last
+    text = _URL.sub("<url>", text)
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    text = _TOKENISH.sub(_redact_random, text)
+    text = _PATH.sub("<path>", text)
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    if len(text) > MAX_ERROR_MESSAGE:
+        text = text[: MAX_ERROR_MESSAGE - 1] + "…"
+    return text or None
+
+
+def _redact_random(match: re.Match[str]) -> str:
+    for piece in _PIECE.findall(match.group(0)):
+        if any(c.isdigit() for c in piece) and any(c.isalpha() for c in piece):
+            return "<redacted>"
+    return match.group(0)
 
 
 def _retry_after(value: str | None) -> int:

@@ -21,6 +21,7 @@ from typing import Any
 import jsonschema
 from rfc8785 import CanonicalizationError
 
+from ..api import strict_json
 from ..config.schema import GatewayConfig, ToolSpec
 from ..errors import Forbidden, InvalidRequest, NotFound, StorageUnavailable
 from ..routing.admission import Admission
@@ -124,7 +125,19 @@ class ToolBus:
         return allowed is None or name in allowed
 
     def check_arguments(self, spec: ToolSpec, arguments: Any) -> None:
-        """400 listing every schema violation, each with where it is."""
+        """400 listing every schema violation, each with where it is.
+
+        Arguments JSON cannot carry or RFC 8785 cannot hash (NaN, inf, lone surrogates,
+        integers past 2**53) are refused here, before the tool runs, whoever sent them.
+        """
+        try:
+            strict_json.check_value(arguments, safe_integers=True)
+        except strict_json.StrictJsonError as exc:
+            raise InvalidRequest(
+                f"arguments cannot be recorded: {exc.message}",
+                param="arguments",
+                code="invalid_arguments",
+            ) from None
         errors = sorted(
             self._validators[spec.name].iter_errors(arguments), key=lambda e: list(e.path)
         )
@@ -178,6 +191,8 @@ class ToolBus:
         try:
             async with asyncio.timeout(spec.timeout_s):
                 result = await execute(spec, arguments, context, self._builtins)
+            if not strict_json.is_strict(result):  # NaN/inf would break the record and answer
+                raise ToolFailure("invalid_result", "the tool returned a value JSON cannot carry")
         except TimeoutError:
             ok, error = (
                 False,

@@ -3,7 +3,8 @@
 ``tools/list`` and ``tools/call`` use the same registry, checks, limits, hashes and log
 as ``/v1/tools``: an MCP client and an OpenAI-style client see the same tools and leave
 the same records. Answers are plain ``application/json`` (the streamable HTTP transport
-allows it); ``GET`` is 405. A browser's cross-site ``Origin`` is refused.
+allows it); ``GET`` is 405. A browser's cross-site ``Origin`` is refused. A body that is
+not strict JSON (``api.strict_json``) is a JSON-RPC parse error (-32700) with HTTP 200.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
+from ..api import strict_json
 from ..errors import BackendOverloaded, Forbidden, GatewayError, StorageUnavailable
 from ..typedefs import REQUEST_ID, TOKEN, TOOLBUS
 from ..ui.guard import same_origin
@@ -33,9 +35,9 @@ class RpcError(Exception):
 async def endpoint(request: web.Request) -> web.StreamResponse:
     _check_origin(request)
     try:
-        message = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
-        return _reply(None, error=RpcError(PARSE_ERROR, "not valid JSON"))
+        message = strict_json.loads(await request.read())
+    except strict_json.StrictJsonError as exc:  # NaN, 1e400, lone surrogates, deep nesting
+        return _reply(None, error=RpcError(PARSE_ERROR, f"not valid JSON: {exc.message}"))
     if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
         return _reply(None, error=RpcError(INVALID_REQUEST, "expected one JSON-RPC 2.0 object"))
     method, rpc_id = message.get("method"), message.get("id")
