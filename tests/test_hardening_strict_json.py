@@ -226,7 +226,7 @@ async def test_unrecordable_arguments_never_run_the_tool(
     # The same call with a plain number runs and is recorded: the counters can move.
     response = await client.post("/v1/tools/remote", json={"arguments": {"x": 1}}, headers=BEARER)
     assert response.status == 200 and (await response.json())["ok"] is True
-    assert len(received) == 1 and tool_log_records(tmp_path) == 2  # NDJSON line + its file
+    assert len(received) == 1 and tool_log_records(tmp_path) == 3  # intent + outcome lines, and its file
 
 
 async def test_a_tool_result_json_cannot_carry_is_an_error_not_a_500(
