@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -377,3 +378,26 @@ def test_the_sandbox_argv_hides_the_data_dir_and_keeps_values_off_the_command_li
     networked = bwrap_command("/usr/bin/bwrap", ToolSpec(**{**spec.__dict__, "network": True}))
     assert "--unshare-net" not in networked
     assert os.path.isabs(argv[0])
+
+
+async def test_a_sandbox_removed_after_load_fails_closed(
+    make_gateway: GatewayFactory, backend: TestServer, tmp_path: Path
+) -> None:
+    bwrap = tmp_path / "bin" / "bwrap"
+    bwrap.parent.mkdir()
+    bwrap.symlink_to(shutil.which("bwrap") or "/usr/bin/bwrap")
+    marker = tmp_path / "ran"
+    tool = script_tool(tmp_path, "touch", f"pathlib.Path({str(marker)!r}).write_text('x')\n")
+    client = await make_gateway(
+        tools_config(backend, {"touch": tool}),
+        tools=log_settings(tmp_path),
+        environ={"GATEWAY_BWRAP": str(bwrap)},
+    )
+    assert (await call_ok(client, "touch", {}))["ok"] is True
+    marker.unlink()
+    bwrap.unlink()
+    body = await call_ok(client, "touch", {})
+    assert body["ok"] is False and body["error"]["type"] == "unavailable", body
+    assert "bubblewrap" in body["error"]["message"]
+    # Never unconfined instead: the tool did not run at all.
+    assert not marker.exists()

@@ -114,13 +114,9 @@ async def _subprocess(spec: ToolSpec, arguments: dict[str, Any], context: ToolCo
     over the cap, kills every process of the tool (daemonized ones too) and reaps it, so
     a hung tool leaves neither a process nor a zombie.
     """
-    if spec.sandbox == "none":
-        command = sandbox.unconfined_command(spec)
-    else:
-        bwrap = sandbox.find_bwrap(context.environ)
-        if bwrap is None:
-            raise ToolFailure("unavailable", f"the sandbox is missing: {sandbox.INSTALL_HINT}")
-        command = await asyncio.to_thread(sandbox.bwrap_command, bwrap, spec)
+    command = await asyncio.to_thread(sandbox.command, spec, context.environ)
+    if command is None:
+        raise ToolFailure("unavailable", f"the sandbox is missing: {sandbox.INSTALL_HINT}")
     try:
         process = await asyncio.create_subprocess_exec(
             *command,

@@ -114,6 +114,14 @@ def unavailable(environ: Mapping[str, str]) -> str | None:
     return None
 
 
+def command(spec: ToolSpec, environ: Mapping[str, str]) -> list[str] | None:
+    """The argv that runs ``spec`` in its sandbox; None when bwrap is gone. Blocking."""
+    if spec.sandbox == "none":
+        return unconfined_command(spec)
+    bwrap = find_bwrap(environ)
+    return None if bwrap is None else bwrap_command(bwrap, spec)
+
+
 def bwrap_command(bwrap: str, spec: ToolSpec) -> list[str]:
     """bwrap's argv for ``spec`` (see the module rules). Blocking: it looks at the files."""
     return _command(bwrap, spec.argv, spec.network, spec.read_only, spec.cwd)
