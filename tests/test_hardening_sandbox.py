@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -28,6 +29,7 @@ import secrets
 import shutil
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -122,44 +124,27 @@ async def test_a_tool_cannot_read_the_gateways_secrets(
         gateway_yaml(mock_backend_yaml("mock", backend))
         + f"tools: {json.dumps({'thief': thief, 'noop': {'builtin': 'noop'}})}\n"
     )
-    socket_path = tmp_path / "run" / "gw.sock"
-    env = serve_env(tmp_path, config, socket_path)
-    env["GATEWAY_BEARER_TOKEN"] = canary
-    headers = {"Authorization": f"Bearer {canary}"}
-    log_path = tmp_path / "serve.log"
-    with log_path.open("wb") as log_file:
-        process = await serve(env, asyncio.subprocess.DEVNULL, log_file)
-        try:
-            connector = aiohttp.UnixConnector(path=str(socket_path))
-            async with aiohttp.ClientSession(connector=connector) as session:
+    async with served(tmp_path, config, canary) as (process, session):
 
-                async def post(tool: str, arguments: Any) -> dict[str, Any]:
-                    async with session.post(
-                        f"http://gateway/v1/tools/{tool}",
-                        json={"arguments": arguments},
-                        headers=headers,
-                    ) as response:
-                        text = await response.text()
-                        assert response.status == 200, text
-                        return json.loads(text)
+        async def post(tool: str, arguments: Any) -> dict[str, Any]:
+            async with session.post(
+                f"http://gateway/v1/tools/{tool}",
+                json={"arguments": arguments},
+                headers={"Authorization": f"Bearer {canary}"},
+            ) as response:
+                text = await response.text()
+                assert response.status == 200, text
+                return json.loads(text)
 
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + 60
-                while not socket_path.exists() or not await _healthy(session):
-                    assert process.returncode is None, log_path.read_text(errors="replace")
-                    assert loop.time() < deadline, "the gateway did not start"
-                    await asyncio.sleep(0.05)
-                # A record in the tool log holding a second canary.
-                await post("noop", {"note": logged_canary})
-                plan = {
-                    "gateway_pid": process.pid,
-                    "files": [str(path) for path in planted],
-                    "dirs": [str(data_dir)],
-                }
-                body = await post("thief", plan)
-                raw = json.dumps(body)
-        finally:
-            await stop(process)
+        # A record in the tool log holding a second canary.
+        await post("noop", {"note": logged_canary})
+        plan = {
+            "gateway_pid": process.pid,
+            "files": [str(path) for path in planted],
+            "dirs": [str(data_dir)],
+        }
+        body = await post("thief", plan)
+        raw = json.dumps(body)
     assert body["ok"] is True, body
     loot = body["result"]
     canaries = (canary, logged_canary)
@@ -181,6 +166,32 @@ async def test_a_tool_cannot_read_the_gateways_secrets(
     seen = {r["path"].split("/")[2] for r in loot["reads"] if r["path"].endswith("/environ")}
     assert loot["pid"] <= 3 and all(int(pid) <= 3 for pid in seen), seen
     assert loot["denied"] >= len(planted) * 3
+
+
+@contextlib.asynccontextmanager
+async def served(
+    tmp_path: Path, config: Path, token: str
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, aiohttp.ClientSession]]:
+    """A real ``gateway serve`` on a unix socket (``token`` is its bearer token, in its
+    environment), and a session to it once ``/healthz`` answers."""
+    socket_path = tmp_path / "run" / "gw.sock"
+    env = serve_env(tmp_path, config, socket_path)
+    env["GATEWAY_BEARER_TOKEN"] = token
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log_file:
+        process = await serve(env, asyncio.subprocess.DEVNULL, log_file)
+        try:
+            connector = aiohttp.UnixConnector(path=str(socket_path))
+            async with aiohttp.ClientSession(connector=connector) as session:
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 60
+                while not socket_path.exists() or not await _healthy(session):
+                    assert process.returncode is None, log_path.read_text(errors="replace")
+                    assert loop.time() < deadline, "the gateway did not start"
+                    await asyncio.sleep(0.05)
+                yield process, session
+        finally:
+            await stop(process)
 
 
 async def _healthy(session: aiohttp.ClientSession) -> bool:
@@ -230,6 +241,42 @@ async def test_a_daemonized_child_dies_with_the_tool(
         assert body["ok"] is True and body["result"] == {"left": "a daemon"}, body
     assert json.loads((work / "heartbeat").read_text()) >= 1, "the daemon never ran"
     await assert_gone(marker)
+    assert processes_with(marker) == []
+
+
+@pytest.mark.parametrize("sandbox", ["bwrap", "none"])
+async def test_a_crashed_gateway_leaves_no_tool_running(
+    start_mock: Any, tmp_path: Path, sandbox: str
+) -> None:
+    backend = await start_mock()
+    work = tmp_path / "work"
+    work.mkdir()
+    daemon = script_tool(work, "daemon", DAEMON, timeout_s=60, subprocess={"sandbox": sandbox})
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        gateway_yaml(mock_backend_yaml("mock", backend))
+        + f"tools: {json.dumps({'daemon': daemon})}\n"
+    )
+    token = "crash-" + secrets.token_hex(16)
+    marker = str(work / "daemon.py")
+    async with served(tmp_path, config, token) as (process, session):
+        call_task = asyncio.ensure_future(
+            session.post(
+                "http://gateway/v1/tools/daemon",
+                json={"arguments": {"then": "hang"}},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+        )
+        try:
+            await wait_for((work / "heartbeat").exists, "the tool's daemon to start")
+            assert len(processes_with(marker)) >= 2  # the tool and its daemon (and bwrap)
+            process.kill()  # the gateway dies without any chance to clean up
+            await process.wait()
+            await wait_for(lambda: not processes_with(marker), "the tool to die with it")
+        finally:
+            call_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
+                await call_task
     assert processes_with(marker) == []
 
 

@@ -3,8 +3,9 @@
 Usage: ``python -I -S reaper.py -- argv...`` (standalone: imports only the standard
 library). It makes itself a child subreaper, so every orphan of the tool (a double fork,
 a ``setsid`` daemon) re-parents to it instead of PID 1, runs the argv, and when the tool
-exits, or when it gets SIGTERM (the gateway's timeout or cancel), it SIGKILLs every
-descendant it finds in ``/proc`` until none is left, then exits with the tool's status.
+exits, or when it gets SIGTERM (the gateway's timeout or cancel, or the gateway's death),
+it SIGKILLs every descendant it finds in ``/proc`` until none is left, then exits with
+the tool's status.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import signal
 import sys
 
+PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -59,6 +61,7 @@ def main(argv: list[str]) -> int:
     if not argv:
         sys.stderr.write("reaper: no command\n")
         return 2
+    gateway = os.getppid()
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         sys.stderr.write("reaper: cannot become a child subreaper\n")
@@ -70,6 +73,10 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # The gateway's death is a SIGTERM too (checked after: it may have died already).
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != gateway:
+        return 128 + signal.SIGTERM
     tool = os.fork()
     if tool == 0:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
