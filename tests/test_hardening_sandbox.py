@@ -229,7 +229,7 @@ async def test_a_daemonized_child_dies_with_the_tool(
 ) -> None:
     work = tmp_path / "work"
     work.mkdir()
-    daemon = script_tool(work, "daemon", DAEMON, timeout_s=3, subprocess={"sandbox": sandbox})
+    daemon = script_tool(work, "daemon", DAEMON, timeout_s=5, subprocess={"sandbox": sandbox})
     client = await make_gateway(
         tools_config(backend, {"daemon": daemon}), tools=log_settings(tmp_path)
     )
