@@ -3,9 +3,11 @@ exit status, output caps, timeouts that kill the whole process group, the enviro
 allowlist, replay of a tool whose output changes); http tools on a fake loopback backend;
 and the per-tool concurrency limit.
 
-Subprocess tools are Python scripts written to ``tmp_path`` and run with
-``sys.executable``. A script reports its process ids through files (written atomically)
-so a test can check, with a bounded wait, that the processes are gone afterwards.
+Subprocess tools are Python scripts written to ``tmp_path`` and run in their bubblewrap
+sandbox with ``tmp_path`` as their (shared, writable) working directory. A script reports
+that it started through files (written atomically); as the sandbox has its own PID
+namespace, a test finds the tool's processes by the script's path in their command line
+and checks, with a bounded wait, that none is left afterwards.
 """
 
 from __future__ import annotations
@@ -46,11 +48,24 @@ def publish(path, value):
 """
 
 
+def tool_python() -> tuple[str, list[str]]:
+    """A Python for sandboxed tools and the paths it needs visible (its installation)."""
+    if Path("/usr/bin/python3").is_file():
+        return "/usr/bin/python3", []
+    return os.path.realpath(sys.executable), [sys.base_prefix]
+
+
 def script_tool(tmp_path: Path, name: str, source: str, **fields: Any) -> dict[str, Any]:
-    """A subprocess tool running ``source`` (after ``PRELUDE``) with this Python."""
+    """A subprocess tool running ``source`` (after ``PRELUDE``) with a system Python, in
+    its sandbox with ``tmp_path`` as its working directory."""
     script = tmp_path / f"{name}.py"
     script.write_text(PRELUDE + source)
-    subprocess_spec = {"argv": [sys.executable, str(script)]}
+    python, read_only = tool_python()
+    subprocess_spec: dict[str, Any] = {
+        "argv": [python, str(script)],
+        "cwd": str(tmp_path),
+        "read_only": read_only,
+    }
     subprocess_spec.update(fields.pop("subprocess", {}))
     return {
         "version": "1",
@@ -69,29 +84,41 @@ def process_state(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[0]
 
 
-def read_published(path: Path) -> Any:
-    return json.loads(path.read_text())
+def processes_with(marker: str) -> list[int]:
+    """Live (not zombie) processes whose command line contains ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in cmdline and process_state(int(entry.name)) not in (None, "Z"):
+            found.append(int(entry.name))
+    return found
 
 
-async def assert_reaped(pid: int) -> None:
-    """``pid`` (a tool the gateway started) ends and is reaped: no process, no zombie."""
-    await wait_for(lambda: process_state(pid) is None, f"tool process {pid} to be reaped")
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        pass
-    else:
-        raise AssertionError(f"process {pid} still exists")
-    assert not Path(f"/proc/{pid}").exists()
+def zombie_children() -> list[int]:
+    """Children of this process (the in-process gateway) that nobody reaped."""
+    zombies = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] == "Z" and int(fields[1]) == os.getpid():
+            zombies.append(int(entry.name))
+    return zombies
 
 
-async def assert_killed(pid: int) -> None:
-    """``pid`` (a tool's own child) is no longer running.
-
-    Its parent was the tool, so once the tool is gone it belongs to PID 1, and reaping it
-    is PID 1's job, not the gateway's: a zombie left for it is dead all the same.
-    """
-    await wait_for(lambda: process_state(pid) in (None, "Z"), f"grandchild {pid} to die")
+async def assert_gone(marker: str) -> None:
+    """Every process whose command line has ``marker`` (the tool, bwrap, the reaper and
+    the children the tool started with it) ended, and the gateway reaped its child."""
+    await wait_for(lambda: not processes_with(marker), f"the processes of {marker} to end")
+    await wait_for(lambda: not zombie_children(), "the gateway to reap its tool")
 
 
 # -- 7. the calculator ---------------------------------------------------------------------
@@ -256,7 +283,8 @@ async def test_output_over_the_cap_fails_at_once_and_ends_the_tool(
     body = await call_ok(client, "oversized", {})
     assert body["ok"] is False
     assert body["error"]["type"] == "output_too_large"
-    await assert_reaped(read_published(pid_file))
+    assert pid_file.exists(), "the tool did not start"
+    await assert_gone(str(tmp_path / "oversized.py"))
 
 
 HANGING = """
@@ -266,17 +294,24 @@ time.sleep(60)
 
 WITH_GRANDCHILD = """
 import subprocess
-child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", __file__])
 publish({pid_file!r}, {{"tool": os.getpid(), "grandchild": child.pid}})
 child.wait()
 """
 
 
+@pytest.mark.parametrize("sandbox", ["bwrap", "none"])
 async def test_a_hanging_tool_times_out_and_leaves_no_process_or_zombie(
-    make_gateway: GatewayFactory, backend: TestServer, tmp_path: Path
+    make_gateway: GatewayFactory, backend: TestServer, tmp_path: Path, sandbox: str
 ) -> None:
     pid_file = tmp_path / "hanging.pid"
-    hanging = script_tool(tmp_path, "hanging", HANGING.format(pid_file=str(pid_file)), timeout_s=1)
+    hanging = script_tool(
+        tmp_path,
+        "hanging",
+        HANGING.format(pid_file=str(pid_file)),
+        timeout_s=2,
+        subprocess={"sandbox": sandbox},
+    )
     client = await make_gateway(
         tools_config(backend, {"hanging": hanging}), tools=log_settings(tmp_path)
     )
@@ -284,15 +319,20 @@ async def test_a_hanging_tool_times_out_and_leaves_no_process_or_zombie(
     assert body["ok"] is False
     assert body["error"]["type"] == "timeout"
     assert pid_file.exists(), "the tool did not start before its timeout"
-    await assert_reaped(read_published(pid_file))
+    await assert_gone(str(tmp_path / "hanging.py"))
 
 
+@pytest.mark.parametrize("sandbox", ["bwrap", "none"])
 async def test_a_timeout_kills_the_tools_children_too(
-    make_gateway: GatewayFactory, backend: TestServer, tmp_path: Path
+    make_gateway: GatewayFactory, backend: TestServer, tmp_path: Path, sandbox: str
 ) -> None:
     pid_file = tmp_path / "family.pid"
     family = script_tool(
-        tmp_path, "family", WITH_GRANDCHILD.format(pid_file=str(pid_file)), timeout_s=2
+        tmp_path,
+        "family",
+        WITH_GRANDCHILD.format(pid_file=str(pid_file)),
+        timeout_s=2,
+        subprocess={"sandbox": sandbox},
     )
     client = await make_gateway(
         tools_config(backend, {"family": family}), tools=log_settings(tmp_path)
@@ -301,9 +341,8 @@ async def test_a_timeout_kills_the_tools_children_too(
     assert body["ok"] is False
     assert body["error"]["type"] == "timeout"
     assert pid_file.exists(), "the tool did not start its child before its timeout"
-    pids = read_published(pid_file)
-    await assert_reaped(pids["tool"])
-    await assert_killed(pids["grandchild"])
+    assert len(json.loads(pid_file.read_text())) == 2
+    await assert_gone(str(tmp_path / "family.py"))
 
 
 ENVIRONMENT = "json.dump(dict(os.environ), sys.stdout)\n"
@@ -337,7 +376,7 @@ async def test_a_tool_sees_only_allowlisted_variables_and_never_the_gateway_toke
     assert "UNSET_NAME" not in seen
     assert not any(TOKEN in value for value in seen.values())
     # Nor does the gateway's own process environment leak in.
-    leaked = set(os.environ) - set(environ) - {"PATH", "LANG", "LC_CTYPE"}
+    leaked = set(os.environ) - set(environ) - {"PATH", "LANG", "LC_CTYPE", "PWD"}
     assert not leaked & set(seen), leaked & set(seen)
 
 
@@ -462,7 +501,9 @@ async def test_replay_of_a_tool_whose_output_changed_does_not_match(
 ) -> None:
     script = tmp_path / "counter.py"
     script.write_text(COUNTER_SCRIPT.format(path=str(tmp_path / "count.txt")))
-    counter = {"version": "1", "subprocess": {"argv": [sys.executable, str(script)]}}
+    python, read_only = tool_python()
+    argv = [python, str(script)]
+    counter = {"subprocess": {"argv": argv, "cwd": str(tmp_path), "read_only": read_only}}
     client = await make_gateway(
         tools_config(backend, {"counter": counter}), tools=log_settings(tmp_path)
     )

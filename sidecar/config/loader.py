@@ -34,6 +34,7 @@ from yarl import URL
 
 from ..routing.tls import TlsSetupError, build_ssl_context
 from ..settings import BackendTlsDefaults, ImagesSettings
+from ..toolbus import sandbox
 from .schema import (
     BUILTIN_CLASSES,
     BUILTIN_TOOLS,
@@ -134,6 +135,7 @@ def load_config(
     # The TLS files' contents are part of the config: a rotated certificate is a new config.
     tls = "".join(backend.tls.fingerprint for backend in config.backends)
     digest = hashlib.sha256(f"{config.digest}:{tls}".encode()).hexdigest()
+    sandbox.warn_unconfined(config.tools)
     return dataclasses.replace(config, digest=digest)
 
 
@@ -779,7 +781,7 @@ class _Reader:
         )
 
     def subprocess_tool(self, value: Any, path: str) -> dict[str, Any]:
-        spec = self.mapping(value, path, {"argv", "env", "cwd"})
+        spec = self.mapping(value, path, {"argv", "env", "cwd", "sandbox", "network", "read_only"})
         argv = spec.get("argv")
         if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
             self.error(f"{path}.argv", "must be a non-empty list of strings (no shell)")
@@ -792,7 +794,23 @@ class _Reader:
         cwd_path = None
         if cwd is not None:
             cwd_path = Path(cwd) if Path(cwd).is_absolute() else self.base_dir / cwd
-        return {"argv": tuple(argv), "env_allow": tuple(env), "cwd": cwd_path}
+        mode = spec.get("sandbox", "bwrap")
+        if mode not in ("bwrap", "none"):
+            self.error(f"{path}.sandbox", "must be bwrap (the default) or none")
+        elif mode == "bwrap" and (problem := sandbox.unavailable(self.environ)) is not None:
+            self.error(f"{path}.sandbox", problem)
+        read_only = spec.get("read_only", [])
+        if not isinstance(read_only, list) or not all(isinstance(p, str) for p in read_only):
+            self.error(f"{path}.read_only", "must be a list of paths")
+            read_only = []
+        return {
+            "argv": tuple(argv),
+            "env_allow": tuple(env),
+            "cwd": cwd_path,
+            "sandbox": mode,
+            "network": self.boolean(spec.get("network"), f"{path}.network", False),
+            "read_only": tuple(self.base_dir / p for p in read_only),
+        }
 
     def http_tool(
         self, value: Any, path: str, backends: Mapping[str, BackendConfig]

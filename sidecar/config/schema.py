@@ -138,6 +138,9 @@ class ToolSpec:
     argv: tuple[str, ...] = ()
     env_allow: tuple[str, ...] = ()
     cwd: Path | None = None
+    sandbox: str = "bwrap"  # bwrap | none (unconfined, warned at every load)
+    network: bool = False  # in the sandbox: the host's network (default: none at all)
+    read_only: tuple[Path, ...] = ()  # more paths the sandbox shows, read-only
     http_backend: str | None = None
     http_path: str | None = None
     timeout_s: float = 30.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable, Mapping
@@ -18,7 +19,10 @@ from typing import Any
 from ..config.schema import ToolSpec
 from ..errors import GatewayError, InvalidRequest
 from ..routing.registry import RegistryHolder
+from . import sandbox
 from .calculator import CalculatorError, ExpressionError, evaluate
+
+log = logging.getLogger("gateway.tools")
 
 # Never passed to a tool, even when a tool's env allowlist names them.
 SECRET_VARIABLES = frozenset(
@@ -31,6 +35,8 @@ SECRET_VARIABLES = frozenset(
     }
 )
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+STDERR_TAIL_BYTES = 64 * 1024  # kept of a tool's stderr (for the failure message)
+KILL_GRACE_S = 5.0  # per step of ending a tool: its own kill, then SIGKILL to its group
 
 
 class ToolFailure(Exception):
@@ -117,26 +123,31 @@ def _looks_secret(name: str) -> bool:
 
 
 async def _subprocess(spec: ToolSpec, arguments: dict[str, Any], context: ToolContext) -> Any:
-    """Run ``argv`` (no shell) in its own process group; JSON arguments on stdin.
+    """Run ``argv`` (no shell) in its sandbox (``sandbox.py``); JSON arguments on stdin.
 
-    The timeout is enforced by the bus (cancellation); here cancellation kills the whole
-    group and reaps it, so a hung tool leaves neither a process nor a zombie.
+    The timeout is enforced by the bus (cancellation); here cancellation, like an output
+    over the cap, kills every process of the tool (daemonized ones too) and reaps it, so
+    a hung tool leaves neither a process nor a zombie.
     """
-    process = await asyncio.create_subprocess_exec(
-        *spec.argv,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=tool_environment(spec, context.environ),
-        cwd=spec.cwd,
-        start_new_session=True,
-    )
+    command = await asyncio.to_thread(sandbox.command, spec, context.environ)
+    if command is None:
+        raise ToolFailure("unavailable", f"the sandbox is missing: {sandbox.INSTALL_HINT}")
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=tool_environment(spec, context.environ),
+            cwd=spec.cwd if spec.sandbox == "none" else None,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise ToolFailure("unavailable", f"cannot start the tool: {exc.strerror}") from None
     try:
         stdout, stderr = await _communicate(process, json.dumps(arguments).encode(), spec)
     except BaseException:
-        _kill_group(process)
-        with contextlib.suppress(ProcessLookupError, OSError):
-            await asyncio.shield(process.wait())
+        await _stop(process, spec)
         raise
     if process.returncode != 0:
         tail = stderr.decode("utf-8", "replace").strip()[-500:]
@@ -151,35 +162,89 @@ async def _subprocess(spec: ToolSpec, arguments: dict[str, Any], context: ToolCo
 async def _communicate(
     process: asyncio.subprocess.Process, stdin: bytes, spec: ToolSpec
 ) -> tuple[bytes, bytes]:
+    """Feed stdin while reading stdout and stderr, all at once (no pipe can deadlock).
+
+    stdout over ``max_output_bytes`` fails at once with ``output_too_large`` (the caller
+    kills the tool); stderr keeps only its last ``STDERR_TAIL_BYTES``.
+    """
     assert process.stdin and process.stdout and process.stderr
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-        process.stdin.write(stdin)
-        await process.stdin.drain()
-    process.stdin.close()
-    stdout_task = asyncio.ensure_future(_read_capped(process.stdout, spec.max_output_bytes))
-    stderr_task = asyncio.ensure_future(_read_capped(process.stderr, 64 * 1024))
+    tasks = [
+        asyncio.ensure_future(_feed(process.stdin, stdin)),
+        asyncio.ensure_future(_read_capped(process.stdout, spec.max_output_bytes)),
+        asyncio.ensure_future(_read_tail(process.stderr, STDERR_TAIL_BYTES)),
+    ]
     try:
-        stdout = await stdout_task
-        if stdout is None:
-            _kill_group(process)
-            raise ToolFailure("output_too_large", f"wrote more than {spec.max_output_bytes} bytes")
-        stderr = await stderr_task
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()
         await process.wait()
     finally:
-        stdout_task.cancel()
-        stderr_task.cancel()
-    return stdout, stderr or b""
+        for task in tasks:
+            task.cancel()
+    return tasks[1].result(), tasks[2].result()
 
 
-async def _read_capped(stream: asyncio.StreamReader, limit: int) -> bytes | None:
+async def _feed(stream: asyncio.StreamWriter, data: bytes) -> None:
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        stream.write(data)
+        await stream.drain()
+    stream.close()
+
+
+async def _read_capped(stream: asyncio.StreamReader, limit: int) -> bytes:
+    """Everything; ``output_too_large`` as soon as more than ``limit`` bytes arrived."""
     chunks: list[bytes] = []
     size = 0
     while chunk := await stream.read(65536):
         size += len(chunk)
         if size > limit:
-            return None
+            raise ToolFailure("output_too_large", f"wrote more than {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _read_tail(stream: asyncio.StreamReader, limit: int) -> bytes:
+    """The last ``limit`` bytes; the rest is read and dropped."""
+    tail = bytearray()
+    while chunk := await stream.read(65536):
+        tail += chunk
+        del tail[:-limit]
+    return bytes(tail)
+
+
+async def _stop(process: asyncio.subprocess.Process, spec: ToolSpec) -> None:
+    """End every process of the tool and reap it, within ``KILL_GRACE_S`` per step.
+
+    bwrap: SIGKILL to its group; its PID namespace dies with it. ``sandbox: none``: SIGTERM
+    to the reaper, which kills every descendant; SIGKILL to the group if it has not.
+    """
+    if spec.sandbox == "none" and process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+    else:
+        _kill_group(process)
+    # wait() also waits for the pipes to close: read what is left (a stopped reader pauses).
+    drains = [asyncio.ensure_future(_drain(s)) for s in (process.stdout, process.stderr) if s]
+    waiter = asyncio.ensure_future(process.wait())
+    try:
+        done, _ = await asyncio.wait({waiter}, timeout=KILL_GRACE_S)
+        if not done:
+            _kill_group(process)
+            done, _ = await asyncio.wait({waiter}, timeout=KILL_GRACE_S)
+        if not done:
+            # Something outside the tool's reach holds its pipes: stop waiting on them.
+            transport = getattr(process, "_transport", None)
+            if transport is not None:
+                transport.close()
+            log.error("tool '%s' (pid %d) did not end after SIGKILL", spec.name, process.pid)
+    finally:
+        for drain in drains:
+            drain.cancel()
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    while await stream.read(65536):
+        pass
 
 
 def _kill_group(process: asyncio.subprocess.Process) -> None:
