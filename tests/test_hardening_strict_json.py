@@ -226,7 +226,7 @@ async def test_unrecordable_arguments_never_run_the_tool(
     # The same call with a plain number runs and is recorded: the counters can move.
     response = await client.post("/v1/tools/remote", json={"arguments": {"x": 1}}, headers=BEARER)
     assert response.status == 200 and (await response.json())["ok"] is True
-    assert len(received) == 1 and tool_log_records(tmp_path) == 3  # intent + outcome lines, and its file
+    assert len(received) == 1 and tool_log_records(tmp_path) == 3  # 2 lines + 1 file
 
 
 async def test_a_tool_result_json_cannot_carry_is_an_error_not_a_500(
@@ -259,9 +259,11 @@ async def test_a_tool_result_json_cannot_carry_is_an_error_not_a_500(
         record = await client.get(f"/v1/tools/replay/{reply['replay_id']}", headers=BEARER)
         assert record.status == 200
         assert strict_json.loads(await record.text())["ok"] is False
-    ndjson = (tmp_path / "log" / "calls.ndjson").read_bytes().splitlines()
-    assert len(ndjson) == 2
-    assert all(strict_json.loads(line)["ok"] is False for line in ndjson)
+    lines = (tmp_path / "log" / "calls.ndjson").read_bytes().splitlines()
+    records = [strict_json.loads(line) for line in lines]
+    outcomes = [record for record in records if record["phase"] == "finished"]
+    assert len(records) == 4 and len(outcomes) == 2  # an intent and an outcome per call
+    assert all(record["ok"] is False for record in outcomes)
 
 
 async def _nan_reply(request: Any) -> Any:
