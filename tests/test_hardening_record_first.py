@@ -190,7 +190,9 @@ def tools_yaml(scratch: Path) -> str:
             "version": "1",
             "description": f"{name} a marker file",
             "parameters": {"type": "object"},
-            "subprocess": {"argv": [sys.executable, str(script)]},
+            # Unconfined on purpose: "fill" writes into the data dir and "touch" leaves a
+            # marker outside it, side effects the test must be able to see (or not see).
+            "subprocess": {"argv": [sys.executable, str(script)], "sandbox": "none"},
         }
     return f"tools: {json.dumps(scripts)}\n"
 
