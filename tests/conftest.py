@@ -4,7 +4,9 @@ and the error-envelope checks the failure-mode tests share."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
+import os
 import re
 import socket
 import textwrap
@@ -125,7 +127,43 @@ async def status_of(client: TestClient, backend: str, capability: str) -> dict[s
     return entry["capabilities"][capability]
 
 
-# -- failure modes: helpers the test_failures_*.py files (and others) share ---------------
+# -- waiting, ports and files ---------------------------------------------------------------
+
+
+async def eventually(
+    check: Callable[[], Any], what: str, *, attempts: int = 200, poll_s: float = 0.05
+) -> None:
+    """Wait until ``check()`` (plain or async) is true, polling at most ``attempts`` times
+    ``poll_s`` apart: a bounded wait on a condition, never a pass/fail on time. Test files
+    bind their own bound with ``functools.partial``."""
+    for _ in range(attempts):
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        await asyncio.sleep(poll_s)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def free_port() -> int:
+    """A loopback port with nothing listening on it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def rewrite(path: Path, content: str | bytes) -> None:
+    """Replace the file the way editors do: a new file renamed over the old one."""
+    temporary = path.with_name(path.name + ".tmp")
+    if isinstance(content, bytes):
+        temporary.write_bytes(content)
+    else:
+        temporary.write_text(content)
+    os.replace(temporary, path)
+
+
+# -- failure modes: helpers the test_failures_*.py files share ---------------------------
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -219,10 +257,3 @@ async def assert_slots_free(gateway: TestClient, admitted: int, capability: str 
     stats = await status_of(gateway, "fake", capability)
     assert stats["in_flight"] == 0, stats
     assert stats["admitted"] == admitted, stats
-
-
-def free_port() -> int:
-    """A loopback port with nothing listening on it."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

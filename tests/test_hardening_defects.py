@@ -11,9 +11,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from sidecar.routing.registry import HealthState, RegistryHolder, build_registry
 from sidecar.settings import BackendTlsDefaults, Settings, SettingsError, UiSettings
 from sidecar.typedefs import REGISTRY, RELOADER
 
-from .conftest import TOKEN, GatewayFactory, backend_yaml, gateway_yaml, make_settings
+from .conftest import TOKEN, GatewayFactory, backend_yaml, eventually, gateway_yaml, make_settings
 from .test_ui_api import CONVERSATIONS, add_user, log_in
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -37,12 +37,7 @@ LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 POLL_ROUNDS = 2000  # x 10 ms
 
 
-async def wait_for(condition: Callable[[], bool], what: str) -> None:
-    for _ in range(POLL_ROUNDS):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
+wait_for = functools.partial(eventually, attempts=POLL_ROUNDS, poll_s=0.01)
 
 
 # -- NaN and infinity in float settings ------------------------------------------------------

@@ -9,13 +9,12 @@ behind the token, while not one of the leaked strings appears in the open answer
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 from typing import Any
 
 from sidecar.typedefs import RELOADER
 
-from .conftest import TOKEN, gateway_yaml, mock_backend_yaml
+from .conftest import TOKEN, gateway_yaml, mock_backend_yaml, rewrite
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 POLL_S = 0.05
@@ -44,9 +43,7 @@ async def test_open_readyz_counts_the_issues_and_leaks_no_path_or_text(
     gateway = await make_gateway(
         gateway_yaml(mock_backend_yaml("mock", backend)), config_poll_s=POLL_S
     )
-    temporary = config.with_name("gateway.yaml.tmp")
-    temporary.write_text(broken_yaml(backend))
-    os.replace(temporary, config)
+    rewrite(config, broken_yaml(backend))
 
     reloader = gateway.server.app[RELOADER]
     for _ in range(ATTEMPTS):
@@ -97,8 +94,7 @@ async def test_open_readyz_counts_the_issues_and_leaks_no_path_or_text(
     assert "/" not in open_text.replace("file changed", "")  # not even a path separator
 
     # The good file brings it back: ready, no error, zero issues.
-    temporary.write_text(gateway_yaml(mock_backend_yaml("mock", backend)) + "# fixed\n")
-    os.replace(temporary, config)
+    rewrite(config, gateway_yaml(mock_backend_yaml("mock", backend)) + "# fixed\n")
     for _ in range(ATTEMPTS):
         if reloader.last.ok:
             break

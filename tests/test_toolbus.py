@@ -9,6 +9,7 @@ runs.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import re
@@ -33,6 +34,7 @@ from .conftest import (
     OTHER_TOKEN,
     TOKEN,
     GatewayFactory,
+    eventually,
     gateway_yaml,
     make_settings,
     mock_backend_yaml,
@@ -133,14 +135,7 @@ async def call_ok(client: TestClient, name: str, arguments: Any = None) -> dict[
     return body
 
 
-async def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
-    """Poll ``condition`` until it holds; fail (not hang) after ``timeout_s``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        await asyncio.sleep(0.02)
+wait_for = functools.partial(eventually, attempts=round(WAIT_S / 0.02), poll_s=0.02)
 
 
 def assert_error(body: dict[str, Any], code: str) -> str:
