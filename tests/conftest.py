@@ -9,6 +9,8 @@ import json
 import os
 import re
 import socket
+import subprocess
+import sys
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -127,7 +129,22 @@ async def status_of(client: TestClient, backend: str, capability: str) -> dict[s
     return entry["capabilities"][capability]
 
 
-# -- waiting, ports and files ---------------------------------------------------------------
+# -- waiting, ports, files and the command line ---------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def gateway_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``python -m sidecar ARGS`` in the repository with exactly ``env``; bounded to 60 s."""
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 async def eventually(

@@ -35,7 +35,7 @@ from sidecar.mock_backends.openai_server import RECEIVED
 from sidecar.typedefs import RELOADER
 
 from .certs import TestPki, issue, make_ca, make_pki
-from .conftest import TOKEN, backend_yaml, gateway_yaml, mock_backend_yaml, rewrite
+from .conftest import TOKEN, backend_yaml, gateway_cli, gateway_yaml, mock_backend_yaml, rewrite
 from .conftest import eventually as wait_until_true
 from .test_reload import serve_env
 
@@ -394,15 +394,7 @@ def test_billion_laughs_is_refused_in_well_under_a_second_without_memory(tmp_pat
 def check_config(path: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BACKEND_", "GATEWAY_"))}
     env["IMAGES_BACKEND"] = "off"
-    return subprocess.run(
-        [sys.executable, "-m", "sidecar", "check-config", str(path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return gateway_cli("check-config", str(path), env=env)
 
 
 def test_check_config_on_every_hostile_file_exits_1_with_a_message_and_no_traceback(

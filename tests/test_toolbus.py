@@ -13,8 +13,6 @@ import functools
 import json
 import os
 import re
-import subprocess
-import sys
 import textwrap
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -35,12 +33,12 @@ from .conftest import (
     TOKEN,
     GatewayFactory,
     eventually,
+    gateway_cli,
     gateway_yaml,
     make_settings,
     mock_backend_yaml,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 REPLAY_ID = re.compile(r"^tool-[0-9a-f]{24}$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 VECTOR_HI = "68a4c5f7d6540b44021f651af5947368d743f5f84f38d68ec5395cd37e4950c2"
@@ -638,15 +636,7 @@ def test_check_config_reports_a_broken_registry_file(tmp_path: Path) -> None:
     prefixes = ("GATEWAY_", "BACKEND_", "TOOLS_", "AGENT_", "IMAGES_", "HEARTMULA_", "MOCK_")
     env = {key: value for key, value in os.environ.items() if not key.startswith(prefixes)}
     env.update(GATEWAY_CONFIG=str(config), TOOLS_REGISTRY_PATH=str(registry))
-    result = subprocess.run(
-        [sys.executable, "-m", "sidecar", "check-config"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = gateway_cli("check-config", env=env)
     assert result.returncode == 1, result.stderr
     line = line_of(BROKEN_REGISTRY, "{type: nope}")
     assert f"{registry}:{line}: tools.broken.parameters: invalid JSON Schema" in result.stderr
