@@ -163,6 +163,13 @@ async def eventually(
     raise AssertionError(f"gave up waiting for {what}")
 
 
+def line_of(text: str, marker: str) -> int:
+    """The 1-based line of ``text`` that holds ``marker`` (exactly one line must)."""
+    lines = [number for number, line in enumerate(text.splitlines(), 1) if marker in line]
+    assert len(lines) == 1, f"marker {marker!r} is on lines {lines}"
+    return lines[0]
+
+
 def free_port() -> int:
     """A loopback port with nothing listening on it."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -17,7 +17,7 @@ from sidecar.config.schema import ModelConfig, QueueConfig, Timeouts
 from sidecar.settings import BackendTlsDefaults, Settings, SettingsError
 
 from .certs import issue, make_ca
-from .conftest import TOKEN, gateway_cli
+from .conftest import TOKEN, gateway_cli, line_of
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_TLS_DEFAULTS = BackendTlsDefaults()
@@ -25,13 +25,6 @@ NO_TLS_DEFAULTS = BackendTlsDefaults()
 
 def yaml_text(text: str) -> str:
     return textwrap.dedent(text).lstrip("\n")
-
-
-def line_of(text: str, marker: str) -> int:
-    """The 1-based line of ``text`` that holds ``marker`` (exactly one line must)."""
-    lines = [number for number, line in enumerate(text.splitlines(), 1) if marker in line]
-    assert len(lines) == 1, f"marker {marker!r} is on lines {lines}"
-    return lines[0]
 
 
 def parse(text: str, source: Path = Path("/etc/gateway/gateway.yaml"), **environ: str):

@@ -12,7 +12,6 @@ Fault 2: a backend goes down. Number: series of ``gateway_backend_up`` without a
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -20,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.routing.registry import HealthState
 
-from .conftest import TOKEN, backend_yaml, gateway_yaml, mock_backend_yaml
+from .conftest import TOKEN, backend_yaml, free_port, gateway_yaml, mock_backend_yaml
 from .test_agents import (
     AgentGateway,
     agent,
@@ -84,12 +83,6 @@ async def test_without_a_system_prompt_the_callers_system_message_stays(
 # -- gateway_backend_up carries its state ----------------------------------------------------
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def backend_up(gateway: TestClient) -> list[tuple[dict[str, str], float]]:
     response = await gateway.get("/metrics", headers=BEARER)
     assert response.status == 200
@@ -111,7 +104,7 @@ async def test_every_backend_up_series_carries_its_health_state(
             mock_backend_yaml("live", live, **health),
             backend_yaml(
                 "dead",
-                f"http://127.0.0.1:{closed_port()}/v1",
+                f"http://127.0.0.1:{free_port()}/v1",
                 **{"class": "mock", "models": "[{id: m, capabilities: [chat]}]", **health},
             ),
         )

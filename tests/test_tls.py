@@ -23,7 +23,7 @@ from sidecar.mock_backends.openai_server import RECEIVED
 from sidecar.settings import BackendTlsDefaults, Settings
 
 from .certs import TestPki, make_pki
-from .conftest import backend_yaml, gateway_cli, gateway_yaml, openai_client
+from .conftest import backend_yaml, gateway_cli, gateway_yaml, line_of, openai_client
 
 GARBAGE_PEM = "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n"
 
@@ -301,11 +301,6 @@ def write_config(tmp_path: Path, tls: str) -> Path:
     return path
 
 
-def line_of(path: Path, needle: str) -> int:
-    lines = path.read_text().splitlines()
-    return next(number for number, line in enumerate(lines, start=1) if needle in line)
-
-
 def test_check_config_accepts_valid_tls_files(tmp_path: Path, pki: TestPki) -> None:
     path = write_config(tmp_path, mtls())
 
@@ -335,7 +330,7 @@ def test_check_config_reports_missing_cert_with_key_path_and_line(
     result = check_config(path)
 
     assert result.returncode != 0
-    line = line_of(path, "tls:")
+    line = line_of(path.read_text(), "tls:")
     assert (
         f"{path}:{line}: backends.secure.tls.client_cert: file not found: certs/missing.crt"
         in result.stderr

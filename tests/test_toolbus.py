@@ -35,6 +35,7 @@ from .conftest import (
     eventually,
     gateway_cli,
     gateway_yaml,
+    line_of,
     make_settings,
     mock_backend_yaml,
 )
@@ -542,12 +543,6 @@ async def test_replay_of_a_failed_call_matches_when_it_fails_the_same_way(
 
 def yaml_text(text: str) -> str:
     return textwrap.dedent(text).lstrip("\n")
-
-
-def line_of(text: str, marker: str) -> int:
-    lines = [number for number, line in enumerate(text.splitlines(), 1) if marker in line]
-    assert len(lines) == 1, f"marker {marker!r} is on lines {lines}"
-    return lines[0]
 
 
 REGISTRY = yaml_text(
