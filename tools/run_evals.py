@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Run eval cases against a running gateway and record what it answered.
 
-Standard library only, so it runs from cron or a systemd timer on any host with Python
-3.11. Each case in a JSONL file sends one request to the gateway's chat, tool or agent
-endpoint and checks the answer with assertions; the run writes a JSON report, a JUnit XML
-file for CI, and appends one line to a history file so pass rates can be followed over
-time.
+Standard library only (with its sibling ``gatewayclient.py``), so it runs from cron or a
+systemd timer on any host with Python 3.11. Each case in a JSONL file sends one request to
+the gateway's chat, tool or agent endpoint and checks the answer with assertions; the run
+writes a JSON report, a JUnit XML file for CI, and appends one line to a history file so
+pass rates can be followed over time.
 
     GATEWAY_BEARER_TOKEN=... python3 tools/run_evals.py \\
         --base-url https://127.0.0.1:8443 --cafile var/caddy/pki/authorities/local/root.crt \\

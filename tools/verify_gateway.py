@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Say whether a gateway works: the contract tests, then a live smoke suite over HTTP.
 
-It talks to the gateway the way a client does (standard library only, no ``sidecar``
-imports), so it can check any running gateway, or one it starts itself:
+It talks to the gateway the way a client does (standard library only, through its sibling
+``gatewayclient.py``; no ``sidecar`` imports), so it can check any running gateway, or one
+it starts itself:
 
     python tools/verify_gateway.py [--skip-pytest] [--check-images] [--require-backend]
         [--appliance] [--base-url https://127.0.0.1:8443 --token ... (--cafile CA | --insecure)]

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Check a running gateway's image generation from the outside, as an operator would.
 
-Standard library only, so it runs on any host with Python 3.11, without the project's
-virtualenv. Against the gateway it checks that a ``b64_json`` generation decodes to an
-image, that a ``url`` generation gives an absolute URL anyone holding it can fetch
-(without the bearer token) with an image Content-Type and ``X-Content-Type-Options:
-nosniff``, and that a bad request (``n=0``) gets 400 with an OpenAI error envelope.
+Standard library only (with its sibling ``gatewayclient.py``), so it runs on any host with
+Python 3.11, without the project's virtualenv. Against the gateway it checks that a
+``b64_json`` generation decodes to an image, that a ``url`` generation gives an absolute
+URL anyone holding it can fetch (without the bearer token) with an image Content-Type and
+``X-Content-Type-Options: nosniff``, and that a bad request (``n=0``) gets 400 with an
+OpenAI error envelope.
 Optionally it also talks directly to an Automatic1111 server and to an OpenAI-style
 image shim, to tell a broken backend from a broken gateway.
 
