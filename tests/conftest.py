@@ -1,12 +1,22 @@
-"""Shared fixtures: fake backends on loopback and gateways built by the app factory."""
+"""Shared fixtures and helpers: fake backends on loopback, gateways built by the app factory,
+and the error-envelope checks the failure-mode tests share."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
 import textwrap
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -117,3 +127,157 @@ async def status_of(client: TestClient, backend: str, capability: str) -> dict[s
     body = await response.json()
     entry = next(b for b in body["backends"] if b["name"] == backend)
     return entry["capabilities"][capability]
+
+
+# -- waiting, ports, files and the command line ---------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def gateway_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``python -m sidecar ARGS`` in the repository with exactly ``env``; bounded to 60 s."""
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def eventually(
+    check: Callable[[], Any], what: str, *, attempts: int = 200, poll_s: float = 0.05
+) -> None:
+    """Wait until ``check()`` (plain or async) is true, polling at most ``attempts`` times
+    ``poll_s`` apart: a bounded wait on a condition, never a pass/fail on time. Test files
+    bind their own bound with ``functools.partial``."""
+    for _ in range(attempts):
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        await asyncio.sleep(poll_s)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def line_of(text: str, marker: str) -> int:
+    """The 1-based line of ``text`` that holds ``marker`` (exactly one line must)."""
+    lines = [number for number, line in enumerate(text.splitlines(), 1) if marker in line]
+    assert len(lines) == 1, f"marker {marker!r} is on lines {lines}"
+    return lines[0]
+
+
+def free_port() -> int:
+    """A loopback port with nothing listening on it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def rewrite(path: Path, content: str | bytes) -> None:
+    """Replace the file the way editors do: a new file renamed over the old one."""
+    temporary = path.with_name(path.name + ".tmp")
+    if isinstance(content, bytes):
+        temporary.write_bytes(content)
+    else:
+        temporary.write_text(content)
+    os.replace(temporary, path)
+
+
+# -- failure modes: helpers the test_failures_*.py files share ---------------------------
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+MODEL = "fake-model"
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}]}
+REQUEST_ID = re.compile(r"req-[0-9a-f]{24}")
+CHAT_PATH = "/v1/chat/completions"
+
+
+@pytest.fixture
+async def release(start_mock: Any) -> AsyncIterator[asyncio.Event]:
+    """An event fake backends wait on "forever"; set at teardown, before they stop."""
+    event = asyncio.Event()
+    yield event
+    event.set()
+
+
+async def fake_gateway(
+    make_gateway: Any, start_mock: Any, handler: Handler, **fields: Any
+) -> tuple[TestClient, TestServer]:
+    """A gateway in front of one fake backend ``fake`` serving ``fake-model`` with ``handler``.
+
+    Readiness probes are off, so only the request under test reaches the backend.
+    """
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    app.router.add_post("/v1/completions", handler)
+    server = await start_mock(app)
+    fields.setdefault("models", f"[{MODEL}]")
+    fields.setdefault("health", "{readiness: false}")
+    gateway = await make_gateway(gateway_yaml(mock_backend_yaml("fake", server, **fields)))
+    return gateway, server
+
+
+@pytest.fixture
+async def mock_gateway(make_gateway: Any, start_mock: Any) -> tuple[TestClient, TestServer]:
+    """A gateway in front of the stock mock backend, kept so tests can see what reached it."""
+    backend = await start_mock()
+    gateway = await make_gateway(
+        gateway_yaml(mock_backend_yaml("mock", backend, health="{readiness: false}"))
+    )
+    return gateway, backend
+
+
+def assert_envelope(
+    body: Any, *, error_type: str, code: str | None, param: str | None = None
+) -> str:
+    """Check the OpenAI error envelope exactly; return its message."""
+    assert isinstance(body, dict) and set(body) == {"error"}, body
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    assert error["type"] == error_type, error
+    assert error["code"] == code, error
+    assert error["param"] == param, error
+    message = error["message"]
+    assert isinstance(message, str) and message
+    assert "Traceback" not in message and 'File "' not in message
+    return message
+
+
+async def error_of(
+    response: aiohttp.ClientResponse,
+    status: int,
+    *,
+    error_type: str = "invalid_request_error",
+    code: str | None,
+    param: str | None = None,
+) -> str:
+    """Status, JSON content type, request id and envelope of an error response."""
+    text = await response.text()
+    assert response.status == status, text
+    assert response.content_type == "application/json", text
+    assert REQUEST_ID.fullmatch(response.headers.get("X-Request-Id", "")), response.headers
+    return assert_envelope(json.loads(text), error_type=error_type, code=code, param=param)
+
+
+def assert_no_address(text: str, server: TestServer | None = None, port: int | None = None) -> None:
+    """Neither the backend's URL nor its address shows in ``text``."""
+    assert "http://" not in text and "https://" not in text, text
+    assert "127.0.0.1" not in text, text
+    if server is not None:
+        assert f"{server.host}:{server.port}" not in text, text
+        assert str(server.make_url("/v1")) not in text, text
+        port = server.port
+    if port is not None:
+        assert str(port) not in text, text
+
+
+async def assert_slots_free(gateway: TestClient, admitted: int, capability: str = "chat") -> None:
+    """Every slot given back; ``admitted`` proves the request really went through admission."""
+    stats = await status_of(gateway, "fake", capability)
+    assert stats["in_flight"] == 0, stats
+    assert stats["admitted"] == admitted, stats

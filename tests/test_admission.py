@@ -8,8 +8,8 @@ the next one; nothing depends on how fast anything runs.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-from collections.abc import Callable
 from typing import Any
 
 import openai
@@ -21,7 +21,7 @@ from multidict import CIMultiDict
 from sidecar.errors import BackendOverloaded
 from sidecar.routing.admission import Admission, Slot
 
-from .conftest import TOKEN, gateway_yaml, mock_backend_yaml, openai_client, status_of
+from .conftest import TOKEN, eventually, gateway_yaml, mock_backend_yaml, openai_client, status_of
 
 MODEL = "held-model"
 POLL_ROUNDS = 1000  # x 10 ms: a bound for conditions that should hold almost at once
@@ -116,16 +116,7 @@ async def held_gateway(
     )
 
 
-async def wait_for(condition: Callable[[], Any], what: str) -> None:
-    """Poll ``condition`` (sync or async) until true, for a bounded number of rounds."""
-    for _ in range(POLL_ROUNDS):
-        result = condition()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"gave up waiting for {what}")
+wait_for = functools.partial(eventually, attempts=POLL_ROUNDS, poll_s=0.01)
 
 
 async def wait_for_status(gateway: TestClient, what: str, **expected: int) -> dict[str, Any]:

@@ -14,7 +14,6 @@ import io
 import ipaddress
 import json
 import re
-import socket
 import wave
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from sidecar.mock_backends.heartmula import HEARTMULA_RECEIVED, create_heartmula
 from sidecar.mock_backends.openai_server import RECEIVED
 from sidecar.settings import BackendTlsDefaults, ToolsSettings
 
-from .conftest import TOKEN, backend_yaml, gateway_yaml, make_settings
+from .conftest import TOKEN, backend_yaml, free_port, gateway_yaml, make_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_TOOLS: dict[str, Any] = yaml.safe_load((ROOT / "gateway.yaml").read_text())["tools"]
@@ -233,13 +232,6 @@ async def agent_gateway_fixture(
         return AgentEnv(gateway, model, music, audio_dir, tmp_path / "var")
 
     return make
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- the music agent, end to end --------------------------------------------------------------
@@ -519,7 +511,7 @@ async def test_bad_input_is_400(agent_gateway: AgentGateway, payload: dict[str, 
 async def test_a_model_backend_that_is_down_fails_the_run_not_the_request(
     agent_gateway: AgentGateway,
 ) -> None:
-    port = closed_port()
+    port = free_port()
     env = await agent_gateway(
         {"music": SHIPPED_AGENTS["music"]}, model_url=f"http://127.0.0.1:{port}/v1"
     )

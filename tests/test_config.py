@@ -6,8 +6,6 @@ import dataclasses
 import hashlib
 import ipaddress
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -19,22 +17,14 @@ from sidecar.config.schema import ModelConfig, QueueConfig, Timeouts
 from sidecar.settings import BackendTlsDefaults, Settings, SettingsError
 
 from .certs import issue, make_ca
-from .conftest import TOKEN
+from .conftest import TOKEN, gateway_cli, line_of
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_TLS_DEFAULTS = BackendTlsDefaults()
-SUBPROCESS_TIMEOUT_S = 60
 
 
 def yaml_text(text: str) -> str:
     return textwrap.dedent(text).lstrip("\n")
-
-
-def line_of(text: str, marker: str) -> int:
-    """The 1-based line of ``text`` that holds ``marker`` (exactly one line must)."""
-    lines = [number for number, line in enumerate(text.splitlines(), 1) if marker in line]
-    assert len(lines) == 1, f"marker {marker!r} is on lines {lines}"
-    return lines[0]
 
 
 def parse(text: str, source: Path = Path("/etc/gateway/gateway.yaml"), **environ: str):
@@ -54,18 +44,6 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(prefixes)}
     env.update(extra)
     return env
-
-
-def gateway_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sidecar", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=SUBPROCESS_TIMEOUT_S,
-        check=False,
-    )
 
 
 # -- a valid config ---------------------------------------------------------------------------

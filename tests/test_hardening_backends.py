@@ -10,6 +10,7 @@ and responses that carried a ``Server`` header (0).
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import json
 from collections.abc import Awaitable, Callable
@@ -23,6 +24,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from sidecar.routing.upstream import MAX_ERROR_MESSAGE, MAX_SSE_EVENT_BYTES
 
 from .conftest import TOKEN, GatewayFactory, backend_yaml, gateway_yaml, openai_client
+from .conftest import eventually as wait_until_true
 
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
@@ -45,12 +47,7 @@ def llm_yaml(name: str, server: TestServer, **fields: str) -> str:
     return backend_yaml(name, f"{origin(server)}/v1", **fields)
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    for _ in range(ATTEMPTS):
-        if await check():
-            return
-        await asyncio.sleep(POLL_S)
-    raise AssertionError(f"gave up waiting for {what}")
+eventually = functools.partial(wait_until_true, attempts=ATTEMPTS, poll_s=POLL_S)
 
 
 async def backend_status(client: TestClient, name: str) -> dict[str, Any]:

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import json
 import os
-import socket
 import sqlite3
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +40,12 @@ from .conftest import (
     TOKEN,
     GatewayFactory,
     backend_yaml,
+    eventually,
+    free_port,
     gateway_yaml,
     make_settings,
     mock_backend_yaml,
+    rewrite,
 )
 from .test_agents import (
     AgentGateway,
@@ -85,12 +87,7 @@ LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 POLL_ROUNDS = 2000  # x 10 ms
 
 
-async def wait_for(condition: Callable[[], bool], what: str) -> None:
-    for _ in range(POLL_ROUNDS):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
+wait_for = functools.partial(eventually, attempts=POLL_ROUNDS, poll_s=0.01)
 
 
 # -- NaN and infinity in float settings ------------------------------------------------------
@@ -448,12 +445,6 @@ async def test_without_a_system_prompt_the_callers_system_message_stays(
 # -- gateway_backend_up carries its state ----------------------------------------------------
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def backend_up(gateway: TestClient) -> list[tuple[dict[str, str], float]]:
     response = await gateway.get("/metrics", headers=BEARER)
     assert response.status == 200
@@ -475,7 +466,7 @@ async def test_every_backend_up_series_carries_its_health_state(
             mock_backend_yaml("live", live, **health),
             backend_yaml(
                 "dead",
-                f"http://127.0.0.1:{closed_port()}/v1",
+                f"http://127.0.0.1:{free_port()}/v1",
                 **{"class": "mock", "models": "[{id: m, capabilities: [chat]}]", **health},
             ),
         )
@@ -639,9 +630,7 @@ async def test_open_readyz_counts_the_issues_and_leaks_no_path_or_text(
     gateway = await make_gateway(
         gateway_yaml(mock_backend_yaml("mock", backend)), config_poll_s=POLL_S
     )
-    temporary = config.with_name("gateway.yaml.tmp")
-    temporary.write_text(broken_yaml(backend))
-    os.replace(temporary, config)
+    rewrite(config, broken_yaml(backend))
 
     reloader = gateway.server.app[RELOADER]
     for _ in range(ATTEMPTS):
@@ -692,8 +681,7 @@ async def test_open_readyz_counts_the_issues_and_leaks_no_path_or_text(
     assert "/" not in open_text.replace("file changed", "")  # not even a path separator
 
     # The good file brings it back: ready, no error, zero issues.
-    temporary.write_text(gateway_yaml(mock_backend_yaml("mock", backend)) + "# fixed\n")
-    os.replace(temporary, config)
+    rewrite(config, gateway_yaml(mock_backend_yaml("mock", backend)) + "# fixed\n")
     for _ in range(ATTEMPTS):
         if reloader.last.ok:
             break

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import ipaddress
 import json
@@ -23,7 +24,6 @@ import secrets
 import sqlite3
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from sidecar.settings import LoginSettings, Settings, SettingsError, UiSettings
 from sidecar.typedefs import SETTINGS, UI_STATE
 from sidecar.users.store import FREE_ATTEMPTS, LOCK_BASE_S, LOCK_MAX_S, UserStore
 
-from .conftest import TOKEN, gateway_yaml, mock_backend_yaml
+from .conftest import TOKEN, eventually, gateway_yaml, mock_backend_yaml
 
 LOGIN = "/ui/api/auth/login"
 PASSWORD = "correct horse battery staple"
@@ -110,11 +110,7 @@ def assert_envelope(body: dict[str, Any]) -> dict[str, Any]:
     return body["error"]
 
 
-async def wait_until(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not check():
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        await asyncio.sleep(POLL_S)
+wait_until = functools.partial(eventually, attempts=round(WAIT_S / POLL_S), poll_s=POLL_S)
 
 
 # -- attacks --------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ import signal
 import ssl
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,8 @@ from sidecar.mock_backends.openai_server import RECEIVED
 from sidecar.typedefs import RELOADER
 
 from .certs import TestPki, issue, make_ca, make_pki
-from .conftest import TOKEN, backend_yaml, gateway_yaml, mock_backend_yaml
+from .conftest import TOKEN, backend_yaml, gateway_cli, gateway_yaml, mock_backend_yaml, rewrite
+from .conftest import eventually as wait_until_true
 from .test_reload import serve_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,19 +63,7 @@ RECURSIVE_ALIAS = "version: 1\nbackends: &loop\n  m: {url: 'http://127.0.0.1:9/v
 TABS = "version: 1\nbackends:\n\tm: {url: 'http://127.0.0.1:9/v1'}\n"
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    for _ in range(ATTEMPTS):
-        if await check():
-            return
-        await asyncio.sleep(POLL_S)
-    raise AssertionError(f"gave up waiting for {what}")
-
-
-def rewrite_bytes(path: Path, data: bytes) -> None:
-    """Replace the file the way editors do: a new file renamed over the old one."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
+eventually = functools.partial(wait_until_true, attempts=ATTEMPTS, poll_s=POLL_S)
 
 
 def replace_with_symlink(path: Path, target: str) -> None:
@@ -94,7 +84,7 @@ def hostile_files(directory: Path) -> dict[str, tuple[Callable[[Path], None], st
         os.mkfifo(fifo)
 
     def content(data: bytes) -> Callable[[Path], None]:
-        return lambda path: rewrite_bytes(path, data)
+        return lambda path: rewrite(path, data)
 
     def symlink(target: str) -> Callable[[Path], None]:
         return lambda path: replace_with_symlink(path, target)
@@ -200,7 +190,7 @@ async def test_hostile_edits_are_refused_counted_and_hidden_then_a_good_file_res
 
         # A regular file again (the symlink is replaced): picked up by the same watcher.
         fixed = good + "  extra: {backend: mock, model: mock-llama}\n"
-        rewrite_bytes(config, fixed.encode())
+        rewrite(config, fixed.encode())
 
         async def extra_routes() -> bool:
             return await chat_status(gateway, "extra") == 200
@@ -284,7 +274,7 @@ async def test_a_listener_that_raises_refuses_the_reload_and_the_next_one_retrie
             raise fault
 
     reloader.listeners.append(listener)
-    rewrite_bytes(
+    rewrite(
         config,
         gateway_yaml(
             mock_backend_yaml("mock", backend), aliases="a1: {backend: mock, model: mock-llama}"
@@ -295,7 +285,7 @@ async def test_a_listener_that_raises_refuses_the_reload_and_the_next_one_retrie
     assert ready["status"] == "degraded"
     assert type(fault).__name__ not in text
     # The watcher is alive: the next edit is loaded and the listener gets it.
-    rewrite_bytes(
+    rewrite(
         config,
         gateway_yaml(
             mock_backend_yaml("mock", backend), aliases="a2: {backend: mock, model: mock-llama}"
@@ -326,7 +316,7 @@ async def test_build_registry_raising_does_not_stop_the_watcher(
 
     monkeypatch.setattr(reload_module, "build_registry", failing_once)
     for index in (1, 2):
-        rewrite_bytes(
+        rewrite(
             config,
             gateway_yaml(
                 mock_backend_yaml("mock", backend),
@@ -404,15 +394,7 @@ def test_billion_laughs_is_refused_in_well_under_a_second_without_memory(tmp_pat
 def check_config(path: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BACKEND_", "GATEWAY_"))}
     env["IMAGES_BACKEND"] = "off"
-    return subprocess.run(
-        [sys.executable, "-m", "sidecar", "check-config", str(path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return gateway_cli("check-config", str(path), env=env)
 
 
 def test_check_config_on_every_hostile_file_exits_1_with_a_message_and_no_traceback(
@@ -517,7 +499,7 @@ async def test_serve_refuses_a_billion_laughs_on_sighup_within_50_mb_then_restor
                 await serve_listening(process, session, log)
                 before_kib = vm_kib(process.pid, "VmHWM")
                 for round_ in (1, 2):  # twice: the second SIGHUP proves the handler survived
-                    rewrite_bytes(config, BILLION_LAUGHS.encode())
+                    rewrite(config, BILLION_LAUGHS.encode())
                     process.send_signal(signal.SIGHUP)
 
                     async def refused(count: int = round_) -> bool:
@@ -532,7 +514,7 @@ async def test_serve_refuses_a_billion_laughs_on_sighup_within_50_mb_then_restor
                 grown_kib = vm_kib(process.pid, "VmHWM") - before_kib
                 assert grown_kib < 50 * 1024, f"RSS peak grew by {grown_kib} KiB"
 
-                rewrite_bytes(config, good.encode())
+                rewrite(config, good.encode())
                 process.send_signal(signal.SIGHUP)
 
                 async def ready_again() -> bool:
@@ -616,7 +598,7 @@ async def test_rotated_client_certificate_is_used_after_the_poll(
     assert len(server.app[RECEIVED]) == 0
 
     # New content, same path (one file: cert then key), as a renewal job writes it.
-    rewrite_bytes(pki.client.combined_path, new_combined.read_bytes())
+    rewrite(pki.client.combined_path, new_combined.read_bytes())
 
     async def accepted() -> bool:
         return (await secure_chat(gateway.post))[0] == 200
@@ -656,7 +638,7 @@ async def test_rotated_client_certificate_and_sighup_on_a_real_serve(
                 status, body = await secure_chat(post)
                 assert (status, body["error"]["code"]) == (502, "upstream_tls_error"), body
                 # GATEWAY_CONFIG_POLL_S=0: only the SIGHUP can pick the rotation up.
-                rewrite_bytes(pki.client.combined_path, new_combined.read_bytes())
+                rewrite(pki.client.combined_path, new_combined.read_bytes())
                 assert (await secure_chat(post))[0] == 502
                 process.send_signal(signal.SIGHUP)
 

@@ -8,8 +8,8 @@ HTTP client, storage and URL signing all run for real. Helpers shared with
 
 from __future__ import annotations
 
-import asyncio
 import base64
+import functools
 import hashlib
 import ipaddress
 import json
@@ -40,7 +40,14 @@ from sidecar.mock_backends.images import (
 from sidecar.settings import ImagesSettings
 from sidecar.typedefs import IMAGE_STORE, URL_SIGNER
 
-from .conftest import TOKEN, backend_yaml, gateway_yaml, mock_backend_yaml, openai_client
+from .conftest import (
+    TOKEN,
+    backend_yaml,
+    eventually,
+    gateway_yaml,
+    mock_backend_yaml,
+    openai_client,
+)
 
 IMAGES_PATH = "/v1/images/generations"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -177,16 +184,7 @@ def assert_error(
     return error
 
 
-async def wait_for(condition: Callable[[], Any], what: str) -> None:
-    """Poll ``condition`` (sync or async) until true, for a bounded number of rounds."""
-    for _ in range(POLL_ROUNDS):
-        result = condition()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"gave up waiting for {what}")
+wait_for = functools.partial(eventually, attempts=POLL_ROUNDS, poll_s=0.01)
 
 
 async def backend_status(gateway: TestClient, name: str) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import runpy
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from sidecar.mock_backends.images import (
     make_png,
 )
 
-from .conftest import TOKEN, openai_client
+from .conftest import TOKEN, free_port, openai_client
 from .test_images_api import (
     ImagesGateway,
     assert_error,
@@ -75,12 +74,6 @@ async def release(aiohttp_server: Any) -> AsyncIterator[asyncio.Event]:
     event = asyncio.Event()
     yield event
     event.set()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # -- 4. the images limit ---------------------------------------------------------------------

@@ -8,6 +8,7 @@ loopback, so the gateway's routing, admission and HTTP client run for real.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import io
 import ipaddress
@@ -35,7 +36,7 @@ from sidecar.mock_backends.heartmula import (
 )
 from sidecar.settings import ToolsSettings
 
-from .conftest import TOKEN, backend_yaml, gateway_yaml, mock_backend_yaml, status_of
+from .conftest import TOKEN, backend_yaml, eventually, gateway_yaml, mock_backend_yaml, status_of
 
 GENERATIONS = "/v1/music/generations"
 AUDIO_ROUTE = "/ui/heartmula/audio/"
@@ -124,12 +125,7 @@ def wav_details(data: bytes) -> tuple[int, int, int, int]:
         )
 
 
-async def wait_for(condition: Callable[[], Awaitable[bool]], what: str) -> None:
-    for _ in range(POLL_ROUNDS):
-        if await condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
+wait_for = functools.partial(eventually, attempts=POLL_ROUNDS, poll_s=0.01)
 
 
 # -- generation -----------------------------------------------------------------------------

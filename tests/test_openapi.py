@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import schemathesis
 
-from .conftest import TOKEN, gateway_yaml, mock_backend_yaml
+from .conftest import TOKEN, free_port, gateway_yaml, mock_backend_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -47,12 +47,6 @@ async def test_openapi_lists_every_v1_route(make_gateway: Any, start_mock: Any) 
     schemathesis.openapi.from_dict(spec)  # loads as a valid schema
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _wait(port: int, process: subprocess.Popen[bytes]) -> None:
     for _ in range(200):
         if process.poll() is not None:
@@ -67,7 +61,7 @@ def _wait(port: int, process: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture
 def live_gateway(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    mock, music, gateway = _free_port(), _free_port(), _free_port()
+    mock, music, gateway = free_port(), free_port(), free_port()
     config = tmp_path / "gateway.yaml"
     config.write_text(
         f"""version: 1

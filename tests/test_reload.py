@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import stat
 import sys
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,8 @@ from aiohttp.test_utils import TestClient
 from sidecar.mock_backends.openai_server import RECEIVED
 from sidecar.typedefs import REGISTRY
 
-from .conftest import TOKEN, gateway_yaml, mock_backend_yaml, openai_client, status_of
+from .conftest import TOKEN, gateway_yaml, mock_backend_yaml, openai_client, rewrite, status_of
+from .conftest import eventually as wait_until_true
 
 ROOT = Path(__file__).resolve().parents[1]
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -28,20 +29,7 @@ ATTEMPTS = 200  # bounded waits: at most ATTEMPTS x POLL_S seconds, never a pass
 WAIT_S = 30.0
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Wait until ``check()`` is true, polling a bounded number of times."""
-    for _ in range(ATTEMPTS):
-        if await check():
-            return
-        await asyncio.sleep(POLL_S)
-    raise AssertionError(f"gave up waiting for {what}")
-
-
-def rewrite(path: Path, text: str) -> None:
-    """Replace the file the way editors do: a new file renamed over the old one."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+eventually = functools.partial(wait_until_true, attempts=ATTEMPTS, poll_s=POLL_S)
 
 
 @dataclass

@@ -10,7 +10,6 @@ import os
 import secrets
 import ssl
 import subprocess
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,8 @@ from sidecar.mock_backends.openai_server import RECEIVED
 from sidecar.settings import BackendTlsDefaults, Settings
 
 from .certs import TestPki, make_pki
-from .conftest import backend_yaml, gateway_yaml, openai_client
+from .conftest import backend_yaml, gateway_cli, gateway_yaml, line_of, openai_client
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 GARBAGE_PEM = "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n"
 
 TlsBackendFactory = Callable[..., Awaitable[TestServer]]
@@ -285,15 +283,7 @@ def check_config(path: Path) -> subprocess.CompletedProcess[str]:
     """``gateway check-config PATH`` in a fresh interpreter, free of the caller's settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BACKEND_", "GATEWAY_"))}
     env["IMAGES_BACKEND"] = "off"  # only the file's backends
-    return subprocess.run(
-        [sys.executable, "-m", "sidecar", "check-config", str(path)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return gateway_cli("check-config", str(path), env=env)
 
 
 def write_config(tmp_path: Path, tls: str) -> Path:
@@ -309,11 +299,6 @@ def write_config(tmp_path: Path, tls: str) -> Path:
     path = tmp_path / "gateway.yaml"
     path.write_text(config)
     return path
-
-
-def line_of(path: Path, needle: str) -> int:
-    lines = path.read_text().splitlines()
-    return next(number for number, line in enumerate(lines, start=1) if needle in line)
 
 
 def test_check_config_accepts_valid_tls_files(tmp_path: Path, pki: TestPki) -> None:
@@ -345,7 +330,7 @@ def test_check_config_reports_missing_cert_with_key_path_and_line(
     result = check_config(path)
 
     assert result.returncode != 0
-    line = line_of(path, "tls:")
+    line = line_of(path.read_text(), "tls:")
     assert (
         f"{path}:{line}: backends.secure.tls.client_cert: file not found: certs/missing.crt"
         in result.stderr

@@ -9,11 +9,10 @@ runs.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import re
-import subprocess
-import sys
 import textwrap
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -33,12 +32,14 @@ from .conftest import (
     OTHER_TOKEN,
     TOKEN,
     GatewayFactory,
+    eventually,
+    gateway_cli,
     gateway_yaml,
+    line_of,
     make_settings,
     mock_backend_yaml,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 REPLAY_ID = re.compile(r"^tool-[0-9a-f]{24}$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 VECTOR_HI = "68a4c5f7d6540b44021f651af5947368d743f5f84f38d68ec5395cd37e4950c2"
@@ -133,14 +134,7 @@ async def call_ok(client: TestClient, name: str, arguments: Any = None) -> dict[
     return body
 
 
-async def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
-    """Poll ``condition`` until it holds; fail (not hang) after ``timeout_s``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        await asyncio.sleep(0.02)
+wait_for = functools.partial(eventually, attempts=round(WAIT_S / 0.02), poll_s=0.02)
 
 
 def assert_error(body: dict[str, Any], code: str) -> str:
@@ -551,12 +545,6 @@ def yaml_text(text: str) -> str:
     return textwrap.dedent(text).lstrip("\n")
 
 
-def line_of(text: str, marker: str) -> int:
-    lines = [number for number, line in enumerate(text.splitlines(), 1) if marker in line]
-    assert len(lines) == 1, f"marker {marker!r} is on lines {lines}"
-    return lines[0]
-
-
 REGISTRY = yaml_text(
     """
     tools:
@@ -643,15 +631,7 @@ def test_check_config_reports_a_broken_registry_file(tmp_path: Path) -> None:
     prefixes = ("GATEWAY_", "BACKEND_", "TOOLS_", "AGENT_", "IMAGES_", "HEARTMULA_", "MOCK_")
     env = {key: value for key, value in os.environ.items() if not key.startswith(prefixes)}
     env.update(GATEWAY_CONFIG=str(config), TOOLS_REGISTRY_PATH=str(registry))
-    result = subprocess.run(
-        [sys.executable, "-m", "sidecar", "check-config"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = gateway_cli("check-config", env=env)
     assert result.returncode == 1, result.stderr
     line = line_of(BROKEN_REGISTRY, "{type: nope}")
     assert f"{registry}:{line}: tools.broken.parameters: invalid JSON Schema" in result.stderr

@@ -13,13 +13,13 @@ bcrypt at cost 12 takes about 0.25 s per hash or check: this file makes 24 of th
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import functools
 import ipaddress
 import json
 import re
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from sidecar.mock_backends.openai_server import RECEIVED
 from sidecar.settings import UiSettings
 from sidecar.typedefs import SETTINGS, UI_STATE
 
+from .conftest import eventually as wait_until_true
 from .conftest import gateway_yaml, mock_backend_yaml
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
@@ -187,12 +188,7 @@ def error_code(body: Any) -> str | None:
     return body["error"]["code"]
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    for _ in range(ATTEMPTS):
-        if await check():
-            return
-        await asyncio.sleep(POLL_S)
-    raise AssertionError(f"gave up waiting for {what}")
+eventually = functools.partial(wait_until_true, attempts=ATTEMPTS, poll_s=POLL_S)
 
 
 def scripted_model(pieces: Sequence[str], *, complete: bool = True) -> web.Application:

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import signal
-import socket
 import sqlite3
 import sys
 from collections.abc import AsyncIterator
@@ -28,7 +27,7 @@ import pytest
 
 from sidecar.settings import UiSettings
 
-from .conftest import TOKEN, backend_yaml, gateway_yaml, mock_backend_yaml
+from .conftest import TOKEN, backend_yaml, free_port, gateway_yaml, mock_backend_yaml
 from .test_ui_api import (
     CONVERSATIONS,
     CSRF_META,
@@ -281,12 +280,6 @@ async def test_concurrent_guesses_do_not_slip_past_the_login_throttle(
 
 
 # -- crash safety: kill -9 during a burst of message writes -------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def clean_env(**values: str) -> dict[str, str]:

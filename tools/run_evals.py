@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Run eval cases against a running gateway and record what it answered.
 
-Standard library only, so it runs from cron or a systemd timer on any host with Python
-3.11. Each case in a JSONL file sends one request to the gateway's chat, tool or agent
-endpoint and checks the answer with assertions; the run writes a JSON report, a JUnit XML
-file for CI, and appends one line to a history file so pass rates can be followed over
-time.
+Standard library only (with its sibling ``gatewayclient.py``), so it runs from cron or a
+systemd timer on any host with Python 3.11. Each case in a JSONL file sends one request to
+the gateway's chat, tool or agent endpoint and checks the answer with assertions; the run
+writes a JSON report, a JUnit XML file for CI, and appends one line to a history file so
+pass rates can be followed over time.
 
     GATEWAY_BEARER_TOKEN=... python3 tools/run_evals.py \\
         --base-url https://127.0.0.1:8443 --cafile var/caddy/pki/authorities/local/root.crt \\
@@ -48,9 +48,7 @@ import ssl
 import statistics
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -58,10 +56,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by path, not run
+    sys.path.append(str(Path(__file__).resolve().parent))
+from gatewayclient import MAX_BODY_BYTES, Http, http_url, reason, seconds, tls_context
+
 EXIT_PASSED, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 REPORT_SCHEMA = 1
 USER_AGENT = "local-ai-gateway-run-evals/1"
-MAX_BODY_BYTES = 64 * 1024 * 1024
 EXCERPT_CHARS = 300
 DEFAULT_CASES = Path(__file__).resolve().parent / "evals" / "golden.jsonl"
 
@@ -331,46 +332,21 @@ def select(cases: list[EvalCase], tags: Sequence[str]) -> list[EvalCase]:
 # --- talking to the gateway ---------------------------------------------------------------
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A redirect is an answer to check, never a reason to send the token elsewhere."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
 class Gateway:
-    """The gateway's HTTP API over urllib, with the operator's token and TLS settings.
-
-    Proxy variables are ignored: the gateway is on the LAN, and a proxy would change what
-    is measured.
-    """
+    """The gateway's HTTP API with the operator's token and TLS settings (``gatewayclient``:
+    no proxy, which would change what is measured, and no redirect followed)."""
 
     def __init__(self, base_url: str, token: str, context: ssl.SSLContext, timeout: float) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
-        self.timeout = timeout
-        self._opener = urllib.request.build_opener(
-            urllib.request.ProxyHandler({}),
-            urllib.request.HTTPSHandler(context=context),
-            _NoRedirect(),
-        )
+        self.http = Http(context, timeout, user_agent=USER_AGENT, follow_redirects=False)
 
     def open(self, method: str, path: str, body: Any = None, *, auth: bool = True) -> Any:
         """The response (an ``HTTPError`` is one too); transport failures raise ``OSError``."""
-        headers = {"User-Agent": USER_AGENT, "Accept": "application/json, text/event-stream"}
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
+        headers = {"Accept": "application/json, text/event-stream"}
         if auth:
             headers["Authorization"] = f"Bearer {self.token}"
-        request = urllib.request.Request(  # noqa: S310 - operator-given http(s) URL
-            self.base_url + path, data=data, headers=headers, method=method
-        )
-        try:
-            return self._opener.open(request, timeout=self.timeout)
-        except urllib.error.HTTPError as error:
-            return error
+        return self.http.open(method, self.base_url + path, payload=body, headers=headers)
 
     def get_json(self, path: str, *, auth: bool = True) -> tuple[int, Any]:
         with self.open("GET", path, auth=auth) as response:
@@ -386,14 +362,14 @@ class Gateway:
         try:
             status, ready = self.get_json("/readyz", auth=False)
         except (OSError, http.client.HTTPException) as error:
-            raise ConfigError(f"gateway unreachable at {where}: {_reason(error)}") from error
+            raise ConfigError(f"gateway unreachable at {where}: {reason(error)}") from error
         if not isinstance(ready, dict):
             raise ConfigError(f"{where} answered HTTP {status} without JSON: is it the gateway?")
         gateway = {"version": ready.get("version"), "status": ready.get("status")}
         try:
             status, listing = self.get_json("/v1/models")
         except (OSError, http.client.HTTPException) as error:
-            raise ConfigError(f"{self.base_url}/v1/models: {_reason(error)}") from error
+            raise ConfigError(f"{self.base_url}/v1/models: {reason(error)}") from error
         if status in (401, 403):
             raise ConfigError(f"the gateway refused the token (HTTP {status} on /v1/models)")
         data = listing.get("data") if isinstance(listing, dict) else None
@@ -415,7 +391,7 @@ class Gateway:
                     _read_document(response.read(MAX_BODY_BYTES), exchange)
         except (OSError, http.client.HTTPException) as error:
             stage = "no answer" if exchange.status is None else "the response was cut off"
-            exchange.problem = f"{stage}: {_reason(error)}"
+            exchange.problem = f"{stage}: {reason(error)}"
         exchange.latency_ms = (time.perf_counter() - started) * 1000
         exchange.text = output_text(case.endpoint, exchange)
         return exchange
@@ -860,23 +836,6 @@ def _print_result(result: CaseResult, repeat: int, quiet: bool) -> None:
 # --- command line -------------------------------------------------------------------------
 
 
-def _http_url(text: str) -> str:
-    parts = urllib.parse.urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise argparse.ArgumentTypeError(f"not an http(s) URL: {text!r}")
-    return text
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"not a positive number: {text!r}")
-    return value
-
-
 def _count(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
@@ -900,7 +859,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeat", type=_count, default=1, help="run the selection N times")
     parser.add_argument(
         "--base-url",
-        type=_http_url,
+        type=http_url,
         default="https://127.0.0.1:8443",
         help="the gateway, through Caddy (default: %(default)s)",
     )
@@ -909,7 +868,7 @@ def build_parser() -> argparse.ArgumentParser:
     trust.add_argument("--insecure", action="store_true", help="skip TLS verification")
     trust.add_argument("--cafile", help="CA bundle to trust (e.g. Caddy's local root.crt)")
     parser.add_argument(
-        "--timeout", type=_positive, default=300.0, help="seconds per request (%(default)s)"
+        "--timeout", type=seconds, default=300.0, help="seconds per request (%(default)s)"
     )
     for name, default, what in (
         ("--report", "var/evals/report.json", "the JSON report"),
@@ -921,15 +880,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def tls_context(insecure: bool, cafile: str | None) -> ssl.SSLContext:
+def checked_tls_context(insecure: bool, cafile: str | None) -> ssl.SSLContext:
     try:
-        context = ssl.create_default_context(cafile=cafile)
+        return tls_context(insecure, cafile)
     except (OSError, ssl.SSLError) as error:
-        raise ConfigError(f"--cafile {cafile}: {_reason(error)}") from error
-    if insecure:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
+        raise ConfigError(f"--cafile {cafile}: {reason(error)}") from error
 
 
 def run(args: argparse.Namespace) -> int:
@@ -941,8 +896,10 @@ def run(args: argparse.Namespace) -> int:
         try:
             output.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise ConfigError(f"{output}: cannot create its directory: {_reason(error)}") from error
-    gateway = Gateway(args.base_url, token, tls_context(args.insecure, args.cafile), args.timeout)
+            raise ConfigError(f"{output}: cannot create its directory: {reason(error)}") from error
+    gateway = Gateway(
+        args.base_url, token, checked_tls_context(args.insecure, args.cafile), args.timeout
+    )
     identity, models = gateway.identify()
     evals = EvalRun(
         args.base_url, args.cases, tuple(args.tag), args.repeat, identity, models, started=_now()
@@ -962,7 +919,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         write_outputs(evals, args.report, args.junit, args.history)
     except OSError as error:
-        raise ConfigError(f"cannot write the outputs: {_reason(error)}") from error
+        raise ConfigError(f"cannot write the outputs: {reason(error)}") from error
     print(f"{evals.passed} passed, {evals.failed} failed", flush=True)
     if not args.quiet:
         print(f"report {args.report}, junit {args.junit}, history {args.history}", flush=True)
@@ -986,13 +943,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _reason(error: BaseException) -> str:
-    reason = getattr(error, "reason", None) or getattr(error, "strerror", None) or error
-    if isinstance(reason, TimeoutError):
-        return "timed out"
-    return str(reason) or type(error).__name__
 
 
 def _excerpt(text: str) -> str:

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Say whether a gateway works: the contract tests, then a live smoke suite over HTTP.
 
-It talks to the gateway the way a client does (standard library only, no ``sidecar``
-imports), so it can check any running gateway, or one it starts itself:
+It talks to the gateway the way a client does (standard library only, through its sibling
+``gatewayclient.py``; no ``sidecar`` imports), so it can check any running gateway, or one
+it starts itself:
 
     python tools/verify_gateway.py [--skip-pytest] [--check-images] [--require-backend]
         [--appliance] [--base-url https://127.0.0.1:8443 --token ... (--cafile CA | --insecure)]
@@ -33,10 +34,6 @@ Exit status: 0 when nothing failed, 1 when a check failed, 2 on bad usage.
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
-import contextlib
-import http.client
 import json
 import os
 import secrets
@@ -48,18 +45,28 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by path, not run
+    sys.path.append(str(Path(__file__).resolve().parent))
+from gatewayclient import (
+    CheckFailed,
+    Http,
+    Reply,
+    decode_image,
+    http_url,
+    image_kind,
+    seconds,
+    tls_context,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 UP_LINE = "Local AI Gateway is up."
 USER_AGENT = "local-ai-gateway-verify/1"
-MAX_BODY_BYTES = 64 * 1024 * 1024
 PROMPT = "verify_gateway: reply with one short sentence."
 # How many models to try before deciding no listed model has a capability.
 MAX_MODEL_TRIES = 8
@@ -76,94 +83,13 @@ _FOREIGN_ENV = (
 )
 
 
-class CheckFailed(Exception):
-    """A check's reason for failing, printed after ``FAIL name:``."""
-
-
 class CheckSkipped(Exception):
     """A check's reason for not running, printed after ``SKIP name:``."""
 
 
-# --- HTTP -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    headers: dict[str, str]  # names lower-cased
-    body: bytes
-
-    def json(self) -> Any:
-        try:
-            return json.loads(self.body)
-        except ValueError as error:
-            raise CheckFailed(f"HTTP {self.status}: body is not JSON: {self.snippet()}") from error
-
-    def snippet(self) -> str:
-        return " ".join(self.body[:300].decode("utf-8", "replace").split())
-
-    def error_code(self) -> str | None:
-        """The ``error.code`` of an OpenAI error envelope, if the body is one."""
-        try:
-            error = json.loads(self.body).get("error")
-        except (ValueError, AttributeError):
-            return None
-        return error.get("code") if isinstance(error, dict) else None
-
-    def expect(self, status: int, what: str) -> None:
-        if self.status != status:
-            raise CheckFailed(
-                f"{what}: expected HTTP {status}, got {self.status}: {self.snippet()}"
-            )
-
-
-class Http:
-    """Blocking HTTP with one TLS context and timeout, straight to the gateway (no proxy).
-
-    An error status is a ``Reply`` too; only a failure to talk at all raises.
-    """
-
-    def __init__(self, context: ssl.SSLContext | None, timeout: float) -> None:
-        handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
-        if context is not None:
-            handlers.append(urllib.request.HTTPSHandler(context=context))
-        self._opener = urllib.request.build_opener(*handlers)
-        self.timeout = timeout
-
-    def send(
-        self,
-        method: str,
-        url: str,
-        *,
-        payload: dict[str, Any] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> Reply:
-        data = json.dumps(payload).encode() if payload is not None else None
-        request = urllib.request.Request(  # noqa: S310 - an operator-given http(s) URL
-            url, data=data, method=method, headers={"User-Agent": USER_AGENT, **(headers or {})}
-        )
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
-        try:
-            with self._open(request) as response:
-                status = getattr(response, "status", None) or response.code
-                return Reply(
-                    status,
-                    {name.lower(): value for name, value in response.headers.items()},
-                    response.read(MAX_BODY_BYTES),
-                )
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
-            reason = getattr(error, "reason", None) or error
-            raise CheckFailed(f"{method} {url}: {reason}") from error
-
-    @contextlib.contextmanager
-    def _open(self, request: urllib.request.Request) -> Iterator[Any]:
-        try:
-            response = self._opener.open(request, timeout=self.timeout)
-        except urllib.error.HTTPError as error:
-            response = error
-        with response:
-            yield response
+def gateway_http(context: ssl.SSLContext, timeout: float) -> Http:
+    """This tool's client: redirects followed (``/ui`` may send a browser to its login page)."""
+    return Http(context, timeout, user_agent=USER_AGENT, follow_redirects=True)
 
 
 # --- the gateway's backends as /v1/gateway/status describes them ----------------------
@@ -351,7 +277,7 @@ class Smoke:
     def check_models(self) -> str:
         reply = self.get("/v1/models")
         reply.expect(200, "GET /v1/models")
-        data = _object(reply, "models").get("data")
+        data = reply.object("models").get("data")
         if not isinstance(data, list) or not data:
             raise CheckFailed(f"no models listed: {reply.snippet()}")
         for entry in data:
@@ -427,7 +353,7 @@ class Smoke:
     def check_tools(self) -> str:
         listing = self.get("/v1/tools")
         listing.expect(200, "GET /v1/tools")
-        data = _object(listing, "tools").get("data")
+        data = listing.object("tools").get("data")
         tools = data if isinstance(data, list) else []
         names = {tool.get("name") for tool in tools if isinstance(tool, dict)}
         if "noop" not in names:
@@ -435,7 +361,7 @@ class Smoke:
         arguments = {"probe": "verify_gateway", "nonce": secrets.token_hex(4)}
         call = self.post("/v1/tools/noop", {"arguments": arguments})
         call.expect(200, "POST /v1/tools/noop")
-        answer = _object(call, "noop call")
+        answer = call.object("noop call")
         if answer.get("ok") is not True:
             raise CheckFailed(f"noop call is not ok: {call.snippet()}")
         replay_id, request_hash = answer.get("replay_id"), answer.get("request_hash")
@@ -444,12 +370,12 @@ class Smoke:
         path = "/v1/tools/replay/" + urllib.parse.quote(replay_id, safe="")
         record = self.get(path)
         record.expect(200, f"GET {path}")
-        recorded = _object(record, "replay record")
+        recorded = record.object("replay record")
         if recorded.get("request_hash") != request_hash or recorded.get("arguments") != arguments:
             raise CheckFailed(f"the record is not the call that was made: {record.snippet()}")
         replay = self.post(path, {})
         replay.expect(200, f"POST {path}")
-        outcome = _object(replay, "replay")
+        outcome = replay.object("replay")
         if outcome.get("matches") is not True or outcome.get("request_hash_matches") is not True:
             raise CheckFailed(f"the replay does not match the recorded call: {replay.snippet()}")
         return f"noop recorded as {replay_id}; replay matches"
@@ -457,13 +383,13 @@ class Smoke:
     def check_images_b64(self) -> str:
         choice, reply = self._routed("images", self._images("b64_json"))
         reply.expect(200, "b64_json generation")
-        kind = decode_image(_first_item(reply, "b64_json").get("b64_json"))
+        kind = decode_image(reply.first_item("b64_json").get("b64_json"), "data[0].b64_json")
         return f"{kind} from {_served_by(reply, choice)}"
 
     def check_images_url(self) -> str:
         choice, reply = self._routed("images", self._images("url"))
         reply.expect(200, "url generation")
-        url = _first_item(reply, "url").get("url")
+        url = reply.first_item("url").get("url")
         parts = urllib.parse.urlsplit(url) if isinstance(url, str) else None
         if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
             raise CheckFailed(f"url is not an absolute http(s) URL: {url!r}")
@@ -549,7 +475,7 @@ class Smoke:
         while True:
             reply = self.get("/v1/gateway/status")
             reply.expect(200, "GET /v1/gateway/status")
-            entries = _object(reply, "/v1/gateway/status").get("backends")
+            entries = reply.object("/v1/gateway/status").get("backends")
             if not isinstance(entries, list):
                 raise CheckFailed(f"/v1/gateway/status has no backends list: {reply.snippet()}")
             backends = [BackendView.from_status(entry) for entry in entries]
@@ -561,20 +487,6 @@ class Smoke:
 def _served_by(reply: Reply, choice: Choice) -> str:
     name = reply.headers.get("x-backend-used") or choice.backend.name
     return name if choice.backend.real or name != choice.backend.name else f"{name} [fake]"
-
-
-def _object(reply: Reply, what: str) -> dict[str, Any]:
-    body = reply.json()
-    if not isinstance(body, dict):
-        raise CheckFailed(f"{what}: not a JSON object: {reply.snippet()}")
-    return body
-
-
-def _first_item(reply: Reply, what: str) -> dict[str, Any]:
-    data = _object(reply, what).get("data")
-    if not isinstance(data, list) or not data or not isinstance(data[0], dict):
-        raise CheckFailed(f"{what}: no data[0] object: {reply.snippet()}")
-    return data[0]
 
 
 def sse_chunks(body: bytes) -> tuple[int, str]:
@@ -607,33 +519,6 @@ def sse_chunks(body: bytes) -> tuple[int, str]:
     if not done:
         raise CheckFailed(f"{chunks} chunks but no data: [DONE] at the end")
     return chunks, "".join(text)
-
-
-def image_kind(data: bytes) -> str | None:
-    """``png``, ``jpeg``, ``webp`` or ``svg`` from the leading bytes, or None."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    head = data[:1024].lstrip().lower()
-    if head.startswith((b"<svg", b"<?xml")) and b"<svg" in head:
-        return "svg"
-    return None
-
-
-def decode_image(encoded: Any) -> str:
-    if not isinstance(encoded, str) or not encoded:
-        raise CheckFailed("data[0].b64_json is missing")
-    try:
-        data = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError) as error:
-        raise CheckFailed("data[0].b64_json is not valid base64") from error
-    kind = image_kind(data)
-    if kind is None:
-        raise CheckFailed(f"the decoded bytes are not PNG/JPEG/WebP/SVG: {data[:12]!r}")
-    return kind
 
 
 # --- outside the gateway: the contract tests, a gateway of our own, the release --------
@@ -752,7 +637,7 @@ class OwnGateway:
         raise CheckFailed(f"the gateway was not up within {self.start_timeout_s:g} s")
 
     def http(self, timeout_s: float) -> Http:
-        return Http(ssl.create_default_context(cafile=str(self.ca_root)), timeout_s)
+        return gateway_http(ssl.create_default_context(cafile=str(self.ca_root)), timeout_s)
 
     def stop(self) -> str:
         """SIGTERM, then SIGKILL to the whole process group; the data directory goes too."""
@@ -811,21 +696,7 @@ class OwnGateway:
 
 
 def _base_url(text: str) -> str:
-    parts = urllib.parse.urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise argparse.ArgumentTypeError(f"not an http(s) URL: {text!r}")
-    base = text.rstrip("/")
-    return base.removesuffix("/v1")
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
-    return value
+    return http_url(text).rstrip("/").removesuffix("/v1")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -859,16 +730,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="the manifest --appliance verifies (default: release_manifest.json)",
     )
     parser.add_argument("--config", type=Path, help="gateway.yaml for the gateway this tool starts")
-    parser.add_argument("--timeout", type=_seconds, default=60.0, help="seconds per request")
+    parser.add_argument("--timeout", type=seconds, default=60.0, help="seconds per request")
     parser.add_argument(
-        "--start-timeout", type=_seconds, default=60.0, help="seconds for a started gateway"
+        "--start-timeout", type=seconds, default=60.0, help="seconds for a started gateway"
     )
     parser.add_argument(
-        "--pytest-timeout", type=_seconds, default=900.0, help="seconds for the contract tests"
+        "--pytest-timeout", type=seconds, default=900.0, help="seconds for the contract tests"
     )
     parser.add_argument(
         "--health-wait",
-        type=_seconds,
+        type=seconds,
         default=10.0,
         help="seconds to wait for backends still in their first health check",
     )
@@ -894,13 +765,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Http | N
     if not args.token:
         parser.error("--base-url needs a bearer token: --token or $GATEWAY_BEARER_TOKEN")
     try:
-        context = ssl.create_default_context(cafile=args.cafile)
+        context = tls_context(args.insecure, args.cafile)
     except (OSError, ssl.SSLError) as error:
         parser.error(f"--cafile {args.cafile}: {error}")
-    if args.insecure:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return args, Http(context, args.timeout)
+    return args, gateway_http(context, args.timeout)
 
 
 def _base_url_only(args: argparse.Namespace) -> list[tuple[str, object]]:

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Check a running gateway's image generation from the outside, as an operator would.
 
-Standard library only, so it runs on any host with Python 3.11, without the project's
-virtualenv. Against the gateway it checks that a ``b64_json`` generation decodes to an
-image, that a ``url`` generation gives an absolute URL anyone holding it can fetch
-(without the bearer token) with an image Content-Type and ``X-Content-Type-Options:
-nosniff``, and that a bad request (``n=0``) gets 400 with an OpenAI error envelope.
+Standard library only (with its sibling ``gatewayclient.py``), so it runs on any host with
+Python 3.11, without the project's virtualenv. Against the gateway it checks that a
+``b64_json`` generation decodes to an image, that a ``url`` generation gives an absolute
+URL anyone holding it can fetch (without the bearer token) with an image Content-Type and
+``X-Content-Type-Options: nosniff``, and that a bad request (``n=0``) gets 400 with an
+OpenAI error envelope.
 Optionally it also talks directly to an Automatic1111 server and to an OpenAI-style
 image shim, to tell a broken backend from a broken gateway.
 
@@ -22,119 +23,29 @@ from __future__ import annotations
 
 import argparse
 import base64
-import binascii
-import json
 import os
 import ssl
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by path, not run
+    sys.path.append(str(Path(__file__).resolve().parent))
+from gatewayclient import (
+    CheckFailed,
+    Http,
+    Reply,
+    decode_image,
+    http_url,
+    image_kind,
+    seconds,
+    tls_context,
+)
+
 PROMPT = "verify_images: a small test pattern"
-MAX_BODY_BYTES = 64 * 1024 * 1024
 USER_AGENT = "local-ai-gateway-verify-images/1"
-
-
-class CheckFailed(Exception):
-    """A check's reason for failing, printed after ``FAIL name:``."""
-
-
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    headers: dict[str, str]  # names lower-cased
-    body: bytes
-
-    def json(self) -> Any:
-        try:
-            return json.loads(self.body)
-        except ValueError as error:
-            raise CheckFailed(f"HTTP {self.status}: body is not JSON: {self.snippet()}") from error
-
-    def snippet(self) -> str:
-        return self.body[:200].decode("utf-8", "replace")
-
-
-@dataclass(frozen=True)
-class Http:
-    """Blocking HTTP with one TLS context and timeout; an error status is a ``Reply`` too."""
-
-    context: ssl.SSLContext
-    timeout: float
-
-    def send(
-        self,
-        method: str,
-        url: str,
-        *,
-        payload: dict[str, Any] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> Reply:
-        data = json.dumps(payload).encode() if payload is not None else None
-        request = urllib.request.Request(  # noqa: S310 - operator-given http(s) URL
-            url, data=data, method=method, headers={"User-Agent": USER_AGENT, **(headers or {})}
-        )
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(  # noqa: S310 - operator-given http(s) URL
-                request, timeout=self.timeout, context=self.context
-            ) as response:
-                return _reply(response.status, response.headers, response.read(MAX_BODY_BYTES))
-        except urllib.error.HTTPError as error:
-            with error:
-                return _reply(error.code, error.headers, error.read(MAX_BODY_BYTES))
-        except (urllib.error.URLError, OSError) as error:
-            reason = getattr(error, "reason", error)
-            raise CheckFailed(f"{method} {url}: {reason}") from error
-
-
-def _reply(status: int, headers: Any, body: bytes) -> Reply:
-    return Reply(status, {name.lower(): value for name, value in headers.items()}, body)
-
-
-def image_kind(data: bytes) -> str | None:
-    """``png``, ``jpeg``, ``webp`` or ``svg`` from the leading bytes, or None."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    head = data[:1024].lstrip().lower()
-    if head.startswith((b"<svg", b"<?xml")) and b"<svg" in head:
-        return "svg"
-    return None
-
-
-def expect_status(reply: Reply, status: int, what: str) -> None:
-    if reply.status != status:
-        raise CheckFailed(f"{what}: expected HTTP {status}, got {reply.status}: {reply.snippet()}")
-
-
-def first_item(body: Any, what: str) -> dict[str, Any]:
-    data = body.get("data") if isinstance(body, dict) else None
-    if not isinstance(data, list) or not data or not isinstance(data[0], dict):
-        raise CheckFailed(f"{what}: no data[0] object in the reply")
-    return data[0]
-
-
-def decode_image(encoded: Any, what: str) -> str:
-    """The kind of a base64 image, or a failure saying why it is not one."""
-    if not isinstance(encoded, str) or not encoded:
-        raise CheckFailed(f"{what}: no base64 image")
-    try:
-        data = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError) as error:
-        raise CheckFailed(f"{what}: not valid base64") from error
-    kind = image_kind(data)
-    if kind is None:
-        raise CheckFailed(f"{what}: decoded bytes are not PNG/JPEG/WebP/SVG: {data[:12]!r}")
-    return kind
 
 
 class Gateway:
@@ -156,18 +67,18 @@ class Gateway:
 
     def check_b64_json(self) -> None:
         reply = self.generate(response_format="b64_json")
-        expect_status(reply, 200, "b64_json generation")
-        decode_image(first_item(reply.json(), "b64_json")["b64_json"], "b64_json")
+        reply.expect(200, "b64_json generation")
+        decode_image(reply.first_item("b64_json")["b64_json"], "b64_json")
 
     def check_url(self) -> None:
         reply = self.generate(response_format="url")
-        expect_status(reply, 200, "url generation")
-        url = first_item(reply.json(), "url").get("url")
+        reply.expect(200, "url generation")
+        url = reply.first_item("url").get("url")
         parts = urllib.parse.urlsplit(url) if isinstance(url, str) else None
         if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
             raise CheckFailed(f"url is not an absolute http(s) URL: {url!r}")
         image = self.http.send("GET", url)  # deliberately without the bearer token
-        expect_status(image, 200, "fetching the url without a token")
+        image.expect(200, "fetching the url without a token")
         content_type = image.headers.get("content-type", "")
         if not content_type.lower().startswith("image/"):
             raise CheckFailed(f"url Content-Type is {content_type!r}, not image/*")
@@ -179,7 +90,7 @@ class Gateway:
 
     def check_bad_request(self) -> None:
         reply = self.generate(n=0, response_format="b64_json")
-        expect_status(reply, 400, "n=0")
+        reply.expect(400, "n=0")
         body = reply.json()
         error = body.get("error") if isinstance(body, dict) else None
         if not isinstance(error, dict) or not {"message", "type", "param", "code"} <= set(error):
@@ -200,7 +111,7 @@ class A1111:
 
     def check_models(self) -> None:
         reply = self.http.send("GET", self.base + "/sdapi/v1/sd-models", headers=self.headers)
-        expect_status(reply, 200, "sd-models")
+        reply.expect(200, "sd-models")
         models = reply.json()
         if not isinstance(models, list) or not all(
             isinstance(model, dict) and "title" in model for model in models
@@ -212,7 +123,7 @@ class A1111:
         reply = self.http.send(
             "POST", self.base + "/sdapi/v1/txt2img", payload=payload, headers=self.headers
         )
-        expect_status(reply, 200, "txt2img")
+        reply.expect(200, "txt2img")
         body = reply.json()
         images = body.get("images") if isinstance(body, dict) else None
         if not isinstance(images, list) or not images:
@@ -228,7 +139,7 @@ class OpenAIImages:
         self.base = base_url.rstrip("/")
 
     def check_healthz(self) -> None:
-        expect_status(self.http.send("GET", self.base + "/healthz"), 200, "healthz")
+        self.http.send("GET", self.base + "/healthz").expect(200, "healthz")
 
     def check_generation(self) -> None:
         payload: dict[str, Any] = {
@@ -239,32 +150,15 @@ class OpenAIImages:
             "response_format": "b64_json",
         }
         reply = self.http.send("POST", self.base + "/v1/images/generations", payload=payload)
-        expect_status(reply, 200, "generation")
-        decode_image(first_item(reply.json(), "generation").get("b64_json"), "b64_json")
-
-
-def _http_url(text: str) -> str:
-    parts = urllib.parse.urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise argparse.ArgumentTypeError(f"not an http(s) URL: {text!r}")
-    return text
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
-    return value
+        reply.expect(200, "generation")
+        decode_image(reply.first_item("generation").get("b64_json"), "b64_json")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Check the gateway's image generation (and optionally its backends)."
     )
-    parser.add_argument("--gateway-base-url", type=_http_url, help="e.g. https://127.0.0.1:8443")
+    parser.add_argument("--gateway-base-url", type=http_url, help="e.g. https://127.0.0.1:8443")
     parser.add_argument(
         "--token", help="the gateway's bearer token (default: $GATEWAY_BEARER_TOKEN)"
     )
@@ -273,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--insecure", action="store_true", help="skip TLS verification")
     parser.add_argument("--cafile", help="CA bundle to trust (e.g. Caddy's local root.crt)")
     parser.add_argument(
-        "--also-check-a1111", type=_http_url, metavar="URL", help="an Automatic1111 server"
+        "--also-check-a1111", type=http_url, metavar="URL", help="an Automatic1111 server"
     )
     parser.add_argument(
         "--a1111-auth",
@@ -281,18 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="HTTP Basic credentials for --also-check-a1111 (default: $A1111_API_AUTH)",
     )
     parser.add_argument(
-        "--also-check-openai-images", type=_http_url, metavar="URL", help="an image shim"
+        "--also-check-openai-images", type=http_url, metavar="URL", help="an image shim"
     )
-    parser.add_argument("--timeout", type=_positive, default=120.0, help="seconds per request")
+    parser.add_argument("--timeout", type=seconds, default=120.0, help="seconds per request")
     return parser
-
-
-def tls_context(insecure: bool, cafile: str | None) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=cafile)
-    if insecure:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 def run_checks(checks: Sequence[tuple[str, Callable[[], None]]]) -> int:
@@ -322,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.gateway_base_url and not token:
         parser.error("the gateway needs a bearer token: --token or $GATEWAY_BEARER_TOKEN")
     try:
-        http = Http(tls_context(args.insecure, args.cafile), args.timeout)
+        http = Http(tls_context(args.insecure, args.cafile), args.timeout, user_agent=USER_AGENT)
     except (OSError, ssl.SSLError) as error:
         parser.error(f"--cafile {args.cafile}: {error}")
 

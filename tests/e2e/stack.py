@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -15,14 +14,10 @@ from typing import Any
 
 import openai
 
+from ..conftest import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 45.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class GatewayStack:
