@@ -326,12 +326,43 @@ async def test_a_backends_error_text_reaches_the_client_only_as_a_clean_message(
         assert len(message) <= MAX_ERROR_MESSAGE + 40, len(message)  # + "backend 'llm': "
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["a." * 512 * 1024, "\n" * 64 * 1024 + "ValueError: the end", 'File "' * 100_000],
+    ids=["dotted-1MiB", "newlines-64KiB", "file-quotes-600KB"],
+)
+async def test_error_text_built_to_make_regexes_backtrack_is_cleaned_at_once(
+    make_gateway: GatewayFactory, aiohttp_server: Starter, text: str
+) -> None:
+    """Text shaped to make URL or traceback patterns backtrack (seconds per 16 KB before,
+    hours per MiB): the gateway answers with a capped message, and the loop keeps
+    answering ``/healthz`` meanwhile (the suite's timeout fails a stalled loop)."""
+    body = json.dumps({"error": {"message": text}})
+
+    async def fail(request: web.Request) -> web.Response:
+        return web.Response(status=500, text=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", fail)
+    server = await aiohttp_server(app)
+    client = await make_gateway(gateway_yaml(llm_yaml("llm", server)))
+    replies = await asyncio.gather(
+        *(client.post("/v1/chat/completions", json=CHAT, headers=BEARER) for _ in range(4)),
+        client.get("/healthz"),
+    )
+    *errors, health = replies
+    assert health.status == 200
+    for response in errors:
+        message = (await response.json())["error"]["message"]
+        assert response.status == 502 and len(message) <= MAX_ERROR_MESSAGE + 40, message
+
+
 # -- 429 -------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("retry_after", "expected"),
-    [("7", "7"), ("99999999", "3600"), ("soon", "1")],
+    [("7", "7"), ("99999999", "3600"), ("9" * 5000, "3600"), ("soon", "1")],
 )
 async def test_a_backends_429_stays_a_rate_limit_error(
     make_gateway: GatewayFactory, aiohttp_server: Starter, retry_after: str, expected: str

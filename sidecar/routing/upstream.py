@@ -45,8 +45,13 @@ from ..errors import (
 MAX_UPSTREAM_BODY = 64 * 1024 * 1024
 MAX_SSE_EVENT_BYTES = 1024 * 1024
 MAX_ERROR_MESSAGE = 500
-_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
-_TRACEBACK = re.compile(r"Traceback \(most recent call last\)|^\s*File \"[^\"]*\", line \d+", re.M)
+# Every pattern below runs on at most _CLEANED_CHARS characters and none can backtrack
+# over a line or an unbounded run: a hostile backend's error text costs microseconds.
+_CLEANED_CHARS = 4 * MAX_ERROR_MESSAGE
+_URL = re.compile(r"\b[a-z][a-z0-9+.-]{0,31}://\S+", re.IGNORECASE)
+_TRACEBACK = re.compile(
+    r"Traceback \(most recent call last\)|^[ \t]*File \"[^\"\n]*\", line \d+", re.M
+)
 _SECRETS = (
     # key=value / key: value for names that hold secrets
     (
@@ -447,10 +452,11 @@ def clean_message(text: str) -> str | None:
     """A backend's error text fit for a client: no traceback (only its last line, the
     error itself), no URL, filesystem path or anything that looks like a key or password,
     no control characters, at most ``MAX_ERROR_MESSAGE`` characters."""
-    if _TRACEBACK.search(text):
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        last = lines[-1] if lines else ""
+    if "Traceback (most recent call last)" in text or _TRACEBACK.search(text[:_CLEANED_CHARS]):
+        last = text.rstrip()
+        last = last[last.rfind("\n") + 1 :].strip()[:_CLEANED_CHARS]
         text = "" if _TRACEBACK.search(last) else last
+    text = text[:_CLEANED_CHARS]
     text = _URL.sub("<url>", text)
     for pattern, replacement in _SECRETS:
         text = pattern.sub(replacement, text)
@@ -475,7 +481,7 @@ def _retry_after(value: str | None) -> int:
     if value:
         value = value.strip()
         if value.isascii() and value.isdigit():
-            seconds = int(value)
+            seconds = int(value) if len(value) <= 6 else 3600
         else:
             with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
                 when = email.utils.parsedate_to_datetime(value)
