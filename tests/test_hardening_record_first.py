@@ -31,8 +31,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from .conftest import TOKEN, gateway_yaml, mock_backend_yaml
+from .conftest import TOKEN, GatewayFactory, gateway_yaml, mock_backend_yaml
 from .test_agents import SCRIPTED_RECEIVED, always_calls, scripted_model_app
+from .test_toolbus import log_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -491,3 +492,50 @@ async def test_an_agent_on_a_full_disk_runs_no_tool_and_answers_503(
     assert len(gateway.files("agent_runs")) == 1
     phases = [line["phase"] for line in gateway.log_lines()]
     assert phases == ["started", "finished"] * 3
+
+
+# -- every recorded intent gets an outcome ---------------------------------------------------
+
+
+async def test_a_refused_expression_leaves_no_record_and_a_broken_tool_leaves_an_outcome(
+    make_gateway: GatewayFactory, start_mock: Any, tmp_path: Path
+) -> None:
+    """Two faults after review. A calculator expression the calculator refuses (a 400) used
+    to be refused only after its intent was on disk, leaving a call that reads as "may have
+    run" forever; and a tool whose output is JSON nested past the parser's depth made the
+    bus fail with a 500 between intent and outcome. Numbers: records on disk, and calls
+    whose intent has no outcome."""
+    deep = tmp_path / "deep.py"
+    deep.write_text("import sys\nsys.stdin.read()\nprint('[' * 200000)\n")
+    tools = {
+        "calculator": {
+            "version": "1",
+            "parameters": {"type": "object"},
+            "builtin": "calculator",
+        },
+        "deep": {
+            "version": "1",
+            "parameters": {"type": "object"},
+            "subprocess": {"argv": [sys.executable, str(deep)], "sandbox": "none"},
+        },
+    }
+    backend = await start_mock()
+    client = await make_gateway(
+        gateway_yaml(mock_backend_yaml("b", backend)) + f"tools: {json.dumps(tools)}\n",
+        tools=log_settings(tmp_path),
+    )
+    log_path = tmp_path / "log" / "calls.ndjson"
+    for expression in ("max()", "round(1, 2, 3)", "2 +", "x" * 600, "(" * 300 + "1" + ")" * 300):
+        response = await client.post(
+            "/v1/tools/calculator", json={"arguments": {"expression": expression}}, headers=AUTH
+        )
+        assert response.status == 400, await response.text()
+    assert not log_path.exists() or log_path.read_bytes() == b""  # 0 records
+
+    response = await client.post("/v1/tools/deep", json={"arguments": {}}, headers=AUTH)
+    body = await response.json()
+    assert response.status == 200 and body["ok"] is True, body
+    assert len(body["result"]["stdout"]) > 200000  # kept as text, not parsed
+    records = [json.loads(line) for line in log_path.read_bytes().splitlines()]
+    phases = [(record["replay_id"], record["phase"]) for record in records]
+    assert phases == [(body["replay_id"], "started"), (body["replay_id"], "finished")]

@@ -101,7 +101,7 @@ def _decode(body: bytes, backend: str, key: str, field: str | None) -> list[byte
         items = json.loads(body)[key]
         encoded = [item[field] if field else item for item in items]
         return [base64.b64decode(text, validate=True) for text in encoded]
-    except (ValueError, KeyError, TypeError, binascii.Error):
+    except (ValueError, KeyError, TypeError, RecursionError, binascii.Error):
         raise UpstreamError(f"backend '{backend}' returned no usable images") from None
 
 

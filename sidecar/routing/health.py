@@ -124,7 +124,7 @@ def _model_ids(body: bytes) -> tuple[str, ...] | None:
     try:
         listing = json.loads(body)
         return tuple(item["id"] for item in listing["data"] if isinstance(item.get("id"), str))
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None
 
 

@@ -13,6 +13,7 @@ saying the tool ran and is recorded only as started.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,13 +24,15 @@ from rfc8785 import CanonicalizationError
 
 from ..api import strict_json
 from ..config.schema import GatewayConfig, ToolSpec
-from ..errors import Forbidden, InvalidRequest, NotFound, StorageUnavailable
+from ..errors import Forbidden, GatewayError, InvalidRequest, NotFound, StorageUnavailable
 from ..routing.admission import Admission
 from ..routing.registry import RegistryHolder
 from ..storage import RETRY_AFTER_S, StorageMonitor
-from .executors import BUILTINS, Builtin, ToolContext, ToolFailure, execute
+from .executors import BUILTIN_CHECKS, BUILTINS, Builtin, ToolContext, ToolFailure, execute
 from .hashing import new_id, request_hash
 from .log import ToolLog
+
+log = logging.getLogger("gateway.tools")
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,8 @@ class ToolBus:
                 param="arguments",
                 code="invalid_arguments",
             )
+        if spec.executor == "builtin" and spec.builtin in BUILTIN_CHECKS:
+            BUILTIN_CHECKS[spec.builtin](arguments)
 
     async def invoke(
         self, name: str, arguments: Any, *, token: str | None, request_id: str
@@ -158,8 +163,9 @@ class ToolBus:
         """Check, admit (429 when the tool is at its limit), run, record."""
         spec = self.spec(name, token)
         self.check_arguments(spec, arguments)
+        admission = self._admissions[name]  # before the await: a reload may swap the table
         hashed = await _hash_arguments(spec, arguments)
-        slot = await self._admissions[name].acquire()
+        slot = await admission.acquire()
         try:
             return await self._run(spec, arguments, hashed, token, request_id)
         finally:
@@ -200,6 +206,13 @@ class ToolBus:
             )
         except ToolFailure as exc:
             ok, error = False, {"type": exc.kind, "message": exc.message}
+        except GatewayError as exc:  # a builtin's own refusal; its message is client-safe
+            ok, error = False, {"type": exc.code or "failed", "message": exc.message}
+        except Exception:
+            # The intent is on record: a bug in a tool or its executor must still leave an
+            # outcome, or the call would read as "may have run" forever.
+            log.exception("tool %s failed unexpectedly (replay id %s)", spec.name, replay_id)
+            ok, error = False, {"type": "internal_error", "message": "the tool failed unexpectedly"}
         call = ToolCall(
             replay_id=replay_id,
             request_hash=hashed,

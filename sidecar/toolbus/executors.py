@@ -20,7 +20,7 @@ from ..config.schema import ToolSpec
 from ..errors import GatewayError, InvalidRequest
 from ..routing.registry import RegistryHolder
 from . import sandbox
-from .calculator import CalculatorError, ExpressionError, evaluate
+from .calculator import CalculatorError, ExpressionError, evaluate, parse
 
 log = logging.getLogger("gateway.tools")
 
@@ -64,23 +64,32 @@ async def _noop(context: ToolContext, arguments: dict[str, Any]) -> Any:
     return {"echo": arguments}
 
 
-async def _calculator(context: ToolContext, arguments: dict[str, Any]) -> Any:
-    """Runs on the loop: ``calculator`` proves every expression cheap (see its docstring).
-
-    A bad expression (syntax, arity, too long or deep) is a 400 like any bad argument and
-    nothing is computed; a computation that fails is the tool's ``calculation_error``.
-    """
+def _check_calculator(arguments: Any) -> str:
+    """The expression, if it is one the calculator evaluates; else the 400 a bad argument
+    gets (syntax, arity, too long or deep). Parsing only: nothing is computed."""
     expression = arguments.get("expression") if isinstance(arguments, dict) else None
     if not isinstance(expression, str):
         raise InvalidRequest(
             "calculator needs an 'expression' string", param="arguments", code="invalid_arguments"
         )
     try:
-        return {"value": evaluate(expression)}
+        parse(expression)
     except ExpressionError as exc:
         raise InvalidRequest(
             f"calculator: {exc}", param="arguments", code="invalid_arguments"
         ) from None
+    return expression
+
+
+async def _calculator(context: ToolContext, arguments: dict[str, Any]) -> Any:
+    """Runs on the loop: ``calculator`` proves every expression cheap (see its docstring).
+
+    The bus has run ``_check_calculator`` before recording the call; a computation that
+    fails is the tool's ``calculation_error``.
+    """
+    expression = _check_calculator(arguments)
+    try:
+        return {"value": evaluate(expression)}
     except CalculatorError as exc:
         raise ToolFailure("calculation_error", str(exc)) from None
 
@@ -91,6 +100,9 @@ async def _calculator(context: ToolContext, arguments: dict[str, Any]) -> Any:
 # below any timeout_s (the calculator: see calculator.py). Nothing else belongs here: a
 # CPU-heavy tool is a subprocess tool, which timeout_s kills.
 BUILTINS: Mapping[str, Builtin] = {"noop": _noop, "calculator": _calculator}
+# Argument checks a builtin needs beyond its JSON Schema, run by the bus before the call is
+# recorded: a call they refuse is a 400 that leaves no record and runs nothing.
+BUILTIN_CHECKS: Mapping[str, Callable[[Any], object]] = {"calculator": _check_calculator}
 
 
 async def execute(
@@ -155,7 +167,7 @@ async def _subprocess(spec: ToolSpec, arguments: dict[str, Any], context: ToolCo
     text = stdout.decode("utf-8", "replace")
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         return {"stdout": text}
 
 

@@ -162,7 +162,7 @@ def _delta(event: bytes) -> str:
             try:
                 chunk = json.loads(line[5:])
                 return chunk["choices"][0]["delta"].get("content") or ""
-            except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError):
                 return ""
     return ""
 
