@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp_jinja2
 import jinja2
@@ -184,6 +185,7 @@ async def _toolbus(app: web.Application) -> AsyncIterator[None]:
             builtins,
             observer=metrics.observe_tool,
             storage=app[STORAGE],
+            protected=_protected_folders(settings),
         )
         bus.configure(app[REGISTRY].current.config)
         app[RELOADER].listeners.append(bus.configure)
@@ -197,6 +199,19 @@ async def _toolbus(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await asyncio.to_thread(log_.close)
+
+
+def _protected_folders(settings: Settings) -> tuple[Path, ...]:
+    """Where the gateway keeps what a sandboxed tool must never see mounted."""
+    folders = {
+        settings.data_dir,
+        settings.tool_log_path.parent,
+        settings.tool_log_dir,
+        settings.image_dir,
+        settings.user_db_path.parent,
+        settings.agent_runs_dir,
+    }
+    return tuple(sorted(folders))
 
 
 async def _ui(app: web.Application) -> AsyncIterator[None]:

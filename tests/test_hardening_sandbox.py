@@ -45,7 +45,14 @@ from .conftest import GatewayFactory, backend_yaml, gateway_yaml, mock_backend_y
 from .test_config import clean_env, gateway_cli
 from .test_reload import serve, serve_env, stop
 from .test_toolbus import backend_fixture, call, call_ok, log_settings, tools_config, wait_for  # noqa: F401
-from .test_toolbus_exec import PRELUDE, assert_gone, processes_with, script_tool, tool_python
+from .test_toolbus_exec import (
+    PRELUDE,
+    assert_gone,
+    processes_with,
+    script_tool,
+    tool_dir,
+    tool_python,
+)
 
 THIEF = r"""
 import base64, json, os, sys
@@ -292,7 +299,7 @@ async def test_an_endless_writer_is_stopped_at_the_cap_long_before_its_timeout(
 ) -> None:
     timeout_s = 60
     endless = script_tool(
-        tmp_path, "endless", ENDLESS, timeout_s=timeout_s, max_output_bytes=256 * 1024
+        tool_dir(tmp_path), "endless", ENDLESS, timeout_s=timeout_s, max_output_bytes=256 * 1024
     )
     client = await make_gateway(
         tools_config(backend, {"endless": endless}), tools=log_settings(tmp_path)
@@ -303,7 +310,7 @@ async def test_an_endless_writer_is_stopped_at_the_cap_long_before_its_timeout(
     assert body["ok"] is False and body["error"]["type"] == "output_too_large", body
     # Answered at the cap, not at the timeout (a tenth of it leaves room for a loaded box).
     assert elapsed < timeout_s / 10, elapsed
-    await assert_gone(str(tmp_path / "endless.py"))
+    await assert_gone(str(tool_dir(tmp_path) / "endless.py"))
 
 
 NOISY = """
@@ -320,7 +327,7 @@ async def test_stderr_before_stdin_and_big_stdin_do_not_deadlock(
     make_gateway: GatewayFactory, backend: TestServer, tmp_path: Path, status: int
 ) -> None:
     source = "import hashlib\n" + NOISY + f"sys.exit({status})\n"
-    noisy = script_tool(tmp_path, "noisy", source, timeout_s=30)
+    noisy = script_tool(tool_dir(tmp_path), "noisy", source, timeout_s=30)
     client = await make_gateway(
         tools_config(backend, {"noisy": noisy}), tools=log_settings(tmp_path)
     )
@@ -433,8 +440,10 @@ async def test_a_sandbox_removed_after_load_fails_closed(
     bwrap = tmp_path / "bin" / "bwrap"
     bwrap.parent.mkdir()
     bwrap.symlink_to(shutil.which("bwrap") or "/usr/bin/bwrap")
-    marker = tmp_path / "ran"
-    tool = script_tool(tmp_path, "touch", f"pathlib.Path({str(marker)!r}).write_text('x')\n")
+    marker = tool_dir(tmp_path) / "ran"
+    tool = script_tool(
+        tool_dir(tmp_path), "touch", f"pathlib.Path({str(marker)!r}).write_text('x')\n"
+    )
     client = await make_gateway(
         tools_config(backend, {"touch": tool}),
         tools=log_settings(tmp_path),
@@ -447,4 +456,31 @@ async def test_a_sandbox_removed_after_load_fails_closed(
     assert body["ok"] is False and body["error"]["type"] == "unavailable", body
     assert "bubblewrap" in body["error"]["message"]
     # Never unconfined instead: the tool did not run at all.
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("mount", ["cwd-above", "cwd-inside", "read-only", "argv-file"])
+async def test_a_tool_configured_to_mount_the_data_dir_is_refused(
+    make_gateway: GatewayFactory, backend: TestServer, tmp_path: Path, mount: str
+) -> None:
+    """An ordinary-looking config (``cwd: .`` beside ``./var``) would bind the data dir —
+    tokens, keys, the users database, the tool log — into the sandbox. Number: calls of
+    such a tool that ran (0, seen by a marker it would write)."""
+    data_dir = tmp_path / "var"  # make_gateway's data dir
+    (data_dir / "secrets").mkdir(parents=True, exist_ok=True)
+    marker = tool_dir(tmp_path) / "ran"
+    tool = script_tool(tool_dir(tmp_path), "peek", f"open({str(marker)!r}, 'w').write('x')\n")
+    if mount == "cwd-above":
+        tool["subprocess"]["cwd"] = str(tmp_path)
+    elif mount == "cwd-inside":
+        tool["subprocess"]["cwd"] = str(data_dir / "secrets")
+    elif mount == "read-only":
+        tool["subprocess"]["read_only"] = [*tool["subprocess"]["read_only"], str(data_dir)]
+    else:
+        tool["subprocess"]["argv"] = [*tool["subprocess"]["argv"], str(data_dir / "users.db")]
+        (data_dir / "users.db").write_text("not for tools")
+    client = await make_gateway(tools_config(backend, {"peek": tool}), tools=log_settings(tmp_path))
+    body = await call_ok(client, "peek", {})
+    assert body["ok"] is False and body["error"]["type"] == "unavailable", body
+    assert "gateway's own files" in body["error"]["message"]
     assert not marker.exists()

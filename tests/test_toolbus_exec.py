@@ -3,8 +3,8 @@ exit status, output caps, timeouts that kill the whole process group, the enviro
 allowlist, replay of a tool whose output changes); http tools on a fake loopback backend;
 and the per-tool concurrency limit.
 
-Subprocess tools are Python scripts written to ``tmp_path`` and run in their bubblewrap
-sandbox with ``tmp_path`` as their (shared, writable) working directory. A script reports
+Subprocess tools are Python scripts written to ``tool_dir(tmp_path)`` and run in their
+bubblewrap sandbox with it as their (shared, writable) working directory. A script reports
 that it started through files (written atomically); as the sandbox has its own PID
 namespace, a test finds the tool's processes by the script's path in their command line
 and checks, with a bounded wait, that none is left afterwards.
@@ -55,15 +55,23 @@ def tool_python() -> tuple[str, list[str]]:
     return os.path.realpath(sys.executable), [sys.base_prefix]
 
 
-def script_tool(tmp_path: Path, name: str, source: str, **fields: Any) -> dict[str, Any]:
+def tool_dir(tmp_path: Path) -> Path:
+    """Where a test's tool scripts live and run: beside the gateway's data dir
+    (``tmp_path / "var"``), never above it, or the sandbox would refuse to mount it."""
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    return work
+
+
+def script_tool(work: Path, name: str, source: str, **fields: Any) -> dict[str, Any]:
     """A subprocess tool running ``source`` (after ``PRELUDE``) with a system Python, in
-    its sandbox with ``tmp_path`` as its working directory."""
-    script = tmp_path / f"{name}.py"
+    its sandbox with ``work`` (see ``tool_dir``) as its working directory."""
+    script = work / f"{name}.py"
     script.write_text(PRELUDE + source)
     python, read_only = tool_python()
     subprocess_spec: dict[str, Any] = {
         "argv": [python, str(script)],
-        "cwd": str(tmp_path),
+        "cwd": str(work),
         "read_only": read_only,
     }
     subprocess_spec.update(fields.pop("subprocess", {}))
@@ -203,7 +211,9 @@ async def test_calculator_refuses_a_bad_expression_as_a_bad_argument(
 async def test_arguments_arrive_as_json_on_stdin(
     make_gateway: GatewayFactory, backend: TestServer, tmp_path: Path
 ) -> None:
-    echo = script_tool(tmp_path, "echo", 'json.dump({"stdin": sys.stdin.read()}, sys.stdout)\n')
+    echo = script_tool(
+        tool_dir(tmp_path), "echo", 'json.dump({"stdin": sys.stdin.read()}, sys.stdout)\n'
+    )
     client = await make_gateway(tools_config(backend, {"echo": echo}), tools=log_settings(tmp_path))
     arguments = {"text": "h\u00e9llo \u2713", "numbers": [1, 2.5], "nested": {"k": None}}
     body = await call_ok(client, "echo", arguments)
@@ -215,7 +225,7 @@ async def test_tool_output_never_overwrites_the_bus_fields(
     make_gateway: GatewayFactory, backend: TestServer, tmp_path: Path
 ) -> None:
     fake = {"replay_id": "x", "ok": False, "request_hash": "y", "duration_ms": -1}
-    liar = script_tool(tmp_path, "liar", f"json.dump({fake!r}, sys.stdout)\n")
+    liar = script_tool(tool_dir(tmp_path), "liar", f"json.dump({fake!r}, sys.stdout)\n")
     client = await make_gateway(tools_config(backend, {"liar": liar}), tools=log_settings(tmp_path))
     body = await call_ok(client, "liar", {})
     assert REPLAY_ID.match(body["replay_id"])
@@ -231,7 +241,7 @@ async def test_a_non_zero_exit_is_a_failure_with_the_end_of_stderr(
     make_gateway: GatewayFactory, backend: TestServer, tmp_path: Path
 ) -> None:
     failing = script_tool(
-        tmp_path,
+        tool_dir(tmp_path),
         "failing",
         'sys.stderr.write("noise " * 500 + "the real reason")\nprint("partial")\nsys.exit(3)\n',
     )
@@ -248,7 +258,7 @@ async def test_a_non_zero_exit_is_a_failure_with_the_end_of_stderr(
 async def test_stdout_that_is_not_json_is_returned_as_text(
     make_gateway: GatewayFactory, backend: TestServer, tmp_path: Path
 ) -> None:
-    plain = script_tool(tmp_path, "plain", 'print("just words, not JSON")\n')
+    plain = script_tool(tool_dir(tmp_path), "plain", 'print("just words, not JSON")\n')
     client = await make_gateway(
         tools_config(backend, {"plain": plain}), tools=log_settings(tmp_path)
     )
@@ -268,10 +278,10 @@ time.sleep(60)
 async def test_output_over_the_cap_fails_at_once_and_ends_the_tool(
     make_gateway: GatewayFactory, backend: TestServer, tmp_path: Path
 ) -> None:
-    pid_file = tmp_path / "oversized.pid"
+    pid_file = tool_dir(tmp_path) / "oversized.pid"
     # A generous timeout: a bus that waited for the tool would say "timeout" instead.
     oversized = script_tool(
-        tmp_path,
+        tool_dir(tmp_path),
         "oversized",
         OVERSIZED.format(pid_file=str(pid_file)),
         max_output_bytes=1024,
@@ -284,7 +294,7 @@ async def test_output_over_the_cap_fails_at_once_and_ends_the_tool(
     assert body["ok"] is False
     assert body["error"]["type"] == "output_too_large"
     assert pid_file.exists(), "the tool did not start"
-    await assert_gone(str(tmp_path / "oversized.py"))
+    await assert_gone(str(tool_dir(tmp_path) / "oversized.py"))
 
 
 HANGING = """
@@ -304,9 +314,9 @@ child.wait()
 async def test_a_hanging_tool_times_out_and_leaves_no_process_or_zombie(
     make_gateway: GatewayFactory, backend: TestServer, tmp_path: Path, sandbox: str
 ) -> None:
-    pid_file = tmp_path / "hanging.pid"
+    pid_file = tool_dir(tmp_path) / "hanging.pid"
     hanging = script_tool(
-        tmp_path,
+        tool_dir(tmp_path),
         "hanging",
         HANGING.format(pid_file=str(pid_file)),
         timeout_s=2,
@@ -319,16 +329,16 @@ async def test_a_hanging_tool_times_out_and_leaves_no_process_or_zombie(
     assert body["ok"] is False
     assert body["error"]["type"] == "timeout"
     assert pid_file.exists(), "the tool did not start before its timeout"
-    await assert_gone(str(tmp_path / "hanging.py"))
+    await assert_gone(str(tool_dir(tmp_path) / "hanging.py"))
 
 
 @pytest.mark.parametrize("sandbox", ["bwrap", "none"])
 async def test_a_timeout_kills_the_tools_children_too(
     make_gateway: GatewayFactory, backend: TestServer, tmp_path: Path, sandbox: str
 ) -> None:
-    pid_file = tmp_path / "family.pid"
+    pid_file = tool_dir(tmp_path) / "family.pid"
     family = script_tool(
-        tmp_path,
+        tool_dir(tmp_path),
         "family",
         WITH_GRANDCHILD.format(pid_file=str(pid_file)),
         timeout_s=2,
@@ -342,7 +352,7 @@ async def test_a_timeout_kills_the_tools_children_too(
     assert body["error"]["type"] == "timeout"
     assert pid_file.exists(), "the tool did not start its child before its timeout"
     assert len(json.loads(pid_file.read_text())) == 2
-    await assert_gone(str(tmp_path / "family.py"))
+    await assert_gone(str(tool_dir(tmp_path) / "family.py"))
 
 
 ENVIRONMENT = "json.dump(dict(os.environ), sys.stdout)\n"
@@ -360,7 +370,9 @@ async def test_a_tool_sees_only_allowlisted_variables_and_never_the_gateway_toke
         "HOME": "/home/gateway",
     }
     allowlist = ["FOO", "LANG", "GATEWAY_BEARER_TOKEN", "GATEWAY_BEARER_TOKENS", "UNSET_NAME"]
-    printenv = script_tool(tmp_path, "printenv", ENVIRONMENT, subprocess={"env": allowlist})
+    printenv = script_tool(
+        tool_dir(tmp_path), "printenv", ENVIRONMENT, subprocess={"env": allowlist}
+    )
     client = await make_gateway(
         tools_config(backend, {"printenv": printenv}),
         tools=log_settings(tmp_path),
@@ -383,7 +395,7 @@ async def test_a_tool_sees_only_allowlisted_variables_and_never_the_gateway_toke
 async def test_a_tool_with_no_allowlist_gets_a_minimal_environment(
     make_gateway: GatewayFactory, backend: TestServer, tmp_path: Path
 ) -> None:
-    printenv = script_tool(tmp_path, "printenv", ENVIRONMENT)
+    printenv = script_tool(tool_dir(tmp_path), "printenv", ENVIRONMENT)
     client = await make_gateway(
         tools_config(backend, {"printenv": printenv}),
         tools=log_settings(tmp_path),
@@ -408,9 +420,9 @@ json.dump({{"released": pathlib.Path({release!r}).exists()}}, sys.stdout)
 async def test_a_tool_at_its_concurrency_limit_answers_429_with_retry_after(
     make_gateway: GatewayFactory, backend: TestServer, tmp_path: Path
 ) -> None:
-    started, release = tmp_path / "started", tmp_path / "release"
+    started, release = tool_dir(tmp_path) / "started", tool_dir(tmp_path) / "release"
     slow = script_tool(
-        tmp_path,
+        tool_dir(tmp_path),
         "slow",
         SLOW.format(started=str(started), release=str(release)),
         concurrency=1,
@@ -499,11 +511,12 @@ json.dump({{"count": count, "arguments": json.load(sys.stdin)}}, sys.stdout)
 async def test_replay_of_a_tool_whose_output_changed_does_not_match(
     make_gateway: GatewayFactory, backend: TestServer, tmp_path: Path
 ) -> None:
-    script = tmp_path / "counter.py"
-    script.write_text(COUNTER_SCRIPT.format(path=str(tmp_path / "count.txt")))
+    work = tool_dir(tmp_path)
+    script = work / "counter.py"
+    script.write_text(COUNTER_SCRIPT.format(path=str(work / "count.txt")))
     python, read_only = tool_python()
     argv = [python, str(script)]
-    counter = {"subprocess": {"argv": argv, "cwd": str(tmp_path), "read_only": read_only}}
+    counter = {"subprocess": {"argv": argv, "cwd": str(work), "read_only": read_only}}
     client = await make_gateway(
         tools_config(backend, {"counter": counter}), tools=log_settings(tmp_path)
     )

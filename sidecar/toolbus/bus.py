@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -75,8 +76,10 @@ class ToolBus:
         builtins: Mapping[str, Builtin] = BUILTINS,
         observer: Callable[[str, bool, float], None] | None = None,
         storage: StorageMonitor | None = None,
+        protected: tuple[Path, ...] = (),
     ) -> None:
         self._observer = observer
+        self._protected = protected
         self._storage = storage
         self._registry = registry
         self._builtins = builtins
@@ -191,7 +194,7 @@ class ToolBus:
             "The tool was not run: its call could not be recorded (the gateway's storage is"
             " full or not writable); try again later",
         )
-        context = ToolContext(self._registry, self._environ, request_id)
+        context = ToolContext(self._registry, self._environ, request_id, self._protected)
         started = time.perf_counter()
         ok, result, error = True, None, None
         try:

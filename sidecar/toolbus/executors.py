@@ -14,6 +14,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..config.schema import ToolSpec
@@ -55,6 +56,8 @@ class ToolContext:
     registry: RegistryHolder
     environ: Mapping[str, str]
     request_id: str
+    # Folders no sandboxed tool may have mounted: the data dir and where the logs are.
+    protected: tuple[Path, ...] = ()
 
 
 Builtin = Callable[[ToolContext, dict[str, Any]], Awaitable[Any]]
@@ -141,6 +144,9 @@ async def _subprocess(spec: ToolSpec, arguments: dict[str, Any], context: ToolCo
     over the cap, kills every process of the tool (daemonized ones too) and reaps it, so
     a hung tool leaves neither a process nor a zombie.
     """
+    problem = await asyncio.to_thread(sandbox.exposed, spec, context.protected)
+    if problem is not None:
+        raise ToolFailure("unavailable", f"refused: {problem}")
     command = await asyncio.to_thread(sandbox.command, spec, context.environ)
     if command is None:
         raise ToolFailure("unavailable", f"the sandbox is missing: {sandbox.INSTALL_HINT}")

@@ -187,3 +187,24 @@ def warn_unconfined(tools: Mapping[str, ToolSpec]) -> None:
 
 def _is_system(path: str) -> bool:
     return any(path == top or path.startswith(top + "/") for top in SYSTEM_PATHS)
+
+
+def exposed(spec: ToolSpec, protected: Iterable[Path]) -> str | None:
+    """Which of the gateway's own folders a sandboxed tool's mounts would show it, if any.
+
+    ``cwd`` (read-write), ``read_only`` paths and files the argv names are bound into the
+    sandbox; one that is, contains or sits inside a protected folder (the data dir with its
+    tokens, keys, users database and logs) would undo the sandbox, so such a tool is
+    refused. Symlinks are resolved first. Blocking: it looks at the files.
+    """
+    if spec.executor != "subprocess" or spec.sandbox == "none":
+        return None
+    mounts = [*spec.read_only, *([spec.cwd] if spec.cwd is not None else [])]
+    mounts += [Path(arg) for arg in spec.argv if os.path.isabs(arg) and not _is_system(arg)]
+    guarded = [path.resolve() for path in protected]
+    for mount in mounts:
+        shown = mount.resolve()
+        for folder in guarded:
+            if shown == folder or folder in shown.parents or shown in folder.parents:
+                return f"{mount} would show the sandboxed tool the gateway's own files"
+    return None
