@@ -32,7 +32,7 @@ import jsonschema
 import yaml
 from yarl import URL
 
-from ..routing.tls import TlsSetupError, build_ssl_context
+from .tls import TlsSetupError, build_ssl_context
 from ..settings import BackendTlsDefaults, ImagesSettings
 from ..toolbus import sandbox
 from .schema import (
