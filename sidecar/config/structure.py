@@ -19,6 +19,7 @@ import json
 import math
 from collections.abc import Iterator, Sequence
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -27,6 +28,7 @@ from jsonschema.protocols import Validator
 from .issues import Issues, join
 
 SCHEMA_FILE = "gateway.schema.json"
+SCHEMA_PATH = Path(__file__).with_name(SCHEMA_FILE)  # for editors: the installed file
 # What ``check`` can validate: the whole gateway.yaml, or one of the schema's ``$defs``.
 GATEWAY = ""
 BACKEND = "backend"
