@@ -48,12 +48,17 @@ class Issues:
         self.lines: dict[str, int] = {}  # key path -> 1-based line
         self.unresolved: set[str] = set()  # paths already reported for a missing ${VAR}
         self._found: dict[tuple[str, int | None, str], None] = {}
+        self._spoiled: set[str] = set()  # every path with a problem at or below it
 
     def error(self, path: str, message: str, node: yaml.Node | None = None) -> None:
         if path in self.unresolved:
             return
         line = node.start_mark.line + 1 if node is not None else self.line(path)
         self._found.setdefault((path, line, message), None)
+        while path not in self._spoiled:
+            self._spoiled.add(path)
+            parent = _PARENT.sub("", path)
+            path = parent if parent != path else ""
 
     def unset_variable(self, path: str, name: str) -> None:
         self.error(path, f"environment variable {name} is not set")
@@ -70,7 +75,7 @@ class Issues:
 
     def under(self, path: str) -> bool:
         """Whether a problem was found at ``path`` or inside it."""
-        return any(_within(found, path) for found, _, _ in self._found)
+        return path in self._spoiled
 
     def __bool__(self) -> bool:
         return bool(self._found)
@@ -92,7 +97,3 @@ def join(path: str, key: str | int) -> str:
     if isinstance(key, int):
         return f"{path}[{key}]"
     return f"{path}.{key}" if path else key
-
-
-def _within(found: str, path: str) -> bool:
-    return found == path or found.startswith((f"{path}.", f"{path}["))
