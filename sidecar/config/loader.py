@@ -28,6 +28,7 @@ from .issues import ConfigError, ConfigIssue, Issues
 from .schema import GatewayConfig
 from .tls import tls_files
 from .toolspecs import ToolReader
+from .values import mapping
 from .yamlread import MAX_CONFIG_BYTES, MAX_DEPTH, MAX_NODES, PlainReader, compose, read_file
 
 __all__ = [
@@ -79,10 +80,10 @@ def parse_config(
     issues = Issues(source)
     root = PlainReader(issues, environ).plain(compose(data, source))
     structure.check(root, issues)
-    root = root if isinstance(root, dict) else {}
+    root = mapping(root)
     reader = BackendReader(issues, source.parent)
     defaults = reader.defaults(root, tls_defaults)
-    raw = root.get("backends") if isinstance(root.get("backends"), dict) else {}
+    raw = mapping(root.get("backends"))
     backends = reader.backends(raw, defaults, images_env, heartmula_url)
     by_name = {backend.name: backend for backend in backends}
     aliases = reader.aliases(root.get("aliases"), by_name, raw)
@@ -107,7 +108,7 @@ def _with_tools_file(
     issues = Issues(tools_path)
     root = PlainReader(issues, environ).plain(compose(data, tools_path))
     structure.check(root, issues, structure.TOOLS_FILE)
-    root = root if isinstance(root, dict) else {}
+    root = mapping(root)
     backends = {backend.name: backend for backend in config.backends}
     reader = ToolReader(issues, tools_path.parent, environ)
     tools = reader.tools(root.get("tools"), backends)

@@ -174,7 +174,7 @@ def _generic(error: jsonschema.ValidationError) -> str:
         return "must not be empty"
     if keyword == "pattern":
         return f"must match {expected}"
-    return error.message.replace("{", "{{").replace("}", "}}")
+    return str(error.message).replace("{", "{{").replace("}", "}}")
 
 
 def _allowed(expected: Any) -> str:
