@@ -300,3 +300,18 @@ def test_the_schema_and_its_validators_are_built_once() -> None:
     assert structure.schema() is structure.schema()
     assert structure._validator(structure.GATEWAY) is structure._validator(structure.GATEWAY)
     assert structure._validator(structure.BACKEND) is structure._validator(structure.BACKEND)
+
+
+def test_a_missing_key_is_required_whatever_its_neighbours_say() -> None:
+    text = yaml_text(
+        """
+        version: 1
+        backends:
+          b: {url: http://b.lan/v1, models: [{name: tiny}]}     # models
+        aliases:
+          fast: {model: tiny}                                  # alias
+        """
+    )
+    found = set(issues_of(text))
+    assert ("backends.b.models[0].id", line_of(text, "# models"), "is required") in found
+    assert ("aliases.fast.backend", line_of(text, "# alias"), "is required") in found

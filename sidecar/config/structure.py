@@ -147,8 +147,10 @@ def _unknown_key(key: str, allowed: Sequence[str]) -> str:
 
 
 def _worded(nodes: Sequence[dict[str, Any]], keyword: str) -> str | None:
-    """The wording the schema gives for ``keyword`` (or any keyword) at these nodes."""
-    for wanted in (keyword, "*"):
+    """The wording the schema gives for ``keyword`` (or any keyword) at these nodes.
+
+    ``required`` names a missing child, so only its own wording fits, not ``"*"``."""
+    for wanted in (keyword,) if keyword == "required" else (keyword, "*"):
         for node in nodes:
             message = node.get("x-messages", {}).get(wanted)
             if message is not None:
