@@ -1,6 +1,7 @@
 """The YAML routing config: schema, loader and live reload."""
 
-from .loader import ConfigError, ConfigIssue, load_config, parse_config
+from .issues import ConfigError, ConfigIssue
+from .loader import load_config, parse_config
 from .schema import AliasConfig, BackendConfig, GatewayConfig
 
 __all__ = [

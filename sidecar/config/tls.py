@@ -1,10 +1,18 @@
-"""Client TLS for backends: verification, custom CAs and client certificates (mTLS)."""
+"""Client TLS for backends: verification, custom CAs and client certificates (mTLS).
+
+It lives with the config that names the files: the loader builds each https backend's
+context while validating, so a bad PEM is refused like any bad value, and fingerprints
+the files' contents so that a rotated certificate is a new config.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import ssl
+from pathlib import Path
 
-from ..config.schema import TlsConfig
+from .schema import GatewayConfig, TlsConfig
 
 
 class TlsSetupError(ValueError):
@@ -51,3 +59,24 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     return type(exc).__name__
+
+
+def fingerprint(tls: TlsConfig) -> str:
+    """A digest of the TLS files' contents: a rotated certificate means a new session."""
+    digest = hashlib.sha256()
+    for path in (tls.ca_bundle, tls.client_cert, tls.client_key):
+        if path is not None:
+            with contextlib.suppress(OSError):
+                digest.update(path.read_bytes())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def tls_files(config: GatewayConfig) -> list[Path]:
+    """The CA bundles, client certificates and keys the config's backends load."""
+    paths: dict[Path, None] = {}
+    for backend in config.backends:
+        for path in (backend.tls.ca_bundle, backend.tls.client_cert, backend.tls.client_key):
+            if path is not None:
+                paths[path] = None
+    return list(paths)
