@@ -1,9 +1,9 @@
 """The OpenAI-compatible endpoints: models, chat, completions, embeddings.
 
 Each handler reads as DESIGN.md's request flow: parse and check the body, resolve the
-model to a backend, take an admission slot, call the backend, relay the answer. The slot
-and the upstream connection are released in ``finally`` blocks, so an error, a client
-that goes away, or the end of a stream frees them exactly once.
+model to a backend, then ``backend_call``: take an admission slot, call the backend, relay
+the answer. The slot and the upstream connection are released when the ``async with``
+ends, so an error, a client that goes away, or the end of a stream frees them exactly once.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import GatewayError, UpstreamError, error_envelope
-from ..routing.router import Route, admit, resolve, upstream_body
+from ..routing.call import backend_call
+from ..routing.router import resolve, upstream_body
 from ..routing.upstream import UpstreamCall
 from ..typedefs import ACCESS, REGISTRY, REQUEST_ID
 from . import validation
@@ -82,35 +83,18 @@ async def _relay(
     upstream_payload = upstream_body(payload, route)
     headers = route.headers()
     try:
-        slot = await admit(route)
-        try:
-            return await _call(request, route, endpoint, upstream_payload, stream, headers)
-        finally:
-            slot.release()
+        async with backend_call(
+            route.backend, capability, endpoint, upstream_payload, request[REQUEST_ID]
+        ) as call:
+            if stream:
+                return await _relay_stream(request, call, headers)
+            body, parsed = await call.read_json()
+            if not isinstance(parsed, dict):
+                raise UpstreamError(f"backend '{route.backend.name}' returned an unexpected reply")
+            return web.Response(body=body, content_type="application/json", headers=headers)
     except GatewayError as exc:
         exc.headers.update(headers)
         raise
-
-
-async def _call(
-    request: web.Request,
-    route: Route,
-    endpoint: str,
-    payload: dict[str, Any],
-    stream: bool,
-    headers: dict[str, str],
-) -> web.StreamResponse:
-    call = await route.backend.client.post(endpoint, payload, request[REQUEST_ID])
-    try:
-        await call.raise_for_status()
-        if stream:
-            return await _relay_stream(request, call, headers)
-        body, parsed = await call.read_json()
-        if not isinstance(parsed, dict):
-            raise UpstreamError(f"backend '{route.backend.name}' returned an unexpected reply")
-        return web.Response(body=body, content_type="application/json", headers=headers)
-    finally:
-        call.close()
 
 
 async def _relay_stream(
