@@ -18,7 +18,7 @@ from aiohttp import web
 from ..errors import GatewayError, UpstreamError, error_envelope
 from ..routing.call import backend_call
 from ..routing.router import resolve, upstream_body
-from ..routing.upstream import UpstreamCall
+from ..routing.upstream import UpstreamCall, split_events
 from ..typedefs import ACCESS, REGISTRY, REQUEST_ID
 from . import validation
 from .body import read_json_object
@@ -108,19 +108,31 @@ async def _relay_stream(
     await response.prepare(request)
     finished = False
     try:
-        async for event in call.events():
+        async for run in call.event_runs():
             record.first_token()
-            await response.write(event)
-            record.bytes_out += len(event)
-            if event.startswith((b"data: [DONE]", b"data:[DONE]")):
-                finished = True
-                break
-        if not finished:
-            raise UpstreamError(f"backend '{headers['X-Backend-Used']}' ended the stream early")
+            if b"[DONE]" in run:
+                run, finished = _through_done(run)
+            await response.write(run)
+            record.bytes_out += len(run)
+            if finished:
+                await response.write_eof()
+                await call.finish()  # so the backend connection is reused
+                return response
+        raise UpstreamError(f"backend '{headers['X-Backend-Used']}' ended the stream early")
     except GatewayError as exc:
         log.warning("stream %s failed: %s", request[REQUEST_ID], exc.message)
         await _end_stream_with_error(response, exc)
     return response
+
+
+def _through_done(run: bytes) -> tuple[bytes, bool]:
+    """The events of ``run`` up to and including ``data: [DONE]``, and whether it is there."""
+    kept = []
+    for event in split_events(run):
+        kept.append(event)
+        if event.startswith((b"data: [DONE]", b"data:[DONE]")):
+            return b"".join(kept), True
+    return run, False
 
 
 async def _end_stream_with_error(response: web.StreamResponse, exc: GatewayError) -> None:

@@ -116,15 +116,25 @@ class UpstreamCall:
             ) from None
 
     async def events(self) -> AsyncIterator[bytes]:
-        """Server-sent events, each as its raw bytes ending in a blank line.
+        """Server-sent events one by one, each as its raw bytes ending in a blank line
+        (``event_runs`` split up)."""
+        async for run in self.event_runs():
+            for event in split_events(run):
+                yield event
+
+    async def event_runs(self) -> AsyncIterator[bytes]:
+        """Server-sent events as they arrive: each item is one or more whole events back
+        to back (what one network read completed), each ending in a blank line.
 
         The first event may take the read timeout (prompt processing); later ones the
         stream-idle timeout. Ends at EOF; transport failures raise gateway errors, and so
         does an event longer than ``MAX_SSE_EVENT_BYTES`` (never buffered past that).
-        An error event the backend sends mid-stream has its message cleaned.
+        An error event the backend sends mid-stream has its message cleaned; blank lines
+        between events are dropped.
 
-        This is the per-token hot path: one read per network piece (usually one event),
-        no per-event timer (``_ReadDeadline``), events cut out of the piece by position.
+        This is the per-token hot path: one read per network piece, no timer per read
+        (``_ReadDeadline``), events found by position and relayed as the slice that holds
+        them (usually the piece itself), no JSON parsing.
         """
         content = self.response.content
         limit = MAX_SSE_EVENT_BYTES
@@ -150,7 +160,7 @@ class UpstreamCall:
             if not piece:  # EOF: an unterminated last event still counts
                 rest = b"".join(pending).lstrip(b"\r\n")
                 if rest:
-                    yield _checked_event(rest + b"\n")
+                    yield _checked(rest + b"\n")
                 return
             if pending:
                 if _BOUNDARY.search(tail + piece) is None:
@@ -163,26 +173,40 @@ class UpstreamCall:
                 pending.append(piece)
                 piece = b"".join(pending)
                 pending = []
-            start = 0
-            end = len(piece)
+            start, end = 0, len(piece)
+            first = -1  # where the current run of back-to-back events starts
+            runs: list[bytes] = []
             while start < end:
-                # Blank lines between events are skipped.
-                while piece.startswith(b"\n", start) or piece.startswith(b"\r\n", start):
+                if piece.startswith(b"\n", start) or piece.startswith(b"\r\n", start):
+                    if first >= 0:  # a blank line between events: not relayed
+                        runs.append(piece[first:start])
+                        first = -1
                     start += 1 if piece[start] == 10 else 2
+                    continue
                 match = _BOUNDARY.search(piece, start)
                 if match is None:
                     break
                 if match.start() - start > limit:
                     raise self._too_large()
-                stop = match.end()
-                event = piece[start:stop] if start or stop < end else piece
-                start = stop
-                yield _checked_event(event)
+                if first < 0:
+                    first = start
+                start = match.end()
+            if first >= 0:
+                runs.append(piece if first == 0 and start == end else piece[first:start])
+            if runs:
+                yield _checked(runs[0] if len(runs) == 1 else b"".join(runs))
             if start < end:
-                rest = piece[start:] if start else piece
+                rest = piece[start:]
                 pending, pending_size, tail = [rest], len(rest), rest[-2:]
                 if pending_size > limit + 2:
                     raise self._too_large()
+
+    async def finish(self, timeout_s: float = 0.5) -> None:
+        """After the last event: wait briefly for the end of the body, so the connection
+        goes back to the pool instead of being closed (a little is read, nothing kept)."""
+        with contextlib.suppress(TimeoutError, aiohttp.ClientError, OSError, ValueError):
+            async with asyncio.timeout(timeout_s):
+                await _read_capped(self.response.content, 64 * 1024, truncate=True)
 
     def _too_large(self) -> UpstreamError:
         return UpstreamError(
@@ -429,8 +453,22 @@ class BackendClient:
 _BOUNDARY = re.compile(rb"\n\r?\n")  # the blank line that ends an event
 
 
-def _checked_event(event: bytes) -> bytes:
-    return _clean_error_event(event) if b'"error"' in event else event
+def split_events(run: bytes) -> list[bytes]:
+    """The events in a run from ``UpstreamCall.event_runs``, each with its blank line."""
+    events, start = [], 0
+    for match in _BOUNDARY.finditer(run):
+        events.append(run[start : match.end()])
+        start = match.end()
+    if start < len(run):
+        events.append(run[start:])
+    return events
+
+
+def _checked(run: bytes) -> bytes:
+    """A run with every backend error event in it cleaned (``_clean_error_event``)."""
+    if b'"error"' not in run:
+        return run
+    return b"".join(_clean_error_event(event) for event in split_events(run))
 
 
 class _ReadDeadline:
