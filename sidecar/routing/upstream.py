@@ -176,6 +176,7 @@ class UpstreamCall:
             start, end = 0, len(piece)
             first = -1  # where the current run of back-to-back events starts
             runs: list[bytes] = []
+            too_large = False
             while start < end:
                 if piece.startswith(b"\n", start) or piece.startswith(b"\r\n", start):
                     if first >= 0:  # a blank line between events: not relayed
@@ -187,7 +188,8 @@ class UpstreamCall:
                 if match is None:
                     break
                 if match.start() - start > limit:
-                    raise self._too_large()
+                    too_large = True  # after the events before it
+                    break
                 if first < 0:
                     first = start
                 start = match.end()
@@ -195,6 +197,8 @@ class UpstreamCall:
                 runs.append(piece if first == 0 and start == end else piece[first:start])
             if runs:
                 yield _checked(runs[0] if len(runs) == 1 else b"".join(runs))
+            if too_large:
+                raise self._too_large()
             if start < end:
                 rest = piece[start:]
                 pending, pending_size, tail = [rest], len(rest), rest[-2:]
