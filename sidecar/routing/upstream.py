@@ -293,6 +293,7 @@ class BackendClient:
         self._closing: asyncio.Task[None] | None = None
         self._is_closed = False
         self._headers = dict(_JSON_HEADERS)
+        self._urls: dict[str, URL] = {}
         if config.api_key:
             self._headers["Authorization"] = f"Bearer {config.api_key}"
         elif config.basic_auth:
@@ -320,9 +321,14 @@ class BackendClient:
         return self._session
 
     def url(self, endpoint: str) -> URL:
-        if self.config.url is None:
-            raise ValueError(f"backend '{self.name}' is built in and has no URL")
-        return self.config.url / endpoint
+        url = self._urls.get(endpoint)
+        if url is None:
+            if self.config.url is None:
+                raise ValueError(f"backend '{self.name}' is built in and has no URL")
+            url = self.config.url / endpoint
+            if len(self._urls) < 64:  # a handful of endpoints; joining costs per request
+                self._urls[endpoint] = url
+        return url
 
     async def post(
         self,
