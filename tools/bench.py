@@ -1,12 +1,19 @@
 #!/usr/bin/env python3
 """Benchmark what the gateway costs: fake backend direct vs sidecar alone vs Caddy + sidecar.
 
+The ``streams`` phase is real LLM traffic: many concurrent streams of small events (256
+streams of 100 events, 20 ms apart) against a second fake backend directly, through the
+sidecar, and through a bare aiohttp relay (``tools/bench_relay.py``, the floor). It reports
+time to first token and the server's CPU time per relayed event (utime + stime from
+``/proc/<pid>/stat`` over the phase, divided by the events the clients received).
+
 Bounded load on loopback only (fixed request counts, a warm-up, a time cap per phase).
 The load generator is an aiohttp client in this process, pinned to one core; the servers
 (fake backend, sidecar, Caddy) are pinned to the other. Prints a table of ratios against
 direct and writes the figures as JSON.
 
     .venv/bin/python tools/bench.py [--requests 2000] [--out var/bench.json]
+    .venv/bin/python tools/bench.py --phases streams     # only the streams phase
 """
 
 from __future__ import annotations
@@ -34,6 +41,10 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "bench-token-" + "x7Qp2mLz9vRt4sWk"
 PHASE_CAP_S = 40.0
+STREAM_EVENTS = 100  # per stream in the streams phase: role, 98 pieces, stop
+STREAM_GAP_MS = 20.0
+# The fake answers "Mock reply to: <prompt>", one word per event.
+STREAM_WORDS = " ".join(f"w{i}" for i in range(STREAM_EVENTS - 2 - 3))
 
 
 def free_port() -> int:
@@ -149,6 +160,79 @@ async def timed_streams(target: Target, total: int, concurrency: int) -> dict[st
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def timed_event_streams(
+    target: Target, total: int, concurrency: int, server_pid: int | None, model: str
+) -> dict[str, Any]:
+    """Many concurrent streams of small events: TTFT and server CPU per relayed event."""
+    ttfts: list[float] = []
+    events = 0
+    errors = 0
+    counter = iter(range(total))
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    body = json.dumps(
+        {
+            "model": model,
+            "stream": True,
+            "messages": [{"role": "user", "content": STREAM_WORDS}],
+        }
+    ).encode()
+    deadline = time.monotonic() + PHASE_CAP_S
+    connector = aiohttp.TCPConnector(limit=concurrency, ssl=target.ssl)
+    timeout = aiohttp.ClientTimeout(total=PHASE_CAP_S)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def worker() -> None:
+            nonlocal events, errors
+            for _ in counter:
+                if time.monotonic() > deadline:
+                    return
+                start = time.perf_counter()
+                first = 0.0
+                seen = 0
+                try:
+                    async with session.post(
+                        target.base + "/v1/chat/completions", data=body, headers=headers
+                    ) as reply:
+                        async for line in reply.content:
+                            if line.startswith(b"data: {"):
+                                seen += 1
+                                if seen == 1:
+                                    first = time.perf_counter()
+                except (aiohttp.ClientError, TimeoutError):
+                    errors += 1
+                events += seen
+                if seen == STREAM_EVENTS:
+                    ttfts.append(first - start)
+                else:
+                    errors += 1
+
+        cpu_before = cpu_seconds(server_pid) if server_pid else 0.0
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+        cpu = cpu_seconds(server_pid) - cpu_before if server_pid else 0.0
+    ttfts.sort()
+    return {
+        "streams": len(ttfts),
+        "errors": errors,
+        "events": events,
+        "elapsed_s": elapsed,
+        "ttft_p50_ms": 1000 * statistics.median(ttfts) if ttfts else 0.0,
+        "ttft_p99_ms": 1000 * ttfts[max(0, int(len(ttfts) * 0.99) - 1)] if ttfts else 0.0,
+        "cpu_s": cpu,
+        "cpu_us_per_event": 1e6 * cpu / events if server_pid and events else 0.0,
+    }
+
+
 def wait_http(url: str, ssl_context: ssl.SSLContext | bool, timeout: float = 30.0) -> float:
     start = time.perf_counter()
 
@@ -180,6 +264,9 @@ class Servers:
         self.site_port = free_port()
         self.ready_s = 0.0
         self.sidecar_pid = 0
+        self.stream_backend_port = free_port()
+        self.relay_port = free_port()
+        self.relay_pid = 0
 
     def _spawn(self, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         log = (self.workdir / f"proc{len(self.procs)}.log").open("wb")
@@ -188,7 +275,7 @@ class Servers:
         self.procs.append(proc)
         return proc
 
-    def start(self) -> None:
+    def start(self, with_caddy: bool = True) -> None:
         env = {**os.environ, "GATEWAY_BEARER_TOKEN": TOKEN, "GATEWAY_ACCESS_LOG": "true"}
         python = sys.executable
         self._spawn(
@@ -209,6 +296,37 @@ class Servers:
             env,
         )
         wait_http(f"http://127.0.0.1:{self.backend_port}/healthz", False)
+        self._spawn(
+            [
+                python,
+                "-m",
+                "sidecar",
+                "mock-backends",
+                "--port",
+                str(self.stream_backend_port),
+                "--latency-ms",
+                "0",
+                "--chunk-delay-ms",
+                str(STREAM_GAP_MS),
+                "--chunks",
+                str(STREAM_EVENTS - 2),
+            ],
+            env,
+        )
+        wait_http(f"http://127.0.0.1:{self.stream_backend_port}/healthz", False)
+        relay = self._spawn(
+            [
+                python,
+                str(ROOT / "tools" / "bench_relay.py"),
+                "--port",
+                str(self.relay_port),
+                "--backend",
+                f"http://127.0.0.1:{self.stream_backend_port}",
+            ],
+            env,
+        )
+        self.relay_pid = relay.pid
+        wait_http(f"http://127.0.0.1:{self.relay_port}/readyz", False)
         config = self.workdir / "gateway.yaml"
         config.write_text(
             f"""version: 1
@@ -221,6 +339,13 @@ backends:
     models:
       - {{id: mock-llama, capabilities: [chat, completions]}}
       - {{id: mock-embed, capabilities: [embeddings]}}
+  mockstream:
+    url: http://127.0.0.1:{self.stream_backend_port}/v1
+    class: mock
+    limits: {{chat: 512}}
+    health: {{liveness: /healthz, readiness: /readyz}}
+    models:
+      - {{id: mock-llama, capabilities: [chat]}}
 """
         )
         sidecar_env = {
@@ -233,6 +358,8 @@ backends:
         proc = self._spawn([python, "-m", "sidecar", "serve"], sidecar_env)
         self.sidecar_pid = proc.pid
         self.ready_s = wait_http(f"http://127.0.0.1:{self.sidecar_port}/readyz", False)
+        if not with_caddy:
+            return
         up_env = {
             **env,
             "GATEWAY_CONFIG": str(config),
@@ -274,6 +401,15 @@ def _children(pid: int) -> list[int]:
 
 
 async def run_phases(servers: Servers, args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    if "streams" in args.phases:
+        results["streams"] = await run_streams(servers, args)
+    if "requests" in args.phases:
+        results.update(await run_requests(servers, args))
+    return results
+
+
+async def run_requests(servers: Servers, args: argparse.Namespace) -> dict[str, Any]:
     targets = [
         Target("direct", f"http://127.0.0.1:{servers.backend_port}"),
         Target("sidecar", f"http://127.0.0.1:{servers.sidecar_port}"),
@@ -312,6 +448,59 @@ async def run_phases(servers: Servers, args: argparse.Namespace) -> dict[str, An
         "samples": len(rss),
     }
     return results
+
+
+async def run_streams(servers: Servers, args: argparse.Namespace) -> dict[str, Any]:
+    """The streams phase against the stream backend directly, the sidecar and the relay."""
+    targets = [
+        (Target("direct", f"http://127.0.0.1:{servers.stream_backend_port}"), None),
+        (Target("sidecar", f"http://127.0.0.1:{servers.sidecar_port}"), servers.sidecar_pid),
+        (Target("bare relay", f"http://127.0.0.1:{servers.relay_port}"), servers.relay_pid),
+    ]
+    results: dict[str, Any] = {}
+    for target, pid in targets:
+        # The sidecar names the stream backend's model by backend/model.
+        model = "mockstream/mock-llama" if target.name == "sidecar" else "mock-llama"
+        warm = args.stream_concurrency  # every connection opened before measuring
+        await timed_event_streams(target, warm, warm, pid, model)
+        results[target.name] = await timed_event_streams(
+            target, args.stream_requests, args.stream_concurrency, pid, model
+        )
+    return results
+
+
+def report_streams(results: dict[str, Any], concurrency: int) -> str:
+    direct = results["direct"]
+    rows = [
+        (
+            "streams",
+            f"TTFT p50 c{concurrency} (+ms)",
+            "TTFT p99 (ms)",
+            "CPU/event (µs)",
+            "ratio",
+            "errors",
+        )
+    ]
+    relay_cpu = results["bare relay"]["cpu_us_per_event"]
+    for name in ("direct", "sidecar", "bare relay"):
+        r = results[name]
+        added = r["ttft_p50_ms"] - direct["ttft_p50_ms"]
+        cpu = r["cpu_us_per_event"]
+        rows.append(
+            (
+                name,
+                f"{r['ttft_p50_ms']:.1f} ({added:+.1f})",
+                f"{r['ttft_p99_ms']:.1f}",
+                f"{cpu:.1f}" if name != "direct" else "-",
+                f"{cpu / relay_cpu:.2f}" if name != "direct" and relay_cpu else "-",
+                f"{r['errors']}",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in rows
+    )
 
 
 def report(results: dict[str, Any], servers: Servers) -> str:
@@ -368,6 +557,15 @@ def report(results: dict[str, Any], servers: Servers) -> str:
     return "\n".join(lines)
 
 
+def _commit() -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        )
+        return done.stdout.strip()
+    return ""
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -377,13 +575,21 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=500, help="streams at concurrency 32")
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--latency-ms", type=float, default=20.0, help="fake backend latency")
+    parser.add_argument(
+        "--phases",
+        default="requests,streams",
+        help="comma-separated: requests (the chat/embeddings table), streams",
+    )
+    parser.add_argument("--stream-requests", type=int, default=768, help="streams phase total")
+    parser.add_argument("--stream-concurrency", type=int, default=256)
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench.json")
     args = parser.parse_args()
+    args.phases = set(args.phases.split(","))
     pin(0, {1})
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as workdir:
         servers = Servers(Path(workdir), args.latency_ms)
         try:
-            servers.start()
+            servers.start(with_caddy="requests" in args.phases)
             results = asyncio.run(run_phases(servers, args))
         finally:
             servers.stop()
@@ -393,10 +599,14 @@ def main() -> int:
         "load_generator": "aiohttp client (this process, pinned to core 1); servers on core 0",
         "sidecar_ready_s": servers.ready_s,
         "args": {k: str(v) for k, v in vars(args).items()},
+        "commit": _commit(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
-    print(report(results, servers))
+    if "requests" in args.phases:
+        print(report(results, servers))
+    if "streams" in args.phases:
+        print(report_streams(results["streams"], args.stream_concurrency))
     print(f"figures written to {args.out}")
     return 0
 

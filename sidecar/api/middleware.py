@@ -1,4 +1,10 @@
-"""The request pipeline before a handler: id and access record, errors, bearer auth.
+"""The request pipeline before a handler: id, forwarded headers and access record, errors,
+bearer auth.
+
+``observe`` comes first. From a trusted proxy (the unix socket from Caddy, or a peer in
+``TRUSTED_PROXIES``) it clones the request once with the client's address, the site's
+host and scheme as forwarded; after it, code reads ``request.remote`` / ``host`` /
+``scheme`` and never a forwarding header.
 
 Errors are translated once, here: a ``GatewayError`` leaves with its status and the OpenAI
 envelope; aiohttp's own 404/405/413 get the same envelope; anything unexpected is logged
@@ -17,7 +23,7 @@ from aiohttp.typedefs import Handler
 from ..auth import TokenSet
 from ..errors import GatewayError, error_envelope
 from ..observability.access_log import AccessRecord
-from ..observability.client_ip import client_ip
+from ..observability.client_ip import forwarded_overrides
 from ..typedefs import ACCESS, CLIENT_IP, METRICS, REGISTRY, REQUEST_ID, SETTINGS, TOKEN
 
 log = logging.getLogger("gateway.errors")
@@ -37,15 +43,21 @@ def new_request_id() -> str:
 
 @web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give the request an id and an access record, and log one line when it ends."""
+    """Give the request an id and an access record, believe a trusted proxy's forwarding
+    headers, and log one line when it ends."""
     request_id = new_request_id()
     request[REQUEST_ID] = request_id
-    ip = client_ip(request, request.app[SETTINGS].trusted_proxies)
-    request[CLIENT_IP] = ip
+    overrides = forwarded_overrides(request, request.app[SETTINGS].trusted_proxies)
+    ip = overrides.get("remote") or request.remote or "unknown"
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "(unmatched)"
     record = AccessRecord(request_id, request.method, route, ip)
+    # Set before cloning: aiohttp prepares a returned response with the original request
+    # (``stamp_response``), which must see the same id and record.
     request[ACCESS] = record
+    request[CLIENT_IP] = ip
+    if overrides:
+        request = request.clone(**overrides)
     try:
         response = await handler(request)
     except BaseException as exc:

@@ -1,9 +1,9 @@
 """The OpenAI-compatible endpoints: models, chat, completions, embeddings.
 
 Each handler reads as DESIGN.md's request flow: parse and check the body, resolve the
-model to a backend, take an admission slot, call the backend, relay the answer. The slot
-and the upstream connection are released in ``finally`` blocks, so an error, a client
-that goes away, or the end of a stream frees them exactly once.
+model to a backend, then ``backend_call``: take an admission slot, call the backend, relay
+the answer. The slot and the upstream connection are released when the ``async with``
+ends, so an error, a client that goes away, or the end of a stream frees them exactly once.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import GatewayError, UpstreamError, error_envelope
-from ..routing.router import Route, admit, resolve, upstream_body
-from ..routing.upstream import UpstreamCall
+from ..routing.call import backend_call
+from ..routing.router import resolve, upstream_body
+from ..routing.upstream import UpstreamCall, split_events
 from ..typedefs import ACCESS, REGISTRY, REQUEST_ID
 from . import validation
 from .body import read_json_object
@@ -82,35 +83,18 @@ async def _relay(
     upstream_payload = upstream_body(payload, route)
     headers = route.headers()
     try:
-        slot = await admit(route)
-        try:
-            return await _call(request, route, endpoint, upstream_payload, stream, headers)
-        finally:
-            slot.release()
+        async with backend_call(
+            route.backend, capability, endpoint, upstream_payload, request[REQUEST_ID]
+        ) as call:
+            if stream:
+                return await _relay_stream(request, call, headers)
+            body, parsed = await call.read_json()
+            if not isinstance(parsed, dict):
+                raise UpstreamError(f"backend '{route.backend.name}' returned an unexpected reply")
+            return web.Response(body=body, content_type="application/json", headers=headers)
     except GatewayError as exc:
         exc.headers.update(headers)
         raise
-
-
-async def _call(
-    request: web.Request,
-    route: Route,
-    endpoint: str,
-    payload: dict[str, Any],
-    stream: bool,
-    headers: dict[str, str],
-) -> web.StreamResponse:
-    call = await route.backend.client.post(endpoint, payload, request[REQUEST_ID])
-    try:
-        await call.raise_for_status()
-        if stream:
-            return await _relay_stream(request, call, headers)
-        body, parsed = await call.read_json()
-        if not isinstance(parsed, dict):
-            raise UpstreamError(f"backend '{route.backend.name}' returned an unexpected reply")
-        return web.Response(body=body, content_type="application/json", headers=headers)
-    finally:
-        call.close()
 
 
 async def _relay_stream(
@@ -124,19 +108,31 @@ async def _relay_stream(
     await response.prepare(request)
     finished = False
     try:
-        async for event in call.events():
+        async for run in call.event_runs():
             record.first_token()
-            await response.write(event)
-            record.bytes_out += len(event)
-            if event.startswith((b"data: [DONE]", b"data:[DONE]")):
-                finished = True
-                break
-        if not finished:
-            raise UpstreamError(f"backend '{headers['X-Backend-Used']}' ended the stream early")
+            if b"[DONE]" in run:
+                run, finished = _through_done(run)
+            await response.write(run)
+            record.bytes_out += len(run)
+            if finished:
+                await response.write_eof()
+                await call.finish()  # so the backend connection is reused
+                return response
+        raise UpstreamError(f"backend '{headers['X-Backend-Used']}' ended the stream early")
     except GatewayError as exc:
         log.warning("stream %s failed: %s", request[REQUEST_ID], exc.message)
         await _end_stream_with_error(response, exc)
     return response
+
+
+def _through_done(run: bytes) -> tuple[bytes, bool]:
+    """The events of ``run`` up to and including ``data: [DONE]``, and whether it is there."""
+    kept = []
+    for event in split_events(run):
+        kept.append(event)
+        if event.startswith((b"data: [DONE]", b"data:[DONE]")):
+            return b"".join(kept), True
+    return run, False
 
 
 async def _end_stream_with_error(response: web.StreamResponse, exc: GatewayError) -> None:

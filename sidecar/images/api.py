@@ -18,8 +18,7 @@ from yarl import URL
 
 from ..api.body import read_json_object
 from ..errors import Forbidden, GatewayError, NotFound, UpstreamError
-from ..observability.client_ip import via_trusted_proxy
-from ..routing.router import admit, resolve_default
+from ..routing.router import resolve_default
 from ..typedefs import (
     ACCESS,
     IMAGE_STORE,
@@ -53,13 +52,9 @@ async def generate_for(
     headers = route.headers()
     try:
         check_pixels(image_request, backend.config.images.max_pixels, backend.name)
-        slot = await admit(route)
-        try:
-            images = await generate(
-                backend, image_request, route.upstream_model or None, request[REQUEST_ID]
-            )
-        finally:
-            slot.release()
+        images = await generate(
+            backend, image_request, route.upstream_model or None, request[REQUEST_ID]
+        )
         kinds = [_kind(data, backend.name) for data in images]
         if image_request.response_format == "b64_json":
             encoded = await asyncio.to_thread(
@@ -104,10 +99,7 @@ def public_base(request: web.Request) -> URL:
     settings = request.app[SETTINGS]
     if settings.public_base_url:
         return URL(settings.public_base_url)
-    scheme, host = request.scheme, request.host
-    if via_trusted_proxy(request, settings.trusted_proxies):
-        scheme = request.headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip()
-        host = request.headers.get("X-Forwarded-Host", host).split(",")[0].strip()
+    scheme, host = request.scheme, request.host  # as a trusted proxy forwarded them
     if scheme not in ("http", "https"):
         scheme = "https"
     return URL.build(scheme=scheme, authority=host)

@@ -1,7 +1,8 @@
 """Image backends: the built-in placeholder, Automatic1111, and OpenAI-style shims.
 
-Each turns an ``ImageRequest`` into image bytes. Decoding large base64 replies happens in
-a thread, so a 10-image answer never stalls the event loop.
+Each turns an ``ImageRequest`` into image bytes, holding an admission slot for the
+generation only (``backend_call``; ``admitted`` for the built-in one). Decoding large
+base64 replies happens in a thread, so a 10-image answer never stalls the event loop.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 from typing import Any
 
 from ..errors import InvalidRequest, UpstreamError
+from ..routing.call import admitted, backend_call
 from ..routing.registry import Backend
 from . import placeholder
 from .request import ImageRequest
@@ -24,7 +26,8 @@ async def generate(
     """``upstream_model`` is the routed name (an alias's target, a prefix stripped)."""
     protocol = backend.config.protocol
     if protocol == "mock_images":
-        return await asyncio.to_thread(_placeholders, request)
+        async with admitted(backend, "images"):
+            return await asyncio.to_thread(_placeholders, request)
     if protocol == "a1111":
         return await _a1111(backend, request, request_id)
     return await _openai_images(backend, request, upstream_model, request_id)
@@ -87,12 +90,8 @@ async def _openai_images(
 
 
 async def _post(backend: Backend, endpoint: str, payload: dict[str, Any], request_id: str) -> bytes:
-    call = await backend.client.post(endpoint, payload, request_id)
-    try:
-        await call.raise_for_status()
+    async with backend_call(backend, "images", endpoint, payload, request_id) as call:
         return await call.read_body()
-    finally:
-        call.close()
 
 
 def _decode(body: bytes, backend: str, key: str, field: str | None) -> list[bytes]:

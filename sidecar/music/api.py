@@ -6,8 +6,9 @@ or the bearer token). ``/music/{filename}`` is for API clients wherever they are
 signed, expiring link (``download_url`` in the generation's answer, signed like image
 links) or the bearer token, so the client that generated a song can always fetch it.
 
-A download holds the backend's client for as long as it streams, so a reload that
-retires that client closes it only after the download ends.
+A download is a ``backend_call`` (a streaming GET, no admission slot): it holds the
+backend's client for as long as it streams, so a reload that retires that client closes
+it only after the download ends.
 
 The audio proxy never follows a backend's redirect (a 3xx is a 502) and passes on only
 the headers in ``_PASSED_HEADERS`` (never the backend's ``Server``).
@@ -17,12 +18,12 @@ from __future__ import annotations
 
 import logging
 
-import aiohttp
 from aiohttp import web
 
 from ..api.body import read_json_object
 from ..errors import Forbidden, GatewayError, NotFound, UpstreamError
 from ..observability.client_ip import address_allowed
+from ..routing.call import backend_call
 from ..routing.router import resolve_default
 from ..typedefs import CLIENT_IP, REGISTRY, REQUEST_ID, SETTINGS, TOKENS, URL_SIGNER
 from .service import AUDIO_NAME, generate_music, parse_music_request
@@ -74,44 +75,36 @@ async def _stream(request: web.Request, name: str) -> web.StreamResponse:
     headers = {"X-Request-Id": request[REQUEST_ID]}
     if "Range" in request.headers:
         headers["Range"] = request.headers["Range"]
-    try:
-        with backend.client.hold() as client:
-            async with client.session.get(
-                client.url("").with_path(f"/audio/{name}"),
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(sock_read=backend.config.timeouts.read_s),
-                allow_redirects=False,
-            ) as upstream:
-                if upstream.status == 404:
-                    raise NotFound("No such audio file", code="audio_not_found")
-                if 300 <= upstream.status < 400:
-                    raise UpstreamError(
-                        f"backend '{backend.name}' answered with a redirect ({upstream.status});"
-                        " the gateway does not follow redirects",
-                        code="upstream_redirect",
-                    )
-                if upstream.status not in (200, 206, 416):
-                    raise UpstreamError(f"backend '{backend.name}' answered {upstream.status}")
-                response = web.StreamResponse(status=upstream.status)
-                response.content_type = (
-                    "audio/wav" if name.endswith(".wav") else "application/octet-stream"
-                )
-                response.headers["X-Content-Type-Options"] = "nosniff"
-                for header in _PASSED_HEADERS:
-                    if header in upstream.headers:
-                        response.headers[header] = upstream.headers[header]
-                await response.prepare(request)
-                try:
-                    async for chunk in upstream.content.iter_chunked(64 * 1024):
-                        await response.write(chunk)
-                    await response.write_eof()
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    # Headers are gone already: cut the body short so the client sees an error.
-                    log.warning("audio %s from backend %s broke off: %r", name, backend.name, exc)
-                    if request.transport is not None:
-                        request.transport.close()
-                return response
-    except GatewayError:
-        raise
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        raise backend.client.translate(exc) from None
+    async with backend_call(
+        backend,
+        None,
+        f"/audio/{name}",
+        None,
+        request[REQUEST_ID],
+        method="GET",
+        headers=headers,
+        check_status=False,
+    ) as upstream:
+        if upstream.status == 404:
+            raise NotFound("No such audio file", code="audio_not_found")
+        if 300 <= upstream.status < 400:
+            await upstream.raise_for_status()  # a redirect: a 502 that says so
+        if upstream.status not in (200, 206, 416):
+            raise UpstreamError(f"backend '{backend.name}' answered {upstream.status}")
+        response = web.StreamResponse(status=upstream.status)
+        response.content_type = "audio/wav" if name.endswith(".wav") else "application/octet-stream"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        for header in _PASSED_HEADERS:
+            if header in upstream.response.headers:
+                response.headers[header] = upstream.response.headers[header]
+        await response.prepare(request)
+        try:
+            async for chunk in upstream.chunks(64 * 1024):
+                await response.write(chunk)
+            await response.write_eof()
+        except GatewayError as exc:
+            # Headers are gone already: cut the body short so the client sees an error.
+            log.warning("audio %s from backend %s broke off: %s", name, backend.name, exc.message)
+            if request.transport is not None:
+                request.transport.close()
+        return response

@@ -14,8 +14,9 @@ from typing import Any
 
 from ..api.validation import check_model_name
 from ..errors import InvalidRequest, UpstreamError
+from ..routing.call import backend_call
 from ..routing.registry import Registry
-from ..routing.router import admit, resolve_default
+from ..routing.router import resolve_default
 
 AUDIO_ROUTE = "/ui/heartmula/audio/"
 AUDIO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}\.(wav|mp3|flac|ogg)$")
@@ -85,18 +86,15 @@ async def generate_music(
     """Route, admit, generate; the answer names the gateway's audio path."""
     route = resolve_default(registry, request.model, "music")
     backend = route.backend
-    slot = await admit(route)
-    try:
-        reply = await backend.client.call_json(
-            "v1/music/generations",
-            request.fields,
-            request_id,
-            read_timeout_s=max(
-                generation_timeout_s(request.duration), backend.config.timeouts.read_s
-            ),
-        )
-    finally:
-        slot.release()
+    async with backend_call(
+        backend,
+        "music",
+        "v1/music/generations",
+        request.fields,
+        request_id,
+        read_timeout_s=max(generation_timeout_s(request.duration), backend.config.timeouts.read_s),
+    ) as call:
+        _, reply = await call.read_json()
     name = _audio_name(reply, backend.name)
     return {
         "id": reply.get("id"),

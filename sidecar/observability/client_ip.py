@@ -1,8 +1,13 @@
-"""The client's address as the gateway should believe it.
+"""The client's address, the site's host and scheme, as the gateway should believe them.
 
 Behind Caddy on the unix socket, only Caddy can connect, and Caddy sets ``X-Real-IP``
 from the TCP peer after stripping the client's own copy. On TCP, forwarded headers are
 believed only when the peer is one of ``TRUSTED_PROXIES``.
+
+This module is the only reader of forwarding headers (``X-Real-IP``, ``X-Forwarded-For``,
+``-Proto``, ``-Host``): ``api.middleware.forwarded`` applies what ``forwarded_overrides``
+returns once, as ``request.clone(remote=..., host=..., scheme=...)``, and everything else
+reads ``request.remote``, ``request.host`` and ``request.scheme``.
 """
 
 from __future__ import annotations
@@ -49,6 +54,25 @@ def client_ip(request: web.Request, trusted: tuple[IPNetwork, ...]) -> str:
         if not _in(hop_ip, trusted):
             return hop_ip
     return peer_ip
+
+
+def forwarded_overrides(request: web.Request, trusted: tuple[IPNetwork, ...]) -> dict[str, str]:
+    """``remote``, ``host`` and ``scheme`` as a trusted proxy forwarded them (only those it
+    sent; nothing from an untrusted peer, whose own address is ``remote`` already)."""
+    if not via_trusted_proxy(request, trusted):
+        return {}
+    overrides = {"remote": client_ip(request, trusted)}
+    proto = _first(request.headers.get("X-Forwarded-Proto")).lower()
+    if proto:
+        overrides["scheme"] = proto
+    host = _first(request.headers.get("X-Forwarded-Host"))
+    if host:
+        overrides["host"] = host
+    return overrides
+
+
+def _first(value: str | None) -> str:
+    return value.split(",")[0].strip() if value else ""
 
 
 def _valid(value: str | None) -> str | None:

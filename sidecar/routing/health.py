@@ -3,7 +3,8 @@
 Liveness (optional) says the process is up; readiness says it can serve. A backend whose
 models are not listed in the YAML has them discovered from ``/models`` on each probe. A
 probe whose client a reload retired meanwhile is discarded: it never marks the new
-backend down. Probes never follow redirects: a 3xx counts as a failed probe.
+backend down. Probes never follow redirects: a 3xx counts as a failed probe. A probe is a
+``backend_call`` without an admission slot.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import time
 from collections.abc import AsyncIterator
 
 from ..errors import GatewayError
+from .call import backend_call
 from .registry import Backend, HealthState, RegistryHolder
 
 log = logging.getLogger("gateway.health")
+_PROBE_BODY = 4 * 1024 * 1024
 
 
 class HealthChecker:
@@ -80,17 +83,17 @@ class HealthChecker:
         listing: bytes | None = None
         try:
             if config.liveness:
-                status, _ = await client.probe(config.liveness, config.timeout_s)
+                status, _ = await _probe(backend, config.liveness, config.timeout_s)
                 if status >= 300:
                     return HealthState.DOWN, f"liveness answered {status}{_redirect(status)}"
             if config.readiness:
-                status, body = await client.probe(config.readiness, config.timeout_s)
+                status, body = await _probe(backend, config.readiness, config.timeout_s)
                 if status >= 300:
                     return HealthState.NOT_READY, f"readiness answered {status}{_redirect(status)}"
                 listing = body if config.readiness == models_path else None
             if discover:
                 if listing is None:
-                    status, listing = await client.probe(models_path, config.timeout_s)
+                    status, listing = await _probe(backend, models_path, config.timeout_s)
                     listing = listing if status < 300 else None
                 discovered = _model_ids(listing) if listing is not None else None
                 if discovered is not None:
@@ -107,6 +110,25 @@ class HealthChecker:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def _probe(backend: Backend, path: str, timeout_s: float) -> tuple[int, bytes]:
+    """GET a health path on the backend's origin (no redirects, no slot): status and body
+    (the first 4 MiB); transport failures raise."""
+    async with (
+        asyncio.timeout(timeout_s),
+        backend_call(
+            backend,
+            None,
+            path,
+            None,
+            "",
+            method="GET",
+            check_status=False,
+            read_timeout_s=timeout_s,
+        ) as call,
+    ):
+        return call.status, await call.read_body(limit=_PROBE_BODY, truncate=True)
 
 
 def _describe(backend: Backend, exc: Exception) -> str:

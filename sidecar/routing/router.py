@@ -14,7 +14,7 @@ from typing import Any
 
 from ..config.schema import AliasConfig
 from ..errors import BackendNotReady, CapabilityNotSupported, InvalidRequest, UnknownModel
-from .admission import Slot
+from .call import backend_call
 from .registry import Backend, Registry
 
 
@@ -108,20 +108,14 @@ def upstream_body(payload: dict[str, Any], route: Route) -> dict[str, Any]:
     return upstream
 
 
-async def admit(route: Route) -> Slot:
-    return await route.backend.admissions[route.capability].acquire()
-
-
 async def complete(route: Route, endpoint: str, body: dict[str, Any], request_id: str) -> Any:
     """A whole non-streamed call for the gateway's own use (agents): admitted like any
     client request, its slot released when the answer is in."""
-    slot = await admit(route)
-    try:
-        return await route.backend.client.call_json(
-            endpoint, upstream_body(body, route), request_id
-        )
-    finally:
-        slot.release()
+    async with backend_call(
+        route.backend, route.capability, endpoint, upstream_body(body, route), request_id
+    ) as call:
+        _, reply = await call.read_json()
+    return reply
 
 
 def _unknown(model: str) -> UnknownModel:

@@ -24,11 +24,10 @@ import os
 import re
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-from aiohttp.http_exceptions import LineTooLong
 from yarl import URL
 
 from ..api import strict_json
@@ -93,16 +92,18 @@ class UpstreamCall:
         self.response = response
         self.read_s = read_s
         self._closed = False
+        self._deadline: _ReadDeadline | None = None
 
     @property
     def status(self) -> int:
         return self.response.status
 
-    async def read_body(self) -> bytes:
-        """The whole body (to EOF, within the read timeout and the size cap)."""
+    async def read_body(self, limit: int = MAX_UPSTREAM_BODY, truncate: bool = False) -> bytes:
+        """The whole body (to EOF, within the read timeout and the size cap); with
+        ``truncate``, a longer body is cut at ``limit`` instead of being an error."""
         try:
             async with asyncio.timeout(self.read_s):
-                return await _read_capped(self.response.content, MAX_UPSTREAM_BODY)
+                return await _read_capped(self.response.content, limit, truncate)
         except OverflowError:
             raise UpstreamError(f"backend '{self._client.name}' sent an oversized reply") from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -120,32 +121,122 @@ class UpstreamCall:
             ) from None
 
     async def events(self) -> AsyncIterator[bytes]:
-        """Server-sent events, each as its raw bytes ending in a blank line.
+        """Server-sent events one by one, each as its raw bytes ending in a blank line
+        (``event_runs`` split up)."""
+        async for run in self.event_runs():
+            for event in split_events(run):
+                yield event
+
+    async def event_runs(self) -> AsyncIterator[bytes]:
+        """Server-sent events as they arrive: each item is one or more whole events back
+        to back (what one network read completed), each ending in a blank line.
 
         The first event may take the read timeout (prompt processing); later ones the
         stream-idle timeout. Ends at EOF; transport failures raise gateway errors, and so
         does an event longer than ``MAX_SSE_EVENT_BYTES`` (never buffered past that).
-        An error event the backend sends mid-stream has its message cleaned.
+        An error event the backend sends mid-stream has its message cleaned; blank lines
+        between events are dropped.
+
+        This is the per-token hot path: one read per network piece, no timer per read
+        (``_ReadDeadline``), events found by position and relayed as the slice that holds
+        them (usually the piece itself), no JSON parsing.
         """
         content = self.response.content
-        timeouts = self._client.config.timeouts
+        limit = MAX_SSE_EVENT_BYTES
+        deadline = self._deadline = _ReadDeadline()
         wait = self.read_s
+        idle = self._client.config.timeouts.stream_idle_s
+        pending: list[bytes] = []  # an event still incomplete, in pieces
+        pending_size = 0
+        tail = b""  # the last two bytes of ``pending``: a boundary may straddle pieces
+        while True:
+            deadline.start(wait)
+            try:
+                piece = await content.readany()
+            except asyncio.CancelledError:
+                if deadline.expired():
+                    raise self._client.translate(TimeoutError(), streaming=True) from None
+                raise
+            except (aiohttp.ClientError, OSError, ValueError) as exc:
+                raise self._client.translate(exc, streaming=True) from None
+            finally:
+                deadline.stop()
+            wait = idle
+            if not piece:  # EOF: an unterminated last event still counts
+                rest = b"".join(pending).lstrip(b"\r\n")
+                if rest:
+                    yield _checked(rest + b"\n")
+                return
+            if pending:
+                if _BOUNDARY.search(tail + piece) is None:
+                    pending.append(piece)
+                    pending_size += len(piece)
+                    tail = (tail + piece)[-2:]
+                    if pending_size > limit + 2:
+                        raise self._too_large()
+                    continue
+                pending.append(piece)
+                piece = b"".join(pending)
+                pending = []
+            start, end = 0, len(piece)
+            first = -1  # where the current run of back-to-back events starts
+            runs: list[bytes] = []
+            too_large = False
+            while start < end:
+                if piece.startswith(b"\n", start) or piece.startswith(b"\r\n", start):
+                    if first >= 0:  # a blank line between events: not relayed
+                        runs.append(piece[first:start])
+                        first = -1
+                    start += 1 if piece[start] == 10 else 2
+                    continue
+                match = _BOUNDARY.search(piece, start)
+                if match is None:
+                    break
+                if match.start() - start > limit:
+                    too_large = True  # after the events before it
+                    break
+                if first < 0:
+                    first = start
+                start = match.end()
+            if first >= 0:
+                runs.append(piece if first == 0 and start == end else piece[first:start])
+            if runs:
+                yield _checked(runs[0] if len(runs) == 1 else b"".join(runs))
+            if too_large:
+                raise self._too_large()
+            if start < end:
+                rest = piece[start:]
+                pending, pending_size, tail = [rest], len(rest), rest[-2:]
+                if pending_size > limit + 2:
+                    raise self._too_large()
+
+    async def finish(self, timeout_s: float = 0.5) -> None:
+        """After the last event: wait briefly for the end of the body, so the connection
+        goes back to the pool instead of being closed (a little is read, nothing kept)."""
+        with contextlib.suppress(TimeoutError, aiohttp.ClientError, OSError, ValueError):
+            async with asyncio.timeout(timeout_s):
+                await _read_capped(self.response.content, 64 * 1024, truncate=True)
+
+    def _too_large(self) -> UpstreamError:
+        return UpstreamError(
+            f"backend '{self._client.name}' sent a stream event larger than"
+            f" {MAX_SSE_EVENT_BYTES} bytes",
+            code="upstream_event_too_large",
+        )
+
+    async def chunks(self, size: int = 64 * 1024) -> AsyncIterator[bytes]:
+        """The body in pieces of at most ``size`` bytes (a download), each within the read
+        timeout; transport failures raise gateway errors."""
+        content = self.response.content
         while True:
             try:
-                async with asyncio.timeout(wait):
-                    event = await _read_event(content, MAX_SSE_EVENT_BYTES)
-            except _EventTooLarge:
-                raise UpstreamError(
-                    f"backend '{self._client.name}' sent a stream event larger than"
-                    f" {MAX_SSE_EVENT_BYTES} bytes",
-                    code="upstream_event_too_large",
-                ) from None
+                async with asyncio.timeout(self.read_s):
+                    chunk = await content.read(size)
             except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
                 raise self._client.translate(exc, streaming=True) from None
-            if event is None:
+            if not chunk:
                 return
-            wait = timeouts.stream_idle_s
-            yield _clean_error_event(event) if b'"error"' in event else event
+            yield chunk
 
     async def raise_for_status(self) -> None:
         """Relay a backend's 4xx with its message; a 5xx (or its auth failure) is a 502.
@@ -187,6 +278,8 @@ class UpstreamCall:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._deadline is not None:
+                self._deadline.close()
             self.response.close()
             self._client._call_done()
 
@@ -205,6 +298,7 @@ class BackendClient:
         self._closing: asyncio.Task[None] | None = None
         self._is_closed = False
         self._headers = dict(_JSON_HEADERS)
+        self._urls: dict[str, URL] = {}
         if config.api_key:
             self._headers["Authorization"] = f"Bearer {config.api_key}"
         elif config.basic_auth:
@@ -232,9 +326,14 @@ class BackendClient:
         return self._session
 
     def url(self, endpoint: str) -> URL:
-        if self.config.url is None:
-            raise ValueError(f"backend '{self.name}' is built in and has no URL")
-        return self.config.url / endpoint
+        url = self._urls.get(endpoint)
+        if url is None:
+            if self.config.url is None:
+                raise ValueError(f"backend '{self.name}' is built in and has no URL")
+            url = self.config.url / endpoint
+            if len(self._urls) < 64:  # a handful of endpoints; joining costs per request
+                self._urls[endpoint] = url
+        return url
 
     async def post(
         self,
@@ -249,15 +348,42 @@ class BackendClient:
         ``read_timeout_s`` overrides the backend's read timeout for this call (music
         generation takes about as long as the audio).
         """
-        read_s = read_timeout_s or self.config.timeouts.read_s
-        target = endpoint if isinstance(endpoint, URL) else self.url(endpoint)
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
         headers = {**self._headers, "X-Request-Id": request_id}
+        return await self._open("POST", endpoint, body, headers, read_timeout_s)
+
+    async def get(
+        self,
+        path: str,
+        request_id: str | None = None,
+        headers: dict[str, str] | None = None,
+        read_timeout_s: float | None = None,
+    ) -> UpstreamCall:
+        """GET ``path`` on the backend's origin and wait for the response head; the body
+        is read from the call (``read_body``, ``chunks``) and the call closed by the caller.
+        Only the backend's credentials go along, no JSON headers."""
+        auth = self._headers.get("Authorization")
+        sent = {"Authorization": auth} if auth else {}
+        if request_id:
+            sent["X-Request-Id"] = request_id
+        sent.update(headers or {})
+        return await self._open("GET", self.url("").with_path(path), None, sent, read_timeout_s)
+
+    async def _open(
+        self,
+        method: str,
+        endpoint: str | URL,
+        body: bytes | None,
+        headers: dict[str, str],
+        read_timeout_s: float | None,
+    ) -> UpstreamCall:
+        read_s = read_timeout_s or self.config.timeouts.read_s
+        target = endpoint if isinstance(endpoint, URL) else self.url(endpoint)
         self._active += 1
         try:
             async with asyncio.timeout(read_s):
-                response = await self.session.post(
-                    target, data=body, headers=headers, allow_redirects=False
+                response = await self.session.request(
+                    method, target, data=body, headers=headers, allow_redirects=False
                 )
         except BaseException as exc:
             self._call_done()
@@ -281,15 +407,6 @@ class BackendClient:
         finally:
             call.close()
         return reply
-
-    async def probe(self, path: str, timeout_s: float) -> tuple[int, bytes]:
-        """GET a health path on the backend's origin (no redirects); transport errors raise."""
-        url = self.url("").with_path(path)
-        async with asyncio.timeout(timeout_s):
-            auth = self._headers.get("Authorization")
-            headers = {"Authorization": auth} if auth else {}
-            async with self.session.get(url, headers=headers, allow_redirects=False) as response:
-                return response.status, await response.content.read(4 * 1024 * 1024)
 
     def translate(
         self, exc: BaseException, *, streaming: bool = False, before_head: bool = False
@@ -323,16 +440,6 @@ class BackendClient:
             return UpstreamError(f"backend '{name}' sent a malformed stream")
         return UpstreamError(f"backend '{name}' failed: {type(exc).__name__}")
 
-    @contextlib.contextmanager
-    def hold(self) -> Iterator[BackendClient]:
-        """Count a use of the session made outside ``post`` (a download), so a reload that
-        retires this client closes it only after the use ends."""
-        self._active += 1
-        try:
-            yield self
-        finally:
-            self._call_done()
-
     def _call_done(self) -> None:
         self._active -= 1
         if self._retired and self._active == 0:
@@ -358,30 +465,80 @@ class BackendClient:
             await self._session.close()
 
 
-class _EventTooLarge(Exception):
-    pass
+_BOUNDARY = re.compile(rb"\n\r?\n")  # the blank line that ends an event
 
 
-async def _read_event(content: aiohttp.StreamReader, limit: int) -> bytes | None:
-    """One event; past ``limit`` bytes raise ``_EventTooLarge`` (at most ~limit buffered)."""
-    lines: list[bytes] = []
-    size = 0
-    while True:
-        try:
-            line = await content.readline(max_line_length=limit - size + 2)
-        except LineTooLong:
-            raise _EventTooLarge from None
-        if not line:
-            return b"".join(lines) + b"\n" if lines else None
-        if line in (b"\n", b"\r\n"):
-            if lines:
-                lines.append(line)
-                return b"".join(lines)
-            continue
-        size += len(line)
-        if size > limit:
-            raise _EventTooLarge
-        lines.append(line)
+def split_events(run: bytes) -> list[bytes]:
+    """The events in a run from ``UpstreamCall.event_runs``, each with its blank line."""
+    events, start = [], 0
+    for match in _BOUNDARY.finditer(run):
+        events.append(run[start : match.end()])
+        start = match.end()
+    if start < len(run):
+        events.append(run[start:])
+    return events
+
+
+def _checked(run: bytes) -> bytes:
+    """A run with every backend error event in it cleaned (``_clean_error_event``)."""
+    if b'"error"' not in run:
+        return run
+    return b"".join(_clean_error_event(event) for event in split_events(run))
+
+
+class _ReadDeadline:
+    """A read timeout for a stream without a timer per read.
+
+    ``start(wait)`` before each read sets the deadline; one timer per stream checks it
+    and re-arms itself while reads keep arriving in time. When a read overruns, the
+    task is cancelled and ``expired()`` says the cancellation was the timeout (as
+    ``asyncio.timeout`` does). Only a read is ever interrupted: between reads the
+    timer does nothing, so the consumer's own awaits are never cut short.
+    """
+
+    __slots__ = ("_at", "_fired", "_handle", "_loop", "_reading", "_task")
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._at = 0.0
+        self._reading = False
+        self._handle: asyncio.TimerHandle | None = None
+        self._fired = False
+
+    def start(self, wait: float) -> None:
+        self._at = at = self._loop.time() + wait
+        self._reading = True
+        handle = self._handle
+        if handle is None or handle.when() > at:
+            if handle is not None:
+                handle.cancel()
+            self._handle = self._loop.call_at(at, self._check)
+
+    def stop(self) -> None:
+        self._reading = False
+
+    def expired(self) -> bool:
+        """Whether this cancellation is the timeout's (and no one else's)."""
+        if not self._fired or self._task is None:
+            return False
+        self._fired = False
+        return self._task.uncancel() == 0
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _check(self) -> None:
+        self._handle = None
+        if not self._reading:
+            return  # the next read arms a new timer
+        if self._loop.time() < self._at:
+            self._handle = self._loop.call_at(self._at, self._check)
+        elif self._task is not None:
+            self._fired = True
+            self._task.cancel()
 
 
 async def _read_capped(content: aiohttp.StreamReader, limit: int, truncate: bool = False) -> bytes:

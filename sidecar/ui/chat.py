@@ -18,7 +18,9 @@ from aiohttp import web
 from ..api.body import read_json_object
 from ..api.validation import check_model_name
 from ..errors import GatewayError, InvalidRequest, NotFound, StorageUnavailable, UpstreamError
-from ..routing.router import admit, resolve, upstream_body
+from ..routing.call import backend_call
+from ..routing.router import resolve, upstream_body
+from ..routing.upstream import UpstreamCall
 from ..typedefs import REGISTRY, REQUEST_ID, UI_STATE, UI_USER
 from .api import _conversation_id
 from .pages import chat_models
@@ -61,18 +63,14 @@ async def send_message(request: web.Request) -> web.StreamResponse:
     payload: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
     if settings.get("temperature") is not None:
         payload["temperature"] = settings["temperature"]
-    slot = await admit(route)
-    try:
-        call = await route.backend.client.post(
-            "chat/completions", upstream_body(payload, route), request[REQUEST_ID]
-        )
-        try:
-            await call.raise_for_status()
-            return await _relay(request, call, conversation_id, title)
-        finally:
-            call.close()
-    finally:
-        slot.release()
+    async with backend_call(
+        route.backend,
+        "chat",
+        "chat/completions",
+        upstream_body(payload, route),
+        request[REQUEST_ID],
+    ) as call:
+        return await _relay(request, call, conversation_id, title)
 
 
 def _model(
@@ -101,7 +99,7 @@ def _messages(
 
 
 async def _relay(
-    request: web.Request, call: Any, conversation_id: int, title: str
+    request: web.Request, call: UpstreamCall, conversation_id: int, title: str
 ) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}

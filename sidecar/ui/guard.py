@@ -8,8 +8,8 @@
 3. Every state-changing request carries the CSRF token in ``X-CSRF-Token`` and, when the
    browser says where it comes from (``Sec-Fetch-Site``, ``Origin``), comes from this
    site: the ``Origin``'s scheme, host and port all equal the site's, as Caddy forwarded
-   them (``X-Forwarded-Proto``/``-Host``, believed only from a trusted proxy). The login
-   form is no exception.
+   them (``request.scheme``/``host``: ``api.middleware.forwarded`` believes the forwarded
+   ones only from a trusted proxy). The login form is no exception.
 5. A music download (``/ui/heartmula/``) may carry the API's bearer token instead of a
    session, so the API client that generated a song can fetch it with accounts on.
 4. Every /ui response gets a strict Content-Security-Policy (no inline script),
@@ -26,7 +26,7 @@ from aiohttp.typedefs import Handler
 from yarl import URL
 
 from ..errors import Forbidden, Unauthorized
-from ..observability.client_ip import address_allowed, via_trusted_proxy
+from ..observability.client_ip import address_allowed
 from ..typedefs import (
     CLIENT_IP,
     SETTINGS,
@@ -105,14 +105,9 @@ def _origin_tuple(url: URL) -> tuple[str, str, int | None] | None:
 
 def site_origin(request: web.Request) -> tuple[str, str, int | None] | None:
     """(scheme, host, port) of this site as the browser sees it: what a trusted proxy
-    (Caddy) forwarded, else the request itself."""
-    settings = request.app[SETTINGS]
-    scheme, host = request.scheme, request.host
-    if via_trusted_proxy(request, settings.trusted_proxies):
-        scheme = request.headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip().lower()
-        host = request.headers.get("X-Forwarded-Host", host).split(",")[0].strip()
+    (Caddy) forwarded, else the request itself (``api.middleware.forwarded``)."""
     try:
-        return _origin_tuple(URL.build(scheme=scheme, authority=host))
+        return _origin_tuple(URL.build(scheme=request.scheme.lower(), authority=request.host))
     except ValueError:
         return None
 
