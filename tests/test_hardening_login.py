@@ -267,6 +267,32 @@ async def test_128_parallel_logins_never_run_more_checks_than_the_cap(
     assert checks.in_flight == 0 and checks.running == 0
 
 
+async def test_guesses_at_one_name_in_parallel_cannot_crowd_out_other_users(
+    make_gateway: Any, start_mock: Any
+) -> None:
+    """32 parallel guesses at one account used to take every global check slot while they
+    queued on that account's lock, so a real user logging in meanwhile got "busy". Numbers:
+    global slots the storm held at once (1), and the bystander's login (it succeeds)."""
+    cap = 4
+    client = await login_gateway(make_gateway, start_mock, max_checks=cap, hash_threads=1)
+    await store(client).create_user("alice", PASSWORD, False)
+    csrf = await login_csrf(client)
+    checks = store(client).checks.stats
+    storm = [attempt(client, csrf, "bob", f"guess {i}", f"10.2.0.{i + 1}") for i in range(32)]
+    *guesses, alice = await asyncio.gather(
+        *storm, attempt(client, csrf, "alice", PASSWORD, "10.3.0.1")
+    )
+    assert alice[0] == 200, alice
+    statuses = [status for status, _, _ in guesses]
+    assert statuses.count(401) >= 1 and statuses.count(401) + statuses.count(429) == 32
+    for status, body, headers in guesses:
+        if status == 429:
+            assert assert_envelope(body)["code"] == "login_busy"
+            assert int(headers["Retry-After"]) >= 1
+    assert checks.peak_in_flight <= 2  # one guess at a time, plus alice
+    assert checks.in_flight == 0
+
+
 @pytest.mark.timeout(180)
 async def test_v1_latency_holds_while_128_parallel_logins_fail(
     make_gateway: Any, start_mock: Any

@@ -121,19 +121,25 @@ class UserStore:
 
         Raises ``LoginRejected`` or ``LoginThrottled`` before any write or hash (see the
         module docstring). Attempts on one account run one at a time, so parallel
-        guesses cannot all pass the lock check before the first failure is counted.
+        guesses cannot all pass the lock check before the first failure is counted; one
+        that arrives while another is being checked is refused as busy.
         """
         problem = login_input_problem(username, password)
         if problem is not None:
             raise LoginRejected(*problem)
         ticket = self.addresses.admit(address)
+        key = username.casefold()
+        lock = self._login_locks.get(key)
+        if lock is None:
+            lock = self._login_locks[key] = asyncio.Lock()
         try:
-            with self.checks.admit():
-                key = username.casefold()
-                lock = self._login_locks.get(key)
-                if lock is None:
-                    lock = self._login_locks[key] = asyncio.Lock()
-                async with lock:
+            if lock.locked():
+                # Another attempt on this account is being checked: refuse at once rather
+                # than queue while holding one of the global check slots, so parallel
+                # guesses at one name cannot crowd out everyone else's logins.
+                raise LoginThrottled(1, "busy")
+            async with lock:  # free (checked above): taken without waiting
+                with self.checks.admit():
                     result = await self._login(username, password)
         except LoginThrottled as exc:
             if exc.reason == "busy":  # refused before any work: not the address's fault
