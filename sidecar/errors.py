@@ -154,3 +154,11 @@ class UpstreamRateLimited(UpstreamStatusError):
 
     error_type = "rate_limit_error"
     code = "upstream_rate_limited"
+
+
+class Throttled(GatewayError):
+    """The gateway itself limits this kind of request right now (not a backend's limit)."""
+
+    status = 429
+    error_type = "rate_limit_error"
+    code = "throttled"

@@ -31,7 +31,7 @@ from sidecar.routing.health import HealthChecker
 from sidecar.routing.registry import HealthState, RegistryHolder, build_registry
 from sidecar.settings import BackendTlsDefaults, Settings, SettingsError, ToolsSettings, UiSettings
 from sidecar.toolbus.hashing import new_id
-from sidecar.toolbus.log import INDEX_MAX_ENTRIES, SCAN_MAX_BYTES, ToolLog
+from sidecar.toolbus.log import INDEX_MAX_ENTRIES, SCAN_MAX_BYTES, LookupBusy, ToolLog
 from sidecar.typedefs import REGISTRY, RELOADER, SETTINGS, TOOLBUS, UI_STATE
 from sidecar.users.db import LOCAL_USER, Database, ReservedUser
 from sidecar.users.passwords import hash_password
@@ -547,6 +547,33 @@ def test_the_index_holds_at_most_its_cap_and_older_ids_are_found_on_disk(tmp_pat
         assert again.get(ids[0])["result"] == 0  # type: ignore[index]
     finally:
         again.close()
+
+
+def test_unknown_ids_cost_no_scan_until_the_index_drops_one_and_scans_run_alone(
+    tmp_path: Path,
+) -> None:
+    """Any token may ask for random replay ids. Numbers: scans an unknown id costs while the
+    index still holds every id (0: a line the index never saw is not found), and scans
+    running at once (1: a second is refused as busy, not queued on the shared pool)."""
+    path = tmp_path / "calls.ndjson"
+    log = ToolLog("ndjson", path, tmp_path / "calls", index_max=CAP)
+    log.open()
+    try:
+        for i in range(CAP // 2):
+            for record in records(new_id("tool"), i):
+                log.write(record)
+        hidden = new_id("tool")
+        with path.open("ab") as handle:  # on disk, but never through the log: no index entry
+            handle.write(json.dumps(records(hidden, 7)[1], separators=(",", ":")).encode() + b"\n")
+        assert log.get(hidden) is None  # no id was ever dropped, so nothing was scanned
+        for i in range(CAP):
+            for record in records(new_id("tool"), i):
+                log.write(record)
+        assert log.get(hidden)["result"] == 7  # type: ignore[index]  # now a scan finds it
+        with log._scan_lock, pytest.raises(LookupBusy):  # a scan in progress, then a second
+            log.get(new_id("tool"))
+    finally:
+        log.close()
 
 
 def test_ids_beyond_the_scan_budget_are_not_found_rather_than_read_forever(

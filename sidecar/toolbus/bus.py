@@ -25,13 +25,20 @@ from rfc8785 import CanonicalizationError
 
 from ..api import strict_json
 from ..config.schema import GatewayConfig, ToolSpec
-from ..errors import Forbidden, GatewayError, InvalidRequest, NotFound, StorageUnavailable
+from ..errors import (
+    Forbidden,
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    StorageUnavailable,
+    Throttled,
+)
 from ..routing.admission import Admission
 from ..routing.registry import RegistryHolder
 from ..storage import RETRY_AFTER_S, StorageMonitor
 from .executors import BUILTIN_CHECKS, BUILTINS, Builtin, ToolContext, ToolFailure, execute
 from .hashing import new_id, request_hash
-from .log import ToolLog
+from .log import LookupBusy, ToolLog
 
 log = logging.getLogger("gateway.tools")
 
@@ -259,7 +266,14 @@ class ToolBus:
         Anyone else gets the same 404 as for an id that does not exist, so a record's
         existence is not confirmed to other callers.
         """
-        record = await asyncio.to_thread(self.log.get, replay_id)
+        try:
+            record = await asyncio.to_thread(self.log.get, replay_id)
+        except LookupBusy:
+            raise Throttled(
+                "Another look-up of an old tool record is running; try again shortly",
+                code="lookup_busy",
+                retry_after=1,
+            ) from None
         if record is None or not (admin or (token is not None and record.get("token") == token)):
             raise NotFound(f"No recorded tool call '{replay_id}'", code="replay_not_found")
         return record

@@ -56,6 +56,10 @@ class ToolLog:
         self._lock = threading.Lock()
         self._offsets: OrderedDict[str, int] = OrderedDict()
         self._fd: int | None = None
+        # Only an id older than the index can need a scan; until the index has dropped
+        # one, an id it lacks does not exist. Scans run one at a time (see ``get``).
+        self._evicted = False
+        self._scan_lock = threading.Lock()
 
     @property
     def index_size(self) -> int:
@@ -118,7 +122,7 @@ class ToolLog:
         offset = self._offsets.get(replay_id)
         try:
             if offset is None:
-                return _completed(self._scan_back(replay_id))
+                return self._scan(replay_id)
             with self.ndjson_path.open("rb") as handle:
                 handle.seek(offset)
                 return _completed(json.loads(handle.readline()))
@@ -131,6 +135,23 @@ class ToolLog:
         offsets.move_to_end(replay_id)
         while len(offsets) > self.index_max:
             offsets.popitem(last=False)
+            self._evicted = True
+
+    def _scan(self, replay_id: str) -> dict[str, Any] | None:
+        """An id the index lacks: read back through the log, one scan at a time.
+
+        A scan reads up to ``scan_max_bytes``; any token can ask for random ids, so a second
+        scan while one runs is refused (``LookupBusy``) instead of tying up another worker
+        thread of the shared pool.
+        """
+        if not self._evicted:
+            return None
+        if not self._scan_lock.acquire(blocking=False):
+            raise LookupBusy
+        try:
+            return _completed(self._scan_back(replay_id))
+        finally:
+            self._scan_lock.release()
 
     def _scan_back(self, replay_id: str) -> dict[str, Any] | None:
         """The newest line of ``replay_id`` within ``scan_max_bytes`` of the file's end."""
@@ -161,6 +182,10 @@ class ToolLog:
                     with contextlib.suppress(ValueError, KeyError, TypeError):
                         self._remember(json.loads(line)["replay_id"], offset)
                 offset += len(line)
+
+
+class LookupBusy(Exception):
+    """Another look-up is reading back through the log; try again shortly."""
 
 
 def _match(line: bytes, needle: bytes, replay_id: str) -> dict[str, Any] | None:
