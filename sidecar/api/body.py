@@ -36,10 +36,7 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     if not body:
         raise InvalidRequest("Request body is empty; send a JSON object", code="invalid_json")
     try:
-        if len(body) > THREAD_PARSE_BYTES:
-            payload = await asyncio.to_thread(strict_json.loads, body)
-        else:
-            payload = strict_json.loads(body)
+        payload = await parse_json(body)
     except strict_json.StrictJsonError as exc:
         raise InvalidRequest(
             f"Request body is not valid JSON: {exc.message}", param=exc.param, code="invalid_json"
@@ -47,3 +44,13 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise InvalidRequest("Request body must be a JSON object", code="invalid_json")
     return payload
+
+
+async def parse_json(body: bytes) -> Any:
+    """``body`` parsed strictly; in a worker thread when over ``THREAD_PARSE_BYTES``.
+
+    Raises ``strict_json.StrictJsonError``; every face turns it into its own error shape.
+    """
+    if len(body) > THREAD_PARSE_BYTES:
+        return await asyncio.to_thread(strict_json.loads, body)
+    return strict_json.loads(body)

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..api import strict_json
+from ..api.body import parse_json
 from ..errors import BackendOverloaded, Forbidden, GatewayError, StorageUnavailable
 from ..typedefs import REQUEST_ID, TOKEN, TOOLBUS
 from ..ui.guard import same_origin
@@ -35,7 +36,7 @@ class RpcError(Exception):
 async def endpoint(request: web.Request) -> web.StreamResponse:
     _check_origin(request)
     try:
-        message = strict_json.loads(await request.read())
+        message = await parse_json(await request.read())
     except strict_json.StrictJsonError as exc:  # NaN, 1e400, lone surrogates, deep nesting
         return _reply(None, error=RpcError(PARSE_ERROR, f"not valid JSON: {exc.message}"))
     if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
