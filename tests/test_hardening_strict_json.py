@@ -439,6 +439,33 @@ def test_the_value_check_and_the_parser_agree_on_random_documents() -> None:
     assert 500 < refused < 1_500, refused
 
 
+def test_the_value_check_judges_a_tool_result_built_from_subclasses() -> None:
+    """A builtin tool may return an OrderedDict, an IntEnum or a str subclass."""
+    import collections
+    import enum
+
+    class Big(enum.IntEnum):
+        HUGE = 2**1100
+
+    class Text(str):
+        pass
+
+    refused = [
+        collections.OrderedDict(a=[1.5, collections.OrderedDict(b=float("inf"))]),
+        {"a": [Big.HUGE]},
+        {"a": ["ok", Text("\ud800")]},
+        {"a": collections.OrderedDict({Text("\udfff"): 1})},
+        {"a": [1, True, 2**60]},  # only with safe_integers
+    ]
+    for value in refused:
+        with pytest.raises(strict_json.StrictJsonError) as caught:
+            strict_json.check_value(value, safe_integers=True)
+        assert caught.value.param == "a", value
+    assert sum(strict_json.is_strict(value) for value in refused) == 1  # the 2**60 one
+    fine = collections.OrderedDict(a=[Text("caf\u00e9"), 1.7e308, 2**53 - 1, None, True])
+    strict_json.check_value(fine, safe_integers=True)
+
+
 class _Raw(str):
     """A literal the encoder writes as is (NaN, 1e400, an escaped lone surrogate)."""
 

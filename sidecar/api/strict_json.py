@@ -14,15 +14,17 @@ gateway cannot hash (RFC 8785), record or answer with, so every one is refused h
 ``param``: the top-level field the bad value sits under. It never echoes the value.
 
 Cost (every request body passes here, on the event loop below 64 KiB): the text is
-decoded once, by the C decoder; ``parse_constant`` (NaN/Infinity) is its only hook, and
-it runs only for those. A top-level object is decoded member by member (still in C), so
-a value refused while decoding is known by its key without a second parse. Then one
-iterative walk over the containers checks the rest: depth, overflow (a float that
-overflowed is ``inf``; a list of numbers is summed in C, which raises on an integer no
-float can hold), and lone surrogates, looked for only when the raw text has a
-``\\uD800``-``\\uDFFF`` escape (in a non-ASCII string: ``str.isascii`` is C). No input
-makes the cost per number or per string a Python call, so a body costs about what
-``json.loads`` costs, and a refused one no more.
+decoded once, by the C decoder, whose only hook (``parse_constant``) runs only for
+NaN/Infinity. Then one iterative walk, level by level, checks the rest: depth (levels),
+overflow (a float that overflowed is ``inf``; a list of numbers is summed in C, which
+raises on an integer no float can hold) and lone surrogates (only when the raw text has a
+``\\uD800``-``\\uDFFF`` escape, and then only non-ASCII strings are encoded). An array
+of numbers costs no Python step per number. ``param`` costs nothing until a refusal: then
+the top-level fields are walked again one by one; a refusal the decoder raises (NaN, an
+integer past ``int``'s 4300 digits, C recursion) is named by decoding member by member,
+which an object over 64 KiB does in the first place, so it is never decoded twice.
+Measured: about 1.0-1.25x ``json.loads`` on a 9.5 MB embeddings body, whatever it holds,
+and 1.5-1.7x on chat bodies (the walk is one Python step per value in a container).
 """
 
 from __future__ import annotations
