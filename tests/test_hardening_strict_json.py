@@ -16,6 +16,7 @@ database, the tool log on disk.
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -329,29 +330,235 @@ async def test_the_model_sending_nan_tool_arguments_runs_nothing(
     assert client.server.app[TOOLBUS].log.ndjson
 
 
-def test_the_strict_parser_walks_a_chat_body_only_when_it_must(
-    monkeypatch: pytest.MonkeyPatch,
+# -- the parser's cost is bounded: the inputs that once sent it down slow paths -------------
+# (No timing here: each input is checked for the right answer; the cost is in the commit.)
+
+TOKENS = [[(row * 7919 + column) % 100_000 for column in range(512)] for row in range(200)]
+
+
+def token_body(**extra: Any) -> bytes:
+    """An embeddings body of token arrays, over 64 KiB (decoded member by member)."""
+    body = json.dumps({"model": "embed", "input": TOKENS}).encode()
+    for key, literal in extra.items():
+        body = body[:-1] + f', "{key}": {literal}}}'.encode()
+    assert len(body) > strict_json._MEMBERWISE
+    return body
+
+
+@pytest.mark.parametrize("size", ["small", "large"])
+@pytest.mark.parametrize(
+    ("literal", "refusal"),
+    [
+        ('"E123"', None),  # once sent every number through a Python callback
+        ('"e+000 and 0000000000"', None),
+        ('"\\ud83d\\ude00"', None),  # an escaped pair: once walked every scalar
+        ('["\\ud800", 1]', "a string contains a lone UTF-16 surrogate"),
+        ('{"\\udfff": 1}', "a key contains a lone UTF-16 surrogate"),
+        ("[1e400]", "a number overflows a float"),  # once parsed twice with callbacks
+        ("[1, 2, -1e999]", "a number overflows a float"),
+        ("[1.7e308, 1.7e308]", None),  # a sum that overflows is not a number that does
+        ("[" + "9" * 400 + "]", "a number overflows a float"),
+        ("1" + "0" * 5000, "a number overflows a float"),  # past int()'s digit limit
+        ("[1, NaN]", "NaN is not allowed in JSON"),
+        ("-Infinity", "-Infinity is not allowed in JSON"),
+        ("[" * 65 + "]" * 65, f"JSON is nested deeper than {strict_json.MAX_DEPTH} levels"),
+        ("[" * 10_000 + "]" * 10_000, "JSON is nested deeper than"),
+        ("[" * 64 + "]" * 64, "JSON is nested deeper than"),  # 65 with the top level
+        ("[" * 63 + "]" * 63, None),
+    ],
+)
+def test_pathological_bodies_are_answered_right_with_their_param(
+    size: str, literal: str, refusal: str | None
 ) -> None:
-    """Not a timing threshold: a typical chat body takes the no-walk branch."""
-    body = json.dumps(
-        {
-            "model": "default",
-            "temperature": 0.7,
-            "messages": [{"role": "user", "content": "hello " * 300}] * 3,
-        }
-    ).encode()
-    walked: list[Any] = []
-    original = strict_json.check_value
+    """Each once took a slow path (0.8-2 s on 9.5 MB); the answer must not change."""
+    if size == "large":
+        body = token_body(other=literal)
+    else:
+        body = b'{"model": "m", "other": ' + literal.encode() + b', "n": [1, 2]}'
+    if refusal is None:
+        value = strict_json.loads(body)
+        assert value == json.loads(body)
+        assert len(value.get("input", [])) == (200 if size == "large" else 0)
+    else:
+        with pytest.raises(strict_json.StrictJsonError) as caught:
+            strict_json.loads(body)
+        assert caught.value.message.startswith(refusal), caught.value.message
+        assert caught.value.param == "other"
+        assert "0" * 50 not in caught.value.message
 
-    def counting(value: Any, **kwargs: Any) -> None:
-        walked.append(value)
-        original(value, **kwargs)
 
-    monkeypatch.setattr(strict_json, "check_value", counting)
-    assert strict_json.loads(body)["temperature"] == 0.7
-    assert len(walked) == 0
-    assert strict_json.loads(b'{"a": "\\ud83d\\ude00"}') == {"a": "\U0001f600"}  # a pair
-    assert len(walked) == 1
+def test_refusals_outside_a_top_level_object_have_no_param() -> None:
+    for body in (b"[1e400]", b'["\\ud800"]', b"[" * 10_000 + b"]" * 10_000, b"[NaN]", b"1e400"):
+        with pytest.raises(strict_json.StrictJsonError) as caught:
+            strict_json.loads(body)
+        assert caught.value.param is None
+
+
+@pytest.mark.parametrize("size", ["small", "large"])
+@pytest.mark.parametrize(
+    "bad", [b'{"a": 1,}', b'{"a" 1}', b'{"a": [1, 2}', b'{"a": 1} x', b"{1: 2}"]
+)
+def test_syntax_errors_say_what_json_says(size: str, bad: bytes) -> None:
+    """The member-by-member decode of a large object words errors as ``json`` does."""
+    body = token_body()[:-1] + b', "late": ' + bad + b"}" if size == "large" else bad
+    with pytest.raises(json.JSONDecodeError) as expected:
+        json.loads(body)
+    with pytest.raises(strict_json.StrictJsonError) as caught:
+        strict_json.loads(body)
+    assert caught.value.message == f"not valid JSON: {strict_json._position(expected.value)}"
+    assert caught.value.param is None
+
+
+def test_the_value_check_and_the_parser_agree_on_random_documents() -> None:
+    """2,000 seeded documents, half with one bad value (or deep nesting) anywhere: ``loads`` and
+    ``check_value`` refuse exactly the ones a plain recursive reference refuses, with the
+    same top-level ``param``."""
+    rng = random.Random(20261201)
+    refused = 0
+    for _ in range(2_000):
+        document, bad_under = _random_document(rng)
+        body = _encode(document).encode()
+        expected = _reference(document)
+        assert expected is None or bad_under is not None
+        try:
+            strict_json.loads(body)
+        except strict_json.StrictJsonError as exc:
+            assert expected is not None, body[:200]
+            assert (exc.message, exc.param) == expected, body[:200]
+            refused += 1
+        else:
+            assert expected is None, (expected, body[:200])
+        if expected is None or "surrogate" in expected[0] or "nested" in expected[0]:
+            check = expected  # check_value words NaN/inf its own way
+            try:
+                strict_json.check_value(json.loads(body))
+            except strict_json.StrictJsonError as exc:
+                assert (exc.message, exc.param) == check
+            else:
+                assert check is None
+    assert 500 < refused < 1_500, refused
+
+
+def test_the_value_check_judges_a_tool_result_built_from_subclasses() -> None:
+    """A builtin tool may return an OrderedDict, an IntEnum or a str subclass."""
+    import collections
+    import enum
+
+    class Big(enum.IntEnum):
+        HUGE = 2**1100
+
+    class Text(str):
+        pass
+
+    refused = [
+        collections.OrderedDict(a=[1.5, collections.OrderedDict(b=float("inf"))]),
+        {"a": [Big.HUGE]},
+        {"a": ["ok", Text("\ud800")]},
+        {"a": collections.OrderedDict({Text("\udfff"): 1})},
+        {"a": [1, True, 2**60]},  # only with safe_integers
+    ]
+    for value in refused:
+        with pytest.raises(strict_json.StrictJsonError) as caught:
+            strict_json.check_value(value, safe_integers=True)
+        assert caught.value.param == "a", value
+    assert sum(strict_json.is_strict(value) for value in refused) == 1  # the 2**60 one
+    fine = collections.OrderedDict(a=[Text("caf\u00e9"), 1.7e308, 2**53 - 1, None, True])
+    strict_json.check_value(fine, safe_integers=True)
+
+
+class _Raw(str):
+    """A literal the encoder writes as is (NaN, 1e400, an escaped lone surrogate)."""
+
+
+def _random_document(rng: random.Random) -> tuple[dict[str, Any], str | None]:
+    def value(depth: int) -> Any:
+        roll = rng.random()
+        if depth > 6 or roll < 0.4:
+            return rng.choice(
+                [1, -7, 2.5, 1e300, "text", "caf\u00e9", "\U0001f600", True, None, 2**60]
+            )
+        if roll < 0.55:
+            return [rng.randrange(-(10**6), 10**6) for _ in range(rng.randrange(30))]
+        if roll < 0.75:
+            return [value(depth + 1) for _ in range(rng.randrange(5))]
+        return {f"k{i}": value(depth + 1) for i in range(rng.randrange(5))}
+
+    document = {f"f{i}": value(1) for i in range(rng.randrange(1, 6))}
+    if rng.random() < 0.5:
+        return document, None
+    bad = rng.choice(
+        [
+            _Raw("1e400"),
+            _Raw("-1" + "0" * 320),
+            _Raw('"\\udc00"'),
+            _Raw('"a\\ud83d"'),
+            {"\ud800": 1},
+            _Raw("[" * 70 + "]" * 70),
+            _Raw("[" * (depth := rng.randrange(56, 66)) + "]" * depth),  # near the limit
+        ]
+    )
+    key = rng.choice(list(document))
+    container = document[key]
+    while isinstance(container, dict | list) and container and rng.random() < 0.7:
+        inner = rng.choice(list(container.values()) if isinstance(container, dict) else container)
+        if not isinstance(inner, dict | list) or not inner:
+            break
+        container = inner
+    if isinstance(container, dict):
+        container["bad"] = bad
+    elif isinstance(container, list):
+        container.insert(rng.randrange(len(container) + 1), bad)
+    else:
+        document[key] = [bad, container]
+    return document, key
+
+
+def _encode(value: Any) -> str:
+    if isinstance(value, _Raw):
+        return str(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_encode_key(k)}: {_encode(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_encode(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def _encode_key(key: str) -> str:
+    return '"\\ud800"' if key == "\ud800" else json.dumps(key)
+
+
+def _reference(document: dict[str, Any]) -> tuple[str, str | None] | None:
+    """The rules, written plainly (recursive, one value at a time), on the parsed text."""
+    parsed = json.loads(_encode(document))
+
+    def first_problem(value: Any, depth: int) -> str | None:
+        if isinstance(value, dict | list):
+            if depth >= strict_json.MAX_DEPTH:
+                return f"JSON is nested deeper than {strict_json.MAX_DEPTH} levels"
+            if isinstance(value, dict):
+                for key in value:
+                    if _lone_surrogate(key):
+                        return "a key contains a lone UTF-16 surrogate"
+            children = value.values() if isinstance(value, dict) else value
+            problems = [first_problem(child, depth + 1) for child in children]
+            return next((p for p in problems if p is not None), None)
+        if isinstance(value, str):
+            return "a string contains a lone UTF-16 surrogate" if _lone_surrogate(value) else None
+        if isinstance(value, float) and value in (float("inf"), float("-inf")):
+            return "a number overflows a float"
+        if isinstance(value, int) and abs(value) >= 2**1024:
+            return "a number overflows a float"
+        return None
+
+    for key, child in parsed.items():
+        problem = first_problem(child, 1)
+        if problem is not None:
+            return problem, key
+    return None
+
+
+def _lone_surrogate(text: str) -> bool:
+    return any(0xD800 <= ord(char) <= 0xDFFF for char in text)
 
 
 @pytest.mark.parametrize("digits", [1, 17, 89, 90, 91, 120, 308, 309, 310, 400])
