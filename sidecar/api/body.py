@@ -4,10 +4,10 @@ JSON is parsed strictly (``strict_json``): NaN, Infinity, numbers that overflow 
 lone surrogates and nesting deeper than ``strict_json.MAX_DEPTH`` are a 400 whose
 ``param`` names the top-level field the bad value sits under.
 
-A body over ``THREAD_PARSE_BYTES`` is parsed in a worker thread, so the strict checks'
-Python-level walks interleave with other requests. The C parser itself holds the GIL: an
-8 MiB body of token arrays (the worst kind: 1.5 M integers) still stalls the loop for about
-0.2 s where it took 0.37 s, and ``GATEWAY_MAX_BODY_BYTES`` is what bounds that stall.
+A body over ``THREAD_PARSE_BYTES`` is parsed in a worker thread, so the strict check's
+Python-level walk interleaves with other requests. The C decoder itself holds the GIL: a
+7 MiB body of token arrays (the worst kind: 1.5 M integers) still stalls the loop for about
+0.2 s, and ``GATEWAY_MAX_BODY_BYTES`` is what bounds that stall.
 """
 
 from __future__ import annotations
