@@ -26,7 +26,6 @@ from aiohttp.web_protocol import RequestHandler
 
 from .app import create_app
 from .config.loader import ConfigError
-from .config.reload import load_checked
 from .config.schema import GatewayConfig
 from .launcher import raise_open_file_limit
 from .mock_backends import (
@@ -37,6 +36,7 @@ from .mock_backends import (
     create_openai_images_app,
 )
 from .observability.access_log import BatchedLineWriter
+from .reload import load_checked
 from .settings import Settings, SettingsError
 
 log = logging.getLogger("gateway")

@@ -25,7 +25,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar import cli
-from sidecar.config import reload as reload_module
+from sidecar import reload as reload_module
 from sidecar.config.loader import ConfigError, load_config
 from sidecar.routing.health import HealthChecker
 from sidecar.routing.registry import HealthState, RegistryHolder, build_registry

@@ -28,7 +28,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-import sidecar.config.reload as reload_module
+import sidecar.reload as reload_module
 from sidecar.config.loader import MAX_CONFIG_BYTES, MAX_DEPTH, MAX_NODES
 from sidecar.mock_backends import create_mock_app
 from sidecar.mock_backends.openai_server import RECEIVED

@@ -410,7 +410,7 @@ def test_the_sandbox_argv_hides_the_data_dir_and_keeps_values_off_the_command_li
     tmp_path: Path,
 ) -> None:
     from sidecar.config.schema import ToolSpec
-    from sidecar.toolbus.sandbox import bwrap_command
+    from sidecar.sandbox import bwrap_command
 
     spec = ToolSpec(
         name="t",

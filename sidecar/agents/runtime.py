@@ -21,10 +21,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..api import strict_json
 from ..config.schema import AgentSpec, ToolSpec
 from ..errors import GatewayError, InvalidRequest
 from ..toolbus.hashing import canonical_hash
+from ..wire import strict_json
 
 _NOT_RUN = ("tool_refused", "tool_rejected")
 ModelCall = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]

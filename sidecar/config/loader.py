@@ -20,8 +20,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 
+from .. import sandbox
 from ..settings import BackendTlsDefaults, ImagesSettings
-from ..toolbus import sandbox
 from . import structure
 from .backends import BackendReader
 from .issues import ConfigError, ConfigIssue, Issues

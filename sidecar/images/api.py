@@ -16,7 +16,6 @@ from typing import Any
 from aiohttp import web
 from yarl import URL
 
-from ..api.body import read_json_object
 from ..errors import Forbidden, GatewayError, NotFound, UpstreamError
 from ..routing.router import resolve_default
 from ..typedefs import (
@@ -28,6 +27,7 @@ from ..typedefs import (
     TOKENS,
     URL_SIGNER,
 )
+from ..wire.body import read_json_object
 from . import media
 from .generators import generate
 from .request import check_pixels, parse_image_request

@@ -20,12 +20,12 @@ import logging
 
 from aiohttp import web
 
-from ..api.body import read_json_object
 from ..errors import Forbidden, GatewayError, NotFound, UpstreamError
 from ..observability.client_ip import address_allowed
 from ..routing.call import backend_call
 from ..routing.router import resolve_default
 from ..typedefs import CLIENT_IP, REGISTRY, REQUEST_ID, SETTINGS, TOKENS, URL_SIGNER
+from ..wire.body import read_json_object
 from .service import AUDIO_NAME, generate_music, parse_music_request
 
 log = logging.getLogger("gateway.music")

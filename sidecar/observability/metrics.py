@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..config.reload import ConfigReloader
+from ..reload import ConfigReloader
 from ..routing.registry import HealthState, RegistryHolder
 from .access_log import AccessRecord
 

@@ -23,12 +23,12 @@ from typing import Any
 import jsonschema
 from rfc8785 import CanonicalizationError
 
-from ..api import strict_json
 from ..config.schema import GatewayConfig, ToolSpec
 from ..errors import Forbidden, GatewayError, InvalidRequest, NotFound, StorageUnavailable
 from ..routing.admission import Admission
 from ..routing.registry import RegistryHolder
 from ..storage import RETRY_AFTER_S, StorageMonitor
+from ..wire import strict_json
 from .executors import BUILTIN_CHECKS, BUILTINS, Builtin, ToolContext, ToolFailure, execute
 from .hashing import new_id, request_hash
 from .log import ToolLog

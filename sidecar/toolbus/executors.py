@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import sandbox
 from ..config.schema import ToolSpec
 from ..errors import GatewayError, InvalidRequest
 from ..routing.registry import RegistryHolder
-from . import sandbox
 from .calculator import CalculatorError, ExpressionError, evaluate, parse
 
 log = logging.getLogger("gateway.tools")
@@ -138,7 +138,7 @@ def _looks_secret(name: str) -> bool:
 
 
 async def _subprocess(spec: ToolSpec, arguments: dict[str, Any], context: ToolContext) -> Any:
-    """Run ``argv`` (no shell) in its sandbox (``sandbox.py``); JSON arguments on stdin.
+    """Run ``argv`` (no shell) in its sandbox (``sidecar.sandbox``); JSON arguments on stdin.
 
     The timeout is enforced by the bus (cancellation); here cancellation, like an output
     over the cap, kills every process of the tool (daemonized ones too) and reaps it, so

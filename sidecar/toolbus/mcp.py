@@ -4,7 +4,7 @@
 as ``/v1/tools``: an MCP client and an OpenAI-style client see the same tools and leave
 the same records. Answers are plain ``application/json`` (the streamable HTTP transport
 allows it); ``GET`` is 405. A browser's cross-site ``Origin`` is refused. A body that is
-not strict JSON (``api.strict_json``) is a JSON-RPC parse error (-32700) with HTTP 200.
+not strict JSON (``wire.strict_json``) is a JSON-RPC parse error (-32700) with HTTP 200.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
-from ..api import strict_json
 from ..errors import BackendOverloaded, Forbidden, GatewayError, StorageUnavailable
 from ..typedefs import REQUEST_ID, TOKEN, TOOLBUS
-from ..ui.guard import same_origin
+from ..wire import strict_json
+from ..wire.origin import same_origin
 
 PROTOCOL_VERSIONS = ("2025-06-18", "2025-03-26", "2024-11-05")
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS = -32700, -32600, -32601, -32602

@@ -14,8 +14,6 @@ from typing import Any
 
 from aiohttp import web
 
-from ..api.body import read_json_object
-from ..api.validation import check_model_name
 from ..errors import BackendOverloaded, GatewayError, InvalidRequest, NotFound, Unauthorized
 from ..images.api import generate_for
 from ..music.service import generate_music, parse_music_request
@@ -23,6 +21,8 @@ from ..typedefs import CLIENT_IP, REGISTRY, REQUEST_ID, SETTINGS, UI_SESSION, UI
 from ..users.db import LOCAL_USER, DuplicateUser, ReservedUser
 from ..users.passwords import PasswordRejected
 from ..users.store import LoginRejected, LoginThrottled
+from ..wire.body import read_json_object
+from ..wire.model_name import check_model_name
 from .guard import SESSION_COOKIE
 from .pages import require_admin
 

@@ -15,13 +15,13 @@ from typing import Any
 
 from aiohttp import web
 
-from ..api.body import read_json_object
-from ..api.validation import check_model_name
 from ..errors import GatewayError, InvalidRequest, NotFound, StorageUnavailable, UpstreamError
 from ..routing.call import backend_call
 from ..routing.router import resolve, upstream_body
 from ..routing.upstream import UpstreamCall
 from ..typedefs import REGISTRY, REQUEST_ID, UI_STATE, UI_USER
+from ..wire.body import read_json_object
+from ..wire.model_name import check_model_name
 from .api import _conversation_id
 from .pages import chat_models
 
