@@ -13,7 +13,7 @@ layers below it (``lint-imports`` checks this in ``tools/test``; the contract is
 7. ``config``: the YAML's schema, meaning checks and backend TLS contexts.
 8. ``auth``, ``sandbox``, ``storage``, ``wire`` (strict JSON, request bodies, model
    names, same-origin), then ``typedefs`` (the typed app keys; it imports the types it
-   names for the type checker only), then ``errors``, ``settings``: the base.
+   names for the type checker only), then ``settings``, then ``errors``: the base.
 """
 
 __version__ = "0.1.0"

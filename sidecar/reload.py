@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config.loader import ConfigError, load_config, tls_files
+from .config.loader import load_config, tls_files
 from .config.schema import GatewayConfig
+from .errors import ConfigError
 from .routing.registry import RegistryHolder, build_registry
 from .settings import Settings
 

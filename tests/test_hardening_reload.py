@@ -340,7 +340,8 @@ async def test_build_registry_raising_does_not_stop_the_watcher(
 _MEASURE = """
 import sys, time
 from pathlib import Path
-from sidecar.config.loader import ConfigError, load_config
+from sidecar.config.loader import load_config
+from sidecar.errors import ConfigError
 from sidecar.settings import BackendTlsDefaults
 
 def hwm_kib():

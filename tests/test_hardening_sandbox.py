@@ -37,7 +37,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from sidecar.config.loader import ConfigError, load_config
+from sidecar.config.loader import load_config
+from sidecar.errors import ConfigError
 from sidecar.settings import BackendTlsDefaults
 from sidecar.typedefs import RELOADER
 

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from sidecar.errors import StrictJsonError
 from sidecar.mock_backends import MockBehaviour, create_mock_app
 from sidecar.mock_backends.openai_server import RECEIVED as MODEL_RECEIVED
 from sidecar.settings import ToolsSettings, UiSettings
@@ -367,7 +368,7 @@ def test_the_number_shortcut_refuses_exactly_what_overflows(
         overflows = _float_overflows(literal)
     body = f'{{"n": [{literal}]}}'.encode()
     if overflows:
-        with pytest.raises(strict_json.StrictJsonError) as caught:
+        with pytest.raises(StrictJsonError) as caught:
             strict_json.loads(body)
         assert caught.value.param == "n"
     else:

@@ -21,10 +21,11 @@ from pathlib import Path
 from types import MappingProxyType
 
 from .. import sandbox
+from ..errors import ConfigError, ConfigIssue
 from ..settings import BackendTlsDefaults, ImagesSettings
 from . import structure
 from .backends import BackendReader
-from .issues import ConfigError, ConfigIssue, Issues
+from .issues import Issues
 from .schema import GatewayConfig
 from .tls import tls_files
 from .toolspecs import ToolReader

@@ -33,6 +33,7 @@ from yarl import URL
 from ..config.schema import BackendConfig
 from ..errors import (
     GatewayError,
+    StrictJsonError,
     UpstreamError,
     UpstreamRateLimited,
     UpstreamStatusError,
@@ -114,7 +115,7 @@ class UpstreamCall:
         body = await self.read_body()
         try:
             return body, strict_json.loads_reply(body)
-        except strict_json.StrictJsonError as exc:
+        except StrictJsonError as exc:
             raise UpstreamError(
                 f"backend '{self._client.name}' returned a response that is not JSON"
                 f" the gateway accepts ({exc.message})"

@@ -24,12 +24,20 @@ import jsonschema
 from rfc8785 import CanonicalizationError
 
 from ..config.schema import GatewayConfig, ToolSpec
-from ..errors import Forbidden, GatewayError, InvalidRequest, NotFound, StorageUnavailable
+from ..errors import (
+    Forbidden,
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    StorageUnavailable,
+    StrictJsonError,
+    ToolFailure,
+)
 from ..routing.admission import Admission
 from ..routing.registry import RegistryHolder
 from ..storage import RETRY_AFTER_S, StorageMonitor
 from ..wire import strict_json
-from .executors import BUILTIN_CHECKS, BUILTINS, Builtin, ToolContext, ToolFailure, execute
+from .executors import BUILTIN_CHECKS, BUILTINS, Builtin, ToolContext, execute
 from .hashing import new_id, request_hash
 from .log import ToolLog
 
@@ -138,7 +146,7 @@ class ToolBus:
         """
         try:
             strict_json.check_value(arguments, safe_integers=True)
-        except strict_json.StrictJsonError as exc:
+        except StrictJsonError as exc:
             raise InvalidRequest(
                 f"arguments cannot be recorded: {exc.message}",
                 param="arguments",

@@ -19,9 +19,9 @@ from typing import Any
 
 from .. import sandbox
 from ..config.schema import ToolSpec
-from ..errors import GatewayError, InvalidRequest
+from ..errors import CalculatorError, ExpressionError, GatewayError, InvalidRequest, ToolFailure
 from ..routing.registry import RegistryHolder
-from .calculator import CalculatorError, ExpressionError, evaluate, parse
+from .calculator import evaluate, parse
 
 log = logging.getLogger("gateway.tools")
 
@@ -38,15 +38,6 @@ SECRET_VARIABLES = frozenset(
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 STDERR_TAIL_BYTES = 64 * 1024  # kept of a tool's stderr (for the failure message)
 KILL_GRACE_S = 5.0  # per step of ending a tool: its own kill, then SIGKILL to its group
-
-
-class ToolFailure(Exception):
-    """The tool ran but did not succeed; ``kind`` is the error type clients see."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
-from ..errors import BackendOverloaded, Forbidden, GatewayError, StorageUnavailable
+from ..errors import BackendOverloaded, Forbidden, GatewayError, StorageUnavailable, StrictJsonError
 from ..typedefs import REQUEST_ID, TOKEN, TOOLBUS
 from ..wire import strict_json
 from ..wire.origin import same_origin
@@ -36,7 +36,7 @@ async def endpoint(request: web.Request) -> web.StreamResponse:
     _check_origin(request)
     try:
         message = strict_json.loads(await request.read())
-    except strict_json.StrictJsonError as exc:  # NaN, 1e400, lone surrogates, deep nesting
+    except StrictJsonError as exc:  # NaN, 1e400, lone surrogates, deep nesting
         return _reply(None, error=RpcError(PARSE_ERROR, f"not valid JSON: {exc.message}"))
     if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
         return _reply(None, error=RpcError(INVALID_REQUEST, "expected one JSON-RPC 2.0 object"))

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import InvalidRequest, PayloadTooLarge
+from ..errors import InvalidRequest, PayloadTooLarge, StrictJsonError
 from ..typedefs import SETTINGS
 from . import strict_json
 
@@ -40,7 +40,7 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
             payload = await asyncio.to_thread(strict_json.loads, body)
         else:
             payload = strict_json.loads(body)
-    except strict_json.StrictJsonError as exc:
+    except StrictJsonError as exc:
         raise InvalidRequest(
             f"Request body is not valid JSON: {exc.message}", param=exc.param, code="invalid_json"
         ) from None

@@ -28,6 +28,8 @@ import math
 import re
 from typing import Any
 
+from ..errors import StrictJsonError
+
 MAX_DEPTH = 64
 # 2**1024 has 309 digits: an integer literal this long or longer may overflow a float.
 _LONG_INT_DIGITS = 309
@@ -41,15 +43,6 @@ _NUMBER_SHAPE = bytes(
 )
 _SUSPECT = (b"0" * 90, b"e000", b"e+000")
 _CONTAINERS = frozenset({dict, list})
-
-
-class StrictJsonError(ValueError):
-    """JSON the gateway refuses; ``param`` is the top-level field it sits under, if any."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
 
 
 class _NonFinite(ValueError):
