@@ -94,12 +94,6 @@ class UnknownModel(NotFound):
     code = "model_not_found"
 
 
-class MethodNotAllowed(GatewayError):
-    status = 405
-    error_type = "invalid_request_error"
-    code = "method_not_allowed"
-
-
 class Conflict(GatewayError):
     """The request clashes with what exists (a user name that is taken)."""
 

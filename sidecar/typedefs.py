@@ -14,7 +14,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from .agents.service import AgentRunner
     from .auth import TokenSet
-    from .images.signing import UrlSigner
+    from .auth.signing import UrlSigner
     from .images.store import ImageStore
     from .observability.access_log import AccessRecord
     from .observability.metrics import GatewayMetrics
