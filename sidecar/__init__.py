@@ -7,11 +7,11 @@ layers below it (``lint-imports`` checks this in ``tools/test``; the contract is
 1. ``cli``, then ``app``, ``launcher``, ``mock_backends``: entry points and wiring.
 2. ``api``, ``ui``: the faces (OpenAI and ``/mcp`` endpoints, middlewares; the web UI).
 3. ``agents``, ``images``, ``music``, then ``toolbus``, ``users``: the features.
-4. ``observability``: access log, client address, metrics read from the live registry.
-5. ``reload``: loads the config and swaps in the registry built from it.
-6. ``routing``: registry, router, admission, upstream clients, one backend call.
-7. ``config``: the YAML's schema, meaning checks and backend TLS contexts.
-8. ``auth``, ``sandbox``, ``storage``, ``wire`` (strict JSON, request bodies, model
+4. ``observability`` (access log, client address, metrics read from the live registry)
+   and ``reload`` (loads the config, swaps in the registry built from it).
+5. ``routing``: registry, router, admission, upstream clients, one backend call.
+6. ``config``: the YAML's schema, meaning checks and backend TLS contexts.
+7. ``auth``, ``sandbox``, ``storage``, ``wire`` (strict JSON, request bodies, model
    names, same-origin), then ``typedefs`` (the typed app keys; it imports the types it
    names for the type checker only), then ``settings``, then ``errors``: the base.
 """
