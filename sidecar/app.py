@@ -23,12 +23,12 @@ from .agents.transcripts import RunStore
 from .api.middleware import bearer, errors, observe, stamp_response
 from .api.routes import setup_routes
 from .auth import TokenSet
-from .config.reload import ConfigReloader, load_checked
+from .auth.signing import UrlSigner, load_or_create_secret
 from .config.schema import GatewayConfig
-from .images.signing import UrlSigner, load_or_create_secret
 from .images.store import ImageStore
 from .music.tool import heartmula_generate
 from .observability.metrics import GatewayMetrics
+from .reload import ConfigReloader, load_checked
 from .routing.health import HealthChecker, running
 from .routing.registry import RegistryHolder, build_registry
 from .settings import Settings

@@ -25,9 +25,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from .app import create_app
-from .config.loader import ConfigError
-from .config.reload import load_checked
 from .config.schema import GatewayConfig
+from .errors import ConfigError, SettingsError
 from .launcher import raise_open_file_limit
 from .mock_backends import (
     MockBehaviour,
@@ -37,7 +36,8 @@ from .mock_backends import (
     create_openai_images_app,
 )
 from .observability.access_log import BatchedLineWriter
-from .settings import Settings, SettingsError
+from .reload import load_checked
+from .settings import Settings
 
 log = logging.getLogger("gateway")
 

@@ -1,13 +1,21 @@
-"""Domain errors and the OpenAI error envelope.
+"""Every error class the gateway raises across modules, and the OpenAI error envelope.
 
-Handlers and the router raise these; one middleware (``api.middleware``) turns them into
+``GatewayError`` and its subclasses are what clients see: handlers and the router raise
+them; one middleware (``api.middleware``) turns them into
 ``{"error": {"message", "type", "param", "code"}}`` with the status the OpenAI SDK maps to
 the right exception. Messages are shown to clients: they never carry a secret, a backend
-URL or a traceback.
+URL or a traceback. Each status has its own meaning: a conflict, a rate limit and a full
+backend are three classes, not one class with three codes.
+
+The domain errors below them are raised in one module and caught in another, which turns
+them into a ``GatewayError``, a tool result, a CLI message or a config issue. An exception
+used only inside one module (a parser's internal signal) stays private to that module.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -86,10 +94,12 @@ class UnknownModel(NotFound):
     code = "model_not_found"
 
 
-class MethodNotAllowed(GatewayError):
-    status = 405
+class Conflict(GatewayError):
+    """The request clashes with what exists (a user name that is taken)."""
+
+    status = 409
     error_type = "invalid_request_error"
-    code = "method_not_allowed"
+    code = "conflict"
 
 
 class PayloadTooLarge(GatewayError):
@@ -104,6 +114,17 @@ class BackendOverloaded(GatewayError):
     code = "backend_overloaded"
 
 
+class RateLimited(GatewayError):
+    """This client asked too often, or the gateway limits this kind of request right now
+    (failed logins, too many at once, a replay look-up while another scans the log);
+    ``Retry-After`` says when to try again. Not a full backend: that is
+    ``BackendOverloaded``."""
+
+    status = 429
+    error_type = "rate_limit_error"
+    code = "rate_limited"
+
+
 class UpstreamError(GatewayError):
     """The backend answered, but not with something the client can use."""
 
@@ -116,6 +137,13 @@ class UpstreamUnavailable(UpstreamError):
     """The backend could not be reached: refused, reset, DNS, or TLS failure."""
 
     code = "upstream_unavailable"
+
+
+class BadModelReply(GatewayError):
+    """An agent's model answered with something that is not a usable chat reply."""
+
+    status = 502
+    code = "bad_model_reply"
 
 
 class BackendNotReady(GatewayError):
@@ -156,9 +184,117 @@ class UpstreamRateLimited(UpstreamStatusError):
     code = "upstream_rate_limited"
 
 
-class Throttled(GatewayError):
-    """The gateway itself limits this kind of request right now (not a backend's limit)."""
+# Domain errors: raised in one module, turned into a client error or a message in another.
 
-    status = 429
-    error_type = "rate_limit_error"
-    code = "throttled"
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    path: str
+    line: int | None
+    message: str
+
+
+class ConfigError(Exception):
+    """The config is invalid; ``issues`` lists every problem found."""
+
+    def __init__(self, source: Path, issues: list[ConfigIssue]) -> None:
+        self.source = source
+        self.issues = issues
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        lines = []
+        for issue in self.issues:
+            where = f"{self.source}:{issue.line}" if issue.line else str(self.source)
+            lines.append(f"{where}: {issue.path or '(top level)'}: {issue.message}")
+        return "\n".join(lines)
+
+
+class TlsSetupError(ValueError):
+    """A backend's TLS files cannot be loaded; ``field`` names the ``tls`` key at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class SettingsError(ValueError):
+    """The environment cannot start a gateway; the message says which variable and why."""
+
+
+class LaunchError(RuntimeError):
+    """``gateway up`` cannot start or reach a process; the message says which and why."""
+
+
+class StrictJsonError(ValueError):
+    """JSON the gateway refuses; ``param`` is the top-level field it sits under, if any."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class ToolFailure(Exception):
+    """The tool ran but did not succeed; ``kind`` is the error type clients see."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+class CalculatorError(ValueError):
+    """The expression could not be computed (division by zero, out of range...)."""
+
+
+class ExpressionError(CalculatorError):
+    """The expression is not something this calculator evaluates (a bad argument)."""
+
+
+class ReplayDiverged(Exception):
+    """Replaying a run produced a different request than the recording."""
+
+    def __init__(self, event_index: int, detail: dict[str, Any]) -> None:
+        super().__init__(f"event {event_index} differs")
+        self.event_index = event_index
+        self.detail = detail
+
+
+class LoginThrottled(Exception):
+    """A login refused before its password is checked; ``reason`` says which limit."""
+
+    def __init__(self, retry_after: int, reason: str = "account") -> None:
+        super().__init__(f"too many logins ({reason})")
+        self.retry_after = retry_after
+        self.reason = reason  # "account", "address" or "busy"
+
+
+class LoginRejected(ValueError):
+    """A login refused for its input alone (too long); ``param`` names the field."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class PasswordRejected(ValueError):
+    """The password cannot be used; the message says why."""
+
+
+class DatabaseError(Exception):
+    """The users database cannot be used; the message says what to do."""
+
+
+class DuplicateUser(Exception):
+    """An account with that name exists already."""
+
+
+class ReservedUser(ValueError):
+    """The local user owns the shared history; it is no account and has no password."""
+
+    def __init__(self, local_user: str) -> None:
+        super().__init__(
+            f"{local_user!r} is reserved for the history kept when accounts are off; "
+            "it cannot be given a password or changed"
+        )

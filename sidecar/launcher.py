@@ -29,6 +29,8 @@ from pathlib import Path
 import aiohttp
 from yarl import URL
 
+from .errors import LaunchError
+
 READY_TIMEOUT_S = 30.0
 # Fake backends that `up` starts when the config names their variable:
 # (variable, `gateway mock-backends --kind`, URL path).
@@ -37,10 +39,6 @@ _FAKES = (
     ("MOCK_HEARTMULA_URL", "heartmula", ""),
 )
 STOP_TIMEOUT_S = 15.0
-
-
-class LaunchError(RuntimeError):
-    """The gateway cannot be brought up; the message says why and what to do."""
 
 
 @dataclass(frozen=True)

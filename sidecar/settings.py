@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from .errors import SettingsError
+
 MIN_TOKEN_LENGTH = 16
 _PLACEHOLDER_TOKENS = {
     "changeme",
@@ -35,10 +37,6 @@ _PLACEHOLDER_TOKENS = {
 _TOKEN_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
-
-
-class SettingsError(ValueError):
-    """The environment cannot start a gateway; the message says which variable and why."""
 
 
 @dataclass(frozen=True)

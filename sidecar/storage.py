@@ -23,7 +23,6 @@ import errno
 import json
 import logging
 import os
-import sqlite3
 import tempfile
 import threading
 import time
@@ -78,13 +77,6 @@ def error_kind(exc: BaseException) -> str:
     if "locked" in text or "busy" in text:
         return "database_busy"
     return "database_error"
-
-
-def is_storage_error(exc: BaseException) -> bool:
-    """An error that means the disk (not the request) is the problem."""
-    return isinstance(exc, OSError | sqlite3.OperationalError) or (
-        isinstance(exc, sqlite3.DatabaseError) and error_kind(exc) != "database_error"
-    )
 
 
 @dataclass(frozen=True)

@@ -1,42 +1,50 @@
-"""Typed keys for everything the app and its requests share."""
+"""Typed keys for everything the app and its requests share.
+
+Every layer imports these keys, so this module sits at the base: it imports the types it
+names only for the type checker (``TYPE_CHECKING``), never at run time, and each key
+carries its type in its annotation (``web.AppKey[T]``) instead of as an argument.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 
-from .agents.service import AgentRunner
-from .auth import TokenSet
-from .config.reload import ConfigReloader
-from .images.signing import UrlSigner
-from .images.store import ImageStore
-from .observability.access_log import AccessRecord
-from .observability.metrics import GatewayMetrics
-from .routing.health import HealthChecker
-from .routing.registry import RegistryHolder
-from .settings import BearerToken, Settings
-from .storage import StorageMonitor
-from .toolbus.bus import ToolBus
-from .ui.state import UiState
-from .users.db import User
-from .users.store import Session
+if TYPE_CHECKING:
+    from .agents.service import AgentRunner
+    from .auth import TokenSet
+    from .auth.signing import UrlSigner
+    from .images.store import ImageStore
+    from .observability.access_log import AccessRecord
+    from .observability.metrics import GatewayMetrics
+    from .reload import ConfigReloader
+    from .routing.health import HealthChecker
+    from .routing.registry import RegistryHolder
+    from .settings import BearerToken, Settings
+    from .storage import StorageMonitor
+    from .toolbus.bus import ToolBus
+    from .ui.state import UiState
+    from .users.db import User
+    from .users.store import Session
 
-SETTINGS = web.AppKey("settings", Settings)
-REGISTRY = web.AppKey("registry", RegistryHolder)
-RELOADER = web.AppKey("reloader", ConfigReloader)
-HEALTH = web.AppKey("health", HealthChecker)
-TOKENS = web.AppKey("tokens", TokenSet)
-IMAGE_STORE = web.AppKey("image_store", ImageStore)
-URL_SIGNER = web.AppKey("url_signer", UrlSigner)
-TOOLBUS = web.AppKey("toolbus", ToolBus)
-AGENTS = web.AppKey("agents", AgentRunner)
-METRICS = web.AppKey("metrics", GatewayMetrics)
-UI_STATE = web.AppKey("ui_state", UiState)
-STORAGE = web.AppKey("storage", StorageMonitor)
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
+REGISTRY: web.AppKey[RegistryHolder] = web.AppKey("registry")
+RELOADER: web.AppKey[ConfigReloader] = web.AppKey("reloader")
+HEALTH: web.AppKey[HealthChecker] = web.AppKey("health")
+TOKENS: web.AppKey[TokenSet] = web.AppKey("tokens")
+IMAGE_STORE: web.AppKey[ImageStore] = web.AppKey("image_store")
+URL_SIGNER: web.AppKey[UrlSigner] = web.AppKey("url_signer")
+TOOLBUS: web.AppKey[ToolBus] = web.AppKey("toolbus")
+AGENTS: web.AppKey[AgentRunner] = web.AppKey("agents")
+METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics")
+UI_STATE: web.AppKey[UiState] = web.AppKey("ui_state")
+STORAGE: web.AppKey[StorageMonitor] = web.AppKey("storage")
 
-REQUEST_ID = web.RequestKey("request_id", str)
-CLIENT_IP = web.RequestKey("client_ip", str)
-TOKEN = web.RequestKey("token", BearerToken)
-ACCESS = web.RequestKey("access", AccessRecord)
-UI_USER = web.RequestKey("ui_user", User)
-UI_SESSION = web.RequestKey("ui_session", Session | None)
-UI_CSRF = web.RequestKey("ui_csrf", str)
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
+CLIENT_IP: web.RequestKey[str] = web.RequestKey("client_ip")
+TOKEN: web.RequestKey[BearerToken] = web.RequestKey("token")
+ACCESS: web.RequestKey[AccessRecord] = web.RequestKey("access")
+UI_USER: web.RequestKey[User] = web.RequestKey("ui_user")
+UI_SESSION: web.RequestKey[Session | None] = web.RequestKey("ui_session")
+UI_CSRF: web.RequestKey[str] = web.RequestKey("ui_csrf")

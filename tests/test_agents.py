@@ -27,7 +27,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from sidecar.app import create_app
-from sidecar.config.loader import ConfigError, load_config
+from sidecar.config.loader import load_config
+from sidecar.errors import ConfigError
 from sidecar.mock_backends import create_mock_app
 from sidecar.mock_backends.heartmula import HEARTMULA_RECEIVED, create_heartmula_app
 from sidecar.mock_backends.openai_server import RECEIVED

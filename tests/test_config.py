@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from yarl import URL
 
-from sidecar.config import AliasConfig, ConfigError, load_config, parse_config
+from sidecar.config import AliasConfig, load_config, parse_config
 from sidecar.config.schema import ModelConfig, QueueConfig, Timeouts
-from sidecar.settings import BackendTlsDefaults, Settings, SettingsError
+from sidecar.errors import ConfigError, SettingsError
+from sidecar.settings import BackendTlsDefaults, Settings
 
 from .certs import issue, make_ca
 from .conftest import TOKEN, gateway_cli, line_of

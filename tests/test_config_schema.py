@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
-from sidecar.config import ConfigError, load_config, parse_config, structure
+from sidecar.config import load_config, parse_config, structure
 from sidecar.config.schema import (
     AgentSpec,
     HealthConfig,
@@ -28,6 +28,7 @@ from sidecar.config.schema import (
     ToolSpec,
 )
 from sidecar.config.yamlread import MAX_CONFIG_BYTES, MAX_NODES
+from sidecar.errors import ConfigError
 from sidecar.settings import BackendTlsDefaults
 
 from .test_config import line_of, yaml_text

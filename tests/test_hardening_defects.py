@@ -25,15 +25,16 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar import cli
-from sidecar.config import reload as reload_module
-from sidecar.config.loader import ConfigError, load_config
+from sidecar import reload as reload_module
+from sidecar.config.loader import load_config
+from sidecar.errors import ConfigError, ReservedUser, SettingsError
 from sidecar.routing.health import HealthChecker
 from sidecar.routing.registry import HealthState, RegistryHolder, build_registry
-from sidecar.settings import BackendTlsDefaults, Settings, SettingsError, ToolsSettings, UiSettings
+from sidecar.settings import BackendTlsDefaults, Settings, ToolsSettings, UiSettings
 from sidecar.toolbus.hashing import new_id
 from sidecar.toolbus.log import INDEX_MAX_ENTRIES, SCAN_MAX_BYTES, LookupBusy, ToolLog
 from sidecar.typedefs import REGISTRY, RELOADER, SETTINGS, TOOLBUS, UI_STATE
-from sidecar.users.db import LOCAL_USER, Database, ReservedUser
+from sidecar.users.db import LOCAL_USER, Database
 from sidecar.users.passwords import hash_password
 
 from .conftest import (

@@ -30,7 +30,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from sidecar.settings import LoginSettings, Settings, SettingsError, UiSettings
+from sidecar.errors import SettingsError
+from sidecar.settings import LoginSettings, Settings, UiSettings
 from sidecar.typedefs import SETTINGS, UI_STATE
 from sidecar.users.store import FREE_ATTEMPTS, LOCK_BASE_S, LOCK_MAX_S, UserStore
 

@@ -19,15 +19,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
+from sidecar.errors import SettingsError
 from sidecar.mock_backends import create_mock_app
 from sidecar.mock_backends.heartmula import create_heartmula_app
-from sidecar.settings import (
-    Settings,
-    SettingsError,
-    ToolsSettings,
-    UiSettings,
-    parse_bearer_tokens,
-)
+from sidecar.settings import Settings, ToolsSettings, UiSettings, parse_bearer_tokens
 from sidecar.typedefs import TOOLBUS
 
 from .conftest import OTHER_TOKEN, TOKEN, GatewayFactory, backend_yaml, gateway_yaml

@@ -28,7 +28,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-import sidecar.config.reload as reload_module
+import sidecar.reload as reload_module
 from sidecar.config.loader import MAX_CONFIG_BYTES, MAX_DEPTH, MAX_NODES
 from sidecar.mock_backends import create_mock_app
 from sidecar.mock_backends.openai_server import RECEIVED
@@ -340,7 +340,8 @@ async def test_build_registry_raising_does_not_stop_the_watcher(
 _MEASURE = """
 import sys, time
 from pathlib import Path
-from sidecar.config.loader import ConfigError, load_config
+from sidecar.config.loader import load_config
+from sidecar.errors import ConfigError
 from sidecar.settings import BackendTlsDefaults
 
 def hwm_kib():

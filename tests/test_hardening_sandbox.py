@@ -37,7 +37,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from sidecar.config.loader import ConfigError, load_config
+from sidecar.config.loader import load_config
+from sidecar.errors import ConfigError
 from sidecar.settings import BackendTlsDefaults
 from sidecar.typedefs import RELOADER
 
@@ -410,7 +411,7 @@ def test_the_sandbox_argv_hides_the_data_dir_and_keeps_values_off_the_command_li
     tmp_path: Path,
 ) -> None:
     from sidecar.config.schema import ToolSpec
-    from sidecar.toolbus.sandbox import bwrap_command
+    from sidecar.sandbox import bwrap_command
 
     spec = ToolSpec(
         name="t",

@@ -23,12 +23,13 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from sidecar.api import strict_json
+from sidecar.errors import StrictJsonError
 from sidecar.mock_backends import MockBehaviour, create_mock_app
 from sidecar.mock_backends.openai_server import RECEIVED as MODEL_RECEIVED
 from sidecar.settings import ToolsSettings, UiSettings
 from sidecar.typedefs import TOOLBUS
 from sidecar.typedefs import UI_STATE as UI_STATE_KEY
+from sidecar.wire import strict_json
 
 from .conftest import TOKEN, GatewayFactory, gateway_yaml, mock_backend_yaml
 from .test_toolbus import RECEIVED, backend_fixture, log_settings, tools_config  # noqa: F401
@@ -574,7 +575,7 @@ def test_the_number_shortcut_refuses_exactly_what_overflows(
         overflows = _float_overflows(literal)
     body = f'{{"n": [{literal}]}}'.encode()
     if overflows:
-        with pytest.raises(strict_json.StrictJsonError) as caught:
+        with pytest.raises(StrictJsonError) as caught:
             strict_json.loads(body)
         assert caught.value.param == "n"
     else:

@@ -23,7 +23,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from sidecar.app import create_app
-from sidecar.config import ConfigError, load_config, parse_config
+from sidecar.config import load_config, parse_config
+from sidecar.errors import ConfigError
 from sidecar.mock_backends import MockBehaviour, create_mock_app
 from sidecar.settings import BackendTlsDefaults, ToolsSettings
 from sidecar.toolbus.hashing import request_hash

@@ -43,18 +43,9 @@ from pathlib import Path
 if importlib.util.find_spec("sidecar") is None:  # a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sidecar.users.db import (
-    LOCAL_USER,
-    Database,
-    DatabaseError,
-    DuplicateUser,
-    User,
-)
-from sidecar.users.passwords import (
-    PasswordRejected,
-    check_password_rules,
-    hash_password,
-)
+from sidecar.errors import DatabaseError, DuplicateUser, PasswordRejected
+from sidecar.users.db import LOCAL_USER, Database, User
+from sidecar.users.passwords import check_password_rules, hash_password
 
 PROG = "manage_users.py"
 SERVICE_USER_HINT = "run as the gateway service user"

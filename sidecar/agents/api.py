@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..api.body import read_json_object
 from ..typedefs import AGENTS, REQUEST_ID, TOKEN
+from ..wire.body import read_json_object
 
 
 async def run(request: web.Request) -> web.Response:

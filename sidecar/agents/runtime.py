@@ -21,28 +21,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..api import strict_json
 from ..config.schema import AgentSpec, ToolSpec
-from ..errors import GatewayError, InvalidRequest
+from ..errors import BadModelReply, GatewayError, InvalidRequest, ReplayDiverged
 from ..toolbus.hashing import canonical_hash
+from ..wire import strict_json
 
 _NOT_RUN = ("tool_refused", "tool_rejected")
 ModelCall = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 ToolRun = Callable[[str, Any], Awaitable[dict[str, Any]]]
-
-
-class ReplayDiverged(Exception):
-    """Replaying a run produced a different request than the recording."""
-
-    def __init__(self, event_index: int, detail: dict[str, Any]) -> None:
-        super().__init__(f"event {event_index} differs")
-        self.event_index = event_index
-        self.detail = detail
-
-
-class BadModelReply(GatewayError):
-    status = 502
-    code = "bad_model_reply"
 
 
 @dataclass

@@ -8,14 +8,13 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config.schema import AgentSpec
-from ..errors import GatewayError, InvalidRequest, NotFound
+from ..errors import GatewayError, InvalidRequest, NotFound, ReplayDiverged
 from ..routing.registry import RegistryHolder
 from ..routing.router import complete, resolve
 from ..toolbus.bus import ToolBus
 from ..toolbus.hashing import new_id
 from .runtime import (
     ModelCall,
-    ReplayDiverged,
     ToolRun,
     initial_messages,
     openai_tools,

@@ -20,8 +20,8 @@ from ..routing.call import backend_call
 from ..routing.router import resolve, upstream_body
 from ..routing.upstream import UpstreamCall, split_events
 from ..typedefs import ACCESS, REGISTRY, REQUEST_ID
+from ..wire.body import read_json_object
 from . import validation
-from .body import read_json_object
 
 log = logging.getLogger("gateway.api")
 

@@ -12,7 +12,6 @@ from aiohttp import web
 
 from .. import __version__
 
-_OPEN = {"type": "object", "additionalProperties": True}
 _ERROR = {
     "type": "object",
     "required": ["error"],

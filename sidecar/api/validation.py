@@ -9,13 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import InvalidRequest
+from ..wire.model_name import check_model_name
 
 _ROLES = {"system", "user", "assistant", "tool", "developer", "function"}
 _TOOL_CHOICES = {"none", "auto", "required"}
 MAX_TOOLS = 128
-
-
-MAX_MODEL_CHARS = 256
 
 
 def require_model(payload: dict[str, Any]) -> str:
@@ -25,18 +23,6 @@ def require_model(payload: dict[str, Any]) -> str:
             "'model' is required", param="model", code="missing_required_parameter"
         )
     return check_model_name(model)
-
-
-def check_model_name(model: Any) -> str:
-    """A model name: printable text of sane length (it ends up in headers and logs)."""
-    if not isinstance(model, str) or not model.strip():
-        raise InvalidRequest("'model' must be a non-empty string", param="model")
-    if len(model) > MAX_MODEL_CHARS or not model.isprintable():
-        raise InvalidRequest(
-            f"'model' must be printable text of at most {MAX_MODEL_CHARS} characters",
-            param="model",
-        )
-    return model
 
 
 def stream_flag(payload: dict[str, Any]) -> bool:

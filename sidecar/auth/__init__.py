@@ -1,4 +1,5 @@
-"""Who may call: bearer tokens for ``/v1`` (user sessions arrive with the UI)."""
+"""Who may call: bearer tokens for ``/v1``, signed links to generated files (user sessions
+arrive with the UI)."""
 
 from .bearer import TokenSet
 

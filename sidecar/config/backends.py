@@ -18,6 +18,7 @@ from typing import Any
 
 from yarl import URL
 
+from ..errors import TlsSetupError
 from ..settings import BackendTlsDefaults, ImagesSettings
 from . import structure
 from .issues import Issues
@@ -35,7 +36,7 @@ from .schema import (
     Timeouts,
     TlsConfig,
 )
-from .tls import TlsSetupError, build_ssl_context, fingerprint
+from .tls import build_ssl_context, fingerprint
 from .values import flag, integer, listing, mapping, number, text
 
 _ENV_IMAGE_PROTOCOLS = {

@@ -9,35 +9,13 @@ reports each problem once, and hands them out in file order.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from ..errors import ConfigError, ConfigIssue
+
 _PARENT = re.compile(r"(\.[^.\[]*|\[\d+\])$")
-
-
-@dataclass(frozen=True)
-class ConfigIssue:
-    path: str
-    line: int | None
-    message: str
-
-
-class ConfigError(Exception):
-    """The config is invalid; ``issues`` lists every problem found."""
-
-    def __init__(self, source: Path, issues: list[ConfigIssue]) -> None:
-        self.source = source
-        self.issues = issues
-        super().__init__(self.render())
-
-    def render(self) -> str:
-        lines = []
-        for issue in self.issues:
-            where = f"{self.source}:{issue.line}" if issue.line else str(self.source)
-            lines.append(f"{where}: {issue.path or '(top level)'}: {issue.message}")
-        return "\n".join(lines)
 
 
 class Issues:

@@ -20,11 +20,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 
+from .. import sandbox
+from ..errors import ConfigError, ConfigIssue
 from ..settings import BackendTlsDefaults, ImagesSettings
-from ..toolbus import sandbox
 from . import structure
 from .backends import BackendReader
-from .issues import ConfigError, ConfigIssue, Issues
+from .issues import Issues
 from .schema import GatewayConfig
 from .tls import tls_files
 from .toolspecs import ToolReader

@@ -16,8 +16,6 @@ CAPABILITIES = ("chat", "completions", "embeddings", "images", "music")
 # (an InvokeAI/ComfyUI shim's ``{url}/v1/images/generations``), ``mock_images`` (the
 # built-in SVG placeholder; no URL).
 # ``heartmula`` is the HeartMuLa music shim (``{url}/v1/music/generations``).
-PROTOCOLS = ("openai", "a1111", "openai_images", "mock_images", "heartmula")
-IMAGE_PROTOCOLS = ("a1111", "openai_images", "mock_images")
 # What each protocol can serve; a backend's capabilities must be among them.
 PROTOCOL_CAPABILITIES: Mapping[str, tuple[str, ...]] = {
     "openai": ("chat", "completions", "embeddings"),
@@ -122,7 +120,6 @@ class AliasConfig:
 
 
 TOOL_EXECUTORS = ("builtin", "subprocess", "http")
-BUILTIN_TOOLS = ("noop", "calculator", "heartmula_generate")
 
 
 @dataclass(frozen=True)

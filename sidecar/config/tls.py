@@ -12,15 +12,8 @@ import hashlib
 import ssl
 from pathlib import Path
 
+from ..errors import TlsSetupError
 from .schema import GatewayConfig, TlsConfig
-
-
-class TlsSetupError(ValueError):
-    """A backend's TLS files cannot be loaded; ``field`` names the ``tls`` key at fault."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 def build_ssl_context(tls: TlsConfig) -> ssl.SSLContext:

@@ -14,7 +14,7 @@ from typing import Any
 
 import jsonschema
 
-from ..toolbus import sandbox
+from .. import sandbox
 from .issues import Issues
 from .schema import TOOL_EXECUTORS, AgentSpec, BackendConfig, ToolSpec
 from .values import flag, integer, mapping, number, strings, text

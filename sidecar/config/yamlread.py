@@ -22,7 +22,8 @@ from typing import Any
 
 import yaml
 
-from .issues import ConfigError, ConfigIssue, Issues, join
+from ..errors import ConfigError, ConfigIssue
+from .issues import Issues, join
 
 MAX_CONFIG_BYTES = 1024 * 1024  # gateway.yaml, TOOLS_REGISTRY_PATH, AGENT_SPECS_PATH
 MAX_DEPTH = 32  # nested mappings/sequences

@@ -16,8 +16,8 @@ from typing import Any
 from aiohttp import web
 from yarl import URL
 
-from ..api.body import read_json_object
-from ..errors import Forbidden, GatewayError, NotFound, UpstreamError
+from ..auth.links import require_signed_or_token
+from ..errors import GatewayError, NotFound, UpstreamError
 from ..routing.router import resolve_default
 from ..typedefs import (
     ACCESS,
@@ -25,9 +25,9 @@ from ..typedefs import (
     REGISTRY,
     REQUEST_ID,
     SETTINGS,
-    TOKENS,
     URL_SIGNER,
 )
+from ..wire.body import read_json_object
 from . import media
 from .generators import generate
 from .request import check_pixels, parse_image_request
@@ -108,19 +108,7 @@ def public_base(request: web.Request) -> URL:
 async def image_file(request: web.Request) -> web.StreamResponse:
     """An image, for a valid signed URL or a bearer token; 403 otherwise."""
     name = request.match_info["name"]
-    query = request.query
-    signed = "signature" in query or "expires" in query
-    if signed:
-        valid = request.app[URL_SIGNER].verify(
-            request.path, query.get("expires", ""), query.get("signature", "")
-        )
-        if not valid:
-            raise Forbidden("This image link is invalid or has expired", code="invalid_signature")
-    else:
-        authorization = request.headers.get("Authorization")
-        if authorization is None:
-            raise Forbidden("Image links need their signature or a bearer token", code="unsigned")
-        request.app[TOKENS].authenticate(authorization)
+    require_signed_or_token(request, "image")
     path = await asyncio.to_thread(request.app[IMAGE_STORE].path, name)
     if path is None:
         raise NotFound("No such image (it may have been pruned)", code="image_not_found")

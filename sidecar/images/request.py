@@ -6,8 +6,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..api.validation import check_model_name
 from ..errors import InvalidRequest
+from ..wire.model_name import check_model_name
 
 MAX_PROMPT_CHARS = 32_000
 MIN_SIDE, MAX_SIDE = 64, 4096

@@ -20,12 +20,13 @@ import logging
 
 from aiohttp import web
 
-from ..api.body import read_json_object
+from ..auth.links import require_signed_or_token
 from ..errors import Forbidden, GatewayError, NotFound, UpstreamError
 from ..observability.client_ip import address_allowed
 from ..routing.call import backend_call
 from ..routing.router import resolve_default
-from ..typedefs import CLIENT_IP, REGISTRY, REQUEST_ID, SETTINGS, TOKENS, URL_SIGNER
+from ..typedefs import CLIENT_IP, REGISTRY, REQUEST_ID, SETTINGS, URL_SIGNER
+from ..wire.body import read_json_object
 from .service import AUDIO_NAME, generate_music, parse_music_request
 
 log = logging.getLogger("gateway.music")
@@ -52,18 +53,7 @@ async def audio(request: web.Request) -> web.StreamResponse:
 
 async def music_file(request: web.Request) -> web.StreamResponse:
     """The API's path: a valid signed link or a bearer token; 403 otherwise."""
-    query = request.query
-    if "signature" in query or "expires" in query:
-        valid = request.app[URL_SIGNER].verify(
-            request.path, query.get("expires", ""), query.get("signature", "")
-        )
-        if not valid:
-            raise Forbidden("This audio link is invalid or has expired", code="invalid_signature")
-    else:
-        authorization = request.headers.get("Authorization")
-        if authorization is None:
-            raise Forbidden("Audio links need their signature or a bearer token", code="unsigned")
-        request.app[TOKENS].authenticate(authorization)
+    require_signed_or_token(request, "audio")
     return await _stream(request, request.match_info["filename"])
 
 

@@ -12,11 +12,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..api.validation import check_model_name
 from ..errors import InvalidRequest, UpstreamError
 from ..routing.call import backend_call
 from ..routing.registry import Registry
 from ..routing.router import resolve_default
+from ..wire.model_name import check_model_name
 
 AUDIO_ROUTE = "/ui/heartmula/audio/"
 AUDIO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}\.(wav|mp3|flac|ogg)$")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import GatewayError
-from ..toolbus.executors import ToolContext, ToolFailure
+from ..errors import GatewayError, ToolFailure
+from ..toolbus.executors import ToolContext
 from .service import generate_music, parse_music_request
 
 

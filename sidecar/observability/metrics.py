@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..config.reload import ConfigReloader
 from ..routing.registry import HealthState, RegistryHolder
 from .access_log import AccessRecord
 
@@ -112,7 +112,7 @@ class GatewayMetrics:
         self.loop_lag = LoopLag()
         self.registry.register(self.loop_lag)
 
-    def watch(self, holder: RegistryHolder, reloader: ConfigReloader) -> None:
+    def watch(self, holder: RegistryHolder, reloader: ReloadCounts) -> None:
         """Report backends and reloads from the live objects at scrape time."""
         self.registry.register(_LiveCollector(holder, reloader))
 
@@ -133,8 +133,16 @@ class GatewayMetrics:
         return generate_latest(self.registry)
 
 
+class ReloadCounts(Protocol):
+    """What the metrics read from the config reloader (``sidecar.reload``, which sits
+    beside this layer, not below it)."""
+
+    reloads_ok: int
+    reloads_refused: int
+
+
 class _LiveCollector(Collector):
-    def __init__(self, holder: RegistryHolder, reloader: ConfigReloader) -> None:
+    def __init__(self, holder: RegistryHolder, reloader: ReloadCounts) -> None:
         self._holder = holder
         self._reloader = reloader
 

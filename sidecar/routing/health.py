@@ -38,9 +38,6 @@ class HealthChecker:
                     self._spawn(backend)
             await asyncio.sleep(_tick(backends))
 
-    def probe_soon(self, backend: Backend) -> None:
-        backend.health.next_probe_at = 0.0
-
     def _spawn(self, backend: Backend) -> None:
         backend.health.probing = True
         task = asyncio.create_task(self.probe(backend))

@@ -4,7 +4,7 @@ Transport failures are translated here, once, into the gateway's errors, so the 
 layer never sees an aiohttp exception and no message carries a backend URL.
 
 Backends are not trusted: redirects are never followed (a 3xx is a 502 that says so);
-replies with NaN or Infinity are refused (``api.strict_json``); one server-sent event is at most
+replies with NaN or Infinity are refused (``wire.strict_json``); one server-sent event is at most
 ``MAX_SSE_EVENT_BYTES`` (1 MiB), a longer one ends the stream with an error; a backend's
 error text reaches the client only as its message, with URLs, paths, tracebacks and
 anything that looks like a key removed, at most ``MAX_ERROR_MESSAGE`` (500) characters;
@@ -30,16 +30,17 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from ..api import strict_json
 from ..config.schema import BackendConfig
 from ..errors import (
     GatewayError,
+    StrictJsonError,
     UpstreamError,
     UpstreamRateLimited,
     UpstreamStatusError,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from ..wire import strict_json
 
 MAX_UPSTREAM_BODY = 64 * 1024 * 1024
 MAX_SSE_EVENT_BYTES = 1024 * 1024
@@ -114,7 +115,7 @@ class UpstreamCall:
         body = await self.read_body()
         try:
             return body, strict_json.loads_reply(body)
-        except strict_json.StrictJsonError as exc:
+        except StrictJsonError as exc:
             raise UpstreamError(
                 f"backend '{self._client.name}' returned a response that is not JSON"
                 f" the gateway accepts ({exc.message})"

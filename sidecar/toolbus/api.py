@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..api.body import read_json_object
 from ..typedefs import REQUEST_ID, TOKEN, TOOLBUS
+from ..wire.body import read_json_object
 
 
 def _token(request: web.Request) -> str | None:

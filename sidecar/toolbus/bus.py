@@ -23,20 +23,22 @@ from typing import Any
 import jsonschema
 from rfc8785 import CanonicalizationError
 
-from ..api import strict_json
 from ..config.schema import GatewayConfig, ToolSpec
 from ..errors import (
     Forbidden,
     GatewayError,
     InvalidRequest,
     NotFound,
+    RateLimited,
     StorageUnavailable,
-    Throttled,
+    StrictJsonError,
+    ToolFailure,
 )
 from ..routing.admission import Admission
 from ..routing.registry import RegistryHolder
 from ..storage import RETRY_AFTER_S, StorageMonitor
-from .executors import BUILTIN_CHECKS, BUILTINS, Builtin, ToolContext, ToolFailure, execute
+from ..wire import strict_json
+from .executors import BUILTIN_CHECKS, BUILTINS, Builtin, ToolContext, execute
 from .hashing import new_id, request_hash
 from .log import LookupBusy, ToolLog
 
@@ -145,7 +147,7 @@ class ToolBus:
         """
         try:
             strict_json.check_value(arguments, safe_integers=True)
-        except strict_json.StrictJsonError as exc:
+        except StrictJsonError as exc:
             raise InvalidRequest(
                 f"arguments cannot be recorded: {exc.message}",
                 param="arguments",
@@ -269,7 +271,7 @@ class ToolBus:
         try:
             record = await asyncio.to_thread(self.log.get, replay_id)
         except LookupBusy:
-            raise Throttled(
+            raise RateLimited(
                 "Another look-up of an old tool record is running; try again shortly",
                 code="lookup_busy",
                 retry_after=1,

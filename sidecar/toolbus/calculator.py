@@ -33,6 +33,8 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import CalculatorError, ExpressionError
+
 MAX_EXPRESSION_CHARS = 500
 MAX_DEPTH = 200
 MAX_CALL_ARGS = 32
@@ -62,14 +64,6 @@ _FUNCTIONS: dict[str, tuple[Callable[..., Any], int, int]] = {
     "ceil": (math.ceil, 1, 1),
 }
 _CONSTANTS = {"pi": math.pi, "e": math.e}
-
-
-class CalculatorError(ValueError):
-    """The expression could not be computed (division by zero, out of range...)."""
-
-
-class ExpressionError(CalculatorError):
-    """The expression is not something this calculator evaluates (a bad argument)."""
 
 
 def evaluate(expression: str) -> int | float:

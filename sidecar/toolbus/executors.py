@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import sandbox
 from ..config.schema import ToolSpec
-from ..errors import GatewayError, InvalidRequest
+from ..errors import CalculatorError, ExpressionError, GatewayError, InvalidRequest, ToolFailure
 from ..routing.registry import RegistryHolder
-from . import sandbox
-from .calculator import CalculatorError, ExpressionError, evaluate, parse
+from .calculator import evaluate, parse
 
 log = logging.getLogger("gateway.tools")
 
@@ -38,15 +38,6 @@ SECRET_VARIABLES = frozenset(
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 STDERR_TAIL_BYTES = 64 * 1024  # kept of a tool's stderr (for the failure message)
 KILL_GRACE_S = 5.0  # per step of ending a tool: its own kill, then SIGKILL to its group
-
-
-class ToolFailure(Exception):
-    """The tool ran but did not succeed; ``kind`` is the error type clients see."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -138,7 +129,7 @@ def _looks_secret(name: str) -> bool:
 
 
 async def _subprocess(spec: ToolSpec, arguments: dict[str, Any], context: ToolContext) -> Any:
-    """Run ``argv`` (no shell) in its sandbox (``sandbox.py``); JSON arguments on stdin.
+    """Run ``argv`` (no shell) in its sandbox (``sidecar.sandbox``); JSON arguments on stdin.
 
     The timeout is enforced by the bus (cancellation); here cancellation, like an output
     over the cap, kills every process of the tool (daemonized ones too) and reaps it, so

@@ -63,6 +63,7 @@ class ToolLog:
 
     @property
     def index_size(self) -> int:
+        """Entries in the in-memory index: the bound on it is observed through this."""
         return len(self._offsets)
 
     def open(self) -> None:

@@ -14,15 +14,25 @@ from typing import Any
 
 from aiohttp import web
 
-from ..api.body import read_json_object
-from ..api.validation import check_model_name
-from ..errors import BackendOverloaded, GatewayError, InvalidRequest, NotFound, Unauthorized
+from ..errors import (
+    Conflict,
+    DuplicateUser,
+    GatewayError,
+    InvalidRequest,
+    LoginRejected,
+    LoginThrottled,
+    NotFound,
+    PasswordRejected,
+    RateLimited,
+    ReservedUser,
+    Unauthorized,
+)
 from ..images.api import generate_for
 from ..music.service import generate_music, parse_music_request
 from ..typedefs import CLIENT_IP, REGISTRY, REQUEST_ID, SETTINGS, UI_SESSION, UI_STATE, UI_USER
-from ..users.db import LOCAL_USER, DuplicateUser, ReservedUser
-from ..users.passwords import PasswordRejected
-from ..users.store import LoginRejected, LoginThrottled
+from ..users.db import LOCAL_USER
+from ..wire.body import read_json_object
+from ..wire.model_name import check_model_name
 from .guard import SESSION_COOKIE
 from .pages import require_admin
 
@@ -78,7 +88,7 @@ def _login_refused(exc: LoginThrottled, username: str, address: str) -> GatewayE
     """A 429 with ``Retry-After``; the log names the limit, never the password."""
     if exc.reason == "busy":
         log.warning("login refused: too many password checks at once")
-        return BackendOverloaded(
+        return RateLimited(
             "Too many logins at once; try again in a moment",
             code="login_busy",
             retry_after=exc.retry_after,
@@ -87,7 +97,7 @@ def _login_refused(exc: LoginThrottled, username: str, address: str) -> GatewayE
         log.warning("login refused for %s: too many failed logins from this address", address)
     else:
         log.warning("login for %r refused: locked after repeated failures", username[:64])
-    return BackendOverloaded(
+    return RateLimited(
         "Too many failed logins; wait and try again",
         code="login_throttled",
         retry_after=exc.retry_after,
@@ -152,7 +162,8 @@ async def put_settings(request: web.Request) -> web.Response:
 # -- conversations ------------------------------------------------------------------------
 
 
-def _conversation_id(request: web.Request) -> int:
+def requested_conversation_id(request: web.Request) -> int:
+    """The conversation id in the path; a 404 (never a 500) when it is not one."""
     text = request.match_info["conversation_id"]
     if not text.isascii() or not text.isdigit() or len(text) > 18:
         raise NotFound("No such conversation", code="conversation_not_found")
@@ -190,7 +201,7 @@ async def create_conversation(request: web.Request) -> web.Response:
 
 
 async def get_conversation(request: web.Request) -> web.Response:
-    conversation_id, user = _conversation_id(request), request[UI_USER]
+    conversation_id, user = requested_conversation_id(request), request[UI_USER]
 
     def load(db: Any) -> dict[str, Any] | None:
         found = db.conversation(user.id, conversation_id)
@@ -203,7 +214,7 @@ async def get_conversation(request: web.Request) -> web.Response:
 
 
 async def update_conversation(request: web.Request) -> web.Response:
-    conversation_id, user = _conversation_id(request), request[UI_USER]
+    conversation_id, user = requested_conversation_id(request), request[UI_USER]
     fields = _fields(await read_json_object(request))
     updated = await request.app[UI_STATE].users.run(
         lambda db: db.update_conversation(user.id, conversation_id, fields)
@@ -214,7 +225,7 @@ async def update_conversation(request: web.Request) -> web.Response:
 
 
 async def delete_conversation(request: web.Request) -> web.Response:
-    conversation_id, user = _conversation_id(request), request[UI_USER]
+    conversation_id, user = requested_conversation_id(request), request[UI_USER]
     deleted = await request.app[UI_STATE].users.run(
         lambda db: db.delete_conversation(user.id, conversation_id)
     )
@@ -268,7 +279,7 @@ async def create_user(request: web.Request) -> web.Response:
     except PasswordRejected as exc:
         raise InvalidRequest(str(exc), param="password") from None
     except DuplicateUser as exc:
-        raise _Conflict(str(exc)) from None
+        raise Conflict(str(exc)) from None
     return _json(user.public(), status=201)
 
 
@@ -296,9 +307,3 @@ async def update_user(request: web.Request) -> web.Response:
     if user is None:
         raise NotFound("No such user", code="user_not_found")
     return _json(user.public())
-
-
-class _Conflict(GatewayError):
-    status = 409
-    error_type = "invalid_request_error"
-    code = "conflict"

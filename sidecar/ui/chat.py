@@ -15,14 +15,14 @@ from typing import Any
 
 from aiohttp import web
 
-from ..api.body import read_json_object
-from ..api.validation import check_model_name
 from ..errors import GatewayError, InvalidRequest, NotFound, StorageUnavailable, UpstreamError
 from ..routing.call import backend_call
 from ..routing.router import resolve, upstream_body
 from ..routing.upstream import UpstreamCall
 from ..typedefs import REGISTRY, REQUEST_ID, UI_STATE, UI_USER
-from .api import _conversation_id
+from ..wire.body import read_json_object
+from ..wire.model_name import check_model_name
+from .api import requested_conversation_id
 from .pages import chat_models
 
 log = logging.getLogger("gateway.ui")
@@ -31,7 +31,7 @@ TITLE_CHARS = 60
 
 
 async def send_message(request: web.Request) -> web.StreamResponse:
-    conversation_id, user = _conversation_id(request), request[UI_USER]
+    conversation_id, user = requested_conversation_id(request), request[UI_USER]
     body = await read_json_object(request)
     content = body.get("content")
     if not isinstance(content, str) or not content.strip() or len(content) > MAX_MESSAGE:

@@ -37,6 +37,7 @@ from ..typedefs import (
     UI_STATE,
     UI_USER,
 )
+from ..wire.origin import same_origin
 
 SESSION_COOKIE = "__Host-gw_session"
 CSP = (
@@ -95,32 +96,6 @@ def _check_csrf(request: web.Request) -> None:
     token = request.headers.get("X-CSRF-Token", "")
     if not hmac.compare_digest(token.encode(), request[UI_CSRF].encode()):
         raise Forbidden("Missing or wrong CSRF token; reload the page", code="csrf_failed")
-
-
-def _origin_tuple(url: URL) -> tuple[str, str, int | None] | None:
-    if url.scheme not in ("http", "https") or not url.host:
-        return None
-    return url.scheme, url.host.lower().rstrip("."), url.port
-
-
-def site_origin(request: web.Request) -> tuple[str, str, int | None] | None:
-    """(scheme, host, port) of this site as the browser sees it: what a trusted proxy
-    (Caddy) forwarded, else the request itself (``api.middleware.forwarded``)."""
-    try:
-        return _origin_tuple(URL.build(scheme=request.scheme.lower(), authority=request.host))
-    except ValueError:
-        return None
-
-
-def same_origin(origin: str, request: web.Request) -> bool:
-    """Whether a browser's ``Origin`` header is this site: scheme, host and port."""
-    if origin == "null":
-        return False
-    try:
-        presented = _origin_tuple(URL(origin))
-    except ValueError:
-        return False
-    return presented is not None and presented == site_origin(request)
 
 
 def _closed_page(request: web.Request) -> web.Response:

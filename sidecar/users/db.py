@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import DatabaseError, DuplicateUser, ReservedUser
+
 MIGRATIONS: tuple[str, ...] = (
     # 1: accounts, sessions, settings, conversations, messages, login throttling
     """
@@ -72,25 +74,6 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 LOCAL_USER = "local"  # owns the history when accounts are off
-
-
-class DatabaseError(Exception):
-    """The database cannot be used; the message says what to do."""
-
-
-class DuplicateUser(Exception):
-    pass
-
-
-class ReservedUser(ValueError):
-    """The local user owns the shared history; it is no account and has no password."""
-
-    def __init__(self, username: str = LOCAL_USER) -> None:
-        super().__init__(
-            f"{LOCAL_USER!r} is reserved for the history kept when accounts are off; "
-            "it cannot be given a password or changed"
-        )
-        self.username = username
 
 
 @dataclass(frozen=True)
@@ -438,7 +421,7 @@ class Database:
 
 def _refuse_reserved(username: str) -> None:
     if username.casefold() == LOCAL_USER:
-        raise ReservedUser(username)
+        raise ReservedUser(LOCAL_USER)
 
 
 def _user(row: sqlite3.Row) -> User:

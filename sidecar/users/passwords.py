@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import bcrypt
 
+from ..errors import PasswordRejected
+
 COST = 12
 MIN_LENGTH = 8
 MAX_BYTES = 72  # bcrypt ignores (or, since bcrypt 5, refuses) anything longer
@@ -14,10 +16,6 @@ MAX_BYTES = 72  # bcrypt ignores (or, since bcrypt 5, refuses) anything longer
 # exist; a longer password cannot match, since none longer than MAX_BYTES is ever set).
 MAX_USERNAME = 64
 MAX_LOGIN_PASSWORD_BYTES = 1024
-
-
-class PasswordRejected(ValueError):
-    """The password cannot be used; the message says why."""
 
 
 def check_password_rules(password: str) -> bytes:

@@ -31,12 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import StorageUnavailable
+from ..errors import DatabaseError, LoginRejected, LoginThrottled, ReservedUser, StorageUnavailable
 from ..settings import LoginSettings
 from ..storage import RETRY_AFTER_S, StorageMonitor, error_kind
-from .db import LOCAL_USER, Database, DatabaseError, ReservedUser, User
+from .db import LOCAL_USER, Database, User
 from .passwords import DECOY_HASH, login_input_problem
-from .throttle import AddressThrottle, LoginThrottled, PasswordChecks
+from .throttle import AddressThrottle, PasswordChecks
 
 T = TypeVar("T")
 log = logging.getLogger("gateway.users")
@@ -50,14 +50,6 @@ FORGET_FAILURES_S = 24 * 3600.0  # an unlocked failure row older than this is dr
 class Session:
     user: User
     csrf: str
-
-
-class LoginRejected(ValueError):
-    """A login refused for its input alone (too long); ``param`` names the field."""
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 class UserStore:

@@ -29,20 +29,12 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import TypeVar
 
+from ..errors import LoginThrottled
 from .passwords import hash_password, verify_password
 
 T = TypeVar("T")
 MAX_ADDRESSES = 4096
 BUSY_RETRY_AFTER_S = 1
-
-
-class LoginThrottled(Exception):
-    """A login refused before its password is checked; ``reason`` says which limit."""
-
-    def __init__(self, retry_after: int, reason: str = "account") -> None:
-        super().__init__(f"too many logins ({reason})")
-        self.retry_after = retry_after
-        self.reason = reason  # "account", "address" or "busy"
 
 
 @dataclass

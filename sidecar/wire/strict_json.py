@@ -36,6 +36,8 @@ import re
 from itertools import chain
 from typing import Any
 
+from ..errors import StrictJsonError
+
 MAX_DEPTH = 64
 _SAFE_INTEGER = 2**53 - 1
 _MEMBERWISE = 64 * 1024
@@ -44,15 +46,6 @@ _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _OVERFLOW = "a number overflows a float"
 _NON_FINITE = "NaN and Infinity are not allowed in JSON"
 _UNSAFE = "an integer is outside +-(2**53 - 1), which cannot be hashed"
-
-
-class StrictJsonError(ValueError):
-    """JSON the gateway refuses; ``param`` is the top-level field it sits under, if any."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
 
 
 class _NonFinite(ValueError):

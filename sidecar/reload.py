@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..routing.registry import RegistryHolder, build_registry
-from ..settings import Settings
-from .loader import ConfigError, load_config, tls_files
-from .schema import GatewayConfig
+from .config.loader import load_config, tls_files
+from .config.schema import GatewayConfig
+from .errors import ConfigError
+from .routing.registry import RegistryHolder, build_registry
+from .settings import Settings
 
 log = logging.getLogger("gateway.config")
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import InvalidRequest, PayloadTooLarge
+from ..errors import InvalidRequest, PayloadTooLarge, StrictJsonError
 from ..typedefs import SETTINGS
 from . import strict_json
 
@@ -37,7 +37,7 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise InvalidRequest("Request body is empty; send a JSON object", code="invalid_json")
     try:
         payload = await parse_json(body)
-    except strict_json.StrictJsonError as exc:
+    except StrictJsonError as exc:
         raise InvalidRequest(
             f"Request body is not valid JSON: {exc.message}", param=exc.param, code="invalid_json"
         ) from None

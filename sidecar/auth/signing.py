@@ -1,6 +1,7 @@
-"""Signed, expiring image URLs: HMAC-SHA256 of the path and the expiry time.
+"""Signed, expiring file URLs (generated images and songs): HMAC-SHA256 of the path and the
+expiry time.
 
-An ``<img>`` tag or the SDK can fetch an image without the bearer token for as long as
+An ``<img>`` tag, a player or the SDK can fetch a file without the bearer token for as long as
 the URL is valid; nobody can forge a URL for another file or extend one.
 """
 
