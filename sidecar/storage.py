@@ -120,11 +120,12 @@ class StorageMonitor:
         """The probe worked: clear a failed state (cheap when nothing failed)."""
         if self._state.writable:
             return
-        with self._lock:
-            if self._state.writable:
-                return
-            self._state = StorageState(True, None, None, self._state.failures)
-        log.warning("storage: writes work again; recovered")
+        with self._lock:  # checked again under the lock: one thread logs the recovery
+            recovered = not self._state.writable
+            if recovered:
+                self._state = StorageState(True, None, None, self._state.failures)
+        if recovered:
+            log.warning("storage: writes work again; recovered")
 
     def unavailable(self, exc: BaseException, what: str, message: str) -> StorageUnavailable:
         """Record ``exc`` and return the 503 to raise (``raise monitor.unavailable(...)``)."""

@@ -270,7 +270,8 @@ def recorded_driver(recorded: dict[str, Any]) -> tuple[ModelCall, ToolRun]:
             raise ReplayDiverged(
                 index, {"recorded_request_hash": event["request_hash"], "replayed": actual}
             )
-        return event["response"]
+        response: dict[str, Any] = event["response"]
+        return response
 
     async def run_tool(name: str, arguments: Any) -> dict[str, Any]:
         index, event = next_event(("tool",))

@@ -40,6 +40,7 @@ class RunStore:
         if not _RUN_ID.match(run_id):
             return None
         try:
-            return json.loads((self.directory / f"{run_id}.json").read_bytes())
+            record: dict[str, Any] = json.loads((self.directory / f"{run_id}.json").read_bytes())
+            return record
         except FileNotFoundError:
             return None

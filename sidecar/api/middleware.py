@@ -18,7 +18,7 @@ import logging
 import secrets
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
 from ..auth import TokenSet
 from ..errors import GatewayError, error_envelope
@@ -145,7 +145,7 @@ def error_response(
     )
 
 
-def bearer(tokens: TokenSet) -> web.middleware:
+def bearer(tokens: TokenSet) -> Middleware:
     """Bearer auth on every ``/v1`` path (matched route or not) and on ``/mcp``."""
 
     @web.middleware

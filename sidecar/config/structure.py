@@ -20,7 +20,7 @@ import math
 from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jsonschema
 from jsonschema.protocols import Validator
@@ -68,7 +68,7 @@ def _non_finite(instance: Any) -> bool:
     return isinstance(instance, float) and not math.isfinite(instance)
 
 
-_ConfigValidator = jsonschema.validators.extend(
+_ConfigValidator: Any = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
     jsonschema.Draft202012Validator,
     type_checker=_JSON_TYPES.redefine_many({"number": _finite_number, "integer": _finite_integer}),
 )
@@ -78,8 +78,10 @@ _ConfigValidator = jsonschema.validators.extend(
 def _validator(definition: str) -> Validator:
     document = schema()
     if definition == GATEWAY:
-        return _ConfigValidator(document)
-    return _ConfigValidator({"$defs": document["$defs"], "$ref": f"#/$defs/{definition}"})
+        validator: Validator = _ConfigValidator(document)
+    else:
+        validator = _ConfigValidator({"$defs": document["$defs"], "$ref": f"#/$defs/{definition}"})
+    return validator
 
 
 def check(instance: Any, issues: Issues, definition: str = GATEWAY, at: str = "") -> None:
@@ -108,7 +110,7 @@ def _describe(error: jsonschema.ValidationError, definition: str) -> Iterator[tu
                 yield join(path, key), _unknown_key(key, allowed)
         return
     if keyword == "required" and isinstance(error.instance, dict):
-        for key in error.validator_value:
+        for key in cast(list[str], error.validator_value):
             if key not in error.instance:
                 yield join(path, key), _worded(nodes, keyword) or "is required"
         return
@@ -161,7 +163,7 @@ def _worded(nodes: Sequence[dict[str, Any]], keyword: str) -> str | None:
 def _generic(error: jsonschema.ValidationError) -> str:
     keyword, expected = error.validator, error.validator_value
     if keyword == "type":
-        kinds = [expected] if isinstance(expected, str) else list(expected)
+        kinds = [expected] if isinstance(expected, str) else list(cast(list[str], expected))
         words = [_TYPE_WORDS.get(kind) for kind in kinds if kind != "null"]
         return words[0] if len(words) == 1 and words[0] else f"must be of type {_allowed(kinds)}"
     if keyword == "minimum":

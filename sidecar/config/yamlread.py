@@ -74,7 +74,7 @@ def _too_large() -> ConfigIssue:
 class _LimitError(yaml.YAMLError):
     """A bound of the bounded loader was hit at ``path`` (a key path) and ``mark``."""
 
-    def __init__(self, message: str, path: str, mark: yaml.Mark | None) -> None:
+    def __init__(self, message: str, path: str, mark: Any) -> None:  # a yaml Mark or None
         super().__init__(message)
         self.message = message
         self.path = path
@@ -82,10 +82,11 @@ class _LimitError(yaml.YAMLError):
 
 
 if yaml.__with_libyaml__:
+    from yaml._yaml import CParser  # what yaml.cyaml uses; the stubs export it from here
 
     class _SafeLoader(
         yaml.composer.Composer,
-        yaml.cyaml.CParser,
+        CParser,
         yaml.constructor.SafeConstructor,
         yaml.resolver.Resolver,
     ):
@@ -93,13 +94,13 @@ if yaml.__with_libyaml__:
         file) under PyYAML's composer, so the bounds below still see every node."""
 
         def __init__(self, stream: str) -> None:
-            yaml.cyaml.CParser.__init__(self, stream)
+            CParser.__init__(self, stream)
             yaml.composer.Composer.__init__(self)
             yaml.constructor.SafeConstructor.__init__(self)
             yaml.resolver.Resolver.__init__(self)
 
 else:  # pragma: no cover - PyYAML built without libyaml
-    _SafeLoader = yaml.SafeLoader  # type: ignore[misc]
+    _SafeLoader = yaml.SafeLoader  # type: ignore[misc,assignment]
 
 
 class _BoundedLoader(_SafeLoader):
@@ -128,6 +129,7 @@ class _BoundedLoader(_SafeLoader):
             self._keys.append("")
         try:
             event = self.peek_event()
+            assert event is not None  # compose_node is only called with an event ahead
             if isinstance(event, yaml.AliasEvent):
                 if event.anchor in self._open:
                     raise _LimitError(
@@ -136,6 +138,7 @@ class _BoundedLoader(_SafeLoader):
                         event.start_mark,
                     )
                 node = super().compose_node(parent, index)
+                assert node is not None  # an alias resolves to its anchored node
             else:
                 if len(self._keys) > MAX_DEPTH:
                     raise _LimitError(
@@ -145,6 +148,7 @@ class _BoundedLoader(_SafeLoader):
                 if anchor is not None:
                     self._open.add(anchor)
                 node = super().compose_node(parent, index)
+                assert node is not None  # a node event was peeked: it composes to a node
                 self._open.discard(anchor)
                 self._sizes[id(node)] = 1 + sum(self._size(child) for child in _children(node))
             if self._size(node) > MAX_NODES:
@@ -193,7 +197,7 @@ def compose(data: bytes, source: Path) -> yaml.Node:
         issue = ConfigIssue("", line, f"invalid YAML: {problem}{hint}")
         raise ConfigError(source, [issue]) from exc
     if node is None:  # an empty file (or only comments): an empty mapping at line 1
-        start = yaml.Mark(str(source), 0, 0, 0, None, None)
+        start = yaml.Mark(str(source), 0, 0, 0, None, None)  # type: ignore[arg-type]
         node = yaml.MappingNode("tag:yaml.org,2002:map", [], start, start)
     return node
 

@@ -65,7 +65,8 @@ def create_mock_app(behaviour: MockBehaviour | None = None) -> web.Application:
 async def _bad_input_is_400(request: web.Request, handler: Any) -> web.StreamResponse:
     """Odd but well-formed JSON gets a 400 like a real server's, not a crash."""
     try:
-        return await handler(request)
+        response: web.StreamResponse = await handler(request)
+        return response
     except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
         return _error(400, f"cannot handle this request: {type(exc).__name__}")
 
@@ -359,7 +360,7 @@ def _arguments(text: str, schema: dict[str, Any]) -> str:
         if spec.get("enum"):
             arguments[name] = spec["enum"][0]
         else:
-            arguments[name] = samples.get(spec.get("type"), "mock")
+            arguments[name] = samples.get(str(spec.get("type")), "mock")
     return json.dumps(arguments)
 
 

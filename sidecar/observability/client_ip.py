@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from typing import TypedDict
 
 from aiohttp import web
 
@@ -38,7 +39,7 @@ def client_ip(request: web.Request, trusted: tuple[IPNetwork, ...]) -> str:
     peer = transport.get_extra_info("peername") if transport is not None else None
     if sock is not None and sock.family == socket.AF_UNIX:
         return _valid(request.headers.get("X-Real-IP")) or "unix"
-    peer_ip = peer[0] if isinstance(peer, tuple) and peer else None
+    peer_ip: str | None = str(peer[0]) if isinstance(peer, tuple) and peer else None
     if peer_ip is None:
         return "unknown"
     if not _in(peer_ip, trusted):
@@ -56,12 +57,20 @@ def client_ip(request: web.Request, trusted: tuple[IPNetwork, ...]) -> str:
     return peer_ip
 
 
-def forwarded_overrides(request: web.Request, trusted: tuple[IPNetwork, ...]) -> dict[str, str]:
+class Forwarded(TypedDict, total=False):
+    """What ``request.clone`` takes from a trusted proxy's headers."""
+
+    remote: str
+    host: str
+    scheme: str
+
+
+def forwarded_overrides(request: web.Request, trusted: tuple[IPNetwork, ...]) -> Forwarded:
     """``remote``, ``host`` and ``scheme`` as a trusted proxy forwarded them (only those it
     sent; nothing from an untrusted peer, whose own address is ``remote`` already)."""
     if not via_trusted_proxy(request, trusted):
         return {}
-    overrides = {"remote": client_ip(request, trusted)}
+    overrides: Forwarded = {"remote": client_ip(request, trusted)}
     proto = _first(request.headers.get("X-Forwarded-Proto")).lower()
     if proto:
         overrides["scheme"] = proto

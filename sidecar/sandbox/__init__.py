@@ -157,8 +157,8 @@ def _command(
     for path in sorted(glob.glob("/etc/python3*")):  # Debian's sitecustomize
         command += ["--ro-bind-try", path, path]
     command += ["--proc", "/proc", "--remount-ro", "/proc", "--dev", "/dev", "--tmpfs", SANDBOX_TMP]
-    for path in read_only:
-        command += ["--ro-bind", str(path), str(path)]
+    for mount in read_only:
+        command += ["--ro-bind", str(mount), str(mount)]
     for arg in argv:
         if os.path.isabs(arg) and not _is_system(arg) and os.path.isfile(arg):
             command += ["--ro-bind", arg, arg]

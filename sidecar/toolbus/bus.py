@@ -166,8 +166,9 @@ class ToolBus:
                 param="arguments",
                 code="invalid_arguments",
             )
-        if spec.executor == "builtin" and spec.builtin in BUILTIN_CHECKS:
-            BUILTIN_CHECKS[spec.builtin](arguments)
+        check = BUILTIN_CHECKS.get(spec.builtin or "") if spec.executor == "builtin" else None
+        if check is not None:
+            check(arguments)
 
     async def invoke(
         self, name: str, arguments: Any, *, token: str | None, request_id: str

@@ -168,10 +168,11 @@ def _check_round_digits(digits: int | float) -> None:
 
 
 def _checked(value: Any) -> int | float:
-    if type(value) not in (int, float):  # complex, bool, anything else
+    if isinstance(value, bool) or not isinstance(value, (int, float)):  # complex, bool, ...
         raise CalculatorError("the result is not a real number")
     if isinstance(value, float) and not math.isfinite(value):
         raise CalculatorError("the result is not finite")
     if abs(value) > MAX_MAGNITUDE:
         raise CalculatorError("the result is too large")
-    return value
+    checked: int | float = value
+    return checked

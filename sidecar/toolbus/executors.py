@@ -177,11 +177,10 @@ async def _communicate(
     kills the tool); stderr keeps only its last ``STDERR_TAIL_BYTES``.
     """
     assert process.stdin and process.stdout and process.stderr
-    tasks = [
-        asyncio.ensure_future(_feed(process.stdin, stdin)),
-        asyncio.ensure_future(_read_capped(process.stdout, spec.max_output_bytes)),
-        asyncio.ensure_future(_read_tail(process.stderr, STDERR_TAIL_BYTES)),
-    ]
+    feeding = asyncio.ensure_future(_feed(process.stdin, stdin))
+    stdout = asyncio.ensure_future(_read_capped(process.stdout, spec.max_output_bytes))
+    stderr = asyncio.ensure_future(_read_tail(process.stderr, STDERR_TAIL_BYTES))
+    tasks: list[asyncio.Future[Any]] = [feeding, stdout, stderr]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for task in done:
@@ -190,7 +189,7 @@ async def _communicate(
     finally:
         for task in tasks:
             task.cancel()
-    return tasks[1].result(), tasks[2].result()
+    return stdout.result(), stderr.result()
 
 
 async def _feed(stream: asyncio.StreamWriter, data: bytes) -> None:

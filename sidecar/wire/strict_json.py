@@ -33,6 +33,7 @@ import contextlib
 import json
 import math
 import re
+from collections.abc import Callable, Iterable
 from itertools import chain
 from typing import Any
 
@@ -43,6 +44,14 @@ _SAFE_INTEGER = 2**53 - 1
 _MEMBERWISE = 64 * 1024
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _skip(text: str, position: int) -> int:
+    """Where the JSON whitespace starting at ``position`` ends (the pattern always matches)."""
+    found = _WHITESPACE.match(text, position)
+    return found.end() if found is not None else position
+
+
 _OVERFLOW = "a number overflows a float"
 _NON_FINITE = "NaN and Infinity are not allowed in JSON"
 _UNSAFE = "an integer is outside +-(2**53 - 1), which cannot be hashed"
@@ -61,7 +70,7 @@ def _refuse_constant(name: str) -> Any:
 
 
 _DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
-_SCAN = _DECODER.scan_once
+_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
 
 
 def loads(data: bytes | str) -> Any:
@@ -123,11 +132,11 @@ def _decode_members(text: str) -> dict[str, Any] | None:
     raised with that member's key as ``param``. Any syntax error is ``_Malformed``: the
     caller decodes the whole text again, so the message is ``json``'s own.
     """
-    end = _WHITESPACE.match(text).end()
+    end = _skip(text, 0)
     if text[end : end + 1] != "{":
         return None
     members: dict[str, Any] = {}
-    end = _WHITESPACE.match(text, end + 1).end()
+    end = _skip(text, end + 1)
     if text[end : end + 1] == "}":
         end += 1
     else:
@@ -138,19 +147,19 @@ def _decode_members(text: str) -> dict[str, Any] | None:
                 key, end = _SCAN(text, end)
             except (StopIteration, ValueError):
                 raise _Malformed from None
-            end = _WHITESPACE.match(text, end).end()
+            end = _skip(text, end)
             if text[end : end + 1] != ":":
                 raise _Malformed
-            end = _WHITESPACE.match(text, end + 1).end()
+            end = _skip(text, end + 1)
             try:
                 members[key], end = _SCAN(text, end)
             except (StopIteration, json.JSONDecodeError):
                 raise _Malformed from None
             except (ValueError, RecursionError) as exc:
                 raise StrictJsonError(_refusal(exc), _name(key)) from None
-            end = _WHITESPACE.match(text, end).end()
+            end = _skip(text, end)
             delimiter = text[end : end + 1]
-            end = _WHITESPACE.match(text, end + 1).end()
+            end = _skip(text, end + 1)
             if delimiter == "}":
                 break
             if delimiter != ",":
@@ -240,6 +249,7 @@ def _walk(value: Any, depth: int, strings: bool, non_finite: str, safe_integers:
         dicts: list[Any] = []
         others: list[Any] = []
         for item in level:
+            children: Iterable[Any]
             if type(item) is list:
                 if not item or (type(item[0]) in _NUMBERS and _numbers_fine(item, safe_integers)):
                     continue
