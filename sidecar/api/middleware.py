@@ -56,7 +56,10 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     transport = request.transport
     # Whether the peer is a trusted proxy is a property of the connection: asked once per
     # connection, not per request (a keep-alive connection carries many).
-    via_proxy = _via_proxy.get(transport) if transport is not None else None
+    try:
+        via_proxy = _via_proxy.get(transport) if transport is not None else None
+    except TypeError:  # a transport that cannot be weakly referenced: ask every time
+        transport, via_proxy = None, None
     if via_proxy is None:
         via_proxy = via_trusted_proxy(request, trusted)
         if transport is not None:
