@@ -14,6 +14,11 @@ direct and writes the figures as JSON.
 
     .venv/bin/python tools/bench.py [--requests 2000] [--out var/bench.json]
     .venv/bin/python tools/bench.py --phases streams     # only the streams phase
+    .venv/bin/python tools/bench.py --phases cpu         # CPU per request, sidecar vs relay
+
+The ``cpu`` phase sends sequential non-streamed chats (``--cpu-requests``, default 2000)
+to the sidecar and to the bare relay and divides each server's CPU time by the requests:
+the per-request cost that, times the requests ahead in a burst, sets time to first token.
 """
 
 from __future__ import annotations
@@ -402,6 +407,8 @@ def _children(pid: int) -> list[int]:
 
 async def run_phases(servers: Servers, args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
+    if "cpu" in args.phases:
+        results["cpu"] = await run_cpu(servers, args)
     if "streams" in args.phases:
         results["streams"] = await run_streams(servers, args)
     if "requests" in args.phases:
@@ -467,6 +474,34 @@ async def run_streams(servers: Servers, args: argparse.Namespace) -> dict[str, A
             target, args.stream_requests, args.stream_concurrency, pid, model
         )
     return results
+
+
+async def run_cpu(servers: Servers, args: argparse.Namespace) -> dict[str, Any]:
+    """Server CPU time per sequential non-streamed chat, sidecar and bare relay."""
+    targets = [
+        (Target("sidecar", f"http://127.0.0.1:{servers.sidecar_port}"), servers.sidecar_pid),
+        (Target("bare relay", f"http://127.0.0.1:{servers.relay_port}"), servers.relay_pid),
+    ]
+    results: dict[str, Any] = {}
+    for target, pid in targets:
+        model = "mockstream/mock-llama" if target.name == "sidecar" else "mock-llama"
+        chat = {"model": model, "messages": [{"role": "user", "content": "benchmark me"}]}
+        await timed_requests(target, chat, "/v1/chat/completions", args.warmup, 1)
+        before = cpu_seconds(pid)
+        run = await timed_requests(target, chat, "/v1/chat/completions", args.cpu_requests, 1)
+        run["cpu_us_per_request"] = 1e6 * (cpu_seconds(pid) - before) / max(1, run["requests"])
+        results[target.name] = run
+    return results
+
+
+def report_cpu(results: dict[str, Any]) -> str:
+    lines = ["cpu (sequential chats)  CPU/request (µs)  p50 c1 (ms)  errors"]
+    for name in ("sidecar", "bare relay"):
+        r = results[name]
+        lines.append(
+            f"{name:<23}  {r['cpu_us_per_request']:<16.0f}  {r['p50_ms']:<11.2f}  {r['errors']}"
+        )
+    return "\n".join(lines)
 
 
 def report_streams(results: dict[str, Any], concurrency: int) -> str:
@@ -578,8 +613,9 @@ def main() -> int:
     parser.add_argument(
         "--phases",
         default="requests,streams",
-        help="comma-separated: requests (the chat/embeddings table), streams",
+        help="comma-separated: requests (the chat/embeddings table), streams, cpu",
     )
+    parser.add_argument("--cpu-requests", type=int, default=2000, help="cpu phase, per target")
     parser.add_argument("--stream-requests", type=int, default=768, help="streams phase total")
     parser.add_argument("--stream-concurrency", type=int, default=256)
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench.json")
@@ -605,6 +641,8 @@ def main() -> int:
     args.out.write_text(json.dumps(results, indent=2))
     if "requests" in args.phases:
         print(report(results, servers))
+    if "cpu" in args.phases:
+        print(report_cpu(results["cpu"]))
     if "streams" in args.phases:
         print(report_streams(results["streams"], args.stream_concurrency))
     print(f"figures written to {args.out}")

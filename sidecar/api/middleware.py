@@ -13,9 +13,11 @@ with its traceback and leaves as a plain 500 envelope naming only the request id
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
+import weakref
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -23,7 +25,7 @@ from aiohttp.typedefs import Handler, Middleware
 from ..auth import TokenSet
 from ..errors import GatewayError, error_envelope
 from ..observability.access_log import AccessRecord
-from ..observability.client_ip import forwarded_overrides
+from ..observability.client_ip import forwarded_overrides, via_trusted_proxy
 from ..typedefs import ACCESS, CLIENT_IP, METRICS, REGISTRY, REQUEST_ID, SETTINGS, TOKEN
 
 log = logging.getLogger("gateway.errors")
@@ -37,6 +39,9 @@ _HTTP_ERROR_TYPES = {
 }
 
 
+_via_proxy: weakref.WeakKeyDictionary[asyncio.BaseTransport, bool] = weakref.WeakKeyDictionary()
+
+
 def new_request_id() -> str:
     return f"req-{secrets.token_hex(12)}"
 
@@ -47,7 +52,19 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     headers, and log one line when it ends."""
     request_id = new_request_id()
     request[REQUEST_ID] = request_id
-    overrides = forwarded_overrides(request, request.app[SETTINGS].trusted_proxies)
+    trusted = request.app[SETTINGS].trusted_proxies
+    transport = request.transport
+    # Whether the peer is a trusted proxy is a property of the connection: asked once per
+    # connection, not per request (a keep-alive connection carries many).
+    try:
+        via_proxy = _via_proxy.get(transport) if transport is not None else None
+    except TypeError:  # a transport that cannot be weakly referenced: ask every time
+        transport, via_proxy = None, None
+    if via_proxy is None:
+        via_proxy = via_trusted_proxy(request, trusted)
+        if transport is not None:
+            _via_proxy[transport] = via_proxy
+    overrides = forwarded_overrides(request, trusted) if via_proxy else {}
     ip = overrides.get("remote") or request.remote or "unknown"
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "(unmatched)"

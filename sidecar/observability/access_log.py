@@ -54,7 +54,20 @@ class AccessRecord:
             "client_ip": self.client_ip,
             "token_name": self.token,
         }
-        access_log.info(json.dumps(line, separators=(",", ":")))
+        # ``handle(makeRecord(...))`` is ``info()`` without ``findCaller``'s stack walk
+        # (the caller is always this line): the same record to the same handlers.
+        access_log.handle(
+            access_log.makeRecord(
+                access_log.name,
+                logging.INFO,
+                __file__,
+                0,
+                json.dumps(line, separators=(",", ":")),
+                None,
+                None,
+                "emit",
+            )
+        )
 
 
 class BatchedLineWriter(logging.Handler):

@@ -111,16 +111,30 @@ class GatewayMetrics:
         )
         self.loop_lag = LoopLag()
         self.registry.register(self.loop_lag)
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._ttft_children: dict[str, Histogram] = {}
 
     def watch(self, holder: RegistryHolder, reloader: ReloadCounts) -> None:
         """Report backends and reloads from the live objects at scrape time."""
         self.registry.register(_LiveCollector(holder, reloader))
 
     def observe_request(self, record: AccessRecord, known_backends: Callable[[str], bool]) -> None:
-        self.requests.labels(record.route, record.method, str(record.status)).inc()
-        self.latency.labels(record.route, record.method).observe(record.elapsed_s())
+        # The labelled children are looked up once per label set and kept (``labels()``
+        # checks and locks on every call); the label sets are bounded, so is this cache.
+        key = (record.route, record.method, record.status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (
+                self.requests.labels(record.route, record.method, str(record.status)),
+                self.latency.labels(record.route, record.method),
+            )
+        children[0].inc()
+        children[1].observe(record.elapsed_s())
         if record.ttft_ms is not None and record.backend and known_backends(record.backend):
-            self.ttft.labels(record.backend).observe(record.ttft_ms / 1000)
+            ttft = self._ttft_children.get(record.backend)
+            if ttft is None:
+                ttft = self._ttft_children[record.backend] = self.ttft.labels(record.backend)
+            ttft.observe(record.ttft_ms / 1000)
 
     def observe_tool(self, tool: str, ok: bool, duration_ms: float) -> None:
         self.tool_calls.labels(tool, "true" if ok else "false").inc()
