@@ -63,7 +63,7 @@ class AccessRecord:
                 __file__,
                 0,
                 json.dumps(line, separators=(",", ":")),
-                None,
+                (),
                 None,
                 "emit",
             )
