@@ -1,7 +1,7 @@
 """One way to call a backend: ``async with backend_call(...) as call``.
 
 Every upstream request the gateway makes (the OpenAI API, UI chat, images, music and its
-audio downloads, agents, health probes) goes through this one context manager, in this
+audio downloads, agents, http tools, health probes) goes through this one context manager, in this
 order: take an admission slot for (backend, capability) — a full limit is a 429 before
 anything is sent —, open the upstream request (no redirects followed; the client counts
 the use, so a reload that retires it closes it only afterwards), check the status (a
@@ -19,6 +19,8 @@ import contextlib
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any
+
+from yarl import URL
 
 from .admission import Slot
 from .registry import Backend
@@ -38,7 +40,7 @@ async def admitted(backend: Backend, capability: str) -> AsyncIterator[Slot]:
 def backend_call(
     backend: Backend,
     capability: str | None,
-    endpoint: str,
+    endpoint: str | URL,
     payload: dict[str, Any] | None,
     request_id: str,
     *,
@@ -49,7 +51,8 @@ def backend_call(
 ) -> BackendCall:
     """Admit, open, check, yield the open call; close it and free the slot on exit.
 
-    ``POST`` sends ``payload`` as JSON to ``endpoint`` (relative to the backend URL);
+    ``POST`` sends ``payload`` as JSON to ``endpoint`` (relative to the backend URL, or a
+    URL on its origin, as an http tool's path is);
     ``GET`` asks for ``endpoint`` as a path on the backend's origin. With
     ``check_status`` off the caller sees every status (probes, downloads).
     """
@@ -89,7 +92,7 @@ class BackendCall:
         self,
         backend: Backend,
         capability: str | None,
-        endpoint: str,
+        endpoint: str | URL,
         payload: dict[str, Any] | None,
         request_id: str,
         method: str,
@@ -118,7 +121,7 @@ class BackendCall:
             client = self._backend.client
             if self._method == "GET":
                 call = await client.get(
-                    self._endpoint, self._request_id, self._headers, self._read_timeout_s
+                    str(self._endpoint), self._request_id, self._headers, self._read_timeout_s
                 )
             else:
                 call = await client.post(

@@ -393,22 +393,6 @@ class BackendClient:
             raise
         return UpstreamCall(self, response, read_s)
 
-    async def call_json(
-        self,
-        endpoint: str | URL,
-        payload: dict[str, Any],
-        request_id: str,
-        read_timeout_s: float | None = None,
-    ) -> Any:
-        """A whole JSON request/response exchange; any failure is a gateway error."""
-        call = await self.post(endpoint, payload, request_id, read_timeout_s)
-        try:
-            await call.raise_for_status()
-            _, reply = await call.read_json()
-        finally:
-            call.close()
-        return reply
-
     def translate(
         self, exc: BaseException, *, streaming: bool = False, before_head: bool = False
     ) -> GatewayError:

@@ -20,6 +20,7 @@ from typing import Any
 from .. import sandbox
 from ..config.schema import ToolSpec
 from ..errors import CalculatorError, ExpressionError, GatewayError, InvalidRequest, ToolFailure
+from ..routing.call import backend_call
 from ..routing.registry import RegistryHolder
 from .calculator import evaluate, parse
 
@@ -265,8 +266,10 @@ async def _http(spec: ToolSpec, arguments: dict[str, Any], context: ToolContext)
     backend = context.registry.current.get(spec.http_backend or "")
     if backend is None:
         raise ToolFailure("unavailable", f"backend {spec.http_backend!r} is not configured")
+    target = backend.client.url("").with_path(spec.http_path or "/")
     try:
-        target = backend.client.url("").with_path(spec.http_path or "/")
-        return await backend.client.call_json(target, arguments, context.request_id)
+        async with backend_call(backend, None, target, arguments, context.request_id) as call:
+            _, reply = await call.read_json()
+            return reply
     except GatewayError as exc:
         raise ToolFailure("upstream_error", exc.message) from None
