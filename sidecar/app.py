@@ -41,6 +41,7 @@ from .typedefs import (
     HEALTH,
     IMAGE_STORE,
     METRICS,
+    PRELOADED_CONFIG,
     REGISTRY,
     RELOADER,
     SETTINGS,
@@ -56,7 +57,6 @@ from .ui.state import UiState
 from .users.store import UserStore, anonymous_csrf
 
 log = logging.getLogger("gateway")
-_PRELOADED = web.AppKey("preloaded_config", GatewayConfig)
 
 
 def create_app(settings: Settings, config: GatewayConfig | None = None) -> web.Application:
@@ -72,7 +72,7 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> web.A
     app[IMAGE_STORE] = ImageStore(settings.image_dir, app[STORAGE])
     app[METRICS] = GatewayMetrics()
     if config is not None:
-        app[_PRELOADED] = config
+        app[PRELOADED_CONFIG] = config
     app.cleanup_ctx.append(_loop_lag)
     app.cleanup_ctx.append(_storage)
     app.cleanup_ctx.append(_registry)
@@ -113,9 +113,9 @@ async def _registry(app: web.Application) -> AsyncIterator[None]:
     """Load the config (a bad one stops start-up) and open the backends' sessions.
 
     ``gateway serve`` has loaded and checked the config already and hands it over in
-    ``_PRELOADED``, so it is read once.
+    ``PRELOADED_CONFIG``, so it is read once.
     """
-    config = app.get(_PRELOADED) or await load_checked(app[SETTINGS])
+    config = app.get(PRELOADED_CONFIG) or await load_checked(app[SETTINGS])
     registry, _ = build_registry(config)
     holder = RegistryHolder(registry)
     app[REGISTRY] = holder

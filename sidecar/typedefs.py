@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from .agents.service import AgentRunner
     from .auth import TokenSet
     from .auth.signing import UrlSigner
+    from .config.schema import GatewayConfig
     from .images.store import ImageStore
     from .observability.access_log import AccessRecord
     from .observability.metrics import GatewayMetrics
@@ -40,6 +41,8 @@ AGENTS: web.AppKey[AgentRunner] = web.AppKey("agents")
 METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics")
 UI_STATE: web.AppKey[UiState] = web.AppKey("ui_state")
 STORAGE: web.AppKey[StorageMonitor] = web.AppKey("storage")
+# A config ``gateway serve`` loaded and checked already, so start-up does not read it again.
+PRELOADED_CONFIG: web.AppKey[GatewayConfig] = web.AppKey("preloaded_config")
 
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 CLIENT_IP: web.RequestKey[str] = web.RequestKey("client_ip")
