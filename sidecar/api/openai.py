@@ -1,8 +1,9 @@
 """The OpenAI-compatible endpoints: models, chat, completions, embeddings.
 
-Each handler reads as DESIGN.md's request flow: parse and check the body, resolve the
-model to a backend, then ``backend_call``: take an admission slot, call the backend, relay
-the answer. The slot and the upstream connection are released when the ``async with``
+Each handler follows the gateway's request flow (middleware has already given the
+request an id and checked the bearer token): parse and check the body, resolve the model
+to a backend, then ``backend_call``: take an admission slot, call the backend, relay the
+answer. The slot and the upstream connection are released when the ``async with``
 ends, so an error, a client that goes away, or the end of a stream frees them exactly once.
 """
 

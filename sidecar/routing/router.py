@@ -1,8 +1,9 @@
 """Model → backend resolution and the checks before a request may run.
 
-Order, as DESIGN.md's request flow: alias, ``backend/model`` prefix, backend model lists
-(first backend in config order that has the capability); then capability (400),
-readiness (503 + Retry-After), admission (429 or a bounded queue wait).
+Resolution order: alias, ``backend/model`` prefix, backend model lists (first backend in
+config order that has the capability); then the checks, in this order: capability (400),
+readiness (503 + Retry-After), admission (429 or a bounded queue wait). No fallback to
+another backend unless the YAML asks for it.
 """
 
 from __future__ import annotations

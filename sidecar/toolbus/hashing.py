@@ -4,6 +4,10 @@
 "arguments"}``: the same call always hashes the same, whatever key order or number
 spelling the client used. ``rfc8785`` implements the canonicalisation (its number
 formatting is the subtle part of the RFC, and the library is maintained against it).
+
+Test vectors: tool ``noop``, version ``"1"``, arguments ``{"text": "hi"}`` ->
+``68a4c5f7d6540b44021f651af5947368d743f5f84f38d68ec5395cd37e4950c2``; arguments ``{}`` ->
+``af9575d59fcd216d806426a07271a738a48073b2e06385251be99ca2847f57d7``.
 """
 
 from __future__ import annotations
