@@ -1,6 +1,6 @@
 """Who may call: bearer tokens for ``/v1``, signed links to generated files (user sessions
 arrive with the UI)."""
 
-from .bearer import TokenSet
+from .bearer import TokenSet, caller
 
-__all__ = ["TokenSet"]
+__all__ = ["TokenSet", "caller"]

@@ -10,8 +10,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+from aiohttp import web
+
 from ..errors import Unauthorized
 from ..settings import BearerToken
+from ..typedefs import TOKEN
 
 
 class TokenSet:
@@ -34,3 +37,10 @@ class TokenSet:
         if match is None:
             raise Unauthorized("Invalid bearer token")
         return match
+
+
+def caller(request: web.Request) -> tuple[str | None, bool]:
+    """The calling token's name and whether it is an admin token (``GATEWAY_ADMIN_TOKENS``);
+    ``(None, False)`` when the request carried none. Records are owned by the name."""
+    token = request.get(TOKEN)
+    return (token.name, token.admin) if token is not None else (None, False)

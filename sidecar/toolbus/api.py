@@ -8,17 +8,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..typedefs import REQUEST_ID, TOKEN, TOOLBUS
+from ..auth import caller
+from ..typedefs import REQUEST_ID, TOOLBUS
 from ..wire.body import read_json_object
 
 
-def _token(request: web.Request) -> str | None:
-    token = request.get(TOKEN)
-    return token.name if token is not None else None
-
-
 async def list_tools(request: web.Request) -> web.Response:
-    tools = request.app[TOOLBUS].visible(_token(request))
+    tools = request.app[TOOLBUS].visible(caller(request)[0])
     data = [
         {
             "name": spec.name,
@@ -34,31 +30,26 @@ async def list_tools(request: web.Request) -> web.Response:
 async def call_tool(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     bus = request.app[TOOLBUS]
-    bus.spec(name, _token(request))  # 404/403 before reading the body
+    token, _ = caller(request)
+    bus.spec(name, token)  # 404/403 before reading the body
     body = await read_json_object(request)
     arguments = body.get("arguments", {})
-    call = await bus.invoke(name, arguments, token=_token(request), request_id=request[REQUEST_ID])
+    call = await bus.invoke(name, arguments, token=token, request_id=request[REQUEST_ID])
     return web.json_response(call.response())
-
-
-def _admin(request: web.Request) -> bool:
-    token = request.get(TOKEN)
-    return token is not None and token.admin
 
 
 async def get_replay(request: web.Request) -> web.Response:
     """A record, for the token that made it (or an admin token); 404 for anyone else."""
+    token, admin = caller(request)
     record = await request.app[TOOLBUS].recorded(
-        request.match_info["replay_id"], token=_token(request), admin=_admin(request)
+        request.match_info["replay_id"], token=token, admin=admin
     )
     return web.json_response(record)
 
 
 async def replay(request: web.Request) -> web.Response:
+    token, admin = caller(request)
     outcome = await request.app[TOOLBUS].replay(
-        request.match_info["replay_id"],
-        token=_token(request),
-        request_id=request[REQUEST_ID],
-        admin=_admin(request),
+        request.match_info["replay_id"], token=token, request_id=request[REQUEST_ID], admin=admin
     )
     return web.json_response(outcome)

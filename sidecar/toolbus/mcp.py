@@ -15,8 +15,9 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
+from ..auth import caller
 from ..errors import BackendOverloaded, Forbidden, GatewayError, StorageUnavailable, StrictJsonError
-from ..typedefs import REQUEST_ID, TOKEN, TOOLBUS
+from ..typedefs import REQUEST_ID, TOOLBUS
 from ..wire.body import parse_json
 from ..wire.origin import same_origin
 
@@ -56,8 +57,7 @@ async def endpoint(request: web.Request) -> web.StreamResponse:
 
 
 async def _dispatch(request: web.Request, method: str, params: dict[str, Any]) -> Any:
-    token = request.get(TOKEN)
-    token_name = token.name if token is not None else None
+    token_name, _ = caller(request)
     bus = request.app[TOOLBUS]
     if method == "initialize":
         asked = params.get("protocolVersion")
