@@ -6,9 +6,10 @@ bearer auth.
 host and scheme as forwarded; after it, code reads ``request.remote`` / ``host`` /
 ``scheme`` and never a forwarding header.
 
-Errors are translated once, here: a ``GatewayError`` leaves with its status and the OpenAI
-envelope; aiohttp's own 404/405/413 get the same envelope; anything unexpected is logged
-with its traceback and leaves as a plain 500 envelope naming only the request id.
+Errors are translated once, here: a ``GatewayError`` leaves with its status and the error
+body of the face the path belongs to (``faces``: OpenAI, Anthropic or Ollama); aiohttp's
+own 404/405/413 get the same treatment; anything unexpected is logged with its traceback
+and leaves as a plain 500 naming only the request id.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from ..auth import TokenSet
-from ..errors import GatewayError, error_envelope
+from ..errors import GatewayError
 from ..observability.access_log import AccessRecord
 from ..observability.client_ip import forwarded_overrides, via_trusted_proxy
 from ..typedefs import ACCESS, CLIENT_IP, METRICS, REGISTRY, REQUEST_ID, SETTINGS, TOKEN
+from .faces import Face, error_body, face_of
 
 log = logging.getLogger("gateway.errors")
 
@@ -117,18 +119,24 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except GatewayError as exc:
-        return error_response(exc.status, exc.envelope(), exc.response_headers())
+        face = face_of(request.path)
+        if face is Face.OPENAI:
+            return error_response(exc.status, exc.envelope(), exc.response_headers())
+        body = error_body(face, exc.status, exc.message, exc.error_type, exc.param, exc.code)
+        return error_response(exc.status, body, exc.response_headers())
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _http_error(exc)
+        return _http_error(face_of(request.path), exc)
     except ConnectionResetError:
         raise  # the client went away; there is no one to answer
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.rel_url.path)
         return error_response(
             500,
-            error_envelope(
+            error_body(
+                face_of(request.path),
+                500,
                 f"Internal error; quote request id {request.get(REQUEST_ID)} to the admin",
                 "api_error",
                 None,
@@ -137,7 +145,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         )
 
 
-def _http_error(exc: web.HTTPException) -> web.Response:
+def _http_error(face: Face, exc: web.HTTPException) -> web.Response:
     error_type, code = _HTTP_ERROR_TYPES.get(exc.status, ("invalid_request_error", None))
     headers = {}
     if exc.status == 405 and "Allow" in exc.headers:
@@ -148,7 +156,9 @@ def _http_error(exc: web.HTTPException) -> web.Response:
         message = "Unknown URL; see GET /v1/models and the OpenAI API reference"
     else:
         message = exc.reason
-    return error_response(exc.status, error_envelope(message, error_type, None, code), headers)
+    return error_response(
+        exc.status, error_body(face, exc.status, message, error_type, None, code), headers
+    )
 
 
 def error_response(
@@ -163,12 +173,19 @@ def error_response(
 
 
 def bearer(tokens: TokenSet) -> Middleware:
-    """Bearer auth on every ``/v1`` path (matched route or not) and on ``/mcp``."""
+    """Bearer auth on every ``/v1`` path (matched route or not), on ``/mcp`` and on the
+    Ollama face's ``/api``; the Anthropic face may send the token as ``x-api-key``."""
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path
         if path == "/v1" or path.startswith("/v1/") or path == "/mcp":
+            authorization = request.headers.get("Authorization")
+            if authorization is None and face_of(path) is Face.ANTHROPIC:
+                api_key = request.headers.get("x-api-key")
+                authorization = f"Bearer {api_key}" if api_key else None
+            request[TOKEN] = tokens.authenticate(authorization)
+        elif path == "/api" or path.startswith("/api/"):
             request[TOKEN] = tokens.authenticate(request.headers.get("Authorization"))
         return await handler(request)
 
