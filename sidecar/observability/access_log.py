@@ -54,18 +54,18 @@ class AccessRecord:
             "client_ip": self.client_ip,
             "token_name": self.token,
         }
+        text = json.dumps(line, separators=(",", ":"))
+        handlers = access_log.handlers
+        if len(handlers) == 1 and type(handlers[0]) is BatchedLineWriter:
+            # What ``gateway serve`` sets up: the line is the whole record, so it goes to
+            # the writer without a LogRecord (most of this method's cost otherwise).
+            handlers[0].append(text)
+            return
         # ``handle(makeRecord(...))`` is ``info()`` without ``findCaller``'s stack walk
         # (the caller is always this line): the same record to the same handlers.
         access_log.handle(
             access_log.makeRecord(
-                access_log.name,
-                logging.INFO,
-                __file__,
-                0,
-                json.dumps(line, separators=(",", ":")),
-                (),
-                None,
-                "emit",
+                access_log.name, logging.INFO, __file__, 0, text, (), None, "emit"
             )
         )
 
@@ -92,6 +92,10 @@ class BatchedLineWriter(logging.Handler):
             self._lines.append(self.format(record))
         except Exception:
             self.handleError(record)
+
+    def append(self, line: str) -> None:
+        """A line already formatted (the access log's JSON), written as it is."""
+        self._lines.append(line)
 
     def flush(self) -> None:
         lines, self._lines = self._lines, []

@@ -323,6 +323,9 @@ class BackendClient:
                 ),
                 auto_decompress=True,
                 skip_auto_headers=("User-Agent",),
+                # A backend's Set-Cookie must not ride along on the next caller's request
+                # (one session serves every client); no jar also saves a lookup per call.
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
 
