@@ -19,6 +19,7 @@ from ..errors import (
     DuplicateUser,
     GatewayError,
     InvalidRequest,
+    LastAdmin,
     LoginRejected,
     LoginThrottled,
     NotFound,
@@ -304,6 +305,22 @@ async def update_user(request: web.Request) -> web.Response:
         raise InvalidRequest(str(exc), param="password") from None
     except ReservedUser as exc:
         raise InvalidRequest(str(exc), param="username", code="reserved_user") from None
+    except LastAdmin as exc:
+        raise Conflict(str(exc), code="last_admin") from None
     if user is None:
         raise NotFound("No such user", code="user_not_found")
     return _json(user.public())
+
+
+async def delete_user(request: web.Request) -> web.Response:
+    """Remove an account with its conversations; never the last enabled admin (409)."""
+    require_admin(request)
+    try:
+        deleted = await request.app[UI_STATE].users.delete_user(request.match_info["username"])
+    except ReservedUser as exc:
+        raise InvalidRequest(str(exc), param="username", code="reserved_user") from None
+    except LastAdmin as exc:
+        raise Conflict(str(exc), code="last_admin") from None
+    if not deleted:
+        raise NotFound("No such user", code="user_not_found")
+    return web.Response(status=204)
