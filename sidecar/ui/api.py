@@ -30,7 +30,16 @@ from ..errors import (
 )
 from ..images.api import generate_for
 from ..music.service import generate_music, parse_music_request
-from ..typedefs import CLIENT_IP, REGISTRY, REQUEST_ID, SETTINGS, UI_SESSION, UI_STATE, UI_USER
+from ..typedefs import (
+    ACCESS,
+    CLIENT_IP,
+    REGISTRY,
+    REQUEST_ID,
+    SETTINGS,
+    UI_SESSION,
+    UI_STATE,
+    UI_USER,
+)
 from ..users.db import LOCAL_USER
 from ..wire.body import read_json_object
 from ..wire.model_name import check_model_name
@@ -249,6 +258,7 @@ async def music(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     music_request = parse_music_request(body)
     result = await generate_music(request.app[REGISTRY].current, music_request, request[REQUEST_ID])
+    request[ACCESS].backend, request[ACCESS].model = result["backend"], music_request.model
     return _json(result)
 
 

@@ -33,6 +33,7 @@ from yarl import URL
 from ..errors import Forbidden, Unauthorized
 from ..observability.client_ip import address_allowed
 from ..typedefs import (
+    ACCESS,
     CLIENT_IP,
     SETTINGS,
     TOKEN,
@@ -94,6 +95,9 @@ async def ui_guard(request: web.Request, handler: Handler) -> web.StreamResponse
             raise web.HTTPSeeOther(str(URL("/ui/login").with_query(next=request.path_qs)))
     request[UI_SESSION] = session
     request[UI_USER] = session.user if session else state.local_user
+    record = request.get(ACCESS)
+    if record is not None:  # the access log names who used the UI
+        record.user = request[UI_USER].username
     request[UI_CSRF] = session.csrf if session else state.anonymous_csrf
     if request.method in _UNSAFE:
         _check_csrf(request)
