@@ -156,10 +156,9 @@ def port_problem(port: int, addresses: tuple[str, ...] = ("0.0.0.0", "::")) -> s
                 probe.bind((address, port))
                 probe.listen(1)
             except PermissionError:
-                return (
-                    f"port {port} needs privileges to listen on (ports below 1024 need root"
-                    " or CAP_NET_BIND_SERVICE)"
-                )
+                # A low port: Caddy may hold CAP_NET_BIND_SERVICE where this process does
+                # not. Only a holder is refused here; Caddy's own error says the rest.
+                return None
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
                     return f"port {port} is already in use by another program"
