@@ -297,11 +297,16 @@ class Launcher:
             )
 
     def _start_fakes(self, config_text: str, env: dict[str, str]) -> None:
-        """Start each fake backend the config refers to (and the env does not replace)."""
-        for variable, kind, path, port_variable in _FAKES:
-            if variable not in config_text or self.env.get(variable):
-                continue
-            port = self._fake_port(port_variable)
+        """Start each fake backend the config refers to (and the env does not replace).
+
+        Every port is settled before the first one starts: a taken or malformed fixed
+        port stops ``up`` with nothing started."""
+        fakes = [
+            (variable, kind, path, self._fake_port(port_variable))
+            for variable, kind, path, port_variable in _FAKES
+            if variable in config_text and not self.env.get(variable)
+        ]
+        for variable, kind, path, port in fakes:
             env[variable] = f"http://127.0.0.1:{port}{path}"
             args = ["mock-backends", "--kind", kind, "--port", str(port)]
             if kind == "heartmula":

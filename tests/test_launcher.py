@@ -272,6 +272,7 @@ def test_a_taken_fake_backend_port_is_refused(tmp_path: Path) -> None:
     bad = Up(tmp_path / "bad", MOCK_HEARTMULA_PORT="http").start(ready=False)
     assert bad.wait() == 1
     assert "MOCK_HEARTMULA_PORT must be a port number" in bad.text()
+    assert "backend serving" not in bad.text()  # refused before any fake started
 
 
 def test_sigkill_of_the_launcher_leaves_no_child_running(tmp_path: Path) -> None:
