@@ -298,3 +298,13 @@ class ReservedUser(ValueError):
             f"{local_user!r} is reserved for the history kept when accounts are off; "
             "it cannot be given a password or changed"
         )
+
+
+class LastAdmin(ValueError):
+    """The change would leave no enabled admin; nobody could manage accounts any more."""
+
+    def __init__(self, username: str) -> None:
+        super().__init__(
+            f"{username!r} is the last enabled admin; make another user an admin first"
+        )
+        self.username = username

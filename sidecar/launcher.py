@@ -2,20 +2,39 @@
 
 Starts the fake backends the config uses, the sidecar and Caddy as child processes,
 waits until ``/readyz`` answers through Caddy, prints how to connect, and stops every
-child cleanly on Ctrl-C or SIGTERM. A second ``up`` on the same data directory says
-that one is already running instead of failing on a busy port. The soft open-file limit
-is raised to the hard one first, for ``up`` and every child: a burst of streams holds
-two descriptors in Caddy and two in the sidecar for each client.
+child cleanly on Ctrl-C or SIGTERM. The soft open-file limit is raised to the hard one
+first, for ``up`` and every child: a burst of streams holds two descriptors in Caddy and
+two in the sidecar for each client.
+
+The rules it keeps:
+
+- Nothing is started when something else holds the site's port: a second ``up`` on the
+  same data directory says that one is running; any other holder is named by its port.
+  When Caddy still fails, its own reason (from its output) is shown.
+- Its children never outlive it. They share one process group of their own (so a
+  terminal's Ctrl-C or hangup reaches ``up`` alone, which stops them in order), and each
+  asks the kernel to kill it when ``up`` dies (``PR_SET_PDEATHSIG``), whatever the signal,
+  SIGKILL included.
+- SIGHUP reloads: the sidecar re-reads ``gateway.yaml`` (its own SIGHUP) and Caddy
+  re-reads the Caddyfile (``caddy reload``); no child is stopped or restarted.
+- The fake backends listen on free ports, or on ``MOCK_BACKEND_PORT`` /
+  ``MOCK_HEARTMULA_PORT`` when those are set.
+- The banner's examples run as printed: values are shell-quoted, and the Python example
+  reads the address, token and CA from the variables the lines before it export.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import errno
 import fcntl
+import json
 import os
 import resource
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -23,6 +42,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,12 +53,14 @@ from .errors import LaunchError
 
 READY_TIMEOUT_S = 30.0
 # Fake backends that `up` starts when the config names their variable:
-# (variable, `gateway mock-backends --kind`, URL path).
+# (variable, `gateway mock-backends --kind`, URL path, the variable that fixes its port).
 _FAKES = (
-    ("MOCK_BACKEND_URL", "openai", "/v1"),
-    ("MOCK_HEARTMULA_URL", "heartmula", ""),
+    ("MOCK_BACKEND_URL", "openai", "/v1", "MOCK_BACKEND_PORT"),
+    ("MOCK_HEARTMULA_URL", "heartmula", "", "MOCK_HEARTMULA_PORT"),
 )
 STOP_TIMEOUT_S = 15.0
+RELOAD_TIMEOUT_S = 30.0
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 @dataclass(frozen=True)
@@ -113,44 +135,197 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def port_problem(port: int, addresses: tuple[str, ...] = ("0.0.0.0", "::")) -> str | None:
+    """Why a server could not listen on ``port``, or None when it can.
+
+    Caddy listens on every address of the host for a site, so the port is tried on the
+    IPv4 and IPv6 wildcards; a program listening on any one address of it holds it.
+    ``SO_REUSEADDR`` as Caddy sets it: a closed connection's TIME_WAIT does not count.
+    """
+    for address in addresses:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        try:
+            probe = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:  # no IPv6 on this host
+            continue
+        with probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind((address, port))
+                probe.listen(1)
+            except PermissionError:
+                # A low port: Caddy may hold CAP_NET_BIND_SERVICE where this process does
+                # not. Only a holder is refused here; Caddy's own error says the rest.
+                return None
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return f"port {port} is already in use by another program"
+                if exc.errno == errno.EADDRNOTAVAIL:  # e.g. IPv6 disabled
+                    continue
+                return f"cannot listen on port {port}: {exc.strerror or exc}"
+    return None
+
+
+def caddy_reason(output: str) -> str | None:
+    """Caddy's own reason for failing, from what it printed (its last error)."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("Error:"):  # `caddy run` exiting prints this last
+            return line.removeprefix("Error:").strip()[:1000]
+    for line in reversed(lines):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("level") in ("error", "fatal"):
+            parts = [str(entry[key]) for key in ("msg", "error") if entry.get(key)]
+            return ": ".join(parts)[:1000] or None
+    return None
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel SIGKILL the child when this process dies.
+
+    ``PR_SET_PDEATHSIG`` acts on any death of the parent, SIGKILL included, which no
+    signal handler in the parent can. When the parent is already gone by the time the
+    child asks (it died between fork and prctl), the child kills itself.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent, kill = os.getpid(), int(signal.SIGKILL)
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, kill, 0, 0, 0)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), kill)
+
+    return preexec
+
+
+def banner(layout: Layout, token: str, ca: str, ui_allowlist: str) -> str:
+    """What ``up`` prints once ready. Every value in a command is shell-quoted, and the
+    Python example reads the address, token and CA from the variables exported just
+    before it, so the block runs when pasted into bash exactly as printed."""
+    base = str(layout.site.with_path("/v1"))
+    ui = str(layout.site.with_path("/ui"))
+    q = shlex.quote
+    curl_ca = f"--cacert {q(ca)} " if ca else ""
+    exports = [f"export GATEWAY_API_URL={q(base)}", f"export GATEWAY_API_TOKEN={q(token)}"]
+    exports.append(f"export GATEWAY_API_CA={q(ca)}" if ca else "unset GATEWAY_API_CA")
+    example = "\n".join(
+        [
+            *exports,
+            "python3 - <<'PY'",
+            "import os, ssl, openai",
+            'tls = ssl.create_default_context(cafile=os.environ.get("GATEWAY_API_CA"))',
+            "client = openai.OpenAI(",
+            '    base_url=os.environ["GATEWAY_API_URL"],',
+            '    api_key=os.environ["GATEWAY_API_TOKEN"],',
+            "    http_client=openai.DefaultHttpxClient(verify=tls),",
+            ")",
+            "reply = client.chat.completions.create(",
+            '    model="default", messages=[{"role": "user", "content": "hello"}]',
+            ")",
+            "print(reply.choices[0].message.content)",
+            "PY",
+        ]
+    )
+    return f"""
+Local AI Gateway is up.
+  Web UI: {ui}  (open to UI_IP_ALLOWLIST: {ui_allowlist or "nobody"})
+  API:    {base}
+  Token:  {token}
+  CA:     {ca or "(your certificate from GATEWAY_TLS_CERT_PATH)"}
+  Config: {layout.config}
+
+Try it with curl:
+  curl {curl_ca}-H {q("Authorization: Bearer " + token)} {q(base + "/models")}
+
+Try it from Python; it needs the openai package:
+  python3 -m pip install openai
+Then paste these lines into bash:
+
+{example}
+
+Ctrl-C stops everything; kill -HUP {os.getpid()} reloads the config and the Caddyfile."""
+
+
 class Launcher:
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
         self.layout = layout_from_env(env)
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.process_group = 0  # the children's own group, once the first one started
         self._lock_handle: object | None = None
+        self._signals: _Signals | None = None
+        self._caddy_env: dict[str, str] = {}
+        self._caddy_log_start = 0
 
     def run(self) -> int:
         layout = self.layout
         (layout.data_dir / "run").mkdir(parents=True, exist_ok=True)
         self._lock()
+        self._check_site_port()
         raise_open_file_limit()
         token = bearer_token(layout, self.env)
         child_env = self._child_env(token)
-        stop = _StopSignal()
+        self._signals = signals = _Signals()
         try:
             self._start_fakes(layout.config.read_text(), child_env)
             self._start("sidecar", ["serve"], child_env)
             self._start_caddy(child_env)
             asyncio.run(self._wait_ready(token))
-            self._announce(token)
-            return self._supervise(stop)
+            self._announce(token, child_env.get("UI_IP_ALLOWLIST", ""))
+            return self._supervise(signals)
         finally:
             self._stop_children()
-            stop.restore()
+            signals.restore()
+
+    def _check_site_port(self) -> None:
+        """Refuse to start anything while another program holds the HTTPS port."""
+        port = self.layout.site.port
+        if port is None:
+            return
+        problem = port_problem(port)
+        if problem is not None:
+            raise LaunchError(
+                f"{problem}, so the gateway cannot serve {self.layout.site}; stop that "
+                "program or choose another port with GATEWAY_SITE (e.g. https://127.0.0.1:9443)"
+            )
 
     def _start_fakes(self, config_text: str, env: dict[str, str]) -> None:
-        """Start each fake backend the config refers to (and the env does not replace)."""
-        for variable, kind, path in _FAKES:
-            if variable not in config_text or self.env.get(variable):
-                continue
-            port = free_port()
+        """Start each fake backend the config refers to (and the env does not replace).
+
+        Every port is settled before the first one starts: a taken or malformed fixed
+        port stops ``up`` with nothing started."""
+        fakes = [
+            (variable, kind, path, self._fake_port(port_variable))
+            for variable, kind, path, port_variable in _FAKES
+            if variable in config_text and not self.env.get(variable)
+        ]
+        for variable, kind, path, port in fakes:
             env[variable] = f"http://127.0.0.1:{port}{path}"
             args = ["mock-backends", "--kind", kind, "--port", str(port)]
             if kind == "heartmula":
                 args += ["--audio-dir", str(self.layout.data_dir / "mock-heartmula")]
             self._start(f"fake {kind} backend", args, env)
             self._wait_listening(port)
+
+    def _fake_port(self, variable: str) -> int:
+        """A free port, or the one ``variable`` fixes (refused when it is taken)."""
+        text = self.env.get(variable, "").strip()
+        if not text:
+            return free_port()
+        port = int(text) if text.isdigit() else 0
+        if not 1 <= port <= 65535:
+            raise LaunchError(f"{variable} must be a port number from 1 to 65535, not {text!r}")
+        problem = port_problem(port, ("127.0.0.1",))
+        if problem is not None:
+            raise LaunchError(f"{problem} ({variable}); free it or choose another port")
+        return port
 
     def _lock(self) -> None:
         path = self.layout.data_dir / "run" / "up.lock"
@@ -193,8 +368,21 @@ class Launcher:
         return env
 
     def _start(self, name: str, args: list[str], env: dict[str, str]) -> None:
-        command = [sys.executable, "-m", "sidecar", *args]
-        self.children.append((name, subprocess.Popen(command, env=env, cwd=self.layout.root)))
+        self._spawn(name, [sys.executable, "-m", "sidecar", *args], env)
+
+    def _spawn(self, name: str, command: list[str], env: dict[str, str], **kwargs: object) -> None:
+        """Start a child in the children's process group, to die when ``up`` dies."""
+        child = subprocess.Popen(  # type: ignore[call-overload]  # **kwargs: stdout, stderr
+            command,
+            env=env,
+            cwd=self.layout.root,
+            process_group=self.process_group,
+            preexec_fn=die_with_parent(),
+            **kwargs,
+        )
+        if not self.process_group:
+            self.process_group = child.pid
+        self.children.append((name, child))
 
     def _start_caddy(self, env: dict[str, str]) -> None:
         command = [
@@ -206,13 +394,46 @@ class Launcher:
             "caddyfile",
         ]
         env = {**env, "HOME": str(self.layout.data_dir), "XDG_DATA_HOME": str(self.layout.data_dir)}
+        self._caddy_env = env
         log_dir = self.layout.data_dir / "log"
         log_dir.mkdir(exist_ok=True)
-        with (log_dir / "caddy.log").open("ab") as log:
-            child = subprocess.Popen(
-                command, env=env, cwd=self.layout.root, stdout=log, stderr=subprocess.STDOUT
+        with self._caddy_log.open("ab") as log:
+            self._caddy_log_start = log.tell()
+            self._spawn("caddy", command, env, stdout=log, stderr=subprocess.STDOUT)
+
+    @property
+    def _caddy_log(self) -> Path:
+        return self.layout.data_dir / "log" / "caddy.log"
+
+    def _caddyfile_problem(self) -> str | None:
+        """Why the Caddyfile does not adapt: ``caddy run`` exits on that without a word."""
+        command = [find_caddy(), "adapt", "--config", str(self.layout.caddyfile)]
+        command += ["--adapter", "caddyfile"]
+        try:
+            result = subprocess.run(
+                command,
+                env=self._caddy_env,
+                cwd=self.layout.root,
+                capture_output=True,
+                text=True,
+                timeout=RELOAD_TIMEOUT_S,
+                check=False,
             )
-        self.children.append(("caddy", child))
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return caddy_reason(result.stderr) if result.returncode else None
+
+    def _caddy_failure(self) -> str:
+        """Caddy's reason for exiting, from what it wrote since this ``up`` started it."""
+        try:
+            with self._caddy_log.open("rb") as log:
+                log.seek(self._caddy_log_start)
+                output = log.read(1 << 20).decode(errors="replace")
+        except OSError:
+            output = ""
+        reason = caddy_reason(output) or self._caddyfile_problem()
+        where = f"see {self._caddy_log}"
+        return f": {reason} ({where})" if reason else f" ({where})"
 
     async def _wait_ready(self, token: str) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -249,44 +470,53 @@ class Launcher:
             return context
         return ssl.create_default_context(cafile=str(self.layout.ca_root))
 
-    def _announce(self, token: str) -> None:
-        base = str(self.layout.site.with_path("/v1"))
+    def _announce(self, token: str, ui_allowlist: str) -> None:
         ca = "" if self.env.get("GATEWAY_TLS_CERT_PATH") else str(self.layout.ca_root)
-        curl_ca = f" --cacert {ca}" if ca else ""
-        print(
-            f"""
-Local AI Gateway is up.
-  URL:    {base}
-  Token:  {token}
-  CA:     {ca or "(your certificate from GATEWAY_TLS_CERT_PATH)"}
-  Config: {self.layout.config}
+        print(banner(self.layout, token, ca, ui_allowlist), flush=True)
 
-Try it:
-  curl{curl_ca} -H "Authorization: Bearer {token}" {base}/models
-
-  python - <<'PY'
-  import ssl, openai
-  tls = ssl.create_default_context({f'cafile="{ca}"' if ca else ""})
-  client = openai.OpenAI(base_url="{base}", api_key="{token}",
-                         http_client=openai.DefaultHttpxClient(verify=tls))
-  print(client.chat.completions.create(model="default",
-        messages=[{{"role": "user", "content": "hello"}}]).choices[0].message.content)
-  PY
-
-Ctrl-C stops everything.""",
-            flush=True,
-        )
-
-    def _supervise(self, stop: _StopSignal) -> int:
-        while not stop.requested:
+    def _supervise(self, signals: _Signals) -> int:
+        while not signals.stop:
             for name, child in self.children:
                 if child.poll() is not None:
+                    why = self._caddy_failure() if name == "caddy" else ""
                     print(
-                        f"gateway up: {name} exited ({child.returncode}); stopping", file=sys.stderr
+                        f"gateway up: {name} exited ({child.returncode}){why}; stopping",
+                        file=sys.stderr,
                     )
                     return 1
-            stop.wait(0.5)
+            if signals.take_reload():
+                self._reload()
+            signals.wait(0.5)
         return 0
+
+    def _reload(self) -> None:
+        """SIGHUP: the sidecar re-reads the config, Caddy the Caddyfile; nothing restarts."""
+        print(
+            f"gateway up: reloading {self.layout.config.name} and {self.layout.caddyfile.name}",
+            file=sys.stderr,
+            flush=True,
+        )
+        for name, child in self.children:
+            if name == "sidecar" and child.poll() is None:
+                child.send_signal(signal.SIGHUP)
+        command = [find_caddy(), "reload", "--config", str(self.layout.caddyfile)]
+        command += ["--adapter", "caddyfile"]
+        try:
+            result = subprocess.run(
+                command,
+                env=self._caddy_env,
+                cwd=self.layout.root,
+                capture_output=True,
+                text=True,
+                timeout=RELOAD_TIMEOUT_S,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            print(f"gateway up: Caddy kept its config: {exc}", file=sys.stderr, flush=True)
+            return
+        if result.returncode != 0:
+            reason = caddy_reason(result.stdout + result.stderr) or f"status {result.returncode}"
+            print(f"gateway up: Caddy kept its config: {reason}", file=sys.stderr, flush=True)
 
     def _wait_listening(self, port: int) -> None:
         """Start the sidecar only once the fake backend accepts connections."""
@@ -299,15 +529,13 @@ Ctrl-C stops everything.""",
         raise LaunchError(f"the fake backend did not listen on port {port}")
 
     def _check_children(self) -> None:
+        if self._signals is not None and self._signals.stop:
+            raise LaunchError("stopped by a signal during start-up")
         for name, child in self.children:
             if child.poll() is not None:
-                hint = (
-                    f" (see {self.layout.data_dir / 'log' / 'caddy.log'})"
-                    if name == "caddy"
-                    else ""
-                )
+                why = self._caddy_failure() if name == "caddy" else ""
                 raise LaunchError(
-                    f"{name} exited with status {child.returncode} during start-up{hint}"
+                    f"{name} exited with status {child.returncode} during start-up{why}"
                 )
 
     def _stop_children(self) -> None:
@@ -321,22 +549,41 @@ Ctrl-C stops everything.""",
             if child.poll() is None:
                 child.kill()
                 child.wait()
+        # Anything a child left behind in the group goes too. The group still existing
+        # means its id cannot have been reused by another process.
+        if self.process_group:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process_group, 0)
+                os.killpg(self.process_group, signal.SIGKILL)
 
 
-class _StopSignal:
-    """SIGINT/SIGTERM set a flag instead of raising, so children are stopped in order."""
+class _Signals:
+    """SIGINT/SIGTERM ask for a stop, SIGHUP for a reload. They set flags instead of
+    raising, so children are started, reloaded and stopped in order, never half-way."""
 
     def __init__(self) -> None:
-        self.requested = False
+        self.stop = False
+        self._reloads = 0
         self._previous = {
-            sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)
+            sig: signal.signal(sig, self._handle)
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         }
 
     def _handle(self, signum: int, frame: object) -> None:
-        self.requested = True
+        if signum == signal.SIGHUP:
+            self._reloads += 1
+        else:
+            self.stop = True
+
+    def take_reload(self) -> bool:
+        """Whether a reload was asked for since the last call (several count as one)."""
+        asked, self._reloads = self._reloads > 0, 0
+        return asked
 
     def wait(self, seconds: float) -> None:
-        time.sleep(seconds)
+        deadline = time.monotonic() + seconds
+        while not self.stop and not self._reloads and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():

@@ -232,3 +232,33 @@ async def test_trusted_proxy_forwarded_for_uses_the_right_most_untrusted_hop(
         await logged_client_ip(gateway, access_log, {"X-Forwarded-For": "203.0.113.8"})
         == "203.0.113.8"
     )
+
+
+async def test_ui_chat_is_logged_with_backend_model_and_user_name(
+    make_gateway: Any, start_mock: Any, access_log: pytest.LogCaptureFixture
+) -> None:
+    from sidecar.settings import UiSettings
+
+    from .test_ui_api import CONVERSATIONS, LOOPBACK, add_user, log_in
+
+    backend = await start_mock()
+    client = await make_gateway(
+        gateway_yaml(mock_backend_yaml("mock", backend)),
+        ui=UiSettings(accounts=True),
+        ui_ip_allowlist=LOOPBACK,
+    )
+    await add_user(client, "alice")
+    alice = await log_in(client, "alice")
+    conversation = await alice.json("POST", CONVERSATIONS, {"title": "t"}, status=201)
+    response = await alice.call(
+        "POST", f"{CONVERSATIONS}/{conversation['id']}/messages", {"content": PROMPT}
+    )
+    assert response.status == 200, await response.text()
+    line, entry = line_for(access_log, response.headers["X-Request-Id"])
+    assert (entry["backend"], entry["model"], entry["user"]) == ("mock", "mock-llama", "alice")
+    assert entry["route"] == "/ui/api/conversations/{conversation_id}/messages"
+    assert_no_secrets(line)
+    # An API request is no UI user's.
+    async with client.get("/v1/models", headers={"Authorization": f"Bearer {TOKEN}"}) as reply:
+        _, entry = line_for(access_log, reply.headers["X-Request-Id"])
+    assert entry["user"] is None and entry["token_name"] == "default"

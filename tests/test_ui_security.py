@@ -101,8 +101,9 @@ async def test_the_ui_is_closed_to_addresses_outside_the_allowlist(
         ui=UiSettings(accounts=True),
         ui_ip_allowlist=allowlist,
     )
-    # A forged forwarding header does not open it (no trusted proxy is configured).
-    spoofed = {"X-Forwarded-For": "10.1.2.3", "X-Real-IP": "10.1.2.3"}
+    # A forged forwarding header does not open it (no trusted proxy is configured). A
+    # browser (Accept: text/html) gets the page; without it, the JSON error (below).
+    spoofed = {"X-Forwarded-For": "10.1.2.3", "X-Real-IP": "10.1.2.3", "Accept": "text/html"}
 
     for path in ("/ui", "/ui/login", "/ui/images", "/ui/admin/users", "/ui/static/app.css"):
         response = await client.get(path, headers=spoofed, allow_redirects=False)

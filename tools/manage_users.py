@@ -5,6 +5,8 @@
     manage_users.py [--db PATH] reset USERNAME [--password-stdin]
     manage_users.py [--db PATH] disable USERNAME
     manage_users.py [--db PATH] enable USERNAME
+    manage_users.py [--db PATH] promote USERNAME
+    manage_users.py [--db PATH] demote USERNAME
     manage_users.py [--db PATH] delete USERNAME [--yes]
     manage_users.py [--db PATH] list
 
@@ -20,9 +22,12 @@ database. A password is read from a hidden prompt, asked twice, or as one line o
 with ``--password-stdin``; it is never taken from the command line, where other users
 could read it in the process list. A new password or a disable ends every session of
 that user at once; ``delete`` also removes the user's conversations and settings.
+``promote`` makes a user an admin, ``demote`` takes that away (ending their sessions).
+The last enabled admin cannot be demoted, disabled or deleted: promote another first.
 
 Exit status: 0 done; 1 the action failed (the reason is on stderr: unknown or duplicate
-user, rejected password, missing or unwritable database); 2 bad usage.
+user, rejected password, the last enabled admin, missing or unwritable database);
+2 bad usage.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from pathlib import Path
 if importlib.util.find_spec("sidecar") is None:  # a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sidecar.errors import DatabaseError, DuplicateUser, PasswordRejected
+from sidecar.errors import DatabaseError, DuplicateUser, LastAdmin, PasswordRejected
 from sidecar.users.db import LOCAL_USER, Database, User
 from sidecar.users.passwords import check_password_rules, hash_password
 
@@ -94,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         allow_abbrev=False,
-        description="Create, reset, disable, enable, list and delete gateway UI accounts.",
+        description=(
+            "Create, reset, disable, enable, promote, demote, list and delete gateway UI accounts."
+        ),
         epilog="Passwords are never taken from the command line.",
     )
     parser.add_argument("--db", type=Path, default=None, help=DB_HELP)
@@ -125,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     reset.add_argument("--password-stdin", action="store_true", help=STDIN_HELP)
     command("disable", disable_user, "refuse the user's logins and end their sessions")
     command("enable", enable_user, "let a disabled user log in again")
+    command("promote", promote_user, "make the user an admin (may manage accounts)")
+    command("demote", demote_user, "take admin away from the user and end their sessions")
     command("list", list_users, "show every account")
     delete = command("delete", delete_user, "remove the user, their conversations and settings")
     delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
@@ -182,6 +191,28 @@ def disable_user(path: Path, args: argparse.Namespace) -> None:
     print(f"disabled {user.username!r}; their sessions were ended")
 
 
+def promote_user(path: Path, args: argparse.Namespace) -> None:
+    with open_database(path) as db:
+        user = existing_user(db, args.username)
+        if user.is_admin:
+            print(f"{user.username!r} is an admin already")
+            return
+        db.update_user(user.username, is_admin=True)
+    print(f"{user.username!r} is now an admin; their sessions were ended")
+    if user.disabled:
+        print(f"{user.username!r} is still disabled: {PROG} enable {user.username}")
+
+
+def demote_user(path: Path, args: argparse.Namespace) -> None:
+    with open_database(path) as db:
+        user = existing_user(db, args.username)
+        if not user.is_admin:
+            print(f"{user.username!r} is not an admin")
+            return
+        db.update_user(user.username, is_admin=False)
+    print(f"{user.username!r} is no longer an admin; their sessions were ended")
+
+
 def enable_user(path: Path, args: argparse.Namespace) -> None:
     with open_database(path) as db:
         user = existing_user(db, args.username)
@@ -215,6 +246,8 @@ def list_users(path: Path, args: argparse.Namespace) -> None:
 def delete_user(path: Path, args: argparse.Namespace) -> None:
     with open_database(path) as db:
         user = existing_user(db, args.username)
+        if db.is_last_admin(user.username):  # before asking; the delete checks it again
+            raise LastAdmin(user.username)
         if not args.yes:
             confirm(f"Delete {user.username!r} with their conversations and settings? [y/N] ")
         db.delete_user(user.username)
@@ -246,6 +279,8 @@ def open_database(path: Path, *, create: bool = False) -> Iterator[Database]:
             os.umask(previous_umask)
     try:
         yield db
+    except LastAdmin as exc:
+        raise ToolError(f"{exc} ({PROG} promote USERNAME)") from None
     except DatabaseError as exc:
         raise ToolError(str(exc)) from None
     except sqlite3.Error as exc:

@@ -24,6 +24,7 @@ class AccessRecord:
     status: int = 0
     backend: str | None = None
     model: str | None = None
+    user: str | None = None  # the UI's user (accounts off: the shared "local" user)
     stream: bool = False
     ttft_ms: float | None = None
     bytes_out: int = 0
@@ -48,6 +49,7 @@ class AccessRecord:
             "duration_ms": round((time.perf_counter() - self.started) * 1000, 2),
             "backend": self.backend,
             "model": self.model,
+            "user": self.user,
             "stream": self.stream,
             "ttft_ms": self.ttft_ms,
             "bytes_out": self.bytes_out,

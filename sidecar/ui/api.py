@@ -19,6 +19,7 @@ from ..errors import (
     DuplicateUser,
     GatewayError,
     InvalidRequest,
+    LastAdmin,
     LoginRejected,
     LoginThrottled,
     NotFound,
@@ -29,7 +30,16 @@ from ..errors import (
 )
 from ..images.api import generate_for
 from ..music.service import generate_music, parse_music_request
-from ..typedefs import CLIENT_IP, REGISTRY, REQUEST_ID, SETTINGS, UI_SESSION, UI_STATE, UI_USER
+from ..typedefs import (
+    ACCESS,
+    CLIENT_IP,
+    REGISTRY,
+    REQUEST_ID,
+    SETTINGS,
+    UI_SESSION,
+    UI_STATE,
+    UI_USER,
+)
 from ..users.db import LOCAL_USER
 from ..wire.body import read_json_object
 from ..wire.model_name import check_model_name
@@ -248,6 +258,7 @@ async def music(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     music_request = parse_music_request(body)
     result = await generate_music(request.app[REGISTRY].current, music_request, request[REQUEST_ID])
+    request[ACCESS].backend, request[ACCESS].model = result["backend"], music_request.model
     return _json(result)
 
 
@@ -304,6 +315,22 @@ async def update_user(request: web.Request) -> web.Response:
         raise InvalidRequest(str(exc), param="password") from None
     except ReservedUser as exc:
         raise InvalidRequest(str(exc), param="username", code="reserved_user") from None
+    except LastAdmin as exc:
+        raise Conflict(str(exc), code="last_admin") from None
     if user is None:
         raise NotFound("No such user", code="user_not_found")
     return _json(user.public())
+
+
+async def delete_user(request: web.Request) -> web.Response:
+    """Remove an account with its conversations; never the last enabled admin (409)."""
+    require_admin(request)
+    try:
+        deleted = await request.app[UI_STATE].users.delete_user(request.match_info["username"])
+    except ReservedUser as exc:
+        raise InvalidRequest(str(exc), param="username", code="reserved_user") from None
+    except LastAdmin as exc:
+        raise Conflict(str(exc), code="last_admin") from None
+    if not deleted:
+        raise NotFound("No such user", code="user_not_found")
+    return web.Response(status=204)

@@ -19,7 +19,7 @@ from ..errors import GatewayError, InvalidRequest, NotFound, StorageUnavailable,
 from ..routing.call import backend_call
 from ..routing.router import resolve, upstream_body
 from ..routing.upstream import UpstreamCall
-from ..typedefs import REGISTRY, REQUEST_ID, UI_STATE, UI_USER
+from ..typedefs import ACCESS, REGISTRY, REQUEST_ID, UI_STATE, UI_USER
 from ..wire.body import read_json_object
 from ..wire.model_name import check_model_name
 from .api import requested_conversation_id
@@ -52,6 +52,7 @@ async def send_message(request: web.Request) -> web.StreamResponse:
     conversation, history, settings = loaded
     model = _model(request, body.get("model"), conversation, settings)
     route = resolve(request.app[REGISTRY].current, model, "chat")
+    request[ACCESS].backend, request[ACCESS].model = route.backend.name, model[:128]
     title = conversation["title"] or content.strip().splitlines()[0][:TITLE_CHARS]
 
     def store_question(db: Any) -> None:

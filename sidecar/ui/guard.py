@@ -1,7 +1,10 @@
 """What stands in front of every /ui request, in order.
 
 1. The client address must be in UI_IP_ALLOWLIST (Caddy checks it too; this is the
-   second line). Otherwise: a page that says how to open the UI, or a JSON 403.
+   second line). Otherwise a 403: a browser (``Accept`` names ``text/html``) asking for
+   a page gets ``templates/closed.html``, which says how to open the UI; anything else
+   (the UI API, an API client, a script) gets the JSON error ``ui_closed``. Caddy serves
+   the same file the same way, so which of the two answers looks alike.
 2. The session (when accounts are on) is loaded from its cookie; pages without one go to
    the login page, the UI API answers 401. With accounts off, everyone allowed in is the
    single local user.
@@ -18,9 +21,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+from html import escape
+from pathlib import Path
 
-import aiohttp_jinja2
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from yarl import URL
@@ -28,6 +33,7 @@ from yarl import URL
 from ..errors import Forbidden, Unauthorized
 from ..observability.client_ip import address_allowed
 from ..typedefs import (
+    ACCESS,
     CLIENT_IP,
     SETTINGS,
     TOKEN,
@@ -45,6 +51,13 @@ CSP = (
     "media-src 'self'; connect-src 'self'; object-src 'none'; frame-ancestors 'none'; "
     "base-uri 'none'; form-action 'self'"
 )
+# The closed page's own policy: its inline style, nothing else (it has no script).
+CLOSED_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
+CLOSED_PAGE = "closed.html"
+CLOSED_ADDRESS = "{{.RemoteIP}}"  # Caddy's template action; the sidecar fills it in itself
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Reachable without a session (with accounts on): logging in, and what the login page needs.
 _OPEN_PATHS = ("/ui/login", "/ui/static/", "/ui/api/auth/login", "/ui/api/auth/me")
@@ -61,11 +74,13 @@ async def ui_guard(request: web.Request, handler: Handler) -> web.StreamResponse
     settings = request.app[SETTINGS]
     api = request.path.startswith("/ui/api/")
     if not address_allowed(request[CLIENT_IP], settings.ui_ip_allowlist):
-        if api or request.path.startswith("/ui/heartmula/"):
-            raise Forbidden(
-                "The UI is not open to this address (UI_IP_ALLOWLIST)", code="ui_closed"
-            )
-        return _closed_page(request)
+        if not api and not request.path.startswith("/ui/heartmula/") and wants_page(request):
+            return await _closed_page(request)
+        raise Forbidden(
+            "The UI is not open to this address (UI_IP_ALLOWLIST)",
+            code="ui_closed",
+            headers={"Vary": "Accept"},
+        )
     if request.path.startswith("/ui/heartmula/") and "Authorization" in request.headers:
         request[TOKEN] = request.app[TOKENS].authenticate(request.headers["Authorization"])
         return await handler(request)
@@ -80,6 +95,9 @@ async def ui_guard(request: web.Request, handler: Handler) -> web.StreamResponse
             raise web.HTTPSeeOther(str(URL("/ui/login").with_query(next=request.path_qs)))
     request[UI_SESSION] = session
     request[UI_USER] = session.user if session else state.local_user
+    record = request.get(ACCESS)
+    if record is not None:  # the access log names who used the UI
+        record.user = request[UI_USER].username
     request[UI_CSRF] = session.csrf if session else state.anonymous_csrf
     if request.method in _UNSAFE:
         _check_csrf(request)
@@ -98,10 +116,30 @@ def _check_csrf(request: web.Request) -> None:
         raise Forbidden("Missing or wrong CSRF token; reload the page", code="csrf_failed")
 
 
-def _closed_page(request: web.Request) -> web.Response:
-    return aiohttp_jinja2.render_template(
-        "closed.html", request, {"client_ip": request[CLIENT_IP]}, status=403
+def wants_page(request: web.Request) -> bool:
+    """A browser navigating: GET or HEAD, and ``Accept`` names HTML (as Caddy matches it)."""
+    return request.method in ("GET", "HEAD") and "text/html" in request.headers.get("Accept", "")
+
+
+async def _closed_page(request: web.Request) -> web.Response:
+    page = await closed_page(request.app[SETTINGS].templates_dir / CLOSED_PAGE)
+    return web.Response(
+        status=403,
+        text=page.replace(CLOSED_ADDRESS, escape(request[CLIENT_IP])),
+        content_type="text/html",
+        headers={"Content-Security-Policy": CLOSED_CSP, "Vary": "Accept"},
     )
+
+
+async def closed_page(path: Path) -> str:
+    """The page's text, read once per path (off the event loop)."""
+    cached = _closed_pages.get(path)
+    if cached is None:
+        cached = _closed_pages[path] = await asyncio.to_thread(path.read_text, encoding="utf-8")
+    return cached
+
+
+_closed_pages: dict[Path, str] = {}
 
 
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:

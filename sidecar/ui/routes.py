@@ -34,3 +34,4 @@ def setup_ui_routes(app: web.Application, templates_dir: Path) -> None:
     router.add_get("/ui/api/admin/users", api.list_users, name="ui_users")
     router.add_post("/ui/api/admin/users", api.create_user, name="ui_user_new")
     router.add_patch("/ui/api/admin/users/{username}", api.update_user, name="ui_user_update")
+    router.add_delete("/ui/api/admin/users/{username}", api.delete_user, name="ui_user_delete")

@@ -4,6 +4,11 @@
 ``UserStore`` (one dedicated thread), and ``tools/manage_users.py`` uses it directly. A
 transaction is committed before a method returns, so what a caller saw stored survives a
 crash of the process.
+
+There is always an enabled admin once there has been one: demoting, disabling or
+deleting the last enabled admin is refused (``LastAdmin``) inside the same write
+transaction that would make the change, so the UI, the API and the command-line tool
+all get the rule, and two of them acting at once cannot both remove "the other" admin.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import DatabaseError, DuplicateUser, ReservedUser
+from ..errors import DatabaseError, DuplicateUser, LastAdmin, ReservedUser
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: accounts, sessions, settings, conversations, messages, login throttling
@@ -210,9 +215,17 @@ class Database:
         """
         _refuse_reserved(username)
         with self.transaction() as db:
-            row = db.execute("SELECT id FROM users WHERE username = ?", (username,)).fetchone()
+            row = db.execute(
+                "SELECT id, username, is_admin, disabled FROM users WHERE username = ?",
+                (username,),
+            ).fetchone()
             if row is None:
                 return None
+            stays_admin = (row["is_admin"] if is_admin is None else is_admin) and not (
+                row["disabled"] if disabled is None else disabled
+            )
+            if not stays_admin:
+                _refuse_last_admin(db, row)
             if password_hash is not None:
                 db.execute(
                     "UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, row["id"])
@@ -228,8 +241,24 @@ class Database:
         return self.user_by_id(row["id"])
 
     def delete_user(self, username: str) -> bool:
+        """Remove the user with their sessions, settings and conversations."""
+        _refuse_reserved(username)
         with self.transaction() as db:
-            return db.execute("DELETE FROM users WHERE username = ?", (username,)).rowcount > 0
+            row = db.execute(
+                "SELECT id, username, is_admin, disabled FROM users WHERE username = ?",
+                (username,),
+            ).fetchone()
+            if row is None:
+                return False
+            _refuse_last_admin(db, row)
+            return db.execute("DELETE FROM users WHERE id = ?", (row["id"],)).rowcount > 0
+
+    def is_last_admin(self, username: str) -> bool:
+        """Whether ``username`` is the only enabled admin (for asking before acting)."""
+        row = self._db.execute(
+            "SELECT id, username, is_admin, disabled FROM users WHERE username = ?", (username,)
+        ).fetchone()
+        return row is not None and _only_enabled_admin(self._db, row)
 
     # -- sessions -----------------------------------------------------------------------
 
@@ -422,6 +451,22 @@ class Database:
 def _refuse_reserved(username: str) -> None:
     if username.casefold() == LOCAL_USER:
         raise ReservedUser(LOCAL_USER)
+
+
+def _only_enabled_admin(db: sqlite3.Connection, row: sqlite3.Row) -> bool:
+    if not row["is_admin"] or row["disabled"]:
+        return False
+    (others,) = db.execute(
+        "SELECT count(*) FROM users WHERE is_admin = 1 AND disabled = 0 AND id != ?",
+        (row["id"],),
+    ).fetchone()
+    return int(others) == 0
+
+
+def _refuse_last_admin(db: sqlite3.Connection, row: sqlite3.Row) -> None:
+    """Inside the write transaction: the change to ``row`` must leave an enabled admin."""
+    if _only_enabled_admin(db, row):
+        raise LastAdmin(row["username"])
 
 
 def _user(row: sqlite3.Row) -> User:

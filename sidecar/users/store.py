@@ -31,7 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import DatabaseError, LoginRejected, LoginThrottled, ReservedUser, StorageUnavailable
+from ..errors import (
+    DatabaseError,
+    LastAdmin,
+    LoginRejected,
+    LoginThrottled,
+    ReservedUser,
+    StorageUnavailable,
+)
 from ..settings import LoginSettings
 from ..storage import RETRY_AFTER_S, StorageMonitor, error_kind
 from .db import LOCAL_USER, Database, User
@@ -182,12 +189,21 @@ class UserStore:
         return await self.run(lambda db: db.create_user(username, password_hash, is_admin))
 
     async def update_user(self, username: str, **changes: Any) -> User | None:
-        """Change an account; ``ReservedUser`` for the local user (it has no account)."""
+        """Change an account; ``ReservedUser`` for the local user (it has no account),
+        ``LastAdmin`` when it would leave no enabled admin (checked before any hash)."""
         _refuse_reserved(username)
+        removes_admin = changes.get("is_admin") is False or changes.get("disabled") is True
+        if removes_admin and await self.run(lambda db: db.is_last_admin(username)):
+            raise LastAdmin(username)  # early; the database checks it again, atomically
         if changes.get("password") is not None:
             changes["password_hash"] = await self.checks.hash(changes["password"])
         changes.pop("password", None)
         return await self.run(lambda db: db.update_user(username, **changes))
+
+    async def delete_user(self, username: str) -> bool:
+        """Remove an account; ``LastAdmin`` when it is the last enabled admin."""
+        _refuse_reserved(username)
+        return await self.run(lambda db: db.delete_user(username))
 
 
 def _refuse_reserved(username: str) -> None:
