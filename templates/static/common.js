@@ -199,6 +199,7 @@
         clear(listEl);
         for (const item of (body && body.data) || []) add(item, false);
         say(statusEl, listEl.children.length ? "" : "Nothing yet.");
+        listEl.dataset.loaded = "true";
       } catch (err) {
         say(statusEl, "Could not load your history: " + messageOf(err), "error");
       }

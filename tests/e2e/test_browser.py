@@ -161,6 +161,11 @@ async def test_music_playground_plays_a_wav(browser: Browser, stack: GatewayStac
         source,
     )
     assert header == {"type": "audio/wav", "magic": "RIFFWAVE"}
+    # The song is kept with its description and shown again after a reload.
+    await page.reload()
+    kept = page.locator("#music-history li", has_text="a calm piano loop").first
+    await kept.wait_for()
+    assert await kept.locator("audio").get_attribute("src") == source
     assert problems == []
 
 
@@ -177,4 +182,23 @@ async def test_images_playground_shows_an_image(browser: Browser, stack: Gateway
         " return img && img.complete && img.naturalWidth > 0; }"
     )
     assert await image.evaluate("img => img.naturalWidth") == 256
+    # Kept with its prompt: shown again after a reload, until it is deleted.
+    await page.reload()
+    kept = page.locator("#image-history figure", has_text="a red fox in the snow")
+    await kept.first.wait_for()
+    await page.wait_for_function(
+        "() => { const img = document.querySelector('#image-history img');"
+        " return img && img.complete && img.naturalWidth > 0; }"
+    )
+    count = await kept.count()
+    page.on("dialog", lambda dialog: dialog.accept())
+    await kept.first.locator("button.delete-item").click()
+    await page.wait_for_function(
+        "n => [...document.querySelectorAll('#image-history figure')]"
+        ".filter(f => f.textContent.includes('a red fox in the snow')).length === n",
+        arg=count - 1,
+    )
+    await page.reload()
+    await page.wait_for_selector("#image-history[data-loaded]", state="attached")
+    assert await kept.count() == count - 1
     assert problems == []
