@@ -224,7 +224,7 @@ async def expect_markdown(page: Page, index: int = -1) -> None:
 async def test_a_reply_renders_every_markdown_element_live_and_after_reload(
     browser: Browser, stack: GatewayStack
 ) -> None:
-    page, problems = await log_in(browser, stack, "bea", viewport={"width": 1280, "height": 860})
+    page, problems = await log_in(browser, stack, "bea", viewport={"width": 1280, "height": 1000})
     await page.context.grant_permissions(["clipboard-read", "clipboard-write"])
     # Note whether the reply was already rendered as markdown while it still streamed.
     await page.evaluate(
@@ -252,6 +252,12 @@ async def test_a_reply_renders_every_markdown_element_live_and_after_reload(
         ".some(b => b.dataset.copied === 'true')"
     )
     assert await page.evaluate("navigator.clipboard.readText()") == MARKDOWN
+    page.once("dialog", lambda dialog: dialog.accept("Release notes, rendered"))
+    await page.click("#rename-conversation")
+    await page.wait_for_function(
+        "() => document.querySelector('#conversation-title').textContent"
+        " === 'Release notes, rendered'"
+    )
     await ask(page, "Can you say that more briefly?")
     await screenshot(page, "chat-desktop")
 
@@ -261,7 +267,7 @@ async def test_a_reply_renders_every_markdown_element_live_and_after_reload(
     assert await page.locator("#messages .turn.assistant h1").count() == 1
 
     dark, dark_problems = await new_page(
-        browser, color_scheme="dark", viewport={"width": 1280, "height": 860}
+        browser, color_scheme="dark", viewport={"width": 1280, "height": 1000}
     )
     await dark.context.add_cookies(await page.context.cookies())
     await dark.goto(page.url)
