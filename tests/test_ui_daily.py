@@ -283,6 +283,11 @@ async def test_generated_images_are_kept_and_deleting_removes_the_file(
     assert store.path(name) is None  # nothing does now
     left = (await agent.json("GET", "/ui/api/history/image"))["data"]
     assert [item["prompt"] for item in left] == ["a blue owl"]
+    owl = left[0]["url"].split("?")[0].rsplit("/", 1)[-1]
+    path = store.path(owl)
+    assert path is not None
+    path.unlink()  # as the image store's pruning by age would
+    assert (await agent.json("GET", "/ui/api/history/image"))["data"] == []
     for path in (f"/ui/api/history/items/{items[2]['id']}", "/ui/api/history/items/x1"):
         gone = await agent.call("DELETE", path)
         assert gone.status == 404 and error_code(await gone.json()) == "item_not_found"
@@ -330,5 +335,19 @@ def test_an_existing_database_gains_the_new_columns_and_keeps_its_messages(
             {"id": 1, "role": "user", "content": "hi", "created_at": 0, "stopped": False}
         ]
         assert database.media(1, "image") == []
+    finally:
+        database.close()
+
+
+def test_a_users_history_is_bounded(tmp_path: Path) -> None:
+    database = Database(tmp_path / "users.sqlite3")
+    try:
+        user = database.local_user()
+        ids = [
+            database.add_media(user.id, "music", f"s{i}", f"{i}.wav", {}, keep=3) for i in range(5)
+        ]
+        database.add_media(user.id, "image", "i", "x.png", {}, keep=3)
+        assert [item["id"] for item in database.media(user.id, "music")] == ids[:1:-1]
+        assert len(database.media(user.id, "image")) == 1  # counted per kind
     finally:
         database.close()

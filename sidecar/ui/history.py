@@ -1,11 +1,13 @@
 """Generated images and songs, kept per user with their prompts.
 
 The playgrounds generate through ``ui.api``, which records each result here; the pages
-list the newest ``MAX_MEDIA_LISTED`` again after a reload. An item stores the file's
-name only: an image's link is signed afresh each time it is listed (links expire), a
-song's is the UI's audio path. Deleting an item forgets it; an image file that no other
-item of any user refers to is removed from the image store as well (a song's file lives
-on the music backend, which offers no delete, so only its reference goes).
+list the newest ``MAX_MEDIA_LISTED`` again after a reload (an image the image store has
+pruned by age is left out), and a user keeps at most ``MAX_MEDIA_KEPT`` items of a kind.
+An item stores the file's name only: an image's link is signed afresh each time it is
+listed (links expire), a song's is the UI's audio path. Deleting an item forgets it; an
+image file that no other item of any user refers to is removed from the image store as
+well (a song's file lives on the music backend, which offers no delete, so only its
+reference goes).
 """
 
 from __future__ import annotations
@@ -80,6 +82,11 @@ def _kind(request: web.Request) -> str:
 async def list_items(request: web.Request) -> web.Response:
     kind, user = _kind(request), request[UI_USER]
     rows = await request.app[UI_STATE].users.run(lambda db: db.media(user.id, kind))
+    if kind == "image":  # the image store prunes old files: list only what is still there
+        store = request.app[IMAGE_STORE]
+        rows = await asyncio.to_thread(
+            lambda: [row for row in rows if store.path(row["file"]) is not None]
+        )
     return web.json_response({"data": [_public(request, row) for row in rows]})
 
 

@@ -90,6 +90,7 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 MAX_MEDIA_LISTED = 200  # the newest items a history page shows
+MAX_MEDIA_KEPT = 500  # per user and kind; past it the oldest are forgotten
 LOCAL_USER = "local"  # owns the history when accounts are off
 
 
@@ -449,13 +450,26 @@ class Database:
     # -- generated images and songs ------------------------------------------------------
 
     def add_media(
-        self, user_id: int, kind: str, prompt: str, file: str, details: dict[str, Any]
+        self,
+        user_id: int,
+        kind: str,
+        prompt: str,
+        file: str,
+        details: dict[str, Any],
+        *,
+        keep: int = MAX_MEDIA_KEPT,
     ) -> int:
+        """Keep one generated item; past ``keep`` of this kind the user's oldest go."""
         with self.transaction() as db:
             cursor = db.execute(
                 "INSERT INTO media (user_id, kind, prompt, file, details, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (user_id, kind, prompt, file, json.dumps(details), time.time()),
+            )
+            db.execute(
+                "DELETE FROM media WHERE user_id = ? AND kind = ? AND id NOT IN"
+                " (SELECT id FROM media WHERE user_id = ? AND kind = ? ORDER BY id DESC LIMIT ?)",
+                (user_id, kind, user_id, kind, keep),
             )
         return int(cursor.lastrowid or 0)
 
