@@ -383,17 +383,20 @@
     let stopped = false;
     let text = "";
     let rendered = 0; // when the bubble was last rendered
+    let cost = 0; // how long that took: a reply that is slow to render is rendered less often
     let timer = null;
     function render() {
       timer = null;
-      rendered = Date.now();
+      const started = performance.now();
       const nearEnd = isNearEnd();
       setText(bubble, text);
       scrollToEnd(false, nearEnd);
+      cost = performance.now() - started;
+      rendered = Date.now();
     }
     function scheduleRender() {
       if (timer !== null) return;
-      const wait = Math.max(0, RENDER_MS - (Date.now() - rendered));
+      const wait = Math.max(0, Math.max(RENDER_MS, 4 * cost) - (Date.now() - rendered));
       timer = setTimeout(render, wait);
     }
     try {

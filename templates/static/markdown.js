@@ -18,6 +18,7 @@
   "use strict";
 
   const MAX_DEPTH = 12;
+  const MAX_LINK_SCAN = 1000; // a link's label or target longer than this is plain text
   const FENCE = /^ {0,3}(`{3,}|~{3,})\s*([^\s`]*)/;
   const HEADING = /^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$/;
   const RULE = /^ {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$/;
@@ -294,31 +295,32 @@
 
   // ---- inline ------------------------------------------------------------------------
 
-  /** The index just past the "]" matching the "[" at `open`, or -1. */
-  function closingBracket(source, open) {
-    let level = 0;
-    for (let k = open; k < source.length; k += 1) {
+  /**
+   * For each "[" in `source`, the index of its matching "]" (escaped brackets do not
+   * count): one pass with a stack, so many unmatched "[" cost no more than a few.
+   */
+  function bracketPairs(source) {
+    const pairs = new Map();
+    const open = [];
+    for (let k = 0; k < source.length; k += 1) {
       const c = source[k];
       if (c === "\\") k += 1;
-      else if (c === "[") level += 1;
-      else if (c === "]") {
-        level -= 1;
-        if (level === 0) return k;
-      } else if (c === "`") {
-        const close = source.indexOf("`", k + 1);
-        if (close > 0) k = close;
-      }
+      else if (c === "[") open.push(k);
+      else if (c === "]" && open.length) pairs.set(open.pop(), k);
     }
-    return -1;
+    return pairs;
   }
 
   /** [label](target "title") starting at `start`: {label, href, end} or null. */
-  function linkAt(source, start) {
-    const close = closingBracket(source, start);
-    if (close < 0 || source[close + 1] !== "(") return null;
+  function linkAt(source, start, pairs) {
+    const close = pairs.has(start) ? pairs.get(start) : -1;
+    if (close < 0 || close - start > MAX_LINK_SCAN || source[close + 1] !== "(") return null;
+    if (pairs.lastParen === undefined) pairs.lastParen = source.lastIndexOf(")");
+    if (pairs.lastParen < close) return null; // no ")" after it: not a link
     let level = 0;
     let k = close + 1;
-    for (; k < source.length; k += 1) {
+    const end = Math.min(source.length, k + MAX_LINK_SCAN);
+    for (; k < end; k += 1) {
       const c = source[k];
       if (c === "\\") k += 1;
       else if (c === "(") level += 1;
@@ -327,7 +329,7 @@
         if (level === 0) break;
       } else if (c === "\n") return null;
     }
-    if (k >= source.length) return null;
+    if (k >= end) return null;
     let target = source.slice(close + 2, k).trim();
     const titled = /^(\S+)\s+["'(].*["')]$/.exec(target);
     if (titled) target = titled[1];
@@ -338,6 +340,11 @@
   function renderInline(source, parent, depth) {
     let buffer = "";
     const missing = {}; // delimiters with no closer left: never searched for again
+    let pairs = null; // bracket pairs, found on the first "["
+    function link(at) {
+      if (pairs === null) pairs = bracketPairs(source);
+      return linkAt(source, at, pairs);
+    }
     function flush() {
       if (buffer) parent.appendChild(text(buffer));
       buffer = "";
@@ -379,35 +386,35 @@
         continue;
       }
       if (c === "!" && source[i + 1] === "[") {
-        const link = linkAt(source, i + 1);
-        if (link) {
+        const image = link(i + 1);
+        if (image) {
           // No images from markdown: a link named by the alt text, when the target is safe.
           flush();
-          const href = safeHref(link.target);
-          const label = "image: " + (link.label || link.target);
+          const href = safeHref(image.target);
+          const label = "image: " + (image.label || image.target);
           if (href) parent.appendChild(anchor(href, label));
           else parent.appendChild(text(label));
-          i = link.end;
+          i = image.end;
           continue;
         }
       }
       if (c === "[") {
-        const link = linkAt(source, i);
-        if (link) {
+        const found = link(i);
+        if (found) {
           flush();
-          const href = safeHref(link.target);
+          const href = safeHref(found.target);
           if (href) {
             const a = anchor(href, "");
-            if (depth < MAX_DEPTH) renderInline(link.label, a, depth + 1);
-            else a.textContent = link.label;
+            if (depth < MAX_DEPTH) renderInline(found.label, a, depth + 1);
+            else a.textContent = found.label;
             parent.appendChild(a);
           } else {
             // An unsafe target: keep the words, drop the link.
             const span = el("span", "unsafe-link");
-            span.textContent = link.label;
+            span.textContent = found.label;
             parent.appendChild(span);
           }
-          i = link.end;
+          i = found.end;
           continue;
         }
       }

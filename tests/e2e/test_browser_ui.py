@@ -31,7 +31,7 @@ from .browser_kit import (
     new_page,
     screenshot,
 )
-from .stack import GatewayStack
+from .stack import ROOT, GatewayStack
 
 pytestmark = pytest.mark.timeout(240)
 REPLY_DONE = (
@@ -538,3 +538,40 @@ async def test_phone_layout_keeps_the_composer_on_screen(
     await desktop.wait_for_selector("#users tbody tr[data-username='bea']")
     await screenshot(desktop, "admin")
     assert problems == [] and desktop_problems == []
+
+
+RENDERER_CORPUS = [
+    *HOSTILE,
+    "<scr<script>ipt>window.__pwned=1</script>",
+    "[a](javascript&colon;window.__pwned=1) [b](&#106;avascript:alert(1)) [c](//evil.example/x)",
+    "[nested [brackets](javascript:alert(1))](https://ok.example/)",
+    "[x](<javascript:alert(1)>) [y](  https://ok.example/ 'title')",
+    "> <img src=x onerror=window.__pwned=1>\n> > ```\n> > <script>x</script>",
+    "- <svg onload=window.__pwned=1>\n  - [z](data:text/html,<script>alert(1)</script>)",
+    "| <img src=x onerror=alert(1)> | [l](javascript:alert(1)) |\n|---|---|\n| `<b>` | **<i>** |",
+    "~~~\n<script>window.__pwned=1</script>\n~~~~~~\n<iframe srcdoc='<script>x</script>'>",
+    "`` ` `` <b>**unclosed ``` fence",
+    "[" * 3000 + "](javascript:alert(1))" + "*_`~" * 500,
+    ">" * 500 + " deep",
+    "\n".join(" " * i + "- x <img src=x onerror=alert(1)>" for i in range(0, 200, 2)),
+]
+
+
+async def test_the_renderer_keeps_a_hostile_corpus_inert(browser: Browser) -> None:
+    """markdown.js alone, on inputs meant to break out: only safe nodes come out."""
+    page, problems = await new_page(browser)
+    await page.set_content("<!doctype html><title>clean</title><div id='messages'></div>")
+    await page.add_script_tag(path=str(ROOT / "templates" / "static" / "markdown.js"))
+    for source in RENDERER_CORPUS:
+        await page.evaluate(
+            """s => { const root = document.querySelector('#messages');
+                      root.replaceChildren(Markdown.render(s)); }""",
+            source,
+        )
+        bad = await page.evaluate(
+            HOSTILE_DOM_CHECK.replace("!/^https?:/.test(node.href)", "!/^https:/.test(node.href)")
+        )
+        assert bad == [], (source[:80], bad)
+        assert await page.evaluate("window.__pwned") is None
+        assert await page.title() == "clean"
+    assert problems == []
