@@ -13,6 +13,8 @@
  * - raw HTML is text; an unterminated fence runs to the end (as it streams in);
  * - nesting (quotes, lists, emphasis) is capped at MAX_DEPTH so hostile input cannot
  *   exhaust the stack.
+ * Code in a few common languages is highlighted here, locally: comments, strings,
+ * numbers and keywords become <span class="tok-..."> around text nodes.
  */
 (function () {
   "use strict";
@@ -27,6 +29,69 @@
   const TABLE_RULE = /^[ \t]*\|?[ \t]*:?-+:?[ \t]*(\|[ \t]*:?-+:?[ \t]*)*\|?[ \t]*$/;
   const LANGUAGE = /^[A-Za-z0-9_+#.-]{1,32}$/;
   const AUTOLINK = /^https?:\/\/[^\s<>"'`]+[^\s<>"'`.,;:!?)\]}]/;
+
+  const C_LIKE = "break case catch class const continue default do else enum extends false"
+    + " finally for function if import in instanceof let new null return static struct super"
+    + " switch this throw true try typeof var void while yield async await export from";
+  const KEYWORDS = {
+    python: "and as assert async await break class continue def del elif else except False"
+      + " finally for from global if import in is lambda None nonlocal not or pass raise"
+      + " return True try while with yield self",
+    js: C_LIKE + " undefined of",
+    ts: C_LIKE + " undefined of interface type implements readonly private public",
+    go: C_LIKE + " chan defer func go map package range select nil",
+    rust: C_LIKE + " fn impl let mut pub use mod match loop trait where crate Self self",
+    c: C_LIKE + " int char long short unsigned double float sizeof typedef include define",
+    sh: "if then else elif fi for while do done case esac function in return export local"
+      + " echo exit set unset",
+    json: "true false null",
+    yaml: "true false null yes no",
+    sql: "select from where insert into values update set delete create table and or not"
+      + " null join on group by order limit as",
+  };
+  const ALIASES = {
+    py: "python", python3: "python", javascript: "js", node: "js", typescript: "ts",
+    golang: "go", rs: "rust", cpp: "c", "c++": "c", java: "c", csharp: "c", cs: "c",
+    bash: "sh", shell: "sh", zsh: "sh", console: "sh", yml: "yaml",
+  };
+  const HASH_COMMENTS = new Set(["python", "sh", "yaml"]);
+  const MAX_HIGHLIGHT = 20000; // longer code is shown plain
+
+  /** Code as text nodes, with known tokens wrapped in spans (never parsed as HTML). */
+  function highlight(code, language) {
+    const name = ALIASES[language.toLowerCase()] || language.toLowerCase();
+    const fragment = document.createDocumentFragment();
+    if (!KEYWORDS[name] || code.length > MAX_HIGHLIGHT) {
+      fragment.appendChild(text(code));
+      return fragment;
+    }
+    const words = new Set(KEYWORDS[name].split(" "));
+    const caseless = name === "sql";
+    const comment = HASH_COMMENTS.has(name) ? "#[^\\n]*" : name === "sql" ? "--[^\\n]*" : "//[^\\n]*|/\\*[\\s\\S]*?(?:\\*/|$)";
+    const token = new RegExp(
+      "(" + comment + ")|(\"(?:[^\"\\\\\\n]|\\\\.)*\"?|'(?:[^'\\\\\\n]|\\\\.)*'?|`[^`]*`?)"
+        + "|(\\b\\d[\\d_.xXa-fA-F]*\\b)|([A-Za-z_][A-Za-z0-9_]*)",
+      "g"
+    );
+    let last = 0;
+    let match;
+    while ((match = token.exec(code)) !== null) {
+      if (match[0] === "") {
+        token.lastIndex += 1;
+        continue;
+      }
+      let kind = match[1] ? "comment" : match[2] ? "string" : match[3] ? "number" : "";
+      if (match[4] && words.has(caseless ? match[4].toLowerCase() : match[4])) kind = "keyword";
+      if (!kind) continue;
+      if (match.index > last) fragment.appendChild(text(code.slice(last, match.index)));
+      const span = el("span", "tok-" + kind);
+      span.textContent = match[0];
+      fragment.appendChild(span);
+      last = match.index + match[0].length;
+    }
+    if (last < code.length) fragment.appendChild(text(code.slice(last)));
+    return fragment;
+  }
 
   function el(tag, className) {
     const node = document.createElement(tag);
@@ -157,7 +222,7 @@
     head.appendChild(copy);
     const pre = el("pre");
     const code = el("code", language ? "language-" + language : "");
-    code.textContent = body.join("\n");
+    code.appendChild(highlight(body.join("\n"), language));
     pre.appendChild(code);
     block.appendChild(head);
     block.appendChild(pre);

@@ -218,6 +218,7 @@ async def expect_markdown(page: Page, index: int = -1) -> None:
     block = reply.locator(".code-block")
     assert await block.locator(".code-lang").text_content() == "python"
     assert await block.locator("pre code").text_content() == 'print("hello <world>")'
+    assert await block.locator("pre code .tok-string").text_content() == '"hello <world>"'
     assert await block.locator("button.copy-code").count() == 1
 
 
