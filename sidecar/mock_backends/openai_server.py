@@ -1,6 +1,8 @@
 """An OpenAI-compatible fake model server with deterministic answers.
 
-Chat replies echo the last user message; streams come in ``chunks`` pieces; a tool call
+Chat replies echo the last user message (one that starts with ``mock-reply:`` is answered
+with the rest of it, verbatim, so a test can choose the reply); streams come in
+``chunks`` pieces; a tool call
 is made when tools are offered and ``tool_choice`` asks for one (``required`` or a named
 function) or the last user message names an offered tool; embeddings are derived from a
 hash of the input. Every request body it receives is kept in ``app[RECEIVED]`` so tests
@@ -299,11 +301,17 @@ def _last_text(messages: list[Any], role: str) -> str:
     return ""
 
 
+REPLY_VERBATIM = "mock-reply:"
+
+
 def _reply_text(messages: list[Any]) -> str:
     last = messages[-1] if messages else {}
     if isinstance(last, dict) and last.get("role") == "tool":
         return f"The tool returned: {last.get('content')}"
-    return f"Mock reply to: {_last_text(messages, 'user')}"
+    asked = _last_text(messages, "user")
+    if asked.startswith(REPLY_VERBATIM):
+        return asked[len(REPLY_VERBATIM) :].lstrip(" \n")
+    return f"Mock reply to: {asked}"
 
 
 def _tool_call_for(body: dict[str, Any], messages: list[Any]) -> dict[str, Any] | None:

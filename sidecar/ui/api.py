@@ -43,6 +43,7 @@ from ..typedefs import (
 from ..users.db import LOCAL_USER
 from ..wire.body import read_json_object
 from ..wire.model_name import check_model_name
+from . import history
 from .guard import SESSION_COOKIE
 from .pages import require_admin
 
@@ -251,6 +252,11 @@ async def images(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     payload = {key: body[key] for key in ("prompt", "size", "n", "model") if key in body}
     answer, headers = await generate_for(request, {**payload, "response_format": "url"})
+    names = [history.image_name(item["url"]) for item in answer["data"]]
+    details = {"size": payload.get("size")}
+    answer["history"] = await history.record(
+        request, "image", str(payload["prompt"]), [(n, details) for n in names if n]
+    )
     return web.json_response(answer, headers=headers)
 
 
@@ -259,6 +265,10 @@ async def music(request: web.Request) -> web.Response:
     music_request = parse_music_request(body)
     result = await generate_music(request.app[REGISTRY].current, music_request, request[REQUEST_ID])
     request[ACCESS].backend, request[ACCESS].model = result["backend"], music_request.model
+    name = str(result["audio_url"]).rsplit("/", 1)[-1]
+    prompt = str(music_request.fields.get("prompt") or music_request.fields.get("tags") or "")
+    details = {"duration": result.get("duration"), "tags": music_request.fields.get("tags")}
+    result["history"] = await history.record(request, "music", prompt, [(name, details)])
     return _json(result)
 
 

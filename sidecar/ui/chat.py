@@ -2,8 +2,16 @@
 
 The user's message is committed before the model is asked, and the assistant's reply
 when the stream ends — also when the model fails part-way or the browser goes away, so
-what was shown is what is kept. The reply is streamed to the browser as small JSON
-events (``delta``, then ``done`` or ``error``); the browser renders it as text.
+what was shown is what is kept. A reply whose browser went away (the Stop button aborts
+the request) is kept marked ``stopped``; the handler's cancellation closes the upstream
+call and frees its admission slot (``backend_call``). The reply is streamed to the
+browser as small JSON events (``delta``, then ``done`` or ``error``); the browser renders
+its markdown into DOM nodes, never as HTML. The stored user message's id comes in the
+``X-User-Message-Id`` header.
+
+``regenerate: true`` asks again from the last user message (later messages are
+dropped); ``edit: <id>`` replaces that user message with ``content`` and drops every
+later message.
 """
 
 from __future__ import annotations
@@ -33,8 +41,16 @@ TITLE_CHARS = 60
 async def send_message(request: web.Request) -> web.StreamResponse:
     conversation_id, user = requested_conversation_id(request), request[UI_USER]
     body = await read_json_object(request)
+    regenerate = body.get("regenerate", False)
+    edit = body.get("edit")
+    if not isinstance(regenerate, bool):
+        raise InvalidRequest("'regenerate' must be true or false", param="regenerate")
+    if edit is not None and (isinstance(edit, bool) or not isinstance(edit, int)):
+        raise InvalidRequest("'edit' must be the id of a message you sent", param="edit")
     content = body.get("content")
-    if not isinstance(content, str) or not content.strip() or len(content) > MAX_MESSAGE:
+    if not regenerate and (
+        not isinstance(content, str) or not content.strip() or len(content) > MAX_MESSAGE
+    ):
         raise InvalidRequest(
             f"'content' must be text of 1 to {MAX_MESSAGE} characters", param="content"
         )
@@ -50,16 +66,24 @@ async def send_message(request: web.Request) -> web.StreamResponse:
     if loaded is None:
         raise NotFound("No such conversation", code="conversation_not_found")
     conversation, history, settings = loaded
+    history, content, cut_from = _rewind(history, content, regenerate, edit)
     model = _model(request, body.get("model"), conversation, settings)
     route = resolve(request.app[REGISTRY].current, model, "chat")
     request[ACCESS].backend, request[ACCESS].model = route.backend.name, model[:128]
     title = conversation["title"] or content.strip().splitlines()[0][:TITLE_CHARS]
 
-    def store_question(db: Any) -> None:
-        db.add_message(conversation_id, "user", content)
+    def store_question(db: Any) -> int:
+        if cut_from is not None:
+            db.truncate_messages(conversation_id, cut_from)
+        message_id = (
+            history[-1]["id"] if regenerate else db.add_message(conversation_id, "user", content)
+        )
         db.update_conversation(user.id, conversation_id, {"title": title, "model": model})
+        return int(message_id)
 
-    await users.run(store_question)
+    question_id = await users.run(store_question)
+    if regenerate:
+        history = history[:-1]  # the question itself is sent as the last message
     messages = _messages(settings, history, content)
     payload: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
     if settings.get("temperature") is not None:
@@ -71,7 +95,30 @@ async def send_message(request: web.Request) -> web.StreamResponse:
         upstream_body(payload, route),
         request[REQUEST_ID],
     ) as call:
-        return await _relay(request, call, conversation_id, title)
+        return await _relay(request, call, conversation_id, title, question_id)
+
+
+def _rewind(
+    history: list[dict[str, Any]], content: Any, regenerate: bool, edit: int | None
+) -> tuple[list[dict[str, Any]], str, int | None]:
+    """The history the reply builds on, the question, and the first message id to drop.
+
+    Regenerating keeps the last user message (its reply and anything after go); editing
+    drops the edited message and everything after it.
+    """
+    if regenerate:
+        asked = [m for m in history if m["role"] == "user"]
+        if not asked:
+            raise InvalidRequest("There is no message to answer again", param="regenerate")
+        last = asked[-1]
+        kept = [m for m in history if m["id"] <= last["id"]]
+        return kept, str(last["content"]), last["id"] + 1
+    if edit is not None:
+        edited = next((m for m in history if m["id"] == edit and m["role"] == "user"), None)
+        if edited is None:
+            raise NotFound("No such message of yours here", code="message_not_found")
+        return [m for m in history if m["id"] < edit], str(content), edit
+    return history, str(content), None
 
 
 def _model(
@@ -100,10 +147,14 @@ def _messages(
 
 
 async def _relay(
-    request: web.Request, call: UpstreamCall, conversation_id: int, title: str
+    request: web.Request, call: UpstreamCall, conversation_id: int, title: str, question_id: int
 ) -> web.StreamResponse:
     response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+        headers={
+            "Content-Type": "text/event-stream; charset=utf-8",
+            "Cache-Control": "no-cache",
+            "X-User-Message-Id": str(question_id),
+        }
     )
     await response.prepare(request)
     parts: list[str] = []
@@ -132,16 +183,20 @@ async def _relay(
         await response.write(_frame({"type": "done", "message_id": message_id, "title": title}))
         return response
     finally:
-        if saved is None and parts:  # the browser went away mid-reply: keep what it saw
-            _save(request, conversation_id, parts)
+        if saved is None and parts:  # the browser went away (or stopped): keep what it saw
+            _save(request, conversation_id, parts, stopped=True)
 
 
-def _save(request: web.Request, conversation_id: int, parts: list[str]) -> asyncio.Future[int]:
+def _save(
+    request: web.Request, conversation_id: int, parts: list[str], *, stopped: bool = False
+) -> asyncio.Future[int]:
     """Store the reply on the database thread; it completes even if this task is cancelled."""
     state = request.app[UI_STATE]
     text = "".join(parts)
     task = asyncio.ensure_future(
-        state.users.run(lambda db: db.add_message(conversation_id, "assistant", text))
+        state.users.run(
+            lambda db: db.add_message(conversation_id, "assistant", text, stopped=stopped)
+        )
     )
     state.pending.add(task)
     task.add_done_callback(state.pending.discard)

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..errors import Forbidden
+from ..routing.registry import Backend
 from ..typedefs import REGISTRY, SETTINGS, UI_CSRF, UI_SESSION, UI_STATE, UI_USER
 
 IMAGE_SIZES = ("256x256", "512x512", "768x768", "1024x1024")
@@ -29,14 +30,24 @@ def _public(user: Any) -> dict[str, Any]:
     return {"username": user.username, "is_admin": user.is_admin}
 
 
-def chat_models(request: web.Request) -> list[str]:
+def model_choices(request: web.Request) -> list[dict[str, Any]]:
+    """The models the chat picker offers: chat-capable only (an alias when its target is),
+    each with whether its backend is up now (a down one is shown greyed out)."""
     registry = request.app[REGISTRY].current
-    models = list(registry.config.aliases)
+    choices: dict[str, Backend] = {}
+    for name, alias in registry.config.aliases.items():
+        backend = registry.backends.get(alias.backend)
+        if backend is not None and backend.supports(alias.model, "chat"):
+            choices[name] = backend
     for backend in registry.backends.values():
         for model_id in backend.model_ids:
-            if backend.supports(model_id, "chat") and model_id not in models:
-                models.append(model_id)
-    return models
+            if backend.supports(model_id, "chat") and model_id not in choices:
+                choices[model_id] = backend
+    return [{"id": name, "available": backend.health.routable} for name, backend in choices.items()]
+
+
+def chat_models(request: web.Request) -> list[str]:
+    return [choice["id"] for choice in model_choices(request)]
 
 
 async def chat(request: web.Request) -> web.Response:
@@ -44,7 +55,7 @@ async def chat(request: web.Request) -> web.Response:
     settings = await request.app[UI_STATE].users.run(lambda db: db.settings(user.id))
     context = {
         **base_context(request, "ui_chat"),
-        "models": chat_models(request),
+        "models": model_choices(request),
         "settings": settings,
     }
     return aiohttp_jinja2.render_template("chat.html", request, context)
@@ -67,6 +78,12 @@ async def images(request: web.Request) -> web.Response:
 
 async def music(request: web.Request) -> web.Response:
     return aiohttp_jinja2.render_template("music.html", request, base_context(request, "ui_music"))
+
+
+async def status(request: web.Request) -> web.Response:
+    return aiohttp_jinja2.render_template(
+        "status.html", request, base_context(request, "ui_status")
+    )
 
 
 async def admin(request: web.Request) -> web.Response:

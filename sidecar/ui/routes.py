@@ -6,7 +6,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import api, chat, pages
+from . import api, chat, history, pages, status
 
 
 def setup_ui_routes(app: web.Application, templates_dir: Path) -> None:
@@ -35,3 +35,10 @@ def setup_ui_routes(app: web.Application, templates_dir: Path) -> None:
     router.add_post("/ui/api/admin/users", api.create_user, name="ui_user_new")
     router.add_patch("/ui/api/admin/users/{username}", api.update_user, name="ui_user_update")
     router.add_delete("/ui/api/admin/users/{username}", api.delete_user, name="ui_user_delete")
+    router.add_get("/ui/status", pages.status, name="ui_status")
+    router.add_get("/ui/api/status", status.status, name="ui_status_api")
+    router.add_get("/ui/api/models", status.models, name="ui_models")
+    router.add_get("/ui/api/history/{kind}", history.list_items, name="ui_history")
+    router.add_delete(
+        "/ui/api/history/items/{item_id}", history.delete_item, name="ui_history_delete"
+    )

@@ -13,6 +13,7 @@ all get the rule, and two of them acting at once cannot both remove "the other" 
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -77,7 +78,24 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE login_failures ADD COLUMN last_failure_at REAL NOT NULL DEFAULT 0;
     CREATE INDEX login_failures_age ON login_failures(last_failure_at);
     """,
+    # 3: a reply cut short by its reader is marked; generated images and songs are kept
+    """
+    ALTER TABLE messages ADD COLUMN stopped INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE media (
+        id INTEGER PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL,
+        prompt TEXT NOT NULL,
+        file TEXT NOT NULL,
+        details TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX media_user ON media(user_id, kind, id);
+    CREATE INDEX media_file ON media(file);
+    """,
 )
+MAX_MEDIA_LISTED = 200  # the newest items a history page shows
+MAX_MEDIA_KEPT = 500  # per user and kind; past it the oldest are forgotten
 LOCAL_USER = "local"  # owns the history when accounts are off
 
 
@@ -428,24 +446,84 @@ class Database:
 
     def messages(self, conversation_id: int) -> list[dict[str, Any]]:
         rows = self._db.execute(
-            "SELECT id, role, content, created_at FROM messages WHERE conversation_id = ?"
-            " ORDER BY id",
+            "SELECT id, role, content, created_at, stopped FROM messages"
+            " WHERE conversation_id = ? ORDER BY id",
             (conversation_id,),
         )
-        return [dict(row) for row in rows]
+        return [{**dict(row), "stopped": bool(row["stopped"])} for row in rows]
 
-    def add_message(self, conversation_id: int, role: str, content: str) -> int:
+    def truncate_messages(self, conversation_id: int, from_id: int) -> int:
+        """Delete the message ``from_id`` and every later one (edit, regenerate)."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "DELETE FROM messages WHERE conversation_id = ? AND id >= ?",
+                (conversation_id, from_id),
+            )
+            return cursor.rowcount
+
+    def add_message(
+        self, conversation_id: int, role: str, content: str, *, stopped: bool = False
+    ) -> int:
         now = time.time()
         with self.transaction() as db:
             cursor = db.execute(
-                "INSERT INTO messages (conversation_id, role, content, created_at)"
-                " VALUES (?, ?, ?, ?)",
-                (conversation_id, role, content, now),
+                "INSERT INTO messages (conversation_id, role, content, created_at, stopped)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (conversation_id, role, content, now, int(stopped)),
             )
             db.execute(
                 "UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conversation_id)
             )
         return int(cursor.lastrowid or 0)
+
+    # -- generated images and songs ------------------------------------------------------
+
+    def add_media(
+        self,
+        user_id: int,
+        kind: str,
+        prompt: str,
+        file: str,
+        details: dict[str, Any],
+        *,
+        keep: int = MAX_MEDIA_KEPT,
+    ) -> int:
+        """Keep one generated item; past ``keep`` of this kind the user's oldest go."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO media (user_id, kind, prompt, file, details, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (user_id, kind, prompt, file, json.dumps(details), time.time()),
+            )
+            db.execute(
+                "DELETE FROM media WHERE user_id = ? AND kind = ? AND id NOT IN"
+                " (SELECT id FROM media WHERE user_id = ? AND kind = ? ORDER BY id DESC LIMIT ?)",
+                (user_id, kind, user_id, kind, keep),
+            )
+        return int(cursor.lastrowid or 0)
+
+    def media(self, user_id: int, kind: str, limit: int = MAX_MEDIA_LISTED) -> list[dict[str, Any]]:
+        """The user's newest items of one kind, newest first."""
+        rows = self._db.execute(
+            "SELECT id, kind, prompt, file, details, created_at FROM media"
+            " WHERE user_id = ? AND kind = ? ORDER BY id DESC LIMIT ?",
+            (user_id, kind, limit),
+        )
+        return [{**dict(row), "details": json.loads(row["details"])} for row in rows]
+
+    def delete_media(self, user_id: int, media_id: int) -> tuple[str, str, bool] | None:
+        """Forget one item: its kind, its file and whether any item still refers to it."""
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT kind, file FROM media WHERE id = ? AND user_id = ?", (media_id, user_id)
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute("DELETE FROM media WHERE id = ?", (media_id,))
+            (left,) = db.execute(
+                "SELECT count(*) FROM media WHERE file = ? AND kind = ?", (row["file"], row["kind"])
+            ).fetchone()
+        return row["kind"], row["file"], left > 0
 
 
 def _refuse_reserved(username: str) -> None:

@@ -167,7 +167,48 @@
     });
   }
 
+  /**
+   * A playground's history of generated items (kind "image" or "music"): listed from
+   * the server, each drawn by render(item) with a Delete button that forgets it.
+   */
+  function history(kind, listEl, statusEl, render) {
+    function add(item, first) {
+      const remove = el("button", { type: "button", className: "button-quiet button-small button-danger delete-item" }, "Delete");
+      const node = render(item, remove);
+      node.dataset.itemId = String(item.id);
+      node.classList.add("history-item");
+      remove.addEventListener("click", async function () {
+        if (!window.confirm("Delete this from your history? Its file goes too when nothing else uses it.")) return;
+        remove.disabled = true;
+        try {
+          await fetchJSON("/ui/api/history/items/" + encodeURIComponent(item.id), { method: "DELETE" });
+          node.remove();
+          say(statusEl, listEl.children.length ? "" : "Nothing yet.");
+        } catch (err) {
+          remove.disabled = false;
+          say(statusEl, "Could not delete: " + messageOf(err), "error");
+        }
+      });
+      if (first) listEl.prepend(node);
+      else listEl.appendChild(node);
+      say(statusEl, "");
+    }
+    async function load() {
+      try {
+        const body = await fetchJSON("/ui/api/history/" + kind);
+        clear(listEl);
+        for (const item of (body && body.data) || []) add(item, false);
+        say(statusEl, listEl.children.length ? "" : "Nothing yet.");
+        listEl.dataset.loaded = "true";
+      } catch (err) {
+        say(statusEl, "Could not load your history: " + messageOf(err), "error");
+      }
+    }
+    return { add: add, load: load };
+  }
+
   window.Gateway = {
+    history: history,
     ApiError: ApiError,
     clear: clear,
     csrfToken: csrfToken,

@@ -10,6 +10,13 @@
   const statusEl = document.getElementById("image-status");
   const errorEl = document.getElementById("image-error");
   const results = document.getElementById("image-results");
+  const kept = G.history("image", document.getElementById("image-history"),
+    document.getElementById("image-history-status"), function (item, remove) {
+      const src = G.safeUrl(item.url) || "";
+      const img = G.el("img", { src: src, alt: item.prompt, loading: "lazy", decoding: "async" });
+      const caption = G.el("figcaption", null, G.el("span", { className: "history-prompt" }, item.prompt));
+      return G.el("figure", { className: "image-card" }, img, caption, G.el("div", { className: "actions" }, remove));
+    });
 
   /** The image's address: a URL from the server, or inline base64 if that is what came. */
   function sourceOf(item) {
@@ -56,6 +63,7 @@
       sources.forEach(function (src, i) {
         results.appendChild(figure(src, prompt, i, sources.length));
       });
+      for (const item of (body && body.history) || []) kept.add(item, true);
       statusEl.textContent = sources.length
         ? "Done: " + (sources.length === 1 ? "1 image." : sources.length + " images.")
         : "The backend returned no images.";
@@ -66,4 +74,5 @@
       button.disabled = false;
     }
   });
+  kept.load();
 })();

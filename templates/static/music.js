@@ -11,6 +11,16 @@
   const statusEl = document.getElementById("music-status");
   const errorEl = document.getElementById("music-error");
   const result = document.getElementById("music-result");
+  const kept = G.history("music", document.getElementById("music-history"),
+    document.getElementById("music-history-status"), function (item, remove) {
+      const src = G.safeUrl(item.url) || "";
+      const audio = G.el("audio", { controls: true, preload: "none", src: src });
+      const seconds = item.details && item.details.duration ? " · " + item.details.duration + " s" : "";
+      return G.el("li", { className: "card stack" },
+        G.el("p", null, G.el("span", { className: "history-prompt" }, item.prompt || "(no description)"), seconds),
+        audio,
+        G.el("div", { className: "actions" }, G.el("a", { href: src, download: fileNameOf(src), className: "button-link" }, "Download"), remove));
+    });
 
   function fileNameOf(src) {
     const last = new URL(src, location.href).pathname.split("/").pop();
@@ -51,6 +61,7 @@
       const src = G.safeUrl(body && body.audio_url);
       if (!src) throw new Error("The gateway answered without a song to play.");
       showSong(src, body.duration);
+      for (const item of body.history || []) kept.add(item, true);
       statusEl.textContent = "Your song is ready.";
     } catch (err) {
       statusEl.textContent = "";
@@ -59,4 +70,5 @@
       button.disabled = false;
     }
   });
+  kept.load();
 })();

@@ -1,11 +1,12 @@
 """The UI in a real headless Chromium, through real Caddy, with user accounts on.
 
-Playwright drives Debian's Chromium (``executable_path``; no browser download).
+Playwright drives Debian's Chromium (``executable_path``; no browser download). The fake
+model server streams a chunk every 200 ms: with the 20 ms of ``gateway up``'s own fake,
+chunks arrived together on a loaded machine and a reply seemed to appear all at once.
 """
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -16,20 +17,10 @@ from sidecar.users.db import Database
 from sidecar.users.passwords import hash_password
 
 from ..conftest import TOKEN
+from .browser_kit import CHROMIUM, CHROMIUM_ARGS, PASSWORD, MockProcess
 from .stack import ROOT, GatewayStack
 
 pytestmark = pytest.mark.timeout(180)
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
-PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture(scope="module")
@@ -38,16 +29,21 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayStack]:
     database = Database(data_dir / "users.sqlite3")
     database.create_user("alice", hash_password(PASSWORD))
     database.close()
-    gateway = GatewayStack(
-        data_dir,
-        (ROOT / "gateway.yaml").read_text(),
-        TOKEN,
-        USER_AUTH_ENABLED="true",
-    ).start()
+    model = MockProcess(chunk_delay_ms=200, chunks=4).start()
     try:
-        yield gateway
+        gateway = GatewayStack(
+            data_dir,
+            (ROOT / "gateway.yaml").read_text(),
+            TOKEN,
+            USER_AUTH_ENABLED="true",
+            MOCK_BACKEND_URL=model.url,
+        ).start()
+        try:
+            yield gateway
+        finally:
+            gateway.stop()
     finally:
-        gateway.stop()
+        model.stop()
 
 
 @pytest.fixture
@@ -165,6 +161,11 @@ async def test_music_playground_plays_a_wav(browser: Browser, stack: GatewayStac
         source,
     )
     assert header == {"type": "audio/wav", "magic": "RIFFWAVE"}
+    # The song is kept with its description and shown again after a reload.
+    await page.reload()
+    kept = page.locator("#music-history li", has_text="a calm piano loop").first
+    await kept.wait_for()
+    assert await kept.locator("audio").get_attribute("src") == source
     assert problems == []
 
 
@@ -181,4 +182,23 @@ async def test_images_playground_shows_an_image(browser: Browser, stack: Gateway
         " return img && img.complete && img.naturalWidth > 0; }"
     )
     assert await image.evaluate("img => img.naturalWidth") == 256
+    # Kept with its prompt: shown again after a reload, until it is deleted.
+    await page.reload()
+    kept = page.locator("#image-history figure", has_text="a red fox in the snow")
+    await kept.first.wait_for()
+    await page.wait_for_function(
+        "() => { const img = document.querySelector('#image-history img');"
+        " return img && img.complete && img.naturalWidth > 0; }"
+    )
+    count = await kept.count()
+    page.on("dialog", lambda dialog: dialog.accept())
+    await kept.first.locator("button.delete-item").click()
+    await page.wait_for_function(
+        "n => [...document.querySelectorAll('#image-history figure')]"
+        ".filter(f => f.textContent.includes('a red fox in the snow')).length === n",
+        arg=count - 1,
+    )
+    await page.reload()
+    await page.wait_for_selector("#image-history[data-loaded]", state="attached")
+    assert await kept.count() == count - 1
     assert problems == []
