@@ -19,7 +19,8 @@ from ..errors import GatewayError, InvalidRequest, NotFound, StorageUnavailable,
 from ..routing.call import backend_call
 from ..routing.router import resolve, upstream_body
 from ..routing.upstream import UpstreamCall
-from ..typedefs import REGISTRY, REQUEST_ID, UI_STATE, UI_USER
+from ..typedefs import ACCESS, REGISTRY, REQUEST_ID, UI_STATE, UI_USER
+from ..usage import tokens
 from ..wire.body import read_json_object
 from ..wire.model_name import check_model_name
 from .api import requested_conversation_id
@@ -52,6 +53,9 @@ async def send_message(request: web.Request) -> web.StreamResponse:
     conversation, history, settings = loaded
     model = _model(request, body.get("model"), conversation, settings)
     route = resolve(request.app[REGISTRY].current, model, "chat")
+    record = request[ACCESS]  # the usage ledger's row: this user, this model
+    record.ui_user, record.model, record.backend = user.username, model[:128], route.backend.name
+    record.stream = True
     title = conversation["title"] or content.strip().splitlines()[0][:TITLE_CHARS]
 
     def store_question(db: Any) -> None:
@@ -60,7 +64,12 @@ async def send_message(request: web.Request) -> web.StreamResponse:
 
     await users.run(store_question)
     messages = _messages(settings, history, content)
-    payload: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
+    payload: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     if settings.get("temperature") is not None:
         payload["temperature"] = settings["temperature"]
     async with backend_call(
@@ -70,7 +79,7 @@ async def send_message(request: web.Request) -> web.StreamResponse:
         upstream_body(payload, route),
         request[REQUEST_ID],
     ) as call:
-        return await _relay(request, call, conversation_id, title)
+        return await _relay(request, call, conversation_id, title, payload)
 
 
 def _model(
@@ -99,7 +108,11 @@ def _messages(
 
 
 async def _relay(
-    request: web.Request, call: UpstreamCall, conversation_id: int, title: str
+    request: web.Request,
+    call: UpstreamCall,
+    conversation_id: int,
+    title: str,
+    payload: dict[str, Any],
 ) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
@@ -107,6 +120,8 @@ async def _relay(
     await response.prepare(request)
     parts: list[str] = []
     saved: asyncio.Future[int] | None = None
+    record = request[ACCESS]
+    counted = False
     try:
         try:
             async for event in call.events():
@@ -115,10 +130,17 @@ async def _relay(
                 text = _delta(event)
                 if text:
                     parts.append(text)
+                    record.first_token()
                     await response.write(_frame({"type": "delta", "content": text}))
+                elif b'"usage"' in event and not counted:
+                    _, found, _ = tokens.tail_usage(event, False)
+                    if found is not None:
+                        record.prompt_tokens, record.completion_tokens = found
+                        counted = True
             else:
                 raise UpstreamError("the model ended its reply early")
         except GatewayError as exc:
+            record.stream_failed = True
             saved = _save(request, conversation_id, parts) if parts else _nothing()
             await response.write(_frame({"type": "error", "message": exc.message}))
             return response
@@ -133,6 +155,10 @@ async def _relay(
     finally:
         if saved is None and parts:  # the browser went away mid-reply: keep what it saw
             _save(request, conversation_id, parts)
+        if not counted:  # the backend reported no usage: estimate it
+            record.prompt_tokens = tokens.estimate(tokens.prompt_chars(payload))
+            record.completion_tokens = tokens.estimate(sum(len(part) for part in parts))
+            record.usage_estimated = True
 
 
 def _save(request: web.Request, conversation_id: int, parts: list[str]) -> asyncio.Future[int]:

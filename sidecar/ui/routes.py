@@ -6,7 +6,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import api, chat, pages
+from . import api, chat, pages, usage
 
 
 def setup_ui_routes(app: web.Application, templates_dir: Path) -> None:
@@ -34,3 +34,5 @@ def setup_ui_routes(app: web.Application, templates_dir: Path) -> None:
     router.add_get("/ui/api/admin/users", api.list_users, name="ui_users")
     router.add_post("/ui/api/admin/users", api.create_user, name="ui_user_new")
     router.add_patch("/ui/api/admin/users/{username}", api.update_user, name="ui_user_update")
+    router.add_get("/ui/usage", usage.page, name="ui_usage")
+    router.add_get("/ui/api/usage", usage.totals, name="ui_usage_api")
