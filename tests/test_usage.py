@@ -402,6 +402,8 @@ async def test_group_by_combinations_add_up(stack: tuple[TestClient, Any], tmp_p
         ("since=2026-01-01&since=2026-01-02", "since"),
         ("limit=5", "limit"),
         ("since=%EF%BC%92026-01-01", "since"),
+        ("until=0001-01-05", "until"),
+        ("since=0000-01-01", "since"),
     ],
 )
 async def test_bad_parameters_are_a_400_envelope(

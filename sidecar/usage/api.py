@@ -51,7 +51,10 @@ def parse_query(query: MultiMapping[str], allowed: frozenset[str] = _PARAMS) -> 
             raise InvalidRequest(f"'{name}' is given twice", param=name)
     today = dt.datetime.now(dt.UTC).date()
     until = _date(query, "until") or today
-    since = _date(query, "since") or until - dt.timedelta(days=DEFAULT_DAYS - 1)
+    try:
+        since = _date(query, "since") or until - dt.timedelta(days=DEFAULT_DAYS - 1)
+    except OverflowError:  # until in the first days of year 1
+        raise InvalidRequest("'until' is too early; give 'since' too", param="until") from None
     if since > until:
         raise InvalidRequest("'since' is after 'until'", param="since")
     if (until - since).days >= MAX_DAYS:

@@ -159,10 +159,11 @@ class SqliteUsageStore:
         db = self._connection(self._write)
         inserts = []
         rollups: dict[tuple[str, str, str, str], list[int]] = {}
+        days: dict[int, str] = {}  # strftime once per day, not per row
         for row in rows:
             (ts, key, user, endpoint, backend, model, status, prompt, completion) = row[:9]
             estimated, failed, duration_s, ttft_ms, request_id = row[9:]
-            day = day_of(ts)
+            day = days.get(int(ts // 86_400)) or days.setdefault(int(ts // 86_400), day_of(ts))
             error = int(failed or status >= 400)
             key, user, model = key or "", user or "", model or ""
             inserts.append(
