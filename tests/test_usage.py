@@ -22,6 +22,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from sidecar.errors import DatabaseError
 from sidecar.mock_backends.openai_server import RECEIVED
 from sidecar.observability.access_log import AccessRecord
 from sidecar.observability.metrics import GatewayMetrics
@@ -560,3 +561,11 @@ async def test_model_labels_are_bounded_to_configured_names(
     assert ledger._model_label("typed-by-a-client-9c1e") == "other"
     assert ledger._model_label("mock/typed-by-a-client") == "other"
     assert ledger._model_label(None) == "other"
+
+
+async def test_a_file_that_is_no_database_stops_start_up_with_its_name(tmp_path: Path) -> None:
+    path = tmp_path / "usage.sqlite3"
+    path.write_bytes(b"this is not a database, it is a text file long enough to be read" * 20)
+    ledger = UsageLedger(SqliteUsageStore(path), FAST)
+    with pytest.raises(DatabaseError, match=r"cannot open the usage ledger .*usage\.sqlite3"):
+        await _in_thread(ledger.start)

@@ -22,6 +22,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..errors import DatabaseError
+
 # One row as the ledger queues it (the order of ``COLUMNS``).
 Row = tuple[Any, ...]
 COLUMNS = (
@@ -137,18 +139,28 @@ class SqliteUsageStore:
         self._read_lock = threading.Lock()
 
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            # Who used what: readable by the service user only (the -wal/-shm files too).
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        self._write = self._connect()
-        if self._write.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            self._write.execute("PRAGMA journal_mode = WAL")
-        self._write.execute("PRAGMA synchronous = NORMAL")
-        version = self._write.execute("PRAGMA user_version").fetchone()[0]
-        for number, script in enumerate(SCHEMA[version:], start=version + 1):
-            self._write.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
-        self._read = self._connect()
+        """Create or migrate the file; ``DatabaseError`` says which file and why not."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                # Who used what: readable by the service user only (the -wal/-shm too).
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            self._write = self._connect()
+            if self._write.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                self._write.execute("PRAGMA journal_mode = WAL")
+            self._write.execute("PRAGMA synchronous = NORMAL")
+            version = self._write.execute("PRAGMA user_version").fetchone()[0]
+            for number, script in enumerate(SCHEMA[version:], start=version + 1):
+                self._write.executescript(
+                    f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;"
+                )
+            self._read = self._connect()
+        except (sqlite3.Error, OSError) as exc:
+            self.close()
+            raise DatabaseError(
+                f"cannot open the usage ledger {self.path}: {exc}"
+                " (GATEWAY_USAGE_ENABLED=false starts without it)"
+            ) from None
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
