@@ -135,3 +135,29 @@ async def test_bad_ranges_are_a_400(make_gateway: Any, start_mock: Any, query: s
     body = await response.json()
     assert response.status == 400, body
     assert set(body) == {"error"} and body["error"]["type"] == "invalid_request_error"
+
+
+async def test_a_failed_ui_chat_is_an_error_of_its_user(make_gateway: Any, start_mock: Any) -> None:
+    backend = await start_mock()
+    client = await make_gateway(
+        gateway_yaml(mock_backend_yaml("mock", backend, health="{readiness: false}")),
+        ui_ip_allowlist=LOOPBACK,
+        usage=FAST,
+    )
+    me = await local_agent(client)
+    conversation = await me.json("POST", CONVERSATIONS, {"model": "no-such-model"}, status=201)
+    response = await me.call(
+        "POST", f"{CONVERSATIONS}/{conversation['id']}/messages", {"content": "hello?"}
+    )
+    assert response.status == 404
+    body = await usage_of(me, 1)
+    assert body["users"] == [
+        {
+            "user": "local",
+            "requests": 1,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "errors": 1,
+            "estimated": 0,
+        }
+    ]

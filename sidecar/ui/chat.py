@@ -33,6 +33,8 @@ TITLE_CHARS = 60
 
 async def send_message(request: web.Request) -> web.StreamResponse:
     conversation_id, user = requested_conversation_id(request), request[UI_USER]
+    record = request[ACCESS]  # the usage ledger's row: this user's, also when it fails
+    record.ui_user = user.username
     body = await read_json_object(request)
     content = body.get("content")
     if not isinstance(content, str) or not content.strip() or len(content) > MAX_MESSAGE:
@@ -53,9 +55,7 @@ async def send_message(request: web.Request) -> web.StreamResponse:
     conversation, history, settings = loaded
     model = _model(request, body.get("model"), conversation, settings)
     route = resolve(request.app[REGISTRY].current, model, "chat")
-    record = request[ACCESS]  # the usage ledger's row: this user, this model
-    record.ui_user, record.model, record.backend = user.username, model[:128], route.backend.name
-    record.stream = True
+    record.model, record.backend, record.stream = model[:128], route.backend.name, True
     title = conversation["title"] or content.strip().splitlines()[0][:TITLE_CHARS]
 
     def store_question(db: Any) -> None:
