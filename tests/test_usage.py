@@ -27,6 +27,7 @@ from sidecar.mock_backends.openai_server import RECEIVED
 from sidecar.observability.access_log import AccessRecord
 from sidecar.observability.metrics import GatewayMetrics
 from sidecar.settings import UsageSettings, parse_bearer_tokens
+from sidecar.storage import StorageMonitor
 from sidecar.typedefs import USAGE
 from sidecar.usage.ledger import UsageLedger
 from sidecar.usage.store import SqliteUsageStore, day_of
@@ -569,3 +570,43 @@ async def test_a_file_that_is_no_database_stops_start_up_with_its_name(tmp_path:
     ledger = UsageLedger(SqliteUsageStore(path), FAST)
     with pytest.raises(DatabaseError, match=r"cannot open the usage ledger .*usage\.sqlite3"):
         await _in_thread(ledger.start)
+
+
+class _FailingStore(SqliteUsageStore):
+    """The real store, whose writes fail with ``error`` while ``failing`` is set."""
+
+    def __init__(self, path: Path, error: Exception) -> None:
+        super().__init__(path)
+        self.error = error
+        self.failing = True
+
+    def write(self, rows: Any) -> None:
+        if self.failing:
+            raise self.error
+        super().write(rows)
+
+
+@pytest.mark.parametrize(
+    ("message", "degraded"), [("database or disk is full", True), ("database is locked", False)]
+)
+async def test_a_failed_batch_is_kept_and_written_once_the_disk_works(
+    tmp_path: Path, message: str, degraded: bool
+) -> None:
+    store = _FailingStore(tmp_path / "usage.sqlite3", sqlite3.OperationalError(message))
+    monitor = StorageMonitor(tmp_path)
+    ledger = UsageLedger(store, FAST, GatewayMetrics(), monitor)
+    await _in_thread(ledger.start)
+    try:
+        for n in range(5):
+            record = AccessRecord(f"req-{n:024x}", "POST", "/v1/embeddings", "127.0.0.1")
+            record.status, record.prompt_tokens = 200, n
+            ledger.add(record, "k")
+        await wait(lambda: ledger.write_failures >= 2, "two failed batches")
+        assert ledger.written == 0 and ledger.queued == 5 and ledger.dropped == 0
+        # A full disk is the storage's state (/readyz degraded); a lock held elsewhere is not.
+        assert monitor.state.writable is not degraded
+        store.failing = False
+        await wait(lambda: ledger.written == 5, "the kept batch written")
+        assert [r["prompt_tokens"] for r in store.rows()] == [0, 1, 2, 3, 4]
+    finally:
+        await _in_thread(ledger.stop)

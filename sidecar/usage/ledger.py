@@ -33,7 +33,7 @@ from ..observability.access_log import AccessRecord
 from ..observability.metrics import GatewayMetrics
 from ..routing.registry import RegistryHolder
 from ..settings import UsageSettings
-from ..storage import RETRY_AFTER_S, StorageMonitor
+from ..storage import RETRY_AFTER_S, StorageMonitor, error_kind
 from .store import Row, UsageStore
 
 log = logging.getLogger("gateway.usage")
@@ -169,10 +169,11 @@ class UsageLedger:
                 while len(queue) > self.queue_max:
                     queue.pop()
                     self.dropped += 1
-                if self.storage is not None:
-                    self.storage.failed(exc, "usage ledger")
-                else:
-                    log.warning("writing usage failed: %s", type(exc).__name__)
+                kind = error_kind(exc)
+                if self.storage is not None and kind != "database_busy":
+                    self.storage.failed(exc, "usage ledger")  # the disk: /readyz degraded
+                else:  # another process holds the database: not the disk's fault
+                    log.warning("writing usage failed (%s); trying again", kind)
                 return 0
             self.written += len(rows)
             return len(rows)
