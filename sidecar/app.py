@@ -50,10 +50,13 @@ from .typedefs import (
     TOOLBUS,
     UI_STATE,
     URL_SIGNER,
+    USAGE,
 )
 from .ui.guard import security_headers, ui_guard
 from .ui.routes import setup_ui_routes
 from .ui.state import UiState
+from .usage.ledger import UsageLedger
+from .usage.store import SqliteUsageStore
 from .users.store import UserStore, anonymous_csrf
 
 log = logging.getLogger("gateway")
@@ -81,6 +84,11 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> web.A
     app.cleanup_ctx.append(_images)
     app.cleanup_ctx.append(_toolbus)
     app.cleanup_ctx.append(_ui)
+    if settings.usage.enabled:
+        app[USAGE] = UsageLedger(
+            SqliteUsageStore(settings.usage_db_path), settings.usage, app[METRICS], app[STORAGE]
+        )
+        app.cleanup_ctx.append(_usage)
     app.on_response_prepare.append(stamp_response)
     app.on_response_prepare.append(security_headers)
     aiohttp_jinja2.setup(
@@ -237,6 +245,15 @@ async def _ui(app: web.Application) -> AsyncIterator[None]:
             await asyncio.gather(*state.pending, return_exceptions=True)
     finally:
         await users.close()
+
+
+async def _usage(app: web.Application) -> AsyncIterator[None]:
+    """The usage ledger's database (opened off the loop) and its writer thread; what is
+    still queued is written before the app stops."""
+    ledger = app[USAGE]
+    await asyncio.to_thread(ledger.start, app[REGISTRY])
+    yield
+    await asyncio.to_thread(ledger.stop)
 
 
 async def _config_reload(app: web.Application) -> AsyncIterator[None]:

@@ -131,6 +131,17 @@ class UiSettings:
 
 
 @dataclass(frozen=True)
+class UsageSettings:
+    """The usage ledger: one row per request in SQLite, written in batches by a thread."""
+
+    enabled: bool = True  # GATEWAY_USAGE_ENABLED
+    retention_days: int = 90  # GATEWAY_USAGE_RETENTION_DAYS: per-request rows kept
+    rollup_days: int = 730  # GATEWAY_USAGE_ROLLUP_DAYS: daily totals kept
+    flush_s: float = 1.0  # GATEWAY_USAGE_FLUSH_S: the writer thread's period
+    queue_max: int = 10_000  # GATEWAY_USAGE_QUEUE_MAX: rows waiting; more are dropped, counted
+
+
+@dataclass(frozen=True)
 class Settings:
     bearer_tokens: tuple[BearerToken, ...]
     config_path: Path = Path("gateway.yaml")
@@ -150,6 +161,7 @@ class Settings:
     images: ImagesSettings = ImagesSettings()
     tools: ToolsSettings = ToolsSettings()
     ui: UiSettings = UiSettings()
+    usage: UsageSettings = UsageSettings()
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
@@ -163,6 +175,10 @@ class Settings:
     @property
     def user_db_path(self) -> Path:
         return self.ui.db_path or self.data_dir / "users.sqlite3"
+
+    @property
+    def usage_db_path(self) -> Path:
+        return self.data_dir / "usage.sqlite3"
 
     @property
     def templates_dir(self) -> Path:
@@ -225,6 +241,7 @@ class Settings:
                 else None,
                 login=_login(env),
             ),
+            usage=_usage(env),
             environ=MappingProxyType(env),
         )
 
@@ -333,6 +350,16 @@ def _login(env: Mapping[str, str]) -> LoginSettings:
         ip_failures=_int(env, "USER_LOGIN_IP_FAILURES", 20, minimum=1),
         ip_window_s=_int(env, "USER_LOGIN_IP_WINDOW_S", 300, minimum=1, maximum=86_400),
         failure_rows=_int(env, "USER_LOGIN_FAILURE_ROWS", 10_000, minimum=100),
+    )
+
+
+def _usage(env: Mapping[str, str]) -> UsageSettings:
+    return UsageSettings(
+        enabled=_bool(env, "GATEWAY_USAGE_ENABLED", True),
+        retention_days=_int(env, "GATEWAY_USAGE_RETENTION_DAYS", 90, minimum=1, maximum=36_500),
+        rollup_days=_int(env, "GATEWAY_USAGE_ROLLUP_DAYS", 730, minimum=1, maximum=36_500),
+        flush_s=_float(env, "GATEWAY_USAGE_FLUSH_S", 1.0, minimum=0.01),
+        queue_max=_int(env, "GATEWAY_USAGE_QUEUE_MAX", 10_000, minimum=100, maximum=1_000_000),
     )
 
 

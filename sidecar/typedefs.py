@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .storage import StorageMonitor
     from .toolbus.bus import ToolBus
     from .ui.state import UiState
+    from .usage.ledger import UsageLedger
     from .users.db import User
     from .users.store import Session
 
@@ -41,6 +42,7 @@ AGENTS: web.AppKey[AgentRunner] = web.AppKey("agents")
 METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics")
 UI_STATE: web.AppKey[UiState] = web.AppKey("ui_state")
 STORAGE: web.AppKey[StorageMonitor] = web.AppKey("storage")
+USAGE: web.AppKey[UsageLedger] = web.AppKey("usage")
 # A config ``gateway serve`` loaded and checked already, so start-up does not read it again.
 PRELOADED_CONFIG: web.AppKey[GatewayConfig] = web.AppKey("preloaded_config")
 

@@ -613,14 +613,23 @@ def main() -> int:
     parser.add_argument(
         "--phases",
         default="requests,streams",
-        help="comma-separated: requests (the chat/embeddings table), streams, cpu",
+        help="comma-separated: requests (the chat/embeddings table), streams, cpu, ledger",
     )
     parser.add_argument("--cpu-requests", type=int, default=2000, help="cpu phase, per target")
     parser.add_argument("--stream-requests", type=int, default=768, help="streams phase total")
     parser.add_argument("--stream-concurrency", type=int, default=256)
+    parser.add_argument("--ledger-rows", type=int, default=100_000, help="ledger phase calls")
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench.json")
     args = parser.parse_args()
     args.phases = set(args.phases.split(","))
+    if "ledger" in args.phases:  # in-process, no servers: tools/bench_ledger.py
+        from bench_ledger import report as report_ledger
+        from bench_ledger import run as run_ledger
+
+        print(report_ledger(run_ledger(args.ledger_rows)))
+        args.phases.discard("ledger")
+        if not args.phases:
+            return 0
     pin(0, {1})
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as workdir:
         servers = Servers(Path(workdir), args.latency_ms)

@@ -23,11 +23,11 @@ import weakref
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from ..auth import TokenSet
+from ..auth import TokenSet, caller
 from ..errors import GatewayError
 from ..observability.access_log import AccessRecord
 from ..observability.client_ip import forwarded_overrides, via_trusted_proxy
-from ..typedefs import ACCESS, CLIENT_IP, METRICS, REGISTRY, REQUEST_ID, SETTINGS, TOKEN
+from ..typedefs import ACCESS, CLIENT_IP, METRICS, REGISTRY, REQUEST_ID, SETTINGS, TOKEN, USAGE
 from .faces import Face, error_body, face_of
 
 log = logging.getLogger("gateway.errors")
@@ -94,6 +94,9 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
 def _finish(record: AccessRecord, request: web.Request) -> None:
     app = request.app
     app[METRICS].observe_request(record, app[REGISTRY].current.backends.__contains__)
+    usage = app.get(USAGE)
+    if usage is not None:
+        usage.add(record, caller(request)[0])
     if not app[SETTINGS].access_log:
         return
     token = request.get(TOKEN)

@@ -17,10 +17,12 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import GatewayError, UpstreamError, error_envelope
+from ..observability.access_log import AccessRecord
 from ..routing.call import backend_call
 from ..routing.router import resolve, upstream_body
 from ..routing.upstream import UpstreamCall, split_events
 from ..typedefs import ACCESS, REGISTRY, REQUEST_ID
+from ..usage import tokens
 from ..wire.body import read_json_object
 from . import validation
 
@@ -82,39 +84,85 @@ async def _relay(
     route = resolve(request.app[REGISTRY].current, model, capability)
     record.backend = route.backend.name
     upstream_payload = upstream_body(payload, route)
+    strip_usage = stream and _ask_for_usage(upstream_payload, capability)
     headers = route.headers()
     try:
         async with backend_call(
             route.backend, capability, endpoint, upstream_payload, request[REQUEST_ID]
         ) as call:
             if stream:
-                return await _relay_stream(request, call, headers)
+                return await _relay_stream(request, call, headers, payload, strip_usage)
             body, parsed = await call.read_json()
             if not isinstance(parsed, dict):
                 raise UpstreamError(f"backend '{route.backend.name}' returned an unexpected reply")
+            _count_reply(record, payload, parsed)
             return web.Response(body=body, content_type="application/json", headers=headers)
     except GatewayError as exc:
         exc.headers.update(headers)
         raise
 
 
+def _ask_for_usage(upstream: dict[str, Any], capability: str) -> bool:
+    """Ask the backend for the usage chunk (``stream_options.include_usage``); True when
+    the client did not ask for it, so the gateway removes it from what the client gets."""
+    if capability not in ("chat", "completions"):
+        return False
+    options = upstream.get("stream_options")
+    if options is None:
+        upstream["stream_options"] = {"include_usage": True}
+        return True
+    if not isinstance(options, dict) or options.get("include_usage") is True:
+        return False
+    upstream["stream_options"] = {**options, "include_usage": True}
+    return True
+
+
+def _count_reply(record: AccessRecord, payload: dict[str, Any], reply: dict[str, Any]) -> None:
+    found = tokens.reply_counts(reply)
+    if found is None:
+        record.prompt_tokens = tokens.estimate(tokens.prompt_chars(payload))
+        record.completion_tokens = tokens.estimate(tokens.reply_chars(reply))
+        record.usage_estimated = True
+    else:
+        record.prompt_tokens, record.completion_tokens = found
+
+
 async def _relay_stream(
-    request: web.Request, call: UpstreamCall, headers: dict[str, str]
+    request: web.Request,
+    call: UpstreamCall,
+    headers: dict[str, str],
+    payload: dict[str, Any],
+    strip_usage: bool,
 ) -> web.StreamResponse:
+    """Relay the events as they come. The usage chunk is the last data event before
+    ``[DONE]``: only that tail is parsed (``tokens.tail_usage``), at ``[DONE]``; when the
+    gateway asked for it on the client's behalf, a run holding ``[]`` (the chunk's empty
+    ``choices``) is looked at too, so the chunk is removed even when it comes alone."""
     content_type = call.response.headers.get("Content-Type", "")
     if not content_type.startswith("text/event-stream"):
         raise UpstreamError(f"backend '{headers['X-Backend-Used']}' did not answer with a stream")
     record = request[ACCESS]
     response = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **headers})
     await response.prepare(request)
-    finished = False
+    finished = counted = False
+    previous = b""
+    event_size = 0
     try:
         async for run in call.event_runs():
             record.first_token()
             if b"[DONE]" in run:
                 run, finished = _through_done(run)
+                if not counted:
+                    run, found, event_size = tokens.tail_usage(run, strip_usage)
+                    if found is None and not event_size and previous:
+                        _, found, event_size = tokens.tail_usage(previous, False)
+                    counted = _counted(record, found)
+            elif strip_usage and b"[]" in run and not counted:
+                run, found, _ = tokens.tail_usage(run, True)
+                counted = _counted(record, found)
             await response.write(run)
             record.bytes_out += len(run)
+            previous = run
             if finished:
                 await response.write_eof()
                 await call.finish()  # so the backend connection is reused
@@ -122,8 +170,23 @@ async def _relay_stream(
         raise UpstreamError(f"backend '{headers['X-Backend-Used']}' ended the stream early")
     except GatewayError as exc:
         log.warning("stream %s failed: %s", request[REQUEST_ID], exc.message)
+        record.stream_failed = True
         await _end_stream_with_error(response, exc)
+    finally:
+        if not counted:  # the backend reported nothing (or the stream broke): estimate
+            record.prompt_tokens = tokens.estimate(tokens.prompt_chars(payload))
+            record.completion_tokens = tokens.estimate_stream_completion(
+                record.bytes_out, event_size
+            )
+            record.usage_estimated = True
     return response
+
+
+def _counted(record: AccessRecord, found: tuple[int, int] | None) -> bool:
+    if found is None:
+        return False
+    record.prompt_tokens, record.completion_tokens = found
+    return True
 
 
 def _through_done(run: bytes) -> tuple[bytes, bool]:

@@ -283,6 +283,30 @@ SCHEMAS: dict[str, Any] = {
         "required": ["object", "backends"],
         "properties": {"object": {"const": "gateway.status"}, "backends": {"type": "array"}},
     },
+    "Usage": {
+        "type": "object",
+        "required": ["data"],
+        "properties": {
+            "data": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["requests", "prompt_tokens", "completion_tokens", "errors"],
+                    "properties": {
+                        "key": {"type": ["string", "null"]},
+                        "user": {"type": ["string", "null"]},
+                        "model": {"type": "string"},
+                        "day": {"type": "string", "format": "date"},
+                        "requests": {"type": "integer", "minimum": 0},
+                        "prompt_tokens": {"type": "integer", "minimum": 0},
+                        "completion_tokens": {"type": "integer", "minimum": 0},
+                        "errors": {"type": "integer", "minimum": 0},
+                    },
+                    "additionalProperties": False,
+                },
+            }
+        },
+    },
 }
 
 
@@ -328,6 +352,15 @@ _SSE_EVENT = {
     "required": ["data"],
     "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
 }
+# since/until: YYYY-MM-DD (UTC, inclusive); group_by: comma-separated dimensions.
+_USAGE_QUERY = [
+    {"name": name, "in": "query", "required": False, "schema": {"type": "string", **extra}}
+    for name, extra in (
+        ("since", {"format": "date"}),
+        ("until", {"format": "date"}),
+        ("group_by", {"examples": ["key,model,day"]}),
+    )
+]
 PATHS: dict[str, Any] = {
     "/v1/models": {"get": _operation("Models of every backend, and the aliases", "ModelList")},
     "/v1/chat/completions": {
@@ -386,6 +419,18 @@ PATHS: dict[str, Any] = {
         ),
     },
     "/v1/gateway/status": {"get": _operation("Backends, health and limits", "GatewayStatus")},
+    "/v1/gateway/usage": {
+        "get": {
+            **_operation("Every key's usage (admin keys)", "Usage", errors=(400, 403, 503)),
+            "parameters": _USAGE_QUERY,
+        }
+    },
+    "/v1/gateway/usage/me": {
+        "get": {
+            **_operation("This key's own usage", "Usage", errors=(400, 503)),
+            "parameters": _USAGE_QUERY,
+        }
+    },
 }
 
 

@@ -9,6 +9,7 @@ from ..images import api as images
 from ..music import api as music
 from ..toolbus import api as tools
 from ..toolbus import mcp
+from ..usage import api as usage
 from . import openai, openapi, status
 
 
@@ -35,3 +36,5 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/mcp", mcp.endpoint, name="mcp")
     app.router.add_get("/v1/gateway/status", status.gateway_status, name="gateway_status")
     app.router.add_get("/images/{name}", images.image_file, name="image_file", allow_head=True)
+    app.router.add_get("/v1/gateway/usage", usage.usage, name="usage")
+    app.router.add_get("/v1/gateway/usage/me", usage.usage_me, name="usage_me")

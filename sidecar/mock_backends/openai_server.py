@@ -34,6 +34,7 @@ class MockBehaviour:
     chunk_delay_ms: float = 0.0
     chunks: int = 4
     embedding_dim: int = 8
+    report_usage: bool = True  # False: no ``usage`` in replies, no usage chunk in streams
 
 
 @dataclass
@@ -130,20 +131,23 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     if tool_call:
         message["tool_calls"] = [tool_call]
     return web.json_response(
-        {
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": message,
-                    "finish_reason": "tool_calls" if tool_call else "stop",
-                }
-            ],
-            "usage": usage,
-        }
+        _with_usage(
+            request,
+            {
+                "id": completion_id,
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": message,
+                        "finish_reason": "tool_calls" if tool_call else "stop",
+                    }
+                ],
+            },
+            usage,
+        )
     )
 
 
@@ -190,7 +194,7 @@ async def _stream_chat(
         for piece in split_chunks(reply or "", behaviour.chunks):
             await send({"content": piece})
         await send({}, "stop")
-    if (body.get("stream_options") or {}).get("include_usage"):
+    if _wants_usage(request, body):
         await response.write(_sse({**base, "choices": [], "usage": usage}))
     await response.write(b"data: [DONE]\n\n")
     return response
@@ -214,11 +218,16 @@ async def _completions(request: web.Request) -> web.StreamResponse:
     }
     if not body.get("stream"):
         return web.json_response(
-            {
-                **base,
-                "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
-                "usage": _usage(prompt_text, text),
-            }
+            _with_usage(
+                request,
+                {
+                    **base,
+                    "choices": [
+                        {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}
+                    ],
+                },
+                _usage(prompt_text, text),
+            )
         )
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
@@ -234,7 +243,10 @@ async def _completions(request: web.Request) -> web.StreamResponse:
         **base,
         "choices": [{"index": 0, "text": "", "finish_reason": "stop", "logprobs": None}],
     }
-    await response.write(_sse(final) + b"data: [DONE]\n\n")
+    tail = _sse(final)
+    if _wants_usage(request, body):
+        tail += _sse({**base, "choices": [], "usage": _usage(prompt_text, text)})
+    await response.write(tail + b"data: [DONE]\n\n")
     return response
 
 
@@ -370,6 +382,19 @@ def _arguments(text: str, schema: dict[str, Any]) -> str:
         else:
             arguments[name] = samples.get(str(spec.get("type")), "mock")
     return json.dumps(arguments)
+
+
+def _wants_usage(request: web.Request, body: dict[str, Any]) -> bool:
+    """``stream_options.include_usage`` asked for the usage chunk (and this fake reports it)."""
+    options = body.get("stream_options")
+    asked = isinstance(options, dict) and options.get("include_usage") is True
+    return asked and request.app[BEHAVIOUR].report_usage
+
+
+def _with_usage(
+    request: web.Request, reply: dict[str, Any], usage: dict[str, int]
+) -> dict[str, Any]:
+    return {**reply, "usage": usage} if request.app[BEHAVIOUR].report_usage else reply
 
 
 def _usage(prompt: str, completion: str) -> dict[str, int]:

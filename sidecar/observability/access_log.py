@@ -29,6 +29,13 @@ class AccessRecord:
     ttft_ms: float | None = None
     bytes_out: int = 0
     token: str | None = None
+    # What the usage ledger records (and token limits charge): the backend's ``usage``
+    # counts, 0 when unknown; ``usage_estimated`` when they were guessed from text length.
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    usage_estimated: bool = False
+    ui_user: str | None = None  # the UI account a UI request ran as
+    stream_failed: bool = False  # a stream that began (200) and ended with an error event
 
     def elapsed_s(self) -> float:
         return time.perf_counter() - self.started

@@ -109,10 +109,17 @@ class GatewayMetrics:
             ["agent", "stop_reason"],
             registry=self.registry,
         )
+        self.tokens = Counter(
+            "gateway_tokens",
+            "Tokens by key name, model (a configured name, else other) and kind.",
+            ["key", "model", "kind"],
+            registry=self.registry,
+        )
         self.loop_lag = LoopLag()
         self.registry.register(self.loop_lag)
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._ttft_children: dict[str, Histogram] = {}
+        self._token_children: dict[tuple[str, str], tuple[Counter, Counter]] = {}
 
     def watch(self, holder: RegistryHolder, reloader: ReloadCounts) -> None:
         """Report backends and reloads from the live objects at scrape time."""
@@ -135,6 +142,20 @@ class GatewayMetrics:
             if ttft is None:
                 ttft = self._ttft_children[record.backend] = self.ttft.labels(record.backend)
             ttft.observe(record.ttft_ms / 1000)
+
+    def observe_tokens(self, key: str, model: str, prompt: int, completion: int) -> None:
+        """Count a request's tokens; ``key`` and ``model`` must be bounded names (keys the
+        gateway knows, models the config knows or ``other``): the caller's job."""
+        children = self._token_children.get((key, model))
+        if children is None:
+            children = self._token_children[(key, model)] = (
+                self.tokens.labels(key, model, "prompt"),
+                self.tokens.labels(key, model, "completion"),
+            )
+        if prompt:
+            children[0].inc(prompt)
+        if completion:
+            children[1].inc(completion)
 
     def observe_tool(self, tool: str, ok: bool, duration_ms: float) -> None:
         self.tool_calls.labels(tool, "true" if ok else "false").inc()

@@ -28,6 +28,7 @@ from ..routing.call import backend_call
 from ..routing.router import resolve, upstream_body
 from ..routing.upstream import UpstreamCall
 from ..typedefs import ACCESS, REGISTRY, REQUEST_ID, UI_STATE, UI_USER
+from ..usage import tokens
 from ..wire.body import read_json_object
 from ..wire.model_name import check_model_name
 from .api import requested_conversation_id
@@ -40,6 +41,8 @@ TITLE_CHARS = 60
 
 async def send_message(request: web.Request) -> web.StreamResponse:
     conversation_id, user = requested_conversation_id(request), request[UI_USER]
+    record = request[ACCESS]  # the usage ledger's row: this user's, also when it fails
+    record.ui_user = user.username
     body = await read_json_object(request)
     regenerate = body.get("regenerate", False)
     edit = body.get("edit")
@@ -69,7 +72,7 @@ async def send_message(request: web.Request) -> web.StreamResponse:
     history, content, cut_from = _rewind(history, content, regenerate, edit)
     model = _model(request, body.get("model"), conversation, settings)
     route = resolve(request.app[REGISTRY].current, model, "chat")
-    request[ACCESS].backend, request[ACCESS].model = route.backend.name, model[:128]
+    record.model, record.backend, record.stream = model[:128], route.backend.name, True
     title = conversation["title"] or content.strip().splitlines()[0][:TITLE_CHARS]
 
     def store_question(db: Any) -> int:
@@ -85,7 +88,12 @@ async def send_message(request: web.Request) -> web.StreamResponse:
     if regenerate:
         history = history[:-1]  # the question itself is sent as the last message
     messages = _messages(settings, history, content)
-    payload: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
+    payload: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     if settings.get("temperature") is not None:
         payload["temperature"] = settings["temperature"]
     async with backend_call(
@@ -95,7 +103,7 @@ async def send_message(request: web.Request) -> web.StreamResponse:
         upstream_body(payload, route),
         request[REQUEST_ID],
     ) as call:
-        return await _relay(request, call, conversation_id, title, question_id)
+        return await _relay(request, call, conversation_id, title, question_id, payload)
 
 
 def _rewind(
@@ -147,7 +155,12 @@ def _messages(
 
 
 async def _relay(
-    request: web.Request, call: UpstreamCall, conversation_id: int, title: str, question_id: int
+    request: web.Request,
+    call: UpstreamCall,
+    conversation_id: int,
+    title: str,
+    question_id: int,
+    payload: dict[str, Any],
 ) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={
@@ -159,6 +172,8 @@ async def _relay(
     await response.prepare(request)
     parts: list[str] = []
     saved: asyncio.Future[int] | None = None
+    record = request[ACCESS]
+    counted = False
     try:
         try:
             async for event in call.events():
@@ -167,10 +182,17 @@ async def _relay(
                 text = _delta(event)
                 if text:
                     parts.append(text)
+                    record.first_token()
                     await response.write(_frame({"type": "delta", "content": text}))
+                elif b'"usage"' in event and not counted:
+                    _, found, _ = tokens.tail_usage(event, False)
+                    if found is not None:
+                        record.prompt_tokens, record.completion_tokens = found
+                        counted = True
             else:
                 raise UpstreamError("the model ended its reply early")
         except GatewayError as exc:
+            record.stream_failed = True
             saved = _save(request, conversation_id, parts) if parts else _nothing()
             await response.write(_frame({"type": "error", "message": exc.message}))
             return response
@@ -185,6 +207,10 @@ async def _relay(
     finally:
         if saved is None and parts:  # the browser went away (or stopped): keep what it saw
             _save(request, conversation_id, parts, stopped=True)
+        if not counted:  # the backend reported no usage: estimate it
+            record.prompt_tokens = tokens.estimate(tokens.prompt_chars(payload))
+            record.completion_tokens = tokens.estimate(sum(len(part) for part in parts))
+            record.usage_estimated = True
 
 
 def _save(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import api, chat, history, pages, status
+from . import api, chat, history, pages, status, usage
 
 
 def setup_ui_routes(app: web.Application, templates_dir: Path) -> None:
@@ -42,3 +42,5 @@ def setup_ui_routes(app: web.Application, templates_dir: Path) -> None:
     router.add_delete(
         "/ui/api/history/items/{item_id}", history.delete_item, name="ui_history_delete"
     )
+    router.add_get("/ui/usage", usage.page, name="ui_usage")
+    router.add_get("/ui/api/usage", usage.totals, name="ui_usage_api")
