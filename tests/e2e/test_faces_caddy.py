@@ -3,7 +3,8 @@ official client libraries (``anthropic``, ``ollama``) trusting Caddy's CA.
 
 One stack (``gateway up``: Caddy + sidecar + the fake backend) serves the module; a second
 backend, ``gated``, on a fixed loopback port sends one chunk per ``release()``, so the
-tests can show each face's stream reaches the client piece by piece through Caddy.
+tests can show each face's stream reaches the client piece by piece through Caddy. Caddy
+alone, in front of a sidecar that is not there, answers each face's errors in its shape.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import aiohttp
 import anthropic
 import ollama
 import pytest
@@ -20,6 +22,9 @@ from aiohttp import web
 
 from ..conftest import TOKEN
 from .stack import GatewayStack, free_port
+from .test_hardening_connections import BareCaddy, bare_caddy, bare_session
+
+__all__ = ["bare_caddy", "bare_session"]  # Caddy alone, fixtures shared with that module
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -271,3 +276,55 @@ async def test_ollama_ndjson_arrives_incrementally_through_caddy(
     finally:
         await client._client.aclose()
     assert seen == ["part0 ", "part1 ", "part2 "]
+
+
+# -- errors Caddy raises itself, in each face's shape --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [
+        ("/api/tags", None, 502),
+        ("/api/chat", {"model": "m", "messages": []}, 502),
+    ],
+)
+async def test_sidecar_down_on_the_ollama_face_is_an_ollama_error(
+    bare_caddy: BareCaddy,
+    bare_session: aiohttp.ClientSession,
+    path: str,
+    body: dict[str, Any] | None,
+    status: int,
+) -> None:
+    method = "GET" if body is None else "POST"
+    async with bare_session.request(method, f"{bare_caddy.base_url}{path}", json=body) as response:
+        text = await response.text()
+        assert response.status == status, text
+        assert response.headers["Content-Type"] == "application/json"
+    reply = json.loads(text)
+    assert set(reply) == {"error"} and isinstance(reply["error"], str) and reply["error"]
+    assert "sidecar.sock" not in text and "unix" not in text
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "error_type"),
+    [
+        ("/v1/messages", {"model": "m"}, 502, "api_error"),
+        ("/v1/messages/count_tokens", {"model": "m"}, 502, "api_error"),
+    ],
+)
+async def test_sidecar_down_on_the_anthropic_face_is_an_anthropic_error(
+    bare_caddy: BareCaddy,
+    bare_session: aiohttp.ClientSession,
+    path: str,
+    body: dict[str, Any],
+    status: int,
+    error_type: str,
+) -> None:
+    async with bare_session.post(f"{bare_caddy.base_url}{path}", json=body) as response:
+        text = await response.text()
+        assert response.status == status, text
+        assert response.headers["Content-Type"] == "application/json"
+    reply = json.loads(text)
+    assert reply["type"] == "error"
+    assert reply["error"]["type"] == error_type and reply["error"]["message"]
+    assert "sidecar.sock" not in text and "unix" not in text
