@@ -433,3 +433,57 @@ async def test_a_backend_dying_mid_stream_is_an_error_event(
     events = parse_sse(await response.text())
     assert [kind for kind, _ in events][-2:] == ["content_block_stop", "error"]
     assert events[-1][1]["error"]["type"] == "api_error"
+
+
+async def test_tool_results_with_errors_and_images_and_thinking_blocks(
+    served: tuple[TestClient, TestServer], client_for: ClientFactory
+) -> None:
+    gateway, backend = served
+    image = {"type": "image", "source": {"type": "url", "url": "https://x.test/shot.png"}}
+    await client_for(gateway).messages.create(
+        model="default",
+        max_tokens=16,
+        messages=[
+            {"role": "user", "content": "look"},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "thinking", "thinking": "hmm", "signature": "sig"},
+                    {"type": "text", "text": "Taking two."},
+                    {"type": "tool_use", "id": "call_a", "name": "shot", "input": {}},
+                    {"type": "tool_use", "id": "call_b", "name": "shot", "input": {"n": 2}},
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "call_a",
+                        "content": "boom",
+                        "is_error": True,
+                    },
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "call_b",
+                        "content": [{"type": "text", "text": "here"}, image],
+                    },
+                    {"type": "text", "text": "and?"},
+                ],
+            },
+        ],
+    )
+    messages = last_body(backend)["messages"]
+    assert messages[1]["content"] == "Taking two."
+    assert [call["id"] for call in messages[1]["tool_calls"]] == ["call_a", "call_b"]
+    assert messages[2:] == [
+        {"role": "tool", "tool_call_id": "call_a", "content": "Error: boom"},
+        {"role": "tool", "tool_call_id": "call_b", "content": "here"},
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": "https://x.test/shot.png"}},
+                {"type": "text", "text": "and?"},
+            ],
+        },
+    ]

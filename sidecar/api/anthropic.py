@@ -280,7 +280,7 @@ def _user(blocks: list[Any], where: str) -> list[dict[str, Any]]:
     out = results
     if parts:
         if all(part["type"] == "text" for part in parts):
-            out.append({"role": "user", "content": "".join(part["text"] for part in parts)})
+            out.append({"role": "user", "content": "\n".join(part["text"] for part in parts)})
         else:
             out.append({"role": "user", "content": parts})
     elif not results:
