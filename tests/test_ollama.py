@@ -348,3 +348,27 @@ async def test_a_backend_dying_mid_stream_ends_with_an_error_line(
             seen.append(part.message.content)
     assert seen == ["partial "]
     assert "fake" in failed.value.error and "127.0.0.1" not in failed.value.error
+
+
+async def test_raw_generate_goes_to_text_completions(
+    served: tuple[TestClient, TestServer], client_for: ClientFactory
+) -> None:
+    gateway, backend = served
+    client = client_for(gateway)
+    prompt = "[INST] why? [/INST]"
+    reply = await client.generate(
+        model="default", prompt=prompt, raw=True, options={"num_predict": 32}, stream=False
+    )
+    assert reply.response == f"Mock completion of: {prompt}" and reply.done is True
+    received = backend.app[RECEIVED][-1]
+    assert received.path == "/v1/completions"
+    assert received.body == {"model": "mock-llama", "prompt": prompt, "max_tokens": 32}
+    parts = [
+        p
+        async for p in await client.generate(model="default", prompt=prompt, raw=True, stream=True)
+    ]
+    assert "".join(p.response or "" for p in parts) == f"Mock completion of: {prompt}"
+    assert parts[-1].done is True and parts[-1].done_reason == "stop"
+    with pytest.raises(ollama.ResponseError) as refused:
+        await client.generate(model="default", prompt=prompt, raw=True, system="no", stream=False)
+    assert refused.value.status_code == 400

@@ -20,7 +20,9 @@ them); a ``name:latest`` the gateway does not know is tried as ``name``.
   JSON-object response format, a schema as a JSON-schema one. ``generate`` sends
   ``system`` and ``prompt`` (with its ``images``) as two messages; an empty prompt only
   checks the model is routed (``done_reason`` ``load``, or ``unload`` with
-  ``keep_alive: 0``); ``suffix`` (fill-in-the-middle) is refused.
+  ``keep_alive: 0``); ``suffix`` (fill-in-the-middle) is refused. A ``raw`` prompt is
+  already templated: it goes to ``/v1/completions`` as is (the model needs the
+  ``completions`` capability).
 - ``POST /api/embed`` (and the older ``/api/embeddings``): onto ``/v1/embeddings``.
 
 ``stream`` defaults to true, as in Ollama: NDJSON (``application/x-ndjson``), one object
@@ -177,6 +179,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
                 "done_reason": reason,
             }
         )
+    if payload.get("raw") is True:
+        return await _raw(request, payload, model, prompt or "", stream, started)
     messages: list[dict[str, Any]] = []
     system = payload.get("system")
     if system is not None:
@@ -190,6 +194,25 @@ async def generate(request: web.Request) -> web.StreamResponse:
     _options(payload, body)
     validation.check_chat(body)
     return await _run_chat(request, model, body, stream, started, "response")
+
+
+async def _raw(
+    request: web.Request,
+    payload: dict[str, Any],
+    model: str,
+    prompt: str,
+    stream: bool,
+    started: int,
+) -> web.StreamResponse:
+    """``raw`` generate: the prompt is already templated, so it goes to the text completions
+    endpoint as is (no chat template applied twice)."""
+    for name in ("images", "format", "system"):
+        if payload.get(name):
+            raise InvalidRequest(f"'{name}' cannot be combined with 'raw'", param=name)
+    body: dict[str, Any] = {"model": model, "prompt": prompt}
+    _options(payload, body)
+    validation.check_completion(body)
+    return await _run_chat(request, model, body, stream, started, "response", completion=True)
 
 
 def _stream_flag(payload: dict[str, Any]) -> bool:
@@ -361,10 +384,15 @@ async def _run_chat(
     stream: bool,
     started: int,
     field: str,
+    *,
+    completion: bool = False,
 ) -> web.StreamResponse:
-    """Route ``body`` like a chat completion; answer as ``/api/chat`` (``field`` is
-    ``message``) or ``/api/generate`` (``response``)."""
-    route = translate.route_for(request, model, "chat", stream, latest=True)
+    """Route ``body`` like a chat completion (or, with ``completion``, a text completion);
+    answer as ``/api/chat`` (``field`` is ``message``) or ``/api/generate`` (``response``)."""
+    capability, endpoint = (
+        ("completions", "completions") if completion else ("chat", "chat/completions")
+    )
+    route = translate.route_for(request, model, capability, stream, latest=True)
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
@@ -374,20 +402,20 @@ async def _run_chat(
     timing = _Timing(started)
     try:
         async with backend_call(
-            route.backend, "chat", "chat/completions", upstream, request[REQUEST_ID]
+            route.backend, capability, endpoint, upstream, request[REQUEST_ID]
         ) as call:
             if stream:
                 return await _stream(request, call, headers, model, body, field, timing)
             reply = await translate.read_reply(call, name)
             timing.token()
             choice = translate.first_choice(reply, name)
-            message = choice.get("message")
+            message = {"content": choice.get("text")} if completion else choice.get("message")
             if not isinstance(message, dict):
                 raise UpstreamError(f"backend '{name}' returned a choice without a message")
             text = translate.text_of(message.get("content"))
             calls = _reply_calls(message.get("tool_calls"), name)
             counts = translate.usage_of(reply) or (
-                translate.estimate_tokens(body),
+                _estimate(body),
                 translate.tokens_for_chars(len(text)),
             )
             out: dict[str, Any] = {"model": model, "created_at": _now()}
@@ -398,6 +426,12 @@ async def _run_chat(
     except GatewayError as exc:
         exc.headers.update(headers)
         raise
+
+
+def _estimate(body: dict[str, Any]) -> int:
+    if "prompt" in body:
+        return max(1, translate.tokens_for_chars(len(body["prompt"])))
+    return translate.estimate_tokens(body)
 
 
 def _content(
@@ -515,7 +549,7 @@ async def _stream(
         log.warning("stream %s failed: %s", request[REQUEST_ID], exc.message)
         await _write(response, record, _line({"error": exc.message}))
         return response
-    counts = usage or (translate.estimate_tokens(body), translate.tokens_for_chars(chars))
+    counts = usage or (_estimate(body), translate.tokens_for_chars(chars))
     last: dict[str, Any] = {"model": model, "created_at": _now()}
     last.update(_content(field, "", [], None))
     last.update({"done": True, "done_reason": _done_reason(finish)})

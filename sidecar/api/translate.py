@@ -124,12 +124,16 @@ def _parse_chunk(data: bytes, backend: str) -> dict[str, Any]:
 
 
 def delta_of(chunk: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
-    """The first choice's delta and finish reason (an empty delta for a usage chunk)."""
+    """The first choice's delta and finish reason (an empty delta for a usage chunk; a
+    text completion chunk's ``text`` as the delta's ``content``)."""
     choices = chunk.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         return {}, None
-    delta = choices[0].get("delta")
-    finish = choices[0].get("finish_reason")
+    choice = choices[0]
+    delta = choice.get("delta")
+    if delta is None and isinstance(choice.get("text"), str):
+        delta = {"content": choice["text"]}
+    finish = choice.get("finish_reason")
     return (delta if isinstance(delta, dict) else {}), (finish if isinstance(finish, str) else None)
 
 
