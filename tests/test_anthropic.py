@@ -15,6 +15,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from sidecar.mock_backends.openai_server import RECEIVED
 
 from .conftest import TOKEN, fake_gateway, gateway_yaml, mock_backend_yaml
+from .test_admission import MODEL as HELD_MODEL
+from .test_admission import HeldBackend, held_gateway, wait_for, wait_for_status
 
 WEATHER = {
     "name": "get_weather",
@@ -487,3 +489,27 @@ async def test_tool_results_with_errors_and_images_and_thinking_blocks(
             ],
         },
     ]
+
+
+async def test_a_client_hanging_up_mid_stream_frees_the_slot_and_the_backend(
+    make_gateway: Any, start_mock: Any
+) -> None:
+    backend = HeldBackend(endless=True)
+    gateway = await held_gateway(make_gateway, start_mock, backend, limits="{chat: 4}")
+    body = {
+        "model": HELD_MODEL,
+        "max_tokens": 16,
+        "stream": True,
+        "messages": [{"role": "user", "content": "go"}],
+    }
+    for round_ in range(1, 4):
+        response = await gateway.post("/v1/messages", json=body, headers={"x-api-key": TOKEN})
+        assert response.status == 200
+        seen = b""
+        while b"content_block_delta" not in seen:  # the first text has come through
+            seen += await response.content.readany()
+        response.close()  # drops the connection: the client is gone
+        await wait_for_status(gateway, f"stream {round_}'s slot freed", in_flight=0)
+        await wait_for(lambda n=round_: backend.cancelled == n, "the backend to be dropped")
+    status = await wait_for_status(gateway, "all done", in_flight=0)
+    assert status["admitted"] == 3

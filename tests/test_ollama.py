@@ -16,6 +16,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from sidecar.mock_backends.openai_server import RECEIVED
 
 from .conftest import TOKEN, fake_gateway, gateway_yaml, mock_backend_yaml
+from .test_admission import MODEL as HELD_MODEL
+from .test_admission import HeldBackend, held_gateway, wait_for, wait_for_status
 
 WEATHER = {
     "type": "function",
@@ -372,3 +374,21 @@ async def test_raw_generate_goes_to_text_completions(
     with pytest.raises(ollama.ResponseError) as refused:
         await client.generate(model="default", prompt=prompt, raw=True, system="no", stream=False)
     assert refused.value.status_code == 400
+
+
+async def test_a_client_hanging_up_mid_stream_frees_the_slot_and_the_backend(
+    make_gateway: Any, start_mock: Any
+) -> None:
+    backend = HeldBackend(endless=True)
+    gateway = await held_gateway(make_gateway, start_mock, backend, limits="{chat: 4}")
+    body = {"model": HELD_MODEL, "messages": [{"role": "user", "content": "go"}]}
+    for round_ in range(1, 4):
+        response = await gateway.post("/api/chat", json=body, headers=AUTH)
+        assert response.status == 200
+        first = json.loads(await response.content.readline())
+        assert first["message"]["content"] == "alpha " and first["done"] is False
+        response.close()  # drops the connection: the client is gone
+        await wait_for_status(gateway, f"stream {round_}'s slot freed", in_flight=0)
+        await wait_for(lambda n=round_: backend.cancelled == n, "the backend to be dropped")
+    status = await wait_for_status(gateway, "all done", in_flight=0)
+    assert status["admitted"] == 3

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -21,7 +24,8 @@ import pytest
 from aiohttp import web
 
 from ..conftest import TOKEN
-from .stack import GatewayStack, free_port
+from ..test_compat_table import MUST_PASS, table_of
+from .stack import ROOT, GatewayStack, free_port
 from .test_hardening_connections import BareCaddy, bare_caddy, bare_session
 
 __all__ = ["bare_caddy", "bare_session"]  # Caddy alone, fixtures shared with that module
@@ -328,3 +332,30 @@ async def test_sidecar_down_on_the_anthropic_face_is_an_anthropic_error(
     assert reply["type"] == "error"
     assert reply["error"]["type"] == error_type and reply["error"]["message"]
     assert "sidecar.sock" not in text and "unix" not in text
+
+
+# -- the compatibility table over TLS -------------------------------------------------------
+
+
+def test_compat_table_through_caddy_trusting_its_ca(stack: GatewayStack) -> None:
+    """The script's clients and curl verify Caddy's certificate with ``--cafile``."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tools" / "compat_table.py"),
+            "--base-url",
+            stack.base_url,
+            "--cafile",
+            str(stack.ca_root),
+        ],
+        env={**os.environ, "GATEWAY_BEARER_TOKEN": stack.token},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode in (0, 1), result.stderr
+    rows = table_of(result.stdout)
+    for endpoint, clients in MUST_PASS.items():
+        for client in clients:
+            assert rows[endpoint][client] == "✓", (endpoint, client, result.stdout)
