@@ -131,6 +131,13 @@ async def test_every_json_route_refuses_values_json_does_not_allow(
             assert response.status == 200, where
             assert reply["jsonrpc"] == "2.0" and reply["id"] is None, (where, reply)
             assert reply["error"]["code"] == -32700, (where, reply)
+        elif template.startswith("/v1/messages"):  # the Anthropic face's own error shape
+            assert response.status == 400, (where, text)
+            assert reply["type"] == "error", (where, reply)
+            assert reply["error"]["type"] == "invalid_request_error", (where, reply)
+        elif template.startswith("/api/"):  # the Ollama face's own error shape
+            assert response.status == 400, (where, text)
+            assert set(reply) == {"error"} and "not valid JSON" in reply["error"], (where, reply)
         else:
             assert response.status == 400, (where, text)
             assert set(reply) == {"error"}, (where, reply)

@@ -310,6 +310,80 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
+# The Anthropic Messages face (``api.anthropic``): its own request, reply and error shapes.
+_ANTHROPIC_CONTENT = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]}
+_ANTHROPIC_MESSAGES = {
+    "type": "array",
+    "minItems": 1,
+    "items": {
+        "type": "object",
+        "required": ["role", "content"],
+        "properties": {"role": {"enum": ["user", "assistant"]}, "content": _ANTHROPIC_CONTENT},
+    },
+}
+SCHEMAS.update(
+    {
+        "AnthropicError": {
+            "type": "object",
+            "required": ["type", "error"],
+            "properties": {
+                "type": {"const": "error"},
+                "error": {
+                    "type": "object",
+                    "required": ["type", "message"],
+                    "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+                },
+            },
+        },
+        "AnthropicMessageRequest": {
+            "type": "object",
+            "required": ["model", "max_tokens", "messages"],
+            "properties": {
+                "model": {"type": "string", "minLength": 1, "examples": ["default"]},
+                "max_tokens": {"type": "integer", "minimum": 1},
+                "messages": _ANTHROPIC_MESSAGES,
+                "system": _ANTHROPIC_CONTENT,
+                "tools": {"type": "array", "items": {"type": "object"}, "maxItems": 128},
+                "tool_choice": {"type": "object"},
+                "stop_sequences": {"type": "array", "items": {"type": "string", "minLength": 1}},
+                "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+                "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+                "stream": {"type": "boolean"},
+            },
+            "additionalProperties": True,
+        },
+        "AnthropicMessage": {
+            "type": "object",
+            "required": ["id", "type", "role", "content", "model", "stop_reason", "usage"],
+            "properties": {
+                "id": {"type": "string", "pattern": "^msg_"},
+                "type": {"const": "message"},
+                "role": {"const": "assistant"},
+                "content": {"type": "array", "items": {"type": "object"}},
+                "stop_reason": {"type": ["string", "null"]},
+                "usage": {"type": "object", "required": ["input_tokens", "output_tokens"]},
+            },
+        },
+        "AnthropicCountTokensRequest": {
+            "type": "object",
+            "required": ["model", "messages"],
+            "properties": {
+                "model": {"type": "string", "minLength": 1, "examples": ["default"]},
+                "messages": _ANTHROPIC_MESSAGES,
+                "system": _ANTHROPIC_CONTENT,
+                "tools": {"type": "array", "items": {"type": "object"}, "maxItems": 128},
+            },
+            "additionalProperties": True,
+        },
+        "AnthropicTokenCount": {
+            "type": "object",
+            "required": ["input_tokens"],
+            "properties": {"input_tokens": {"type": "integer", "minimum": 0}},
+        },
+    }
+)
+
+
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -322,6 +396,7 @@ def _operation(
     errors: tuple[int, ...] = (),
     stream: bool = False,
     parameter: str | None = None,
+    error: str = "Error",
 ) -> dict[str, Any]:
     content: dict[str, Any] = {"application/json": {"schema": _ref(response)}}
     if stream:
@@ -330,7 +405,7 @@ def _operation(
     for status in sorted({401, *errors}):
         responses[str(status)] = {
             "description": "Error",
-            "content": {"application/json": {"schema": _ref("Error")}},
+            "content": {"application/json": {"schema": _ref(error)}},
         }
     operation: dict[str, Any] = {"summary": summary, "responses": responses}
     if body is not None:
@@ -430,6 +505,25 @@ PATHS: dict[str, Any] = {
             **_operation("This key's own usage", "Usage", errors=(400, 503)),
             "parameters": _USAGE_QUERY,
         }
+    },
+    "/v1/messages": {
+        "post": _operation(
+            "Anthropic Messages API, translated onto chat (JSON or SSE); x-api-key works too",
+            "AnthropicMessage",
+            body="AnthropicMessageRequest",
+            errors=_ROUTED,
+            stream=True,
+            error="AnthropicError",
+        )
+    },
+    "/v1/messages/count_tokens": {
+        "post": _operation(
+            "An estimate of a Messages request's input tokens",
+            "AnthropicTokenCount",
+            body="AnthropicCountTokensRequest",
+            errors=(400, 404, 413),
+            error="AnthropicError",
+        )
     },
 }
 

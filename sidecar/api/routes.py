@@ -10,7 +10,7 @@ from ..music import api as music
 from ..toolbus import api as tools
 from ..toolbus import mcp
 from ..usage import api as usage
-from . import openai, openapi, status
+from . import anthropic, ollama, openai, openapi, status
 
 
 def setup_routes(app: web.Application) -> None:
@@ -38,3 +38,15 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/images/{name}", images.image_file, name="image_file", allow_head=True)
     app.router.add_get("/v1/gateway/usage", usage.usage, name="usage")
     app.router.add_get("/v1/gateway/usage/me", usage.usage_me, name="usage_me")
+    # The Anthropic Messages face and the Ollama face, both translated onto chat.
+    app.router.add_post("/v1/messages", anthropic.messages, name="anthropic_messages")
+    app.router.add_post(
+        "/v1/messages/count_tokens", anthropic.count_tokens, name="anthropic_count_tokens"
+    )
+    app.router.add_get("/api/version", ollama.version, name="ollama_version")
+    app.router.add_get("/api/tags", ollama.tags, name="ollama_tags")
+    app.router.add_post("/api/show", ollama.show, name="ollama_show")
+    app.router.add_post("/api/chat", ollama.chat, name="ollama_chat")
+    app.router.add_post("/api/generate", ollama.generate, name="ollama_generate")
+    app.router.add_post("/api/embed", ollama.embed, name="ollama_embed")
+    app.router.add_post("/api/embeddings", ollama.embeddings, name="ollama_embeddings")

@@ -1,8 +1,8 @@
 """An OpenAI-compatible fake model server with deterministic answers.
 
 Chat replies echo the last user message (one that starts with ``mock-reply:`` is answered
-with the rest of it, verbatim, so a test can choose the reply); streams come in
-``chunks`` pieces; a tool call
+with the rest of it, verbatim, so a test can choose the reply; cut to ``max_tokens`` words,
+finishing with ``length``); streams come in ``chunks`` pieces; a tool call
 is made when tools are offered and ``tool_choice`` asks for one (``required`` or a named
 function) or the last user message names an offered tool; embeddings are derived from a
 hash of the input. Every request body it receives is kept in ``app[RECEIVED]`` so tests
@@ -121,12 +121,16 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     messages = body.get("messages") or []
     tool_call = _tool_call_for(body, messages)
     reply = None if tool_call else _reply_text(messages)
+    finish = "tool_calls" if tool_call else "stop"
+    limit = body.get("max_tokens")
+    if reply and isinstance(limit, int) and 0 < limit < len(reply.split()):
+        reply, finish = " ".join(reply.split()[:limit]), "length"  # a word a token
     completion_id = (
         "chatcmpl-" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:24]
     )
     usage = _usage(json.dumps(messages), reply or json.dumps(tool_call))
     if body.get("stream"):
-        return await _stream_chat(request, body, completion_id, reply, tool_call, usage)
+        return await _stream_chat(request, body, completion_id, reply, tool_call, usage, finish)
     message: dict[str, Any] = {"role": "assistant", "content": reply}
     if tool_call:
         message["tool_calls"] = [tool_call]
@@ -142,7 +146,7 @@ async def _chat(request: web.Request) -> web.StreamResponse:
                     {
                         "index": 0,
                         "message": message,
-                        "finish_reason": "tool_calls" if tool_call else "stop",
+                        "finish_reason": finish,
                     }
                 ],
             },
@@ -158,6 +162,7 @@ async def _stream_chat(
     reply: str | None,
     tool_call: dict[str, Any] | None,
     usage: dict[str, int],
+    finish: str = "stop",
 ) -> web.StreamResponse:
     behaviour = request.app[BEHAVIOUR]
     response = web.StreamResponse(
@@ -193,7 +198,7 @@ async def _stream_chat(
     else:
         for piece in split_chunks(reply or "", behaviour.chunks):
             await send({"content": piece})
-        await send({}, "stop")
+        await send({}, finish)
     if _wants_usage(request, body):
         await response.write(_sse({**base, "choices": [], "usage": usage}))
     await response.write(b"data: [DONE]\n\n")

@@ -1,0 +1,201 @@
+"""What the faces that translate onto chat completions share (Anthropic Messages, Ollama).
+
+Such a face checks its own request shape, builds a chat completions body from it, and
+then takes the same path as ``POST /v1/chat/completions``: ``resolve`` the model,
+``upstream_body`` (an alias's caps apply), one ``backend_call`` (admission, no redirects,
+sanitised backend errors). The backend's answer is read here: a whole reply as strict
+JSON, or a stream as parsed chunks, so a face only maps fields.
+
+Rules for the stream reader (``chat_chunks``): only ``data:`` lines are read, one JSON
+object each (strict JSON; an event is at most ``MAX_SSE_EVENT_BYTES``, as for the relay);
+``data: [DONE]`` ends it; a backend's error event is raised as an ``UpstreamError`` with
+its cleaned message; a stream that ends without ``[DONE]`` and without a finish reason is
+an error ("ended the stream early"). Token counts the backend does not report are
+estimated (``estimate_tokens``: about four characters a token).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import AsyncIterator
+from typing import Any, TypeGuard
+
+from aiohttp import web
+
+from ..errors import StrictJsonError, UnknownModel, UpstreamError
+from ..routing.registry import Registry
+from ..routing.router import Route, resolve
+from ..routing.upstream import UpstreamCall, split_events
+from ..typedefs import ACCESS, REGISTRY
+from ..wire import strict_json
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+CHARS_PER_TOKEN = 4
+
+
+def route_for(
+    request: web.Request, model: str, capability: str, stream: bool, *, latest: bool = False
+) -> Route:
+    """Resolve ``model`` for ``capability`` and note it in the access record. With
+    ``latest``, an Ollama-style ``name:latest`` the gateway does not know is tried as
+    ``name``."""
+    record = request[ACCESS]
+    record.model = model if len(model) <= 128 else model[:128]
+    record.stream = stream
+    registry = request.app[REGISTRY].current
+    if latest:
+        route = resolve_latest(registry, model, capability)
+    else:
+        route = resolve(registry, model, capability)
+    record.backend = route.backend.name
+    return route
+
+
+def resolve_latest(registry: Registry, model: str, capability: str) -> Route:
+    """``resolve``; a ``name:latest`` the gateway does not know is tried as ``name``."""
+    try:
+        return resolve(registry, model, capability)
+    except UnknownModel:
+        if not (model.endswith(":latest") and len(model) > len(":latest")):
+            raise
+        return resolve(registry, model.removesuffix(":latest"), capability)
+
+
+async def read_reply(call: UpstreamCall, backend: str) -> dict[str, Any]:
+    """The backend's whole JSON reply, which must be an object."""
+    _, reply = await call.read_json()
+    if not isinstance(reply, dict):
+        raise UpstreamError(f"backend '{backend}' returned an unexpected reply")
+    return reply
+
+
+def first_choice(reply: dict[str, Any], backend: str) -> dict[str, Any]:
+    choices = reply.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise UpstreamError(f"backend '{backend}' returned a reply without choices")
+    return choices[0]
+
+
+async def chat_chunks(call: UpstreamCall, backend: str) -> AsyncIterator[dict[str, Any]]:
+    """The chat completion chunks of a streamed reply, parsed, until ``[DONE]``."""
+    content_type = call.response.headers.get("Content-Type", "")
+    if not content_type.startswith("text/event-stream"):
+        raise UpstreamError(f"backend '{backend}' did not answer with a stream")
+    finished = False
+    async for run in call.event_runs():
+        for event in split_events(run):
+            for line in event.splitlines():
+                if not line.startswith(b"data:"):
+                    continue
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    await call.finish()  # so the backend connection is reused
+                    return
+                chunk = _parse_chunk(data, backend)
+                error = chunk.get("error")
+                if error:
+                    message = error.get("message") if isinstance(error, dict) else error
+                    raise UpstreamError(
+                        f"backend '{backend}' reported an error mid-stream: {message}"
+                        if isinstance(message, str)
+                        else f"backend '{backend}' reported an error mid-stream"
+                    )
+                choices = chunk.get("choices")
+                if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+                    finished = finished or bool(choices[0].get("finish_reason"))
+                yield chunk
+    if not finished:
+        raise UpstreamError(f"backend '{backend}' ended the stream early")
+
+
+def _parse_chunk(data: bytes, backend: str) -> dict[str, Any]:
+    try:
+        chunk = strict_json.loads_reply(data)
+    except StrictJsonError:
+        chunk = None
+    if not isinstance(chunk, dict):
+        raise UpstreamError(f"backend '{backend}' sent a stream event that is not a JSON object")
+    return chunk
+
+
+def delta_of(chunk: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The first choice's delta and finish reason (an empty delta for a usage chunk; a
+    text completion chunk's ``text`` as the delta's ``content``)."""
+    choices = chunk.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return {}, None
+    choice = choices[0]
+    delta = choice.get("delta")
+    if delta is None and isinstance(choice.get("text"), str):
+        delta = {"content": choice["text"]}
+    finish = choice.get("finish_reason")
+    return (delta if isinstance(delta, dict) else {}), (finish if isinstance(finish, str) else None)
+
+
+def usage_of(reply: dict[str, Any]) -> tuple[int, int] | None:
+    """``(prompt_tokens, completion_tokens)`` when the backend reported them."""
+    usage = reply.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if _count(prompt) and _count(completion):
+        return prompt, completion
+    return None
+
+
+def _count(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def text_of(content: Any) -> str:
+    """The text of a chat ``content`` (a string or text parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def estimate_tokens(chat: dict[str, Any]) -> int:
+    """A rough input token count for a chat body: its text at ~4 characters a token, a
+    few tokens per message, the tools' JSON, and a flat 256 per image."""
+    chars = 0
+    tokens = 0
+    for message in chat.get("messages") or []:
+        tokens += 4
+        content = message.get("content")
+        chars += len(text_of(content))
+        if isinstance(content, list):
+            tokens += 256 * sum(
+                1 for part in content if isinstance(part, dict) and part.get("type") == "image_url"
+            )
+        for call in message.get("tool_calls") or []:
+            function = call.get("function") or {}
+            chars += len(function.get("name") or "") + len(function.get("arguments") or "")
+    if chat.get("tools"):
+        chars += len(json.dumps(chat["tools"]))
+    return max(1, tokens + math.ceil(chars / CHARS_PER_TOKEN))
+
+
+def tokens_for_chars(chars: int) -> int:
+    return math.ceil(chars / CHARS_PER_TOKEN)
+
+
+def image_media_type(data: bytes) -> str:
+    """The image type from its leading bytes (PNG when unknown: the model decides)."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data.startswith((b"GIF87a", b"GIF89a")):
+        return "image/gif"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return "image/png"
