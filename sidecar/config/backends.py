@@ -142,10 +142,15 @@ class BackendReader:
             timeout_s=number(queue_spec.get("timeout_s"), 30.0 if queue_spec else 0),
         )
         health = self.health(spec.get("health"), defaults.health)
-        if health.readiness is _UNSET:
-            health = dataclasses.replace(health, readiness=_readiness_path(protocol, url))
         tls = self.tls(spec.get("tls"), f"{path}.tls", defaults.tls)
         models = self.models(spec.get("models"), f"{path}.models", capabilities or frozenset())
+        if health.readiness is _UNSET and models is not None and protocol == "openai":
+            # Listed models need no /models route (many shims lack one): readiness is
+            # the liveness probe, else being reachable.
+            reachable = url is not None and health.liveness is None
+            health = dataclasses.replace(health, readiness=None, reachability=reachable)
+        elif health.readiness is _UNSET:
+            health = dataclasses.replace(health, readiness=_readiness_path(protocol, url))
         basic_auth = text(spec.get("basic_auth"))
         user, _, password = (basic_auth or "").partition(":")
         images = mapping(spec.get("images"))

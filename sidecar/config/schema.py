@@ -61,6 +61,9 @@ class HealthConfig:
     readiness: str | None = None
     interval_s: float = 10.0
     timeout_s: float = 3.0
+    # No readiness path: ready when the backend's URL answers at all (below 500). The
+    # default for a backend whose models are listed and that has no liveness path.
+    reachability: bool = False
 
 
 @dataclass(frozen=True)

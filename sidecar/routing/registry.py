@@ -22,6 +22,9 @@ class HealthState:
     READY = "ready"
     NOT_READY = "not_ready"
     DOWN = "down"
+    # Down for a reason only the admin can fix (TLS verification, a rejected client
+    # certificate, credentials the backend refuses): a 502 naming it, not "retry shortly".
+    MISCONFIGURED = "misconfigured"
 
 
 @dataclass
@@ -29,6 +32,7 @@ class Health:
     state: str = HealthState.UNKNOWN
     checked_at: float | None = None
     error: str | None = None
+    code: str | None = None  # the error code a request gets while misconfigured
     consecutive_failures: int = 0
     next_probe_at: float = 0.0
     probing: bool = False
