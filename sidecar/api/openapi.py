@@ -39,9 +39,9 @@ _MESSAGE = {
 }
 _TOOL = {
     "type": "object",
-    "required": ["type", "function"],
+    "required": ["type"],
     "properties": {
-        "type": {"const": "function"},
+        "type": {"type": "string", "minLength": 1, "examples": ["function", "custom"]},
         "function": {
             "type": "object",
             "required": ["name"],
@@ -52,6 +52,8 @@ _TOOL = {
             },
         },
     },
+    "if": {"properties": {"type": {"const": "function"}}},
+    "then": {"required": ["function"]},
 }
 _SAMPLING = {
     "temperature": {"type": "number", "minimum": 0, "maximum": 2},
@@ -96,6 +98,15 @@ SCHEMAS: dict[str, Any] = {
                                 "required": ["name"],
                                 "properties": {"name": {"type": "string"}},
                             },
+                        },
+                    },
+                    {
+                        "type": "object",
+                        "required": ["type"],
+                        "properties": {
+                            "type": {"enum": ["custom", "allowed_tools"]},
+                            "custom": {"type": "object"},
+                            "allowed_tools": {"type": "object"},
                         },
                     },
                 ]

@@ -119,6 +119,10 @@ def _check_sampling(payload: dict[str, Any]) -> None:
 
 
 def _check_tools(payload: dict[str, Any]) -> None:
+    """Tools pass through: each must be an object with a string ``type`` (a function tool
+    also a ``function.name``); other types (``custom``, built-ins) are the backend's to
+    judge. ``tool_choice`` is a string or an object with a ``type`` (``function``,
+    ``custom``, ``allowed_tools``...)."""
     tools = payload.get("tools")
     if tools is not None:
         if not isinstance(tools, list):
@@ -126,13 +130,14 @@ def _check_tools(payload: dict[str, Any]) -> None:
         if len(tools) > MAX_TOOLS:
             raise InvalidRequest(f"'tools' may list at most {MAX_TOOLS} tools", param="tools")
         for index, tool in enumerate(tools):
-            function = tool.get("function") if isinstance(tool, dict) else None
+            kind = tool.get("type") if isinstance(tool, dict) else None
+            if not isinstance(kind, str) or not kind:
+                raise InvalidRequest(
+                    f"'tools[{index}]' must be an object with a 'type'", param=f"tools[{index}]"
+                )
+            function = tool.get("function")
             name = function.get("name") if isinstance(function, dict) else None
-            if (
-                not isinstance(tool, dict)
-                or tool.get("type") != "function"
-                or not isinstance(name, str)
-            ):
+            if kind == "function" and not isinstance(name, str):
                 raise InvalidRequest(
                     f"'tools[{index}]' must be a function tool with a 'function.name' "
                     "(and 'parameters', if any, an object)",
@@ -141,10 +146,13 @@ def _check_tools(payload: dict[str, Any]) -> None:
     choice = payload.get("tool_choice")
     if choice is None or (isinstance(choice, str) and choice in _TOOL_CHOICES):
         return
+    kind = choice.get("type") if isinstance(choice, dict) else None
     function = choice.get("function") if isinstance(choice, dict) else None
-    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+    named = isinstance(function, dict) and isinstance(function.get("name"), str)
+    if not (named or (isinstance(kind, str) and kind and kind != "function")):
         raise InvalidRequest(
-            "'tool_choice' must be 'none', 'auto', 'required' or a named function",
+            "'tool_choice' must be 'none', 'auto', 'required', a named function or "
+            "an object with a 'type'",
             param="tool_choice",
         )
 
