@@ -76,8 +76,20 @@ _TEXT_OR_TOKENS = {
         },
     ]
 }
+_MODEL = {
+    "type": "object",
+    "required": ["id", "object", "created", "owned_by"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "model"},
+        "created": {"type": "integer"},
+        "owned_by": {"type": "string"},
+        "capabilities": {"type": "array", "items": {"type": "string"}},
+    },
+}
 SCHEMAS: dict[str, Any] = {
     "Error": _ERROR,
+    "Model": _MODEL,
     "ChatRequest": {
         "type": "object",
         "required": ["model", "messages"],
@@ -191,19 +203,7 @@ SCHEMAS: dict[str, Any] = {
         "required": ["object", "data"],
         "properties": {
             "object": {"const": "list"},
-            "data": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["id", "object", "created", "owned_by"],
-                    "properties": {
-                        "id": {"type": "string"},
-                        "object": {"const": "model"},
-                        "created": {"type": "integer"},
-                        "owned_by": {"type": "string"},
-                    },
-                },
-            },
+            "data": {"type": "array", "items": _MODEL},
         },
     },
     "ChatCompletion": {
@@ -341,6 +341,11 @@ _SSE_EVENT = {
 }
 PATHS: dict[str, Any] = {
     "/v1/models": {"get": _operation("Models of every backend, and the aliases", "ModelList")},
+    "/v1/models/{model}": {
+        "get": _operation(
+            "One model (ids may hold / and :)", "Model", errors=(404,), parameter="model"
+        )
+    },
     "/v1/chat/completions": {
         "post": _operation(
             "Chat (JSON or SSE)", "ChatCompletion", body="ChatRequest", errors=_ROUTED, stream=True

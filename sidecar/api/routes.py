@@ -18,6 +18,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/metrics", status.metrics, name="metrics")
     app.router.add_get("/openapi.json", openapi.openapi, name="openapi")
     app.router.add_get("/v1/models", openai.list_models, name="models")
+    app.router.add_get("/v1/models/{model:.+}", openai.retrieve_model, name="model")
     app.router.add_post("/v1/chat/completions", openai.chat_completions, name="chat")
     app.router.add_post("/v1/completions", openai.completions, name="completions")
     app.router.add_post("/v1/embeddings", openai.embeddings, name="embeddings")

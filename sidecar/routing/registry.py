@@ -81,9 +81,14 @@ class Backend:
         return self.discovered is not None and model in self.discovered
 
     def supports(self, model: str, capability: str) -> bool:
+        return capability in self.capabilities(model)
+
+    def capabilities(self, model: str) -> frozenset[str]:
+        """What ``model`` serves here: its own list in the YAML, else by its name
+        (``model_capabilities`` and the defaults), within the backend's capabilities."""
         if self._static is not None and model in self._static:
-            return capability in self._static[model]
-        return capability in self.config.capabilities
+            return self._static[model]
+        return self.config.capabilities_of(model)
 
 
 class Registry:
