@@ -325,11 +325,10 @@ class BackendReader:
             if isinstance(item, dict):
                 model_id = text(item.get("id"))
             capabilities = capabilities_by_name(model_id or "", patterns, backend_capabilities)
-            if isinstance(item, dict):
-                if "capabilities" in item:
-                    capabilities = _capabilities(item["capabilities"]) or capabilities
-                    for extra in sorted(capabilities - backend_capabilities):
-                        self.issues.error(f"{item_path}.capabilities", f"backend lacks {extra!r}")
+            if isinstance(item, dict) and "capabilities" in item:
+                capabilities = _capabilities(item["capabilities"]) or backend_capabilities
+                for extra in sorted(capabilities - backend_capabilities):
+                    self.issues.error(f"{item_path}.capabilities", f"backend lacks {extra!r}")
             if model_id is None:
                 continue
             if model_id in seen:
