@@ -1,4 +1,4 @@
-"""The OpenAI-compatible endpoints: models, chat, completions, embeddings.
+"""The OpenAI-compatible endpoints: models, chat, completions, embeddings, rerank.
 
 Each handler follows the gateway's request flow (middleware has already given the
 request an id and checked the bearer token): parse and check the body, resolve the model
@@ -115,6 +115,13 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 async def embeddings(request: web.Request) -> web.StreamResponse:
     return await _relay(request, "embeddings", "embeddings", validation.check_embeddings)
+
+
+async def rerank(request: web.Request) -> web.StreamResponse:
+    """``/v1/rerank`` (and ``/v1/reranking``, llama.cpp's name): the Jina/Cohere shape
+    (``{model, query, documents, top_n}`` to ``{results: [{index, relevance_score}]}``),
+    passed to ``{url}/rerank``."""
+    return await _relay(request, "rerank", "rerank", validation.check_rerank)
 
 
 async def _relay(

@@ -149,6 +149,73 @@ SCHEMAS: dict[str, Any] = {
         },
         "additionalProperties": True,
     },
+    "TranscriptionRequest": {
+        "type": "object",
+        "required": ["file", "model"],
+        "properties": {
+            "model": {"type": "string", "minLength": 1, "examples": ["whisper-1"]},
+            "file": {"type": "string", "contentMediaType": "application/octet-stream"},
+            "language": {"type": "string"},
+            "prompt": {"type": "string"},
+            "response_format": {"enum": ["json", "text", "srt", "verbose_json", "vtt"]},
+            "temperature": {"type": "number"},
+            "stream": {"type": "boolean"},
+        },
+        "additionalProperties": True,
+    },
+    "Transcription": {
+        "type": "object",
+        "required": ["text"],
+        "properties": {"text": {"type": "string"}},
+        "additionalProperties": True,
+    },
+    "SpeechRequest": {
+        "type": "object",
+        "required": ["model", "input"],
+        "properties": {
+            "model": {"type": "string", "minLength": 1, "examples": ["tts-1"]},
+            "input": {"type": "string", "minLength": 1},
+            "voice": {"oneOf": [{"type": "string"}, {"type": "object"}]},
+            "response_format": {"enum": ["mp3", "opus", "aac", "flac", "wav", "pcm"]},
+            "speed": {"type": "number", "minimum": 0.25, "maximum": 4.0},
+            "stream_format": {"enum": ["audio", "sse"]},
+        },
+        "additionalProperties": True,
+    },
+    "RerankRequest": {
+        "type": "object",
+        "required": ["model", "query", "documents"],
+        "properties": {
+            "model": {"type": "string", "minLength": 1, "examples": ["bge-reranker-v2-m3"]},
+            "query": {"type": "string", "minLength": 1},
+            "documents": {
+                "type": "array",
+                "minItems": 1,
+                "items": {"oneOf": [{"type": "string"}, {"type": "object"}]},
+            },
+            "top_n": {"type": "integer", "minimum": 1},
+            "return_documents": {"type": "boolean"},
+        },
+        "additionalProperties": True,
+    },
+    "Rerank": {
+        "type": "object",
+        "required": ["results"],
+        "properties": {
+            "results": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["index", "relevance_score"],
+                    "properties": {
+                        "index": {"type": "integer"},
+                        "relevance_score": {"type": "number"},
+                    },
+                },
+            }
+        },
+        "additionalProperties": True,
+    },
     "ImageRequest": {
         "type": "object",
         "required": ["prompt"],
@@ -333,6 +400,35 @@ def _operation(
 
 
 _ROUTED = (400, 404, 413, 429, 502, 503, 504)
+
+
+def _upload(summary: str) -> dict[str, Any]:
+    """A transcription: a multipart form in; JSON, text or events out."""
+    operation = _operation(summary, "Transcription", errors=_ROUTED, stream=True)
+    operation["responses"]["200"]["content"]["text/plain"] = {"schema": {"type": "string"}}
+    operation["requestBody"] = {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": _ref("TranscriptionRequest")}},
+    }
+    return operation
+
+
+def _speech() -> dict[str, Any]:
+    """Text to speech: JSON in, audio bytes (or events) out."""
+    operation = _operation(
+        "Text to speech (audio streamed back)",
+        "Error",
+        body="SpeechRequest",
+        errors=_ROUTED,
+        stream=True,
+    )
+    operation["responses"]["200"]["content"] = {
+        "audio/*": {"schema": {"type": "string", "contentMediaType": "audio/*"}},
+        "text/event-stream": {"schema": _SSE_EVENT},
+    }
+    return operation
+
+
 # One server-sent event of a stream: a JSON chunk, an error envelope, or [DONE].
 _SSE_EVENT = {
     "type": "object",
@@ -402,6 +498,17 @@ PATHS: dict[str, Any] = {
         ),
     },
     "/v1/gateway/status": {"get": _operation("Backends, health and limits", "GatewayStatus")},
+    "/v1/audio/transcriptions": {"post": _upload("Speech to text (multipart upload)")},
+    "/v1/audio/translations": {"post": _upload("Speech to English text (multipart upload)")},
+    "/v1/audio/speech": {"post": _speech()},
+    "/v1/rerank": {
+        "post": _operation("Rerank documents", "Rerank", body="RerankRequest", errors=_ROUTED)
+    },
+    "/v1/reranking": {
+        "post": _operation(
+            "Rerank documents (llama.cpp's name)", "Rerank", body="RerankRequest", errors=_ROUTED
+        )
+    },
 }
 
 

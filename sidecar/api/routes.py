@@ -9,7 +9,7 @@ from ..images import api as images
 from ..music import api as music
 from ..toolbus import api as tools
 from ..toolbus import mcp
-from . import openai, openapi, status
+from . import audio, openai, openapi, status
 
 
 def setup_routes(app: web.Application) -> None:
@@ -36,3 +36,9 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/mcp", mcp.endpoint, name="mcp")
     app.router.add_get("/v1/gateway/status", status.gateway_status, name="gateway_status")
     app.router.add_get("/images/{name}", images.image_file, name="image_file", allow_head=True)
+    # Audio and rerank, admitted like chat.
+    app.router.add_post("/v1/audio/transcriptions", audio.transcriptions, name="transcriptions")
+    app.router.add_post("/v1/audio/translations", audio.translations, name="translations")
+    app.router.add_post("/v1/audio/speech", audio.speech, name="speech")
+    app.router.add_post("/v1/rerank", openai.rerank, name="rerank")
+    app.router.add_post("/v1/reranking", openai.rerank, name="reranking")

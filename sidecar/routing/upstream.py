@@ -24,7 +24,7 @@ import os
 import re
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -353,6 +353,24 @@ class BackendClient:
         headers = {**self._headers, "X-Request-Id": request_id}
         return await self._open("POST", endpoint, body, headers, read_timeout_s)
 
+    async def send(
+        self,
+        endpoint: str | URL,
+        body: bytes | AsyncIterable[bytes],
+        content_type: str,
+        request_id: str,
+        read_timeout_s: float | None = None,
+    ) -> UpstreamCall:
+        """Send a body that is not JSON (a multipart upload, streamed when ``body`` is an
+        async iterable) and wait for the response head, which may be anything (audio)."""
+        headers = {
+            **self._headers,
+            "Content-Type": content_type,
+            "Accept": "*/*",
+            "X-Request-Id": request_id,
+        }
+        return await self._open("POST", endpoint, body, headers, read_timeout_s)
+
     async def get(
         self,
         path: str,
@@ -374,7 +392,7 @@ class BackendClient:
         self,
         method: str,
         endpoint: str | URL,
-        body: bytes | None,
+        body: bytes | AsyncIterable[bytes] | None,
         headers: dict[str, str],
         read_timeout_s: float | None,
     ) -> UpstreamCall:
