@@ -93,6 +93,8 @@ async def _relay_upload(request: web.Request, endpoint: str) -> web.StreamRespon
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes")
     if request.content_type != "multipart/form-data":
+        if request.content_type == "application/json":
+            await read_json_object(request)  # strict JSON everywhere: bad JSON says so first
         raise InvalidRequest(
             "Send the audio as multipart/form-data with a 'file' and a 'model'", param="file"
         )
