@@ -325,8 +325,8 @@ async def _relay_audio(
     response = web.StreamResponse(headers={**headers, "X-Content-Type-Options": "nosniff"})
     response.content_type = media
     length = call.response.content_length
-    if length is not None:
-        response.content_length = length
+    if length is not None and "Content-Encoding" not in call.response.headers:
+        response.content_length = length  # (a compressed body arrives decompressed)
     await response.prepare(request)
     try:
         async for chunk in call.chunks(CHUNK_BYTES):
