@@ -11,14 +11,20 @@ on, such a permanent misconfiguration is a 502 that names it, not "503 retry sho
 from __future__ import annotations
 
 import asyncio
+import errno
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
 from aiohttp.test_utils import TestClient
+
+from sidecar.config.loader import parse_config
+from sidecar.routing.upstream import BackendClient
+from sidecar.settings import BackendTlsDefaults
 
 from .certs import TestPki, make_pki
 from .conftest import TOKEN, backend_yaml, eventually, gateway_yaml, openai_client
@@ -189,3 +195,32 @@ async def test_with_health_checks_an_untrusted_server_is_a_502_naming_the_verifi
     assert isinstance(error.body, dict)
     assert error.body["code"] == "upstream_tls_error"
     assert "certificate verify failed" in error.body["message"]
+
+
+@pytest.mark.parametrize(
+    "dropped",
+    [
+        aiohttp.ServerDisconnectedError(),
+        aiohttp.ClientOSError(errno.ECONNRESET, "Connection reset by peer"),
+        aiohttp.ClientOSError(errno.EPIPE, "Broken pipe"),
+        aiohttp.ClientConnectionError("Connection closed"),
+        aiohttp.ClientPayloadError("Response payload is not completed"),
+    ],
+    ids=["disconnected", "reset", "broken-pipe", "closed", "payload"],
+)
+def test_every_drop_before_the_head_names_the_client_certificate(
+    tmp_path: Path, pki: TestPki, dropped: Exception
+) -> None:
+    """However aiohttp reports the drop, before any response byte on a TLS backend that
+    was handed a client certificate it is the likely certificate rejection; after the
+    head it is a backend that broke off."""
+    text = _config("https://127.0.0.1:9/v1", "{readiness: false}")
+    config = parse_config(text.encode(), tmp_path / "gateway.yaml", {}, BackendTlsDefaults())
+    client = BackendClient(config.backends[0])
+
+    before = client.translate(dropped, before_head=True)
+    after = client.translate(dropped, streaming=True)
+
+    assert before.code == "upstream_tls_error", before.message
+    assert "rejected the client certificate" in before.message
+    assert after.code != "upstream_tls_error"
