@@ -20,6 +20,7 @@ from aiohttp import web
 
 from .agents.service import AgentRunner
 from .agents.transcripts import RunStore
+from .api.cors import cors, cors_headers
 from .api.middleware import bearer, errors, observe, stamp_response
 from .api.routes import setup_routes
 from .auth import TokenSet
@@ -67,7 +68,7 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> web.A
     tokens = TokenSet(settings.bearer_tokens)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[observe, errors, bearer(tokens), ui_guard],
+        middlewares=[observe, cors, errors, bearer(tokens), ui_guard],
     )
     app[SETTINGS] = settings
     app[TOKENS] = tokens
@@ -91,6 +92,7 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> web.A
         app.cleanup_ctx.append(_usage)
     app.on_response_prepare.append(stamp_response)
     app.on_response_prepare.append(security_headers)
+    app.on_response_prepare.append(cors_headers)
     aiohttp_jinja2.setup(
         app,
         loader=jinja2.FileSystemLoader(settings.templates_dir),

@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         "--kind",
         choices=("openai", "a1111", "openai-images", "heartmula"),
         default="openai",
-        help="openai: chat/completions/embeddings; a1111: stable-diffusion-webui; "
+        help="openai: chat/completions/embeddings, audio (mock-whisper, mock-tts) and "
+        "rerank (mock-rerank); a1111: stable-diffusion-webui; "
         "openai-images: an InvokeAI/ComfyUI-style image shim; heartmula: a music shim",
     )
     mock.add_argument(

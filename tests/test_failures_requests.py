@@ -288,7 +288,7 @@ async def test_sdk_sees_an_unknown_model_as_not_found(gateway: TestClient) -> No
         ("POST", "/v1/chat/completion"),
         ("GET", "/v1"),
         ("GET", "/v1/"),
-        ("POST", "/v1/models/extra"),
+        ("POST", "/v1/embeddings/extra"),  # /v1/models/{id} is a route now
     ],
 )
 async def test_unknown_route_under_v1_is_404_envelope(

@@ -381,19 +381,23 @@ async def test_a1111_with_the_wrong_password_is_502(images_gateway: ImagesGatewa
     assert setup.a1111_received() == []
 
 
-async def test_a1111_with_the_wrong_password_is_not_ready(images_gateway: ImagesGateway) -> None:
+async def test_a1111_with_the_wrong_password_is_misconfigured(
+    images_gateway: ImagesGateway,
+) -> None:
+    """Refused credentials are no passing trouble: a 502 that says so, no Retry-After."""
     setup = await images_gateway(
         "a1111-env", app=create_a1111_app(auth=("u", "p")), images={"a1111_auth": "u:wrong"}
     )
 
-    async def not_ready() -> bool:
+    async def misconfigured() -> bool:
         entry = await backend_status(setup.gateway, "images")
-        return entry["health"]["state"] == "not_ready"
+        return entry["health"]["state"] == "misconfigured"
 
-    await wait_for(not_ready, "the readiness probe to see the 401")
+    await wait_for(misconfigured, "the readiness probe to see the 401")
     status, headers, body = await generate(setup.gateway, prompt="a bridge", size="64x64")
-    assert_error(status, body, 503, code="backend_not_ready")
-    assert int(headers["Retry-After"]) >= 1
+    assert_error(status, body, 502, code="upstream_error")
+    assert "401" in body["error"]["message"]
+    assert "Retry-After" not in headers
     assert headers["X-Backend-Used"] == "images"
     assert stored_files(setup.image_dir) == []
 

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible endpoints: models, chat, completions, embeddings.
+"""The OpenAI-compatible endpoints: models, chat, completions, embeddings, rerank.
 
 Each handler follows the gateway's request flow (middleware has already given the
 request an id and checked the bearer token): parse and check the body, resolve the model
@@ -16,9 +16,10 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import GatewayError, UpstreamError, error_envelope
+from ..errors import GatewayError, UnknownModel, UpstreamError, error_envelope
 from ..observability.access_log import AccessRecord
 from ..routing.call import backend_call
+from ..routing.registry import Backend, Registry
 from ..routing.router import resolve, upstream_body
 from ..routing.upstream import UpstreamCall, split_events
 from ..typedefs import ACCESS, REGISTRY, REQUEST_ID
@@ -39,24 +40,71 @@ Checker = Callable[[dict[str, Any]], None]
 
 
 async def list_models(request: web.Request) -> web.Response:
+    """Every routed model once by its id (the first backend in file order that serves
+    it), as ``backend/model`` too when more than one backend serves it, then the
+    aliases; each entry says its ``capabilities``."""
+    entries = _model_entries(request.app[REGISTRY].current)
+    return web.json_response({"object": "list", "data": list(entries.values())})
+
+
+async def retrieve_model(request: web.Request) -> web.Response:
+    """``GET /v1/models/{id}``: one entry of the list; ids may hold ``/`` and ``:``."""
+    model = request.match_info["model"]
     registry = request.app[REGISTRY].current
+    entry = _model_entries(registry).get(model)
+    if entry is None:
+        prefix, _, rest = model.partition("/")
+        backend = registry.get(prefix)
+        if backend is not None and rest and backend.serves(rest):
+            entry = _model_entry(
+                model, int(registry.loaded_at), backend.name, backend.capabilities(rest)
+            )
+    if entry is None:
+        raise UnknownModel(
+            f"The model '{model[:128]}' does not exist or is not routed by this gateway; "
+            "GET /v1/models lists what is available",
+            param="model",
+        )
+    return web.json_response(entry)
+
+
+def _model_entries(registry: Registry) -> dict[str, dict[str, Any]]:
     created = int(registry.loaded_at)
-    data: list[dict[str, Any]] = []
-    seen: set[str] = set()
+    entries: dict[str, dict[str, Any]] = {}
+    servers: dict[str, list[Backend]] = {}
     for backend in registry.backends.values():
         for model_id in backend.model_ids:
-            if model_id not in seen:
-                seen.add(model_id)
-                data.append(_model_entry(model_id, created, backend.name))
+            servers.setdefault(model_id, []).append(backend)
+    for model_id, backends in servers.items():
+        first = backends[0]
+        entries[model_id] = _model_entry(
+            model_id, created, first.name, first.capabilities(model_id)
+        )
+    for model_id, backends in servers.items():
+        if len(backends) > 1:
+            for backend in backends:
+                name = f"{backend.name}/{model_id}"
+                entries.setdefault(
+                    name, _model_entry(name, created, backend.name, backend.capabilities(model_id))
+                )
     for alias in registry.config.aliases.values():
-        if alias.name not in seen:
-            seen.add(alias.name)
-            data.append(_model_entry(alias.name, created, alias.backend))
-    return web.json_response({"object": "list", "data": data})
+        if alias.name not in entries:
+            target = registry.get(alias.backend)
+            capabilities = target.capabilities(alias.model) if target else frozenset()
+            entries[alias.name] = _model_entry(alias.name, created, alias.backend, capabilities)
+    return entries
 
 
-def _model_entry(model_id: str, created: int, owner: str) -> dict[str, Any]:
-    return {"id": model_id, "object": "model", "created": created, "owned_by": owner}
+def _model_entry(
+    model_id: str, created: int, owner: str, capabilities: frozenset[str]
+) -> dict[str, Any]:
+    return {
+        "id": model_id,
+        "object": "model",
+        "created": created,
+        "owned_by": owner,
+        "capabilities": sorted(capabilities),
+    }
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -69,6 +117,13 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 async def embeddings(request: web.Request) -> web.StreamResponse:
     return await _relay(request, "embeddings", "embeddings", validation.check_embeddings)
+
+
+async def rerank(request: web.Request) -> web.StreamResponse:
+    """``/v1/rerank`` (and ``/v1/reranking``, llama.cpp's name): the Jina/Cohere shape
+    (``{model, query, documents, top_n}`` to ``{results: [{index, relevance_score}]}``),
+    passed to ``{url}/rerank``."""
+    return await _relay(request, "rerank", "rerank", validation.check_rerank)
 
 
 async def _relay(

@@ -39,9 +39,9 @@ _MESSAGE = {
 }
 _TOOL = {
     "type": "object",
-    "required": ["type", "function"],
+    "required": ["type"],
     "properties": {
-        "type": {"const": "function"},
+        "type": {"type": "string", "minLength": 1, "examples": ["function", "custom"]},
         "function": {
             "type": "object",
             "required": ["name"],
@@ -52,6 +52,8 @@ _TOOL = {
             },
         },
     },
+    "if": {"properties": {"type": {"const": "function"}}},
+    "then": {"required": ["function"]},
 }
 _SAMPLING = {
     "temperature": {"type": "number", "minimum": 0, "maximum": 2},
@@ -74,8 +76,20 @@ _TEXT_OR_TOKENS = {
         },
     ]
 }
+_MODEL = {
+    "type": "object",
+    "required": ["id", "object", "created", "owned_by"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "model"},
+        "created": {"type": "integer"},
+        "owned_by": {"type": "string"},
+        "capabilities": {"type": "array", "items": {"type": "string"}},
+    },
+}
 SCHEMAS: dict[str, Any] = {
     "Error": _ERROR,
+    "Model": _MODEL,
     "ChatRequest": {
         "type": "object",
         "required": ["model", "messages"],
@@ -96,6 +110,15 @@ SCHEMAS: dict[str, Any] = {
                                 "required": ["name"],
                                 "properties": {"name": {"type": "string"}},
                             },
+                        },
+                    },
+                    {
+                        "type": "object",
+                        "required": ["type"],
+                        "properties": {
+                            "type": {"enum": ["custom", "allowed_tools"]},
+                            "custom": {"type": "object"},
+                            "allowed_tools": {"type": "object"},
                         },
                     },
                 ]
@@ -123,6 +146,73 @@ SCHEMAS: dict[str, Any] = {
             "input": _TEXT_OR_TOKENS,
             "encoding_format": {"enum": ["float", "base64"]},
             "dimensions": {"type": "integer", "minimum": 1},
+        },
+        "additionalProperties": True,
+    },
+    "TranscriptionRequest": {
+        "type": "object",
+        "required": ["file", "model"],
+        "properties": {
+            "model": {"type": "string", "minLength": 1, "examples": ["whisper-1"]},
+            "file": {"type": "string", "contentMediaType": "application/octet-stream"},
+            "language": {"type": "string"},
+            "prompt": {"type": "string"},
+            "response_format": {"enum": ["json", "text", "srt", "verbose_json", "vtt"]},
+            "temperature": {"type": "number"},
+            "stream": {"type": "boolean"},
+        },
+        "additionalProperties": True,
+    },
+    "Transcription": {
+        "type": "object",
+        "required": ["text"],
+        "properties": {"text": {"type": "string"}},
+        "additionalProperties": True,
+    },
+    "SpeechRequest": {
+        "type": "object",
+        "required": ["model", "input"],
+        "properties": {
+            "model": {"type": "string", "minLength": 1, "examples": ["tts-1"]},
+            "input": {"type": "string", "minLength": 1},
+            "voice": {"oneOf": [{"type": "string"}, {"type": "object"}]},
+            "response_format": {"enum": ["mp3", "opus", "aac", "flac", "wav", "pcm"]},
+            "speed": {"type": "number", "minimum": 0.25, "maximum": 4.0},
+            "stream_format": {"enum": ["audio", "sse"]},
+        },
+        "additionalProperties": True,
+    },
+    "RerankRequest": {
+        "type": "object",
+        "required": ["model", "query", "documents"],
+        "properties": {
+            "model": {"type": "string", "minLength": 1, "examples": ["bge-reranker-v2-m3"]},
+            "query": {"type": "string", "minLength": 1},
+            "documents": {
+                "type": "array",
+                "minItems": 1,
+                "items": {"oneOf": [{"type": "string"}, {"type": "object"}]},
+            },
+            "top_n": {"type": "integer", "minimum": 1},
+            "return_documents": {"type": "boolean"},
+        },
+        "additionalProperties": True,
+    },
+    "Rerank": {
+        "type": "object",
+        "required": ["results"],
+        "properties": {
+            "results": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["index", "relevance_score"],
+                    "properties": {
+                        "index": {"type": "integer"},
+                        "relevance_score": {"type": "number"},
+                    },
+                },
+            }
         },
         "additionalProperties": True,
     },
@@ -180,19 +270,7 @@ SCHEMAS: dict[str, Any] = {
         "required": ["object", "data"],
         "properties": {
             "object": {"const": "list"},
-            "data": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["id", "object", "created", "owned_by"],
-                    "properties": {
-                        "id": {"type": "string"},
-                        "object": {"const": "model"},
-                        "created": {"type": "integer"},
-                        "owned_by": {"type": "string"},
-                    },
-                },
-            },
+            "data": {"type": "array", "items": _MODEL},
         },
     },
     "ChatCompletion": {
@@ -421,6 +499,35 @@ def _operation(
 
 
 _ROUTED = (400, 404, 413, 429, 502, 503, 504)
+
+
+def _upload(summary: str) -> dict[str, Any]:
+    """A transcription: a multipart form in; JSON, text or events out."""
+    operation = _operation(summary, "Transcription", errors=_ROUTED, stream=True)
+    operation["responses"]["200"]["content"]["text/plain"] = {"schema": {"type": "string"}}
+    operation["requestBody"] = {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": _ref("TranscriptionRequest")}},
+    }
+    return operation
+
+
+def _speech() -> dict[str, Any]:
+    """Text to speech: JSON in, audio bytes (or events) out."""
+    operation = _operation(
+        "Text to speech (audio streamed back)",
+        "Error",
+        body="SpeechRequest",
+        errors=_ROUTED,
+        stream=True,
+    )
+    operation["responses"]["200"]["content"] = {
+        "audio/*": {"schema": {"type": "string", "contentMediaType": "audio/*"}},
+        "text/event-stream": {"schema": _SSE_EVENT},
+    }
+    return operation
+
+
 # One server-sent event of a stream: a JSON chunk, an error envelope, or [DONE].
 _SSE_EVENT = {
     "type": "object",
@@ -438,6 +545,11 @@ _USAGE_QUERY = [
 ]
 PATHS: dict[str, Any] = {
     "/v1/models": {"get": _operation("Models of every backend, and the aliases", "ModelList")},
+    "/v1/models/{model}": {
+        "get": _operation(
+            "One model (ids may hold / and :)", "Model", errors=(404,), parameter="model"
+        )
+    },
     "/v1/chat/completions": {
         "post": _operation(
             "Chat (JSON or SSE)", "ChatCompletion", body="ChatRequest", errors=_ROUTED, stream=True
@@ -523,6 +635,17 @@ PATHS: dict[str, Any] = {
             body="AnthropicCountTokensRequest",
             errors=(400, 404, 413),
             error="AnthropicError",
+        )
+    },
+    "/v1/audio/transcriptions": {"post": _upload("Speech to text (multipart upload)")},
+    "/v1/audio/translations": {"post": _upload("Speech to English text (multipart upload)")},
+    "/v1/audio/speech": {"post": _speech()},
+    "/v1/rerank": {
+        "post": _operation("Rerank documents", "Rerank", body="RerankRequest", errors=_ROUTED)
+    },
+    "/v1/reranking": {
+        "post": _operation(
+            "Rerank documents (llama.cpp's name)", "Rerank", body="RerankRequest", errors=_ROUTED
         )
     },
 }

@@ -10,7 +10,7 @@ from ..music import api as music
 from ..toolbus import api as tools
 from ..toolbus import mcp
 from ..usage import api as usage
-from . import anthropic, ollama, openai, openapi, status
+from . import anthropic, audio, ollama, openai, openapi, status
 
 
 def setup_routes(app: web.Application) -> None:
@@ -19,6 +19,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/metrics", status.metrics, name="metrics")
     app.router.add_get("/openapi.json", openapi.openapi, name="openapi")
     app.router.add_get("/v1/models", openai.list_models, name="models")
+    app.router.add_get("/v1/models/{model:.+}", openai.retrieve_model, name="model")
     app.router.add_post("/v1/chat/completions", openai.chat_completions, name="chat")
     app.router.add_post("/v1/completions", openai.completions, name="completions")
     app.router.add_post("/v1/embeddings", openai.embeddings, name="embeddings")
@@ -50,3 +51,9 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/api/generate", ollama.generate, name="ollama_generate")
     app.router.add_post("/api/embed", ollama.embed, name="ollama_embed")
     app.router.add_post("/api/embeddings", ollama.embeddings, name="ollama_embeddings")
+    # Audio and rerank, admitted like chat.
+    app.router.add_post("/v1/audio/transcriptions", audio.transcriptions, name="transcriptions")
+    app.router.add_post("/v1/audio/translations", audio.translations, name="translations")
+    app.router.add_post("/v1/audio/speech", audio.speech, name="speech")
+    app.router.add_post("/v1/rerank", openai.rerank, name="rerank")
+    app.router.add_post("/v1/reranking", openai.rerank, name="reranking")

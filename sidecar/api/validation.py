@@ -98,6 +98,54 @@ def check_embeddings(payload: dict[str, Any]) -> None:
         raise InvalidRequest("embeddings cannot be streamed", param="stream")
 
 
+def check_speech(payload: dict[str, Any]) -> None:
+    text = payload.get("input")
+    if text is None:
+        raise InvalidRequest(
+            "'input' is required", param="input", code="missing_required_parameter"
+        )
+    if not isinstance(text, str) or not text:
+        raise InvalidRequest("'input' must be a non-empty string", param="input")
+    speed = payload.get("speed")
+    if speed is not None and (not _is_number(speed) or not 0.25 <= speed <= 4.0):
+        raise InvalidRequest("'speed' must be a number from 0.25 to 4.0", param="speed")
+    voice = payload.get("voice")
+    if voice is not None and not isinstance(voice, str | dict):
+        raise InvalidRequest("'voice' must be a string or an object", param="voice")
+
+
+def check_rerank(payload: dict[str, Any]) -> None:
+    """The Jina/Cohere shape: ``query``, ``documents`` (text or objects), ``top_n``."""
+    query = payload.get("query")
+    if query is None:
+        raise InvalidRequest(
+            "'query' is required", param="query", code="missing_required_parameter"
+        )
+    if not isinstance(query, str) or not query:
+        raise InvalidRequest("'query' must be a non-empty string", param="query")
+    documents = payload.get("documents")
+    if documents is None:
+        raise InvalidRequest(
+            "'documents' is required", param="documents", code="missing_required_parameter"
+        )
+    if (
+        not isinstance(documents, list)
+        or not documents
+        or not all(isinstance(item, str | dict) for item in documents)
+    ):
+        raise InvalidRequest(
+            "'documents' must be a non-empty array of strings or objects", param="documents"
+        )
+    top_n = payload.get("top_n")
+    if top_n is not None and (not _is_int(top_n) or top_n < 1):
+        raise InvalidRequest("'top_n' must be a positive integer", param="top_n")
+    flag = payload.get("return_documents")
+    if flag is not None and not isinstance(flag, bool):
+        raise InvalidRequest("'return_documents' must be a boolean", param="return_documents")
+    if payload.get("stream"):
+        raise InvalidRequest("rerank cannot be streamed", param="stream")
+
+
 def _check_sampling(payload: dict[str, Any]) -> None:
     for name, low, high in (("temperature", 0, 2), ("top_p", 0, 1)):
         value = payload.get(name)
@@ -119,6 +167,10 @@ def _check_sampling(payload: dict[str, Any]) -> None:
 
 
 def _check_tools(payload: dict[str, Any]) -> None:
+    """Tools pass through: each must be an object with a string ``type`` (a function tool
+    also a ``function.name``); other types (``custom``, built-ins) are the backend's to
+    judge. ``tool_choice`` is a string or an object with a ``type`` (``function``,
+    ``custom``, ``allowed_tools``...)."""
     tools = payload.get("tools")
     if tools is not None:
         if not isinstance(tools, list):
@@ -126,13 +178,14 @@ def _check_tools(payload: dict[str, Any]) -> None:
         if len(tools) > MAX_TOOLS:
             raise InvalidRequest(f"'tools' may list at most {MAX_TOOLS} tools", param="tools")
         for index, tool in enumerate(tools):
-            function = tool.get("function") if isinstance(tool, dict) else None
+            kind = tool.get("type") if isinstance(tool, dict) else None
+            if not isinstance(kind, str) or not kind:
+                raise InvalidRequest(
+                    f"'tools[{index}]' must be an object with a 'type'", param=f"tools[{index}]"
+                )
+            function = tool.get("function")
             name = function.get("name") if isinstance(function, dict) else None
-            if (
-                not isinstance(tool, dict)
-                or tool.get("type") != "function"
-                or not isinstance(name, str)
-            ):
+            if kind == "function" and not isinstance(name, str):
                 raise InvalidRequest(
                     f"'tools[{index}]' must be a function tool with a 'function.name' "
                     "(and 'parameters', if any, an object)",
@@ -141,10 +194,13 @@ def _check_tools(payload: dict[str, Any]) -> None:
     choice = payload.get("tool_choice")
     if choice is None or (isinstance(choice, str) and choice in _TOOL_CHOICES):
         return
+    kind = choice.get("type") if isinstance(choice, dict) else None
     function = choice.get("function") if isinstance(choice, dict) else None
-    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+    named = isinstance(function, dict) and isinstance(function.get("name"), str)
+    if not (named or (isinstance(kind, str) and kind and kind != "function")):
         raise InvalidRequest(
-            "'tool_choice' must be 'none', 'auto', 'required' or a named function",
+            "'tool_choice' must be 'none', 'auto', 'required', a named function or "
+            "an object with a 'type'",
             param="tool_choice",
         )
 

@@ -25,16 +25,20 @@ from .issues import Issues
 from .schema import (
     BUILTIN_CLASSES,
     CAPABILITIES,
+    DEFAULT_CAPABILITIES,
     DEFAULT_CLASS,
+    DEFAULT_MODEL_CAPABILITIES,
     PROTOCOL_CAPABILITIES,
     AliasConfig,
     BackendConfig,
+    CorsConfig,
     HealthConfig,
     ImagesConfig,
     ModelConfig,
     QueueConfig,
     Timeouts,
     TlsConfig,
+    capabilities_by_name,
 )
 from .tls import build_ssl_context, fingerprint
 from .values import flag, integer, listing, mapping, number, text
@@ -130,7 +134,8 @@ class BackendReader:
             self.issues.error(f"{path}.class", f"unknown class (known: {known})")
             backend_class = DEFAULT_CLASS
         served = PROTOCOL_CAPABILITIES.get(protocol, ("chat",))
-        capabilities = _capabilities(spec.get("capabilities", list(served)))
+        default = DEFAULT_CAPABILITIES.get(protocol, served)
+        capabilities = _capabilities(spec.get("capabilities", list(default)))
         if capabilities is not None and not capabilities <= set(served):
             message = f"protocol {protocol} serves only: {', '.join(served)}"
             self.issues.error(f"{path}.capabilities", message)
@@ -142,10 +147,18 @@ class BackendReader:
             timeout_s=number(queue_spec.get("timeout_s"), 30.0 if queue_spec else 0),
         )
         health = self.health(spec.get("health"), defaults.health)
-        if health.readiness is _UNSET:
-            health = dataclasses.replace(health, readiness=_readiness_path(protocol, url))
         tls = self.tls(spec.get("tls"), f"{path}.tls", defaults.tls)
-        models = self.models(spec.get("models"), f"{path}.models", capabilities or frozenset())
+        patterns = _model_patterns(spec.get("model_capabilities"))
+        models = self.models(
+            spec.get("models"), f"{path}.models", capabilities or frozenset(), patterns
+        )
+        if health.readiness is _UNSET and models is not None and protocol == "openai":
+            # Listed models need no /models route (many shims lack one): readiness is
+            # the liveness probe, else being reachable.
+            reachable = url is not None and health.liveness is None
+            health = dataclasses.replace(health, readiness=None, reachability=reachable)
+        elif health.readiness is _UNSET:
+            health = dataclasses.replace(health, readiness=_readiness_path(protocol, url))
         basic_auth = text(spec.get("basic_auth"))
         user, _, password = (basic_auth or "").partition(":")
         images = mapping(spec.get("images"))
@@ -180,6 +193,7 @@ class BackendReader:
                 max_pixels=integer(images.get("max_pixels"), ImagesConfig.max_pixels),
                 model=text(images.get("model")),
             ),
+            model_patterns=patterns,
             ssl_context=ssl_context,
         )
 
@@ -295,7 +309,11 @@ class BackendReader:
         )
 
     def models(
-        self, value: Any, path: str, backend_capabilities: frozenset[str]
+        self,
+        value: Any,
+        path: str,
+        backend_capabilities: frozenset[str],
+        patterns: tuple[tuple[str, frozenset[str]], ...] = DEFAULT_MODEL_CAPABILITIES,
     ) -> tuple[ModelConfig, ...] | None:
         if not isinstance(value, list):
             return None
@@ -303,14 +321,14 @@ class BackendReader:
         seen = set()
         for i, item in enumerate(value):
             item_path = f"{path}[{i}]"
-            capabilities = backend_capabilities
             model_id = item if isinstance(item, str) else None
             if isinstance(item, dict):
                 model_id = text(item.get("id"))
-                if "capabilities" in item:
-                    capabilities = _capabilities(item["capabilities"]) or capabilities
-                    for extra in sorted(capabilities - backend_capabilities):
-                        self.issues.error(f"{item_path}.capabilities", f"backend lacks {extra!r}")
+            capabilities = capabilities_by_name(model_id or "", patterns, backend_capabilities)
+            if isinstance(item, dict) and "capabilities" in item:
+                capabilities = _capabilities(item["capabilities"]) or backend_capabilities
+                for extra in sorted(capabilities - backend_capabilities):
+                    self.issues.error(f"{item_path}.capabilities", f"backend lacks {extra!r}")
             if model_id is None:
                 continue
             if model_id in seen:
@@ -344,6 +362,26 @@ class BackendReader:
                 tools=flag(spec.get("tools"), True),
             )
         return aliases
+
+
+def cors(value: Any) -> CorsConfig:
+    """The ``cors`` section: origins compared lower-case, without a trailing slash."""
+    spec = mapping(value)
+    origins = spec.get("allow_origins")
+    allowed = frozenset(
+        item.rstrip("/").lower() for item in (origins or []) if isinstance(item, str)
+    )
+    return CorsConfig(allowed, integer(spec.get("max_age_s"), CorsConfig.max_age_s))
+
+
+def _model_patterns(value: Any) -> tuple[tuple[str, frozenset[str]], ...]:
+    """A backend's ``model_capabilities`` (lower-cased globs), then the built-in ones."""
+    own = [
+        (pattern.lower(), found)
+        for pattern, listed in mapping(value).items()
+        if (found := _capabilities(listed)) is not None
+    ]
+    return (*own, *DEFAULT_MODEL_CAPABILITIES)
 
 
 def _capabilities(value: Any) -> frozenset[str] | None:

@@ -24,7 +24,7 @@ from .. import sandbox
 from ..errors import ConfigError, ConfigIssue
 from ..settings import BackendTlsDefaults, ImagesSettings
 from . import structure
-from .backends import BackendReader
+from .backends import BackendReader, cors
 from .issues import Issues
 from .schema import GatewayConfig
 from .tls import tls_files
@@ -99,6 +99,7 @@ def parse_config(
         aliases=MappingProxyType(aliases),
         tools=MappingProxyType(tools),
         token_tools=MappingProxyType(token_tools),
+        cors=cors(root.get("cors")),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -10,7 +11,16 @@ from typing import Any
 
 from yarl import URL
 
-CAPABILITIES = ("chat", "completions", "embeddings", "images", "music")
+CAPABILITIES = (
+    "chat",
+    "completions",
+    "embeddings",
+    "images",
+    "music",
+    "transcriptions",  # /v1/audio/transcriptions and /v1/audio/translations
+    "speech",  # /v1/audio/speech
+    "rerank",  # /v1/rerank
+)
 # How the gateway talks to a backend: ``openai`` (chat, completions, embeddings at
 # ``{url}/...``), ``a1111`` (stable-diffusion-webui's ``/sdapi/v1``), ``openai_images``
 # (an InvokeAI/ComfyUI shim's ``{url}/v1/images/generations``), ``mock_images`` (the
@@ -18,7 +28,7 @@ CAPABILITIES = ("chat", "completions", "embeddings", "images", "music")
 # ``heartmula`` is the HeartMuLa music shim (``{url}/v1/music/generations``).
 # What each protocol can serve; a backend's capabilities must be among them.
 PROTOCOL_CAPABILITIES: Mapping[str, tuple[str, ...]] = {
-    "openai": ("chat", "completions", "embeddings"),
+    "openai": ("chat", "completions", "embeddings", "transcriptions", "speech", "rerank"),
     "a1111": ("images",),
     "openai_images": ("images",),
     "mock_images": ("images",),
@@ -27,14 +37,50 @@ PROTOCOL_CAPABILITIES: Mapping[str, tuple[str, ...]] = {
 
 # Default concurrent requests per capability for each backend class. A backend's own
 # ``limits`` and the YAML's ``classes`` section override these.
-BUILTIN_CLASSES: Mapping[str, Mapping[str, int]] = {
+_CLASS_LIMITS: Mapping[str, Mapping[str, int]] = {
     "gpu_heavy": {"chat": 2, "completions": 2, "embeddings": 4, "images": 2, "music": 2},
     "gpu_light": {"chat": 4, "completions": 4, "embeddings": 8, "images": 2, "music": 2},
     "cpu": {"chat": 1, "completions": 1, "embeddings": 4, "images": 1, "music": 1},
     "remote": {"chat": 16, "completions": 16, "embeddings": 16, "images": 4, "music": 2},
     "mock": {"chat": 64, "completions": 64, "embeddings": 64, "images": 8, "music": 4},
 }
+# Audio is limited like chat, rerank like embeddings, in every class.
+BUILTIN_CLASSES: Mapping[str, Mapping[str, int]] = {
+    name: {
+        **limits,
+        "transcriptions": limits["chat"],
+        "speech": limits["chat"],
+        "rerank": limits["embeddings"],
+    }
+    for name, limits in _CLASS_LIMITS.items()
+}
 DEFAULT_CLASS = "gpu_light"
+# What a backend of each protocol serves when its ``capabilities`` are not given: the
+# audio and rerank endpoints are opted into, since most chat servers have none.
+DEFAULT_CAPABILITIES: Mapping[str, tuple[str, ...]] = {
+    "openai": ("chat", "completions", "embeddings"),
+}
+# What a model serves by its name, after a backend's own ``model_capabilities`` (globs,
+# case-insensitive, first match wins); a model that matches none serves everything its
+# backend does. Always limited to the backend's capabilities.
+DEFAULT_MODEL_CAPABILITIES: tuple[tuple[str, frozenset[str]], ...] = (
+    ("*rerank*", frozenset({"rerank"})),
+    ("*embed*", frozenset({"embeddings"})),
+    ("*whisper*", frozenset({"transcriptions"})),
+    ("*transcribe*", frozenset({"transcriptions"})),
+    ("*tts*", frozenset({"speech"})),
+)
+
+
+def capabilities_by_name(
+    model: str, patterns: tuple[tuple[str, frozenset[str]], ...], backend: frozenset[str]
+) -> frozenset[str]:
+    """The first matching pattern's capabilities within the backend's, else all of them."""
+    name = model.lower()
+    for pattern, capabilities in patterns:
+        if fnmatch.fnmatchcase(name, pattern):
+            return capabilities & backend
+    return backend
 
 
 @dataclass(frozen=True)
@@ -61,6 +107,9 @@ class HealthConfig:
     readiness: str | None = None
     interval_s: float = 10.0
     timeout_s: float = 3.0
+    # No readiness path: ready when the backend's URL answers at all (below 500). The
+    # default for a backend whose models are listed and that has no liveness path.
+    reachability: bool = False
 
 
 @dataclass(frozen=True)
@@ -101,8 +150,14 @@ class BackendConfig:
     api_key: str | None = field(default=None, repr=False)
     basic_auth: tuple[str, str] | None = field(default=None, repr=False)
     images: ImagesConfig = ImagesConfig()
+    # The backend's ``model_capabilities`` (lower-cased globs), then the defaults.
+    model_patterns: tuple[tuple[str, frozenset[str]], ...] = DEFAULT_MODEL_CAPABILITIES
     # Built from ``tls`` when the config is loaded (https only); derived, so not compared.
     ssl_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
+
+    def capabilities_of(self, model: str) -> frozenset[str]:
+        """What a model without capabilities of its own serves, judged by its name."""
+        return capabilities_by_name(model, self.model_patterns, self.capabilities)
 
     def connection_key(self) -> tuple[Any, ...]:
         """What the pooled client session depends on; equal keys can share one."""
@@ -161,6 +216,17 @@ class AgentSpec:
 
 
 @dataclass(frozen=True)
+class CorsConfig:
+    """Browser origins allowed to call the API; empty: none (no CORS headers at all)."""
+
+    allow_origins: frozenset[str] = frozenset()
+    max_age_s: int = 600
+
+    def allows(self, origin: str) -> bool:
+        return "*" in self.allow_origins or origin.lower() in self.allow_origins
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     source: Path
     digest: str
@@ -170,6 +236,7 @@ class GatewayConfig:
     # Token name -> the tools that token may call (tokens not listed: any allowed tool).
     token_tools: Mapping[str, frozenset[str]] = field(default_factory=dict)
     agents: Mapping[str, AgentSpec] = field(default_factory=dict)
+    cors: CorsConfig = CorsConfig()
 
     def backend(self, name: str) -> BackendConfig | None:
         for backend in self.backends:

@@ -30,6 +30,9 @@ from aiohttp import web
 class MockBehaviour:
     chat_models: tuple[str, ...] = ("mock-llama",)
     embedding_models: tuple[str, ...] = ("mock-embed",)
+    transcription_models: tuple[str, ...] = ("mock-whisper",)
+    speech_models: tuple[str, ...] = ("mock-tts",)
+    rerank_models: tuple[str, ...] = ("mock-rerank",)
     latency_ms: float = 0.0
     chunk_delay_ms: float = 0.0
     chunks: int = 4
@@ -61,6 +64,9 @@ def create_mock_app(behaviour: MockBehaviour | None = None) -> web.Application:
     app.router.add_post("/v1/chat/completions", _chat)
     app.router.add_post("/v1/completions", _completions)
     app.router.add_post("/v1/embeddings", _embeddings)
+    from .audio import add_audio_routes  # audio uses this module's helpers
+
+    add_audio_routes(app)
     return app
 
 
@@ -71,7 +77,7 @@ async def _bad_input_is_400(request: web.Request, handler: Any) -> web.StreamRes
         response: web.StreamResponse = await handler(request)
         return response
     except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
-        return _error(400, f"cannot handle this request: {type(exc).__name__}")
+        return error_response(400, f"cannot handle this request: {type(exc).__name__}")
 
 
 async def _ok(request: web.Request) -> web.Response:
@@ -80,7 +86,13 @@ async def _ok(request: web.Request) -> web.Response:
 
 async def _models(request: web.Request) -> web.Response:
     behaviour = request.app[BEHAVIOUR]
-    ids = behaviour.chat_models + behaviour.embedding_models
+    ids = (
+        behaviour.chat_models
+        + behaviour.embedding_models
+        + behaviour.transcription_models
+        + behaviour.speech_models
+        + behaviour.rerank_models
+    )
     data = [{"id": i, "object": "model", "created": 0, "owned_by": "mock"} for i in ids]
     return web.json_response({"object": "list", "data": data})
 
@@ -89,9 +101,9 @@ async def _receive(request: web.Request) -> dict[str, Any] | web.Response:
     try:
         body = await request.json()
     except ValueError:
-        return _error(400, "invalid JSON")
+        return error_response(400, "invalid JSON")
     if not isinstance(body, dict):
-        return _error(400, "body must be an object")
+        return error_response(400, "body must be an object")
     request.app[RECEIVED].append(Received(request.path, body, dict(request.headers)))
     latency = request.app[BEHAVIOUR].latency_ms
     if latency:
@@ -99,11 +111,11 @@ async def _receive(request: web.Request) -> dict[str, Any] | web.Response:
     return body
 
 
-def _sse(event: dict[str, Any]) -> bytes:
+def sse(event: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(event).encode() + b"\n\n"
 
 
-def _error(status: int, message: str) -> web.Response:
+def error_response(status: int, message: str) -> web.Response:
     envelope = {
         "error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}
     }
@@ -117,7 +129,7 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     behaviour = request.app[BEHAVIOUR]
     model = body.get("model")
     if model not in behaviour.chat_models:
-        return _error(404, f"model {model!r} not found")
+        return error_response(404, f"model {model!r} not found")
     messages = body.get("messages") or []
     tool_call = _tool_call_for(body, messages)
     reply = None if tool_call else _reply_text(messages)
@@ -178,7 +190,7 @@ async def _stream_chat(
 
     async def send(delta: dict[str, Any], finish: str | None = None) -> None:
         chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-        await response.write(_sse(chunk))
+        await response.write(sse(chunk))
         if behaviour.chunk_delay_ms:
             await asyncio.sleep(behaviour.chunk_delay_ms / 1000)
 
@@ -200,7 +212,7 @@ async def _stream_chat(
             await send({"content": piece})
         await send({}, finish)
     if _wants_usage(request, body):
-        await response.write(_sse({**base, "choices": [], "usage": usage}))
+        await response.write(sse({**base, "choices": [], "usage": usage}))
     await response.write(b"data: [DONE]\n\n")
     return response
 
@@ -211,7 +223,7 @@ async def _completions(request: web.Request) -> web.StreamResponse:
         return body
     behaviour = request.app[BEHAVIOUR]
     if body.get("model") not in behaviour.chat_models:
-        return _error(404, f"model {body.get('model')!r} not found")
+        return error_response(404, f"model {body.get('model')!r} not found")
     prompt = body.get("prompt")
     prompt_text = prompt if isinstance(prompt, str) else json.dumps(prompt)
     text = f"Mock completion of: {prompt_text}"
@@ -241,16 +253,16 @@ async def _completions(request: web.Request) -> web.StreamResponse:
             **base,
             "choices": [{"index": 0, "text": piece, "finish_reason": None, "logprobs": None}],
         }
-        await response.write(_sse(chunk))
+        await response.write(sse(chunk))
         if behaviour.chunk_delay_ms:
             await asyncio.sleep(behaviour.chunk_delay_ms / 1000)
     final = {
         **base,
         "choices": [{"index": 0, "text": "", "finish_reason": "stop", "logprobs": None}],
     }
-    tail = _sse(final)
+    tail = sse(final)
     if _wants_usage(request, body):
-        tail += _sse({**base, "choices": [], "usage": _usage(prompt_text, text)})
+        tail += sse({**base, "choices": [], "usage": _usage(prompt_text, text)})
     await response.write(tail + b"data: [DONE]\n\n")
     return response
 
@@ -261,12 +273,12 @@ async def _embeddings(request: web.Request) -> web.Response:
         return body
     behaviour = request.app[BEHAVIOUR]
     if body.get("model") not in behaviour.embedding_models:
-        return _error(404, f"model {body.get('model')!r} not found")
+        return error_response(404, f"model {body.get('model')!r} not found")
     value = body.get("input")
     inputs = [value] if isinstance(value, str) or (value and isinstance(value[0], int)) else value
     dim = body.get("dimensions") or behaviour.embedding_dim
     if not isinstance(dim, int) or not 1 <= dim <= 4096:
-        return _error(400, "dimensions must be from 1 to 4096")
+        return error_response(400, "dimensions must be from 1 to 4096")
     data = []
     for index, item in enumerate(inputs or []):
         vector = embed(item if isinstance(item, str) else json.dumps(item), dim)

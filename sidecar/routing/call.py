@@ -10,13 +10,16 @@ open call to the caller to read or relay, then close the call and release the sl
 exactly once, on every path out: success, error, a client that goes away, cancellation.
 
 A call without a capability (probes, downloads) takes no slot; a built-in backend (no
-URL) takes the slot only (``admitted``).
+URL) takes the slot only (``admitted``). A body that is not JSON (an audio upload) goes as
+``body`` with its ``content_type``; an async iterable body is streamed upstream as it is
+produced, never buffered whole. What comes back is read from the call in any form: JSON,
+events, or raw chunks (audio).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from types import TracebackType
 from typing import Any
 
@@ -48,11 +51,13 @@ def backend_call(
     headers: dict[str, str] | None = None,
     read_timeout_s: float | None = None,
     check_status: bool = True,
+    body: bytes | AsyncIterable[bytes] | None = None,
+    content_type: str = "application/octet-stream",
 ) -> BackendCall:
     """Admit, open, check, yield the open call; close it and free the slot on exit.
 
     ``POST`` sends ``payload`` as JSON to ``endpoint`` (relative to the backend URL, or a
-    URL on its origin, as an http tool's path is);
+    URL on its origin, as an http tool's path is), or ``body`` as ``content_type``;
     ``GET`` asks for ``endpoint`` as a path on the backend's origin. With
     ``check_status`` off the caller sees every status (probes, downloads).
     """
@@ -66,6 +71,8 @@ def backend_call(
         headers,
         read_timeout_s,
         check_status,
+        body,
+        content_type,
     )
 
 
@@ -76,9 +83,11 @@ class BackendCall:
 
     __slots__ = (
         "_backend",
+        "_body",
         "_call",
         "_capability",
         "_check_status",
+        "_content_type",
         "_endpoint",
         "_headers",
         "_method",
@@ -99,8 +108,12 @@ class BackendCall:
         headers: dict[str, str] | None,
         read_timeout_s: float | None,
         check_status: bool,
+        body: bytes | AsyncIterable[bytes] | None = None,
+        content_type: str = "application/octet-stream",
     ) -> None:
         self._backend = backend
+        self._body = body
+        self._content_type = content_type
         self._capability = capability
         self._endpoint = endpoint
         self._payload = payload
@@ -122,6 +135,14 @@ class BackendCall:
             if self._method == "GET":
                 call = await client.get(
                     str(self._endpoint), self._request_id, self._headers, self._read_timeout_s
+                )
+            elif self._body is not None:
+                call = await client.send(
+                    self._endpoint,
+                    self._body,
+                    self._content_type,
+                    self._request_id,
+                    self._read_timeout_s,
                 )
             else:
                 call = await client.post(

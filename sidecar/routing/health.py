@@ -1,10 +1,16 @@
 """Background health checks: each backend probed on its own interval.
 
 Liveness (optional) says the process is up; readiness says it can serve. A backend whose
-models are not listed in the YAML has them discovered from ``/models`` on each probe. A
-probe whose client a reload retired meanwhile is discarded: it never marks the new
+models are not listed in the YAML has them discovered from ``/models`` on each probe; one
+whose models are listed is not asked for ``/models`` (many shims have no such route): its
+readiness is its liveness path, else being reachable (any HTTP answer below 500 at its
+URL). A probe whose client a reload retired meanwhile is discarded: it never marks the new
 backend down. Probes never follow redirects: a 3xx counts as a failed probe. A probe is a
 ``backend_call`` without an admission slot.
+
+A failure only the admin can fix — TLS verification, a rejected client certificate, a 401
+or 403 from the backend — makes the backend ``misconfigured``: requests get a 502 naming
+the reason (as they would without health checks), not a 503 "retry shortly".
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ from .registry import Backend, HealthState, RegistryHolder
 
 log = logging.getLogger("gateway.health")
 _PROBE_BODY = 4 * 1024 * 1024
+_REFUSED = (401, 403, 407)  # the backend refuses the gateway's credentials
+_PERMANENT_CODES = ("upstream_tls_error",)
+Outcome = tuple[str, str | None, str | None]  # state, error, the code requests get
 
 
 class HealthChecker:
@@ -48,7 +57,7 @@ class HealthChecker:
         health = backend.health
         config = backend.config.health
         try:
-            state, error = await self._check(backend)
+            state, error, code = await self._check(backend)
         finally:
             health.probing = False
             health.next_probe_at = time.monotonic() + config.interval_s
@@ -64,17 +73,17 @@ class HealthChecker:
             health.next_probe_at = time.monotonic() + retry
         if state != health.state:
             log.info("backend %s is now %s%s", backend.name, state, f" ({error})" if error else "")
-        health.state, health.error = state, error
+        health.state, health.error, health.code = state, error, code
         health.checked_at = time.time()
         health.consecutive_failures = (
             0 if state == HealthState.READY else (health.consecutive_failures + 1)
         )
 
-    async def _check(self, backend: Backend) -> tuple[str, str | None]:
+    async def _check(self, backend: Backend) -> Outcome:
         config = backend.config.health
         client = backend.client
         if backend.config.url is None:
-            return HealthState.READY, None  # built in: nothing to probe
+            return HealthState.READY, None, None  # built in: nothing to probe
         models_path = client.url("models").path
         discover = backend.config.models is None and backend.config.protocol == "openai"
         listing: bytes | None = None
@@ -82,12 +91,17 @@ class HealthChecker:
             if config.liveness:
                 status, _ = await _probe(backend, config.liveness, config.timeout_s)
                 if status >= 300:
-                    return HealthState.DOWN, f"liveness answered {status}{_redirect(status)}"
+                    return _failed(backend, HealthState.DOWN, "liveness", status)
             if config.readiness:
                 status, body = await _probe(backend, config.readiness, config.timeout_s)
                 if status >= 300:
-                    return HealthState.NOT_READY, f"readiness answered {status}{_redirect(status)}"
+                    return _failed(backend, HealthState.NOT_READY, "readiness", status)
                 listing = body if config.readiness == models_path else None
+            elif config.reachability:
+                path = backend.config.url.path or "/"
+                status, _ = await _probe(backend, path, config.timeout_s)
+                if status in _REFUSED or status >= 500 or 300 <= status < 400:
+                    return _failed(backend, HealthState.NOT_READY, "its URL", status)
             if discover:
                 if listing is None:
                     status, listing = await _probe(backend, models_path, config.timeout_s)
@@ -98,8 +112,11 @@ class HealthChecker:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            return HealthState.DOWN, _describe(backend, exc)
-        return HealthState.READY, None
+            error = _describe(backend, exc)
+            if isinstance(exc, GatewayError) and exc.code in _PERMANENT_CODES:
+                return HealthState.MISCONFIGURED, error, exc.code
+            return HealthState.DOWN, error, None
+        return HealthState.READY, None, None
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -133,6 +150,17 @@ def _describe(backend: Backend, exc: Exception) -> str:
         return "probe timed out"
     translated = backend.client.translate(exc)
     return translated.message if isinstance(translated, GatewayError) else type(exc).__name__
+
+
+def _failed(backend: Backend, state: str, probe: str, status: int) -> Outcome:
+    """The outcome of a probe that got an HTTP error ``status``."""
+    if status in _REFUSED:
+        error = (
+            f"backend '{backend.name}' answered {status} to the {probe} probe: it refuses the"
+            " gateway's credentials (check the backend's api_key or basic_auth)"
+        )
+        return HealthState.MISCONFIGURED, error, "upstream_error"
+    return state, f"{probe} answered {status}{_redirect(status)}", None
 
 
 def _redirect(status: int) -> str:

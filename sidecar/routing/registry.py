@@ -22,6 +22,9 @@ class HealthState:
     READY = "ready"
     NOT_READY = "not_ready"
     DOWN = "down"
+    # Down for a reason only the admin can fix (TLS verification, a rejected client
+    # certificate, credentials the backend refuses): a 502 naming it, not "retry shortly".
+    MISCONFIGURED = "misconfigured"
 
 
 @dataclass
@@ -29,6 +32,7 @@ class Health:
     state: str = HealthState.UNKNOWN
     checked_at: float | None = None
     error: str | None = None
+    code: str | None = None  # the error code a request gets while misconfigured
     consecutive_failures: int = 0
     next_probe_at: float = 0.0
     probing: bool = False
@@ -77,9 +81,14 @@ class Backend:
         return self.discovered is not None and model in self.discovered
 
     def supports(self, model: str, capability: str) -> bool:
+        return capability in self.capabilities(model)
+
+    def capabilities(self, model: str) -> frozenset[str]:
+        """What ``model`` serves here: its own list in the YAML, else by its name
+        (``model_capabilities`` and the defaults), within the backend's capabilities."""
         if self._static is not None and model in self._static:
-            return capability in self._static[model]
-        return capability in self.config.capabilities
+            return self._static[model]
+        return self.config.capabilities_of(model)
 
 
 class Registry:

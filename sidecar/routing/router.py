@@ -2,7 +2,8 @@
 
 Resolution order: alias, ``backend/model`` prefix, backend model lists (first backend in
 config order that has the capability); then the checks, in this order: capability (400),
-readiness (503 + Retry-After), admission (429 or a bounded queue wait). No fallback to
+readiness (503 + Retry-After while transient; 502 naming the reason while the backend is
+misconfigured), admission (429 or a bounded queue wait). No fallback to
 another backend unless the YAML asks for it.
 """
 
@@ -14,9 +15,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config.schema import AliasConfig
-from ..errors import BackendNotReady, CapabilityNotSupported, InvalidRequest, UnknownModel
+from ..errors import (
+    BackendNotReady,
+    CapabilityNotSupported,
+    InvalidRequest,
+    UnknownModel,
+    UpstreamUnavailable,
+)
 from .call import backend_call
-from .registry import Backend, Registry
+from .registry import Backend, HealthState, Registry
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,14 @@ def checked(route: Route, requested: str) -> Route:
         raise CapabilityNotSupported(
             f"model '{requested}' does not support {route.capability}", param="model"
         )
-    if not backend.health.routable:
+    health = backend.health
+    if health.state == HealthState.MISCONFIGURED:
+        raise UpstreamUnavailable(
+            health.error or f"backend '{backend.name}' is misconfigured",
+            code=health.code or "upstream_error",
+            headers={"X-Backend-Used": backend.name},
+        )
+    if not health.routable:
         raise BackendNotReady(
             f"backend '{backend.name}' serving '{requested}' is not ready "
             f"({backend.health.state}); retry shortly",

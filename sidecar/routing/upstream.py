@@ -24,7 +24,7 @@ import os
 import re
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -356,6 +356,24 @@ class BackendClient:
         headers = {**self._headers, "X-Request-Id": request_id}
         return await self._open("POST", endpoint, body, headers, read_timeout_s)
 
+    async def send(
+        self,
+        endpoint: str | URL,
+        body: bytes | AsyncIterable[bytes],
+        content_type: str,
+        request_id: str,
+        read_timeout_s: float | None = None,
+    ) -> UpstreamCall:
+        """Send a body that is not JSON (a multipart upload, streamed when ``body`` is an
+        async iterable) and wait for the response head, which may be anything (audio)."""
+        headers = {
+            **self._headers,
+            "Content-Type": content_type,
+            "Accept": "*/*",
+            "X-Request-Id": request_id,
+        }
+        return await self._open("POST", endpoint, body, headers, read_timeout_s)
+
     async def get(
         self,
         path: str,
@@ -377,7 +395,7 @@ class BackendClient:
         self,
         method: str,
         endpoint: str | URL,
-        body: bytes | None,
+        body: bytes | AsyncIterable[bytes] | None,
         headers: dict[str, str],
         read_timeout_s: float | None,
     ) -> UpstreamCall:
@@ -401,14 +419,18 @@ class BackendClient:
     ) -> GatewayError:
         """A transport failure as the gateway error the client should see."""
         name = self.name
+        if isinstance(exc, GatewayError):
+            return exc  # translated already (a probe's failure keeps its reason)
         tls_reason = _tls_reason(exc)
-        dropped = _reset(exc) or isinstance(exc, aiohttp.ServerDisconnectedError)
-        if tls_reason is None and before_head and dropped and self._ssl is not None:
-            # Python TLS servers (asyncio, uvicorn) drop a rejected client certificate
-            # without sending the alert (with TLS 1.3, after the request went out), so a
-            # reset or a disconnect before any response head is all we see.
+        if tls_reason is None and before_head and self._ssl is not None and _dropped(exc):
+            # Python TLS servers (asyncio, uvicorn) check a client certificate only after
+            # the TLS 1.3 handshake completed on our side, then drop the connection
+            # without an alert: a reset or a close before any response byte is all we see.
             tls_reason = (
-                "the backend reset the connection after the handshake; it may require a "
+                "the backend closed the connection after the handshake without answering;"
+                " it most likely rejected the client certificate"
+                if self.config.tls.client_cert is not None
+                else "the backend reset the connection after the handshake; it may require a "
                 "client certificate or not trust the one sent"
             )
         if tls_reason is not None:
@@ -647,6 +669,13 @@ def _tls_reason(exc: BaseException) -> str | None:
             return _ssl_reason(seen)
         seen = seen.__cause__ or seen.__context__ or inner
     return None
+
+
+def _dropped(exc: BaseException) -> bool:
+    """A connection the backend dropped (reset or closed), not one that never opened."""
+    if isinstance(exc, aiohttp.ClientConnectorError | TimeoutError):
+        return False
+    return isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError | OSError)
 
 
 def _reset(exc: BaseException) -> bool:
