@@ -34,6 +34,7 @@ from .mock_backends import (
     create_a1111_app,
     create_heartmula_app,
     create_mock_app,
+    create_model_server_app,
     create_openai_images_app,
 )
 from .observability.access_log import BatchedLineWriter
@@ -63,10 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     mock = commands.add_parser("mock-backends", help="run a fake model server on loopback")
     mock.add_argument(
         "--kind",
-        choices=("openai", "a1111", "openai-images", "heartmula"),
+        choices=("openai", "a1111", "openai-images", "heartmula", "model-server"),
         default="openai",
         help="openai: chat/completions/embeddings; a1111: stable-diffusion-webui; "
-        "openai-images: an InvokeAI/ComfyUI-style image shim; heartmula: a music shim",
+        "openai-images: an InvokeAI/ComfyUI-style image shim; heartmula: a music shim; "
+        "model-server: a model server for the gateway to run (process:), slow to get ready",
     )
     mock.add_argument(
         "--audio-dir", type=Path, default=Path("var/mock-heartmula"), help="heartmula's files"
@@ -76,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     mock.add_argument("--latency-ms", type=float, default=0.0)
     mock.add_argument("--chunk-delay-ms", type=float, default=20.0)
     mock.add_argument("--chunks", type=int, default=4)
+    mock.add_argument("--model", action="append", help="model-server: a model id it serves")
+    mock.add_argument("--ready-delay-s", type=float, default=0.5, help="model-server: load time")
+    mock.add_argument("--memory-mb", type=float, default=1000.0, help="model-server: its size")
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve()
@@ -328,6 +333,14 @@ def run_mock(args: argparse.Namespace) -> int:
         app = create_openai_images_app(latency_ms=args.latency_ms)
     elif args.kind == "heartmula":
         app = create_heartmula_app(args.audio_dir, latency_ms=args.latency_ms)
+    elif args.kind == "model-server":
+        app = create_model_server_app(
+            tuple(args.model or ["mock-llama"]),
+            args.ready_delay_s,
+            args.memory_mb,
+            args.chunk_delay_ms,
+            args.chunks,
+        )
     else:
         behaviour = MockBehaviour(
             latency_ms=args.latency_ms, chunk_delay_ms=args.chunk_delay_ms, chunks=args.chunks

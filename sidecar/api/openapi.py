@@ -278,6 +278,37 @@ SCHEMAS: dict[str, Any] = {
         "required": ["run_id", "deterministic"],
         "properties": {"deterministic": {"type": "boolean"}},
     },
+    "ModelState": {
+        "type": "object",
+        "required": ["id", "backend", "state"],
+        "properties": {
+            "id": {"type": "string"},
+            "backend": {"type": "string"},
+            "state": {"enum": ["unloaded", "loading", "loaded", "draining", "failed"]},
+            "loaded_since": {"type": ["number", "null"]},
+            "idle_s": {"type": ["number", "null"]},
+            "memory_mb": {"type": ["number", "null"]},
+            "group": {"type": ["string", "null"]},
+            "last_load_s": {"type": ["number", "null"]},
+        },
+    },
+    "ModelStates": {
+        "type": "object",
+        "required": ["object", "data"],
+        "properties": {
+            "object": {"const": "list"},
+            "data": {"type": "array", "items": {"$ref": "#/components/schemas/ModelState"}},
+        },
+    },
+    "ModelEvent": {
+        "type": "object",
+        "required": ["type", "backend", "at"],
+        "properties": {
+            "type": {"enum": ["load", "ready", "unload", "eviction", "crash"]},
+            "backend": {"type": "string"},
+            "at": {"type": "number"},
+        },
+    },
     "GatewayStatus": {
         "type": "object",
         "required": ["object", "backends"],
@@ -386,6 +417,32 @@ PATHS: dict[str, Any] = {
         ),
     },
     "/v1/gateway/status": {"get": _operation("Backends, health and limits", "GatewayStatus")},
+    "/v1/gateway/models": {
+        "get": _operation(
+            "Models loaded on demand, and their state (admin)", "ModelStates", errors=(403,)
+        )
+    },
+    "/v1/gateway/models/{id}/load": {
+        "post": _operation(
+            "Load a model now (admin)", "ModelState", errors=(403, 404, 503), parameter="id"
+        )
+    },
+    "/v1/gateway/models/{id}/unload": {
+        "post": _operation(
+            "Unload a model, after its requests in flight (admin)",
+            "ModelState",
+            errors=(403, 404),
+            parameter="id",
+        )
+    },
+    "/v1/gateway/events": {
+        "get": _operation(
+            "Model lifecycle events: load, ready, unload, eviction, crash (admin; SSE)",
+            "ModelEvent",
+            errors=(403, 429),
+            stream=True,
+        )
+    },
 }
 
 

@@ -9,7 +9,7 @@ from ..images import api as images
 from ..music import api as music
 from ..toolbus import api as tools
 from ..toolbus import mcp
-from . import openai, openapi, status
+from . import models, openai, openapi, status
 
 
 def setup_routes(app: web.Application) -> None:
@@ -35,3 +35,8 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/mcp", mcp.endpoint, name="mcp")
     app.router.add_get("/v1/gateway/status", status.gateway_status, name="gateway_status")
     app.router.add_get("/images/{name}", images.image_file, name="image_file", allow_head=True)
+    # The model lifecycle (admin): model ids may hold '/' and ':'.
+    app.router.add_get("/v1/gateway/models", models.list_models, name="gateway_models")
+    app.router.add_post("/v1/gateway/models/{id:.+}/load", models.load, name="model_load")
+    app.router.add_post("/v1/gateway/models/{id:.+}/unload", models.unload, name="model_unload")
+    app.router.add_get("/v1/gateway/events", models.events, name="gateway_events")

@@ -6,6 +6,7 @@ gateway without a GPU.
 
 from .heartmula import create_heartmula_app
 from .images import create_a1111_app, create_openai_images_app
+from .model_server import create_model_server_app
 from .openai_server import MockBehaviour, create_mock_app
 
 __all__ = [
@@ -13,5 +14,6 @@ __all__ = [
     "create_a1111_app",
     "create_heartmula_app",
     "create_mock_app",
+    "create_model_server_app",
     "create_openai_images_app",
 ]

@@ -10,12 +10,16 @@ open call to the caller to read or relay, then close the call and release the sl
 exactly once, on every path out: success, error, a client that goes away, cancellation.
 
 A call without a capability (probes, downloads) takes no slot; a built-in backend (no
-URL) takes the slot only (``admitted``).
+URL) takes the slot only (``admitted``). A backend whose model is loaded on demand
+(``Backend.lifecycle``) is entered right after the slot: the call waits there for the
+load, within the backend's wait budget, and leaves it with the slot; for every other
+backend this costs one attribute check.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any
@@ -23,7 +27,7 @@ from typing import Any
 from yarl import URL
 
 from .admission import Slot
-from .registry import Backend
+from .registry import Backend, Release
 from .upstream import UpstreamCall
 
 
@@ -81,6 +85,7 @@ class BackendCall:
         "_check_status",
         "_endpoint",
         "_headers",
+        "_lease",
         "_method",
         "_payload",
         "_read_timeout_s",
@@ -111,13 +116,18 @@ class BackendCall:
         self._check_status = check_status
         self._slot: Slot | None = None
         self._call: UpstreamCall | None = None
+        self._lease: Release | None = None
 
     async def __aenter__(self) -> UpstreamCall:
+        lifecycle = self._backend.lifecycle
+        started = time.monotonic() if lifecycle is not None else 0.0
         slot = None
         if self._capability is not None:
             admission = self._backend.admissions[self._capability]
             slot = admission.try_acquire() or await admission.acquire()
         try:
+            if lifecycle is not None:
+                self._lease = await lifecycle.enter(started)
             client = self._backend.client
             if self._method == "GET":
                 call = await client.get(
@@ -134,6 +144,8 @@ class BackendCall:
                 call.close()
                 raise
         except BaseException:
+            if self._lease is not None:
+                self._lease.release()
             if slot is not None:
                 slot.release()
             raise
@@ -150,5 +162,7 @@ class BackendCall:
             if self._call is not None:
                 self._call.close()
         finally:
+            if self._lease is not None:
+                self._lease.release()
             if self._slot is not None:
                 self._slot.release()

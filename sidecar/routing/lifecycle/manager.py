@@ -1,0 +1,672 @@
+"""Model processes the gateway runs: load on demand, unload when idle, swap within a group.
+
+Rules:
+
+- A backend with a ``process:`` block is a *unit*; its state is ``unloaded``, ``loading``,
+  ``loaded``, ``draining`` (being stopped; its requests in flight finish first) or
+  ``failed`` (its start or its process failed; retried with backoff).
+- Every backend call enters the unit (``BackendCall.__aenter__``, after its admission
+  slot): a loaded unit is entered at once (a counter and a clock read); otherwise the
+  call waits for it to be loaded, within the backend's wait budget — its
+  ``queue.timeout_s`` when it has a queue, else ``process.start_timeout_s`` — less the
+  time it already spent in the admission queue. A wait that cannot fit is refused at
+  once with 503 and ``Retry-After`` from the unit's *measured* load time (the last load's
+  seconds, plus any backoff; until a load was measured, the remaining start timeout),
+  and the load is started anyway so that the retry finds it ready.
+- A group is a memory budget (``memory_mb``) or ``exclusive`` (one member loaded). A
+  member that does not fit makes room by stopping other members: idle ones first, least
+  recently used first, then busy ones; ``pin: true`` members never. A busy member keeps
+  serving for the group's ``fairness_s`` after it was loaded before it is swapped out
+  (its queue is served, requests for it are not cut off); then it is drained: new
+  requests for it wait (for its next turn), the ones in flight finish (up to
+  ``drain_timeout_s``) before its process stops. Requests for the member being loaded
+  all wait for that one load and go together: one load serves a whole batch.
+- The oldest waiting demand in a group goes first; a later one never jumps it.
+- A unit idle (nothing in flight or waiting) for ``ttl_s`` is stopped (``0``: never).
+- A crash (the process exits while loaded) or a failed start marks it ``failed``; the
+  next request restarts it after a backoff of 0.5 s doubling per consecutive failure, at
+  most 30 s; a request that the process served resets the count.
+- Each change is published as an event (``events.py``) and counted by the observer
+  (the Prometheus metrics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from ...config.schema import BackendConfig, GatewayConfig, GroupConfig, ProcessConfig
+from ...errors import BackendNotReady, NotFound
+from ..registry import Backend, RegistryHolder
+from .events import EventHub
+from .process import ModelProcess, model_environment
+
+log = logging.getLogger("gateway.models")
+
+UNLOADED, LOADING, LOADED, DRAINING, FAILED = "unloaded", "loading", "loaded", "draining", "failed"
+STATES = (UNLOADED, LOADING, LOADED, DRAINING, FAILED)
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 30.0
+_PROBE_TIMEOUT_S = 2.0
+_PORT = "{port}"
+
+# kind ("load", "ready", "unload", "eviction", "crash", "failed": a start that never got
+# ready), backend, seconds (ready), reason (unload)
+Observer = Callable[[str, str, float | None, str | None], None]
+
+
+class Lease:
+    """A call running on a loaded unit; ``release()`` is idempotent."""
+
+    __slots__ = ("_released", "_unit")
+
+    def __init__(self, unit: ModelUnit) -> None:
+        self._unit = unit
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._unit._leave()
+
+
+class ModelUnit:
+    """One backend whose model server process the gateway runs."""
+
+    def __init__(self, manager: LifecycleManager, backend: Backend) -> None:
+        self.manager = manager
+        self.name = backend.name
+        self.backend = backend
+        self.config = backend.config
+        self.group: Group = Group(manager, None)
+        self.state = UNLOADED
+        self.loaded_at: float | None = None  # wall clock, for people
+        self.loaded_mono = 0.0
+        self.load_started = 0.0
+        self.last_used = time.monotonic()
+        self.last_load_s: float | None = None
+        self.reported_memory_mb: float | None = None
+        self.loads = self.crashes = self.evictions = self.failures = self.attempts = 0
+        self.retry_at = 0.0
+        self.error: str | None = None
+        self.active = 0  # calls running on it
+        self.waiting = 0  # calls waiting for it to be loaded
+        self.waiting_since = 0.0
+        self.requested = False  # a load asked for without a waiting call (admin, preload)
+        self.evicting = False
+        self.process: ModelProcess | None = None
+        self._changed = asyncio.Event()
+
+    # -- the request path ------------------------------------------------------------------
+
+    @property
+    def spec(self) -> ProcessConfig:
+        assert self.config.process is not None
+        return self.config.process
+
+    @property
+    def port(self) -> int:
+        assert self.config.url is not None
+        return self.config.url.port or 0
+
+    async def enter(self, started: float) -> Lease:
+        """Wait until loaded (within the backend's budget from ``started``); then run."""
+        if self.state == LOADED and not self.evicting:
+            self.active += 1
+            self.last_used = time.monotonic()
+            return Lease(self)
+        return await self._wait(started)
+
+    def wait_budget(self) -> float:
+        queue = self.config.queue
+        if queue.max > 0 and queue.timeout_s > 0:
+            return queue.timeout_s
+        return self.spec.start_timeout_s
+
+    async def _wait(self, started: float) -> Lease:
+        now = time.monotonic()
+        deadline = started + self.wait_budget()
+        estimate = self.estimate_s(now)
+        if now >= deadline or (estimate is not None and now + estimate > deadline):
+            self.want()
+            raise self._not_ready(estimate)
+        if self.waiting == 0:
+            self.waiting_since = now
+        self.waiting += 1
+        self.group.kick()
+        try:
+            async with asyncio.timeout_at(_loop_time(deadline)):
+                while not (self.state == LOADED and not self.evicting):
+                    if self.state == FAILED and self.retry_at > deadline:
+                        raise self._not_ready(self.estimate_s(time.monotonic()))
+                    await self._changed.wait()
+        except TimeoutError:
+            raise self._not_ready(self.estimate_s(time.monotonic())) from None
+        finally:
+            self.waiting -= 1
+        self.active += 1
+        self.last_used = time.monotonic()
+        return Lease(self)
+
+    def _leave(self) -> None:
+        self.active -= 1
+        self.last_used = time.monotonic()
+        if self.process is not None and self.process.running:
+            self.failures = 0
+        if self.evicting or self.group.demand:
+            self.changed()
+
+    def want(self) -> None:
+        """Ask for a load without waiting for it."""
+        if self.state in (UNLOADED, FAILED) or self.evicting:
+            if self.waiting == 0 and not self.requested:
+                self.waiting_since = time.monotonic()
+            self.requested = True
+            self.group.kick()
+
+    def estimate_s(self, now: float) -> float | None:
+        """Seconds until it could serve, from its measured load time; ``None``: unknown."""
+        if self.state == LOADED and not self.evicting:
+            return 0.0
+        measured = self.last_load_s
+        if self.state == LOADING:
+            expected = measured if measured is not None else self.spec.start_timeout_s
+            return max(0.0, expected - (now - self.load_started))
+        if measured is None:
+            return None
+        backoff = max(0.0, self.retry_at - now) if self.state == FAILED else 0.0
+        return measured + backoff
+
+    def _not_ready(self, estimate: float | None) -> BackendNotReady:
+        if estimate is None:
+            estimate = self.spec.start_timeout_s
+        retry = max(1, math.ceil(estimate))
+        doing = "loading" if self.state in (LOADING, UNLOADED, DRAINING) else self.state
+        return BackendNotReady(
+            f"backend '{self.name}' is {doing} its model; retry in about {retry} s",
+            retry_after=retry,
+            code="model_loading",
+            headers={"X-Backend-Used": self.name},
+        )
+
+    def changed(self) -> None:
+        """Wake whoever waits on this unit or its group."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+        self.group.wake()
+
+    @property
+    def idle(self) -> bool:
+        queued = sum(admission.queued for admission in self.backend.admissions.values())
+        return self.active == 0 and self.waiting == 0 and queued == 0
+
+    @property
+    def occupying(self) -> bool:
+        return self.state in (LOADING, LOADED, DRAINING)
+
+    @property
+    def demanding(self) -> bool:
+        return (self.waiting > 0 or self.requested) and (
+            self.state in (UNLOADED, FAILED) and not self.evicting
+        )
+
+    def set_state(self, state: str) -> None:
+        self.state = state
+        self.changed()
+
+    # -- loading and stopping (tasks the group starts) ---------------------------------------
+
+    def begin_load(self) -> None:
+        """Mark it loading now (so it is not started twice) and start the process."""
+        self.requested = False
+        self.attempts += 1
+        self.load_started = time.monotonic()
+        self.error = None
+        self.set_state(LOADING)
+        self.manager.publish("load", self)
+        self.manager.spawn(self._load())
+
+    async def _load(self) -> None:
+        argv = [arg.replace(_PORT, str(self.port)) for arg in self.spec.cmd]
+        env = model_environment(self.manager.environ, self.spec.env)
+        process = None
+        try:
+            process = await ModelProcess.start(argv, env, self.manager.log_path(self.name))
+            self.process = process
+            problem = await self._until_ready(process)
+        except OSError as exc:
+            problem = f"cannot start its command: {exc.strerror or type(exc).__name__}"
+        except BaseException:
+            if process is not None:
+                await asyncio.shield(process.stop(0.5))
+            self.process = None
+            self.set_state(UNLOADED)
+            raise
+        if problem is not None:
+            if process is not None:
+                await process.stop(self.spec.stop_timeout_s)
+            self.process = None
+            self._failed(f"failed to start: {problem}", during="start")
+            return
+        assert process is not None
+        now = time.monotonic()
+        self.last_load_s = now - self.load_started
+        self.loaded_mono = self.last_used = now
+        self.loaded_at = time.time()
+        self.loads += 1
+        self.set_state(LOADED)
+        self.manager.publish("ready", self, seconds=round(self.last_load_s, 3))
+        self.manager.spawn(self._watch(process))
+
+    async def _until_ready(self, process: ModelProcess) -> str | None:
+        """Poll ``ready`` until it answers 200; the reason it never did, else ``None``."""
+        url = f"http://127.0.0.1:{self.port}{self.spec.ready}"
+        deadline = time.monotonic() + self.spec.start_timeout_s
+        pause = 0.05
+        while time.monotonic() < deadline:
+            if not process.running:
+                return f"it exited with status {process.process.returncode}"
+            try:
+                async with (
+                    asyncio.timeout(_PROBE_TIMEOUT_S),
+                    self.manager.session.get(url, allow_redirects=False) as response,
+                ):
+                    if response.status == 200:
+                        self.reported_memory_mb = _memory(await response.content.read(65536))
+                        return None
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                pass
+            await asyncio.sleep(pause)
+            pause = min(0.25, pause * 1.5)
+        return f"not ready within {self.spec.start_timeout_s:g} s"
+
+    async def _watch(self, process: ModelProcess) -> None:
+        status = await process.wait()
+        if self.process is process:  # not stopped by the gateway: a crash
+            self.process = None
+            await process.stop(0)  # what it left in its process group, and its log
+            self.crashes += 1
+            self.loaded_at = None
+            log.warning("model process of %s exited with status %s", self.name, status)
+            self._failed(f"crashed (exit status {status})", during="run")
+
+    def _failed(self, reason: str, during: str) -> None:
+        self.failures += 1
+        backoff = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (self.failures - 1))
+        self.retry_at = time.monotonic() + backoff
+        self.error = reason
+        self.set_state(FAILED)
+        self.manager.publish("crash", self, reason=reason, during=during, retry_in_s=backoff)
+
+    def begin_evict(self, reason: str, wanted_by: str | None = None) -> bool:
+        """Mark it leaving now (new calls wait for its next turn) and start draining it."""
+        if self.evicting or self.state not in (LOADED, DRAINING):
+            return False
+        self.evicting = True
+        if reason == "eviction":
+            self.evictions += 1
+            self.manager.publish("eviction", self, wanted_by=wanted_by)
+        if self.active:
+            self.set_state(DRAINING)
+        self.manager.spawn(self._drain_and_stop(reason))
+        return True
+
+    async def evict(self, reason: str) -> None:
+        """Stop it and wait until it is stopped."""
+        self.begin_evict(reason)
+        while self.evicting:
+            await self._changed.wait()
+
+    async def _drain_and_stop(self, reason: str) -> None:
+        """Calls in flight finish first (up to ``drain_timeout_s``), then the process stops."""
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.spec.drain_timeout_s):
+                    while self.active:
+                        await self._changed.wait()
+            await self.stop(reason)
+        finally:
+            self.evicting = False
+            self.changed()
+
+    async def stop(self, reason: str) -> None:
+        process, self.process = self.process, None
+        if process is not None:
+            await process.stop(self.spec.stop_timeout_s)
+        if self.state != UNLOADED:
+            self.loaded_at = None
+            self.set_state(UNLOADED)
+            self.manager.publish("unload", self, reason=reason)
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "state": self.state,
+            "loaded_since": self.loaded_at,
+            "idle_s": round(now - self.last_used, 3) if self.state == LOADED else None,
+            "in_flight": self.active,
+            "waiting": self.waiting,
+            "memory_mb": self.spec.memory_mb,
+            "reported_memory_mb": self.reported_memory_mb,
+            "group": self.spec.group,
+            "pinned": self.spec.pin,
+            "last_load_s": round(self.last_load_s, 3) if self.last_load_s is not None else None,
+            "loads": self.loads,
+            "evictions": self.evictions,
+            "crashes": self.crashes,
+            "error": self.error,
+            "pid": self.process.pid if self.process is not None else None,
+        }
+
+
+class Group:
+    """Members sharing a budget, and the one task that decides which loads, in order."""
+
+    def __init__(self, manager: LifecycleManager, config: GroupConfig | None) -> None:
+        self.manager = manager
+        self.config = config
+        self.members: list[ModelUnit] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def demand(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def kick(self) -> None:
+        self._wake.set()
+        if (self._task is None or self._task.done()) and not self.manager.closed:
+            self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while not self.manager.closed:
+            self._wake.clear()
+            wake_at = self._step(time.monotonic())
+            if wake_at is None:
+                return
+            try:
+                async with asyncio.timeout_at(_loop_time(wake_at)):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    def _step(self, now: float) -> float | None:
+        """Start what can start; when to look again (``None``: nothing is wanted)."""
+        demand = sorted((u for u in self.members if u.demanding), key=lambda u: u.waiting_since)
+        if not demand:
+            return None
+        wake_at = now + 1.0
+        for unit in demand:
+            if unit.state == FAILED and unit.retry_at > now:
+                wake_at = min(wake_at, unit.retry_at)
+                continue
+            plan = self._plan(unit, now)
+            if plan == "load":
+                unit.begin_load()
+                continue
+            if isinstance(plan, float):
+                wake_at = min(wake_at, plan)
+            break  # the oldest demand waits for room; a later one never jumps it
+        return wake_at
+
+    def _fits(self, unit: ModelUnit, others: Iterable[ModelUnit]) -> bool:
+        config = self.config
+        if config is None:
+            return True
+        held = [other for other in others if other is not unit]
+        if config.exclusive and held:
+            return False
+        if config.memory_mb is None:
+            return True
+        used = sum(other.spec.memory_mb for other in held)
+        return used + unit.spec.memory_mb <= config.memory_mb
+
+    def _plan(self, unit: ModelUnit, now: float) -> str | float | None:
+        """``"load"``; a time to look again (fairness); ``None``: wait for a change."""
+        occupying = [m for m in self.members if m is not unit and m.occupying]
+        if self._fits(unit, occupying):
+            return "load"
+        staying = [m for m in occupying if not m.evicting]
+        if self._fits(unit, staying) or any(m.state == LOADING for m in staying):
+            return None  # room is being made, or a load must finish first
+        candidates = [m for m in staying if m.state == LOADED and not m.spec.pin]
+        idle = sorted((m for m in candidates if m.idle), key=lambda m: m.last_used)
+        busy = sorted((m for m in candidates if not m.idle), key=lambda m: m.last_used)
+        chosen: list[ModelUnit] = []
+        for member in idle + busy:
+            if self._fits(unit, [m for m in staying if m not in chosen]):
+                break
+            chosen.append(member)
+        if not self._fits(unit, [m for m in staying if m not in chosen]):
+            return None
+        fairness = self.config.fairness_s if self.config is not None else 0.0
+        turn_ends = max((m.loaded_mono + fairness for m in chosen if not m.idle), default=now)
+        if turn_ends > now:
+            return turn_ends
+        for member in chosen:
+            member.begin_evict("eviction", wanted_by=unit.name)
+        return None
+
+
+class LifecycleManager:
+    """Every unit of the serving config, their groups, the idle timer and the events."""
+
+    def __init__(
+        self,
+        holder: RegistryHolder,
+        data_dir: Path,
+        environ: Mapping[str, str],
+        observer: Observer | None = None,
+    ) -> None:
+        self.holder = holder
+        self.data_dir = data_dir
+        self.environ = environ
+        self.observer = observer
+        self.hub = EventHub()
+        self.units: dict[str, ModelUnit] = {}
+        self.groups: dict[str, Group] = {}
+        self.closed = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._session: aiohttp.ClientSession | None = None
+        self._preload: list[ModelUnit] = []
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(force_close=True, limit=0),
+                timeout=aiohttp.ClientTimeout(total=_PROBE_TIMEOUT_S),
+                trust_env=False,
+            )
+        return self._session
+
+    def log_path(self, backend: str) -> Path:
+        return self.data_dir / "models" / f"{backend}.log"
+
+    def publish(self, kind: str, unit: ModelUnit, **detail: Any) -> None:
+        self.hub.publish(kind, unit.name, models=_model_ids(unit.config), **detail)
+        if self.observer is not None:
+            counted = "failed" if detail.get("during") == "start" else kind
+            self.observer(counted, unit.name, detail.get("seconds"), detail.get("reason"))
+        log.info("model %s: %s %s", unit.name, kind, detail or "")
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("model lifecycle task failed", exc_info=task.exception())
+
+    # -- following the config ------------------------------------------------------------------
+
+    def configure(self, config: GatewayConfig | None = None) -> None:
+        """Attach units to the serving registry's backends (called right after each swap)."""
+        registry = self.holder.current
+        groups = registry.config.groups
+        seen = set()
+        for backend in registry.backends.values():
+            if backend.config.process is None:
+                continue
+            seen.add(backend.name)
+            unit = self.units.get(backend.name)
+            if unit is None:
+                unit = self.units[backend.name] = ModelUnit(self, backend)
+                if backend.config.process.preload:
+                    self._preload.append(unit)
+            elif unit.config.process != backend.config.process or unit.config.url != (
+                backend.config.url
+            ):
+                unit.begin_evict("config")
+            unit.backend, unit.config = backend, backend.config
+            backend.lifecycle = unit
+        for name in [name for name in self.units if name not in seen]:
+            self.units.pop(name).begin_evict("config")
+        members: dict[str, list[ModelUnit]] = {}
+        for unit in self.units.values():
+            key = unit.spec.group or f"\0{unit.name}"  # ungrouped: a group of one
+            members.setdefault(key, []).append(unit)
+        for key, units in members.items():
+            group = self.groups.get(key) or Group(self, None)
+            group.config = groups.get(key)
+            group.members = units
+            self.groups[key] = group
+            for unit in units:
+                unit.group = group
+            group.kick()
+        for key in [key for key in self.groups if key not in members]:
+            del self.groups[key]
+
+    async def start(self) -> None:
+        self._preload = []
+        self.configure()
+        self._start_preloads()
+        self.spawn(self._idle_timer())
+
+    def reconfigure(self, config: GatewayConfig) -> None:
+        self._preload = []
+        self.configure(config)
+        self._start_preloads()
+
+    def _start_preloads(self) -> None:
+        for unit in self._preload:
+            unit.want()
+        self._preload = []
+
+    async def _idle_timer(self) -> None:
+        """Stop units idle for their ``ttl_s``."""
+        while True:
+            ttls = [u.spec.ttl_s for u in self.units.values() if u.spec.ttl_s > 0]
+            await asyncio.sleep(min(1.0, max(0.05, min(ttls, default=4.0) / 4)))
+            now = time.monotonic()
+            for unit in list(self.units.values()):
+                ttl = unit.spec.ttl_s
+                if (
+                    ttl > 0
+                    and unit.state == LOADED
+                    and not unit.evicting
+                    and unit.idle
+                    and now - unit.last_used >= ttl
+                ):
+                    unit.begin_evict("ttl")
+
+    async def close(self) -> None:
+        """Stop every model process: SIGTERM, then SIGKILL after its stop_timeout_s."""
+        self.closed = True
+        for group in self.groups.values():
+            if group._task is not None:
+                group._task.cancel()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(
+            *(unit.stop("shutdown") for unit in self.units.values()), return_exceptions=True
+        )
+        self.hub.close()
+        if self._session is not None:
+            await self._session.close()
+
+    # -- what the API shows and does -------------------------------------------------------------
+
+    def models(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        rows = []
+        for unit in self.units.values():
+            snapshot = unit.snapshot(now)
+            for model in _model_ids(unit.config):
+                rows.append({"id": model, **snapshot})
+        return rows
+
+    def find(self, model: str) -> ModelUnit:
+        """The unit serving ``model`` (a listed model id, ``backend/model``, or a backend)."""
+        for unit in self.units.values():
+            if model in _model_ids(unit.config):
+                return unit
+        prefix, _, rest = model.partition("/")
+        for name in (prefix, model):
+            found = self.units.get(name)
+            if found is not None and (name == model or rest in _model_ids(found.config)):
+                return found
+        raise NotFound(f"no model the gateway loads is named '{model}'", code="model_not_found")
+
+    async def load(self, unit: ModelUnit) -> None:
+        """Load it now (waiting for room in its group); 503 if it cannot within its budget."""
+        attempts = unit.attempts
+        unit.want()
+        budget = unit.spec.start_timeout_s + unit.spec.drain_timeout_s
+        budget += unit.group.config.fairness_s if unit.group.config is not None else 0
+        try:
+            async with asyncio.timeout(budget):
+                while not (unit.state == LOADED and not unit.evicting):
+                    if unit.state == FAILED and unit.attempts > attempts:
+                        raise unit._not_ready(unit.estimate_s(time.monotonic()))
+                    await unit._changed.wait()
+        except TimeoutError:
+            raise unit._not_ready(unit.estimate_s(time.monotonic())) from None
+
+    async def unload(self, unit: ModelUnit) -> None:
+        """Stop it (calls in flight finish first, up to its drain_timeout_s)."""
+        unit.requested = False
+        async with asyncio.timeout(unit.spec.start_timeout_s + unit.spec.drain_timeout_s + 30):
+            while unit.state == LOADING or unit.evicting:
+                await unit._changed.wait()
+            if unit.state in (LOADED, DRAINING):
+                await unit.evict("admin")
+            elif unit.state == FAILED:
+                unit.set_state(UNLOADED)
+
+
+def _model_ids(config: BackendConfig) -> list[str]:
+    return [model.id for model in config.models or ()]
+
+
+def _memory(body: bytes) -> float | None:
+    """``memory_mb`` from a ready answer's JSON, when the server reports it."""
+    try:
+        value = json.loads(body).get("memory_mb")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _loop_time(monotonic_deadline: float) -> float:
+    """A ``time.monotonic()`` deadline on the running loop's clock."""
+    loop = asyncio.get_running_loop()
+    return loop.time() + (monotonic_deadline - time.monotonic())

@@ -1,0 +1,345 @@
+"""Model processes the gateway runs: real fake model servers (``gateway mock-backends
+--kind model-server``) started, waited for, swapped, unloaded, restarted and killed.
+
+Every wait is on a condition (the state the admin API shows, a process gone); the fake
+servers take a fraction of a second to get ready, so each test stays short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import math
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from sidecar.settings import parse_bearer_tokens
+
+from .conftest import OTHER_TOKEN, TOKEN, eventually
+
+pytestmark = pytest.mark.timeout(120)
+wait_for = functools.partial(eventually, attempts=600, poll_s=0.05)
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+USER = {"Authorization": f"Bearer {OTHER_TOKEN}"}
+
+
+def server_cmd(model: str, ready_s: float = 0.3, memory_mb: int = 1000, **flags: Any) -> list[str]:
+    argv = [sys.executable, "-m", "sidecar", "mock-backends", "--kind", "model-server"]
+    argv += ["--port", "{port}", "--model", model, "--ready-delay-s", str(ready_s)]
+    argv += ["--memory-mb", str(memory_mb)]
+    for flag, value in flags.items():
+        argv += [f"--{flag.replace('_', '-')}", str(value)]
+    return argv
+
+
+def process_backend(
+    name: str,
+    model: str,
+    *,
+    ready_s: float = 0.3,
+    memory_mb: int = 1000,
+    queue: str = "{max: 32, timeout_s: 60}",
+    server: dict[str, Any] | None = None,
+    **process: Any,
+) -> str:
+    """A backend the gateway runs, in ``gateway.yaml`` text."""
+    spec = {"cmd": server_cmd(model, ready_s, memory_mb, **(server or {})), **process}
+    if "group" in process:
+        spec.setdefault("memory_mb", memory_mb)
+    lines = [
+        f"  {name}:",
+        "    url: http://127.0.0.1:{port}/v1",
+        "    class: mock",
+        f"    models: [{{id: {json.dumps(model)}, capabilities: [chat, completions]}}]",
+        f"    queue: {queue}",
+        f"    process: {json.dumps(spec)}",
+    ]
+    return "\n".join(lines)
+
+
+def config(*backends: str, groups: str = "") -> str:
+    text = "version: 1\nbackends:\n" + "\n".join(backends) + "\n"
+    if groups:
+        text += "groups:\n" + groups + "\n"
+    return text
+
+
+@pytest.fixture
+async def models_gateway(make_gateway: Any) -> Any:
+    """A gateway whose ``default`` token is an admin (the lifecycle API needs one)."""
+
+    async def make(text: str) -> TestClient:
+        tokens = parse_bearer_tokens(TOKEN, f"other:{OTHER_TOKEN}", "default")
+        return await make_gateway(text, bearer_tokens=tokens)
+
+    return make
+
+
+def chat(model: str, stream: bool = False) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+
+
+async def states(gateway: TestClient) -> dict[str, dict[str, Any]]:
+    response = await gateway.get("/v1/gateway/models", headers=ADMIN)
+    assert response.status == 200, await response.text()
+    return {row["backend"]: row for row in (await response.json())["data"]}
+
+
+async def state_of(gateway: TestClient, backend: str) -> dict[str, Any]:
+    return (await states(gateway))[backend]
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie nobody reaped yet counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+async def ask(gateway: TestClient, model: str) -> tuple[int, Any, Any]:
+    response = await gateway.post("/v1/chat/completions", json=chat(model), headers=ADMIN)
+    return response.status, await response.json(), response.headers
+
+
+async def test_first_request_waits_for_the_load_and_succeeds(
+    models_gateway: Any, tmp_path: Path
+) -> None:
+    gateway = await models_gateway(config(process_backend("a", "org/model-a:q4", ready_s=0.5)))
+    before = await state_of(gateway, "a")
+    assert before["state"] == "unloaded" and before["pid"] is None
+    status, body, _ = await ask(gateway, "org/model-a:q4")
+    assert status == 200, body
+    assert body["choices"][0]["message"]["content"]
+    after = await state_of(gateway, "a")
+    assert after["state"] == "loaded"
+    assert after["id"] == "org/model-a:q4"
+    assert after["last_load_s"] >= 0.5  # measured: at least the server's own ready delay
+    assert after["reported_memory_mb"] == 1000
+    assert after["loads"] == 1 and alive(after["pid"])
+    assert after["loaded_since"] is not None and after["idle_s"] is not None
+    # Its output is kept in its own log under the data dir.
+    log = tmp_path / "var" / "models" / "a.log"
+    await wait_for(lambda: log.exists() and log.stat().st_size > 0, "the model's log")
+    # A second request goes straight to the loaded process: no second load.
+    status, _, _ = await ask(gateway, "org/model-a:q4")
+    assert status == 200
+    assert (await state_of(gateway, "a"))["loads"] == 1
+    metrics = await (await gateway.get("/metrics", headers=ADMIN)).text()
+    assert 'gateway_model_loads_total{backend="a",result="ok"} 1.0' in metrics
+    assert 'gateway_model_state{backend="a",state="loaded"} 1.0' in metrics
+
+
+async def test_an_idle_model_is_unloaded_after_its_ttl_and_its_process_is_gone(
+    models_gateway: Any,
+) -> None:
+    gateway = await models_gateway(config(process_backend("a", "model-a", ttl_s=0.5)))
+    assert (await ask(gateway, "model-a"))[0] == 200
+    pid = (await state_of(gateway, "a"))["pid"]
+    assert alive(pid)
+
+    async def unloaded() -> bool:
+        return (await state_of(gateway, "a"))["state"] == "unloaded"
+
+    await wait_for(unloaded, "the TTL to unload the model")
+    assert not alive(pid)
+    assert (await state_of(gateway, "a"))["pid"] is None
+    # The next request loads it again.
+    assert (await ask(gateway, "model-a"))[0] == 200
+    assert (await state_of(gateway, "a"))["loads"] == 2
+
+
+GPU0 = "  gpu0: {memory_mb: 10000, fairness_s: 0}"
+
+
+async def test_members_that_do_not_fit_swap_after_the_stream_in_flight_finishes(
+    models_gateway: Any,
+) -> None:
+    slow_stream = {"chunk_delay_ms": 150, "chunks": 8}
+    gateway = await models_gateway(
+        config(
+            process_backend("a", "model-a", memory_mb=6000, group="gpu0", server=slow_stream),
+            process_backend("b", "model-b", memory_mb=6000, group="gpu0"),
+            groups=GPU0,
+        )
+    )
+    assert (await ask(gateway, "model-a"))[0] == 200
+    pid_a = (await state_of(gateway, "a"))["pid"]
+    stream = await gateway.post(
+        "/v1/chat/completions", json=chat("model-a", stream=True), headers=ADMIN
+    )
+    assert stream.status == 200
+    first = await stream.content.readline()
+    assert first.startswith(b"data: ")
+    other = asyncio.create_task(ask(gateway, "model-b"))
+
+    async def draining() -> bool:
+        return (await state_of(gateway, "a"))["state"] == "draining"
+
+    await wait_for(draining, "model-a to drain for model-b")
+    assert alive(pid_a)  # the stream in flight keeps its process
+    assert (await state_of(gateway, "b"))["state"] == "unloaded"  # not both at once
+    rest = await stream.read()
+    assert rest.rstrip().endswith(b"data: [DONE]")  # the whole stream, uncut
+    status, body, _ = await other
+    assert status == 200, body
+    rows = await states(gateway)
+    assert rows["a"]["state"] == "unloaded" and rows["a"]["evictions"] == 1
+    assert rows["b"]["state"] == "loaded"
+    assert not alive(pid_a)
+
+
+async def test_a_pinned_member_stays_while_the_others_swap(models_gateway: Any) -> None:
+    gateway = await models_gateway(
+        config(
+            process_backend("p", "model-p", memory_mb=4000, group="gpu0", pin=True),
+            process_backend("a", "model-a", memory_mb=6000, group="gpu0"),
+            process_backend("b", "model-b", memory_mb=6000, group="gpu0"),
+            groups="  gpu0: {memory_mb: 10000}",
+        )
+    )
+    for model in ("model-p", "model-a"):
+        assert (await ask(gateway, model))[0] == 200
+    pinned = (await state_of(gateway, "p"))["pid"]
+    assert (await ask(gateway, "model-b"))[0] == 200
+    rows = await states(gateway)
+    assert rows["b"]["state"] == "loaded"
+    assert rows["a"]["state"] == "unloaded" and rows["a"]["evictions"] == 1
+    assert rows["p"]["state"] == "loaded" and rows["p"]["pid"] == pinned and alive(pinned)
+    assert rows["p"]["evictions"] == 0
+
+
+async def test_a_crashed_model_is_restarted_by_the_next_request(models_gateway: Any) -> None:
+    gateway = await models_gateway(config(process_backend("a", "model-a")))
+    assert (await ask(gateway, "model-a"))[0] == 200
+    pid = (await state_of(gateway, "a"))["pid"]
+    os.kill(pid, signal.SIGKILL)
+
+    async def failed() -> bool:
+        row = await state_of(gateway, "a")
+        return row["state"] == "failed" and row["crashes"] == 1
+
+    await wait_for(failed, "the crash to be noticed")
+    assert "crashed" in (await state_of(gateway, "a"))["error"]
+    status, body, _ = await ask(gateway, "model-a")
+    assert status == 200, body
+    row = await state_of(gateway, "a")
+    assert row["state"] == "loaded" and row["loads"] == 2
+    assert row["pid"] != pid and alive(row["pid"])
+    metrics = await (await gateway.get("/metrics", headers=ADMIN)).text()
+    assert 'gateway_model_crashes_total{backend="a"} 1.0' in metrics
+
+
+async def test_a_queue_deadline_shorter_than_the_load_gets_503_with_the_measured_time(
+    models_gateway: Any,
+) -> None:
+    gateway = await models_gateway(
+        config(
+            process_backend("slow", "slow-model", ready_s=2.5, queue="{max: 8, timeout_s: 0.5}"),
+            process_backend("quick", "quick-model", ready_s=0.1, queue="{max: 8, timeout_s: 0.5}"),
+        )
+    )
+    measured = {}
+    for backend in ("slow", "quick"):
+        loaded = await gateway.post(f"/v1/gateway/models/{backend}/load", headers=ADMIN)
+        assert loaded.status == 200, await loaded.text()
+        measured[backend] = (await loaded.json())["last_load_s"]
+        unloaded = await gateway.post(f"/v1/gateway/models/{backend}/unload", headers=ADMIN)
+        assert (await unloaded.json())["state"] == "unloaded"
+    assert measured["slow"] >= 2.5
+    status, body, headers = await ask(gateway, "slow-model")
+    assert status == 503, body
+    assert body["error"]["code"] == "model_loading"
+    retry_after = int(headers["Retry-After"])
+    # From this model's measured load time, not a constant: the slow one says so.
+    assert retry_after == math.ceil(measured["slow"])
+    assert retry_after >= 3
+
+    # The refused request started the load anyway, so the retry finds it ready.
+    async def loaded() -> bool:
+        return (await state_of(gateway, "slow"))["state"] == "loaded"
+
+    await wait_for(loaded, "the slow model to load for the retry")
+    assert (await ask(gateway, "slow-model"))[0] == 200
+
+
+async def test_alternating_requests_for_two_exclusive_models_are_batched_not_thrashed(
+    models_gateway: Any,
+) -> None:
+    gateway = await models_gateway(
+        config(
+            process_backend("a", "model-a", ready_s=0.2, group="gpu"),
+            process_backend("b", "model-b", ready_s=0.2, group="gpu"),
+            groups="  gpu: {exclusive: true, fairness_s: 1.0}",
+        )
+    )
+    workers, rounds = 6, 4
+
+    async def client(index: int) -> list[int]:
+        codes = []
+        for turn in range(rounds):
+            model = ("model-a", "model-b")[(index + turn) % 2]
+            codes.append((await ask(gateway, model))[0])
+        return codes
+
+    results = await asyncio.gather(*(client(i) for i in range(workers)))
+    assert all(code == 200 for codes in results for code in codes), results
+    rows = await states(gateway)
+    loads = rows["a"]["loads"] + rows["b"]["loads"]
+    # 24 requests, each wanting the model the other half of the clients just used:
+    # swapping per request would be ~24 loads; batched, each load serves a whole batch.
+    assert loads <= rounds + 2, loads
+    assert not (rows["a"]["state"] == "loaded" and rows["b"]["state"] == "loaded")
+
+
+async def test_stopping_the_gateway_stops_every_model_process(models_gateway: Any) -> None:
+    gateway = await models_gateway(
+        config(process_backend("a", "model-a"), process_backend("b", "model-b"))
+    )
+    for model in ("model-a", "model-b"):
+        assert (await ask(gateway, model))[0] == 200
+    pids = [row["pid"] for row in (await states(gateway)).values()]
+    assert all(alive(pid) for pid in pids)
+    await gateway.close()
+    assert not any(alive(pid) for pid in pids)
+
+
+async def test_the_admin_api_loads_unloads_and_streams_events(models_gateway: Any) -> None:
+    gateway = await models_gateway(config(process_backend("a", "org/model:7b")))
+    for path in ("/v1/gateway/models", "/v1/gateway/events"):
+        refused = await gateway.get(path, headers=USER)
+        assert refused.status == 403
+        assert (await refused.json())["error"]["type"] == "permission_error"
+    refused = await gateway.post("/v1/gateway/models/org/model:7b/load", headers=USER)
+    assert refused.status == 403
+    missing = await gateway.post("/v1/gateway/models/no/such:model/load", headers=ADMIN)
+    assert missing.status == 404
+    assert (await missing.json())["error"]["code"] == "model_not_found"
+
+    events = await gateway.get("/v1/gateway/events", headers=ADMIN)
+    assert events.status == 200
+    assert events.headers["Content-Type"].startswith("text/event-stream")
+    loaded = await gateway.post("/v1/gateway/models/org/model:7b/load", headers=ADMIN)
+    assert loaded.status == 200
+    body = await loaded.json()
+    assert body["id"] == "org/model:7b" and body["state"] == "loaded"
+    unloaded = await gateway.post("/v1/gateway/models/org/model:7b/unload", headers=ADMIN)
+    assert (await unloaded.json())["state"] == "unloaded"
+    seen: list[dict[str, Any]] = []
+    while len(seen) < 3:
+        line = await asyncio.wait_for(events.content.readline(), 30)
+        if line.startswith(b"data: "):
+            seen.append(json.loads(line[6:]))
+    assert [event["type"] for event in seen] == ["load", "ready", "unload"]
+    assert all(event["backend"] == "a" for event in seen)
+    assert seen[1]["seconds"] > 0 and seen[2]["reason"] == "admin"
+    assert seen[0]["models"] == ["org/model:7b"]
+    events.close()
