@@ -17,12 +17,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from sidecar.settings import parse_bearer_tokens
+from sidecar.config.loader import parse_config
+from sidecar.errors import ConfigError, RateLimited
+from sidecar.routing.lifecycle.events import MAX_SUBSCRIBERS, QUEUE_EVENTS, EventHub
+from sidecar.settings import BackendTlsDefaults, parse_bearer_tokens
 
-from .conftest import OTHER_TOKEN, TOKEN, eventually
+from .conftest import OTHER_TOKEN, ROOT, TOKEN, eventually, free_port
 
 pytestmark = pytest.mark.timeout(120)
 wait_for = functools.partial(eventually, attempts=600, poll_s=0.05)
@@ -343,3 +347,121 @@ async def test_the_admin_api_loads_unloads_and_streams_events(models_gateway: An
     assert seen[1]["seconds"] > 0 and seen[2]["reason"] == "admin"
     assert seen[0]["models"] == ["org/model:7b"]
     events.close()
+
+
+async def test_kill_9_of_the_gateway_leaves_no_model_process(tmp_path: Path) -> None:
+    port = free_port()
+    config_path = tmp_path / "gateway.yaml"
+    config_path.write_text(config(process_backend("a", "model-a")))
+    prefixes = ("GATEWAY_", "BACKEND_", "TRUSTED_PROXIES", "MOCK_BACKEND_URL")
+    env = {key: value for key, value in os.environ.items() if not key.startswith(prefixes)}
+    env.update(
+        GATEWAY_HOST="127.0.0.1",
+        GATEWAY_PORT=str(port),
+        GATEWAY_CONFIG=str(config_path),
+        GATEWAY_CONFIG_POLL_S="0",
+        GATEWAY_BEARER_TOKEN=TOKEN,
+        GATEWAY_ADMIN_TOKENS="default",
+        GATEWAY_DATA_DIR=str(tmp_path / "var"),
+        IMAGES_BACKEND="off",
+    )
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        serve = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sidecar", "serve", cwd=ROOT, env=env, stdout=log, stderr=log
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def listening() -> bool:
+                assert serve.returncode is None, log_path.read_text()
+                try:
+                    async with session.get(f"{base}/healthz") as response:
+                        return response.status == 200
+                except aiohttp.ClientConnectionError:
+                    return False
+
+            await wait_for(listening, "gateway serve to listen")
+            async with session.post(
+                f"{base}/v1/chat/completions", json=chat("model-a"), headers=ADMIN
+            ) as response:
+                assert response.status == 200, await response.text()
+            async with session.get(f"{base}/v1/gateway/models", headers=ADMIN) as response:
+                pid = (await response.json())["data"][0]["pid"]
+        assert alive(pid)
+        serve.kill()  # SIGKILL: no cleanup runs in the gateway
+        await serve.wait()
+        # Gone within 5 s: the kernel kills it when its parent dies.
+        await eventually(lambda: not alive(pid), "the model process to die", attempts=100)
+    finally:
+        if serve.returncode is None:
+            serve.kill()
+            await serve.wait()
+
+
+def config_issues(text: str) -> set[tuple[str, str]]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text.encode(), Path("/etc/gateway/gateway.yaml"), {}, BackendTlsDefaults())
+    return {(issue.path, issue.message) for issue in caught.value.issues}
+
+
+def test_a_model_that_cannot_fit_is_a_clear_config_error() -> None:
+    issues = config_issues(
+        config(
+            process_backend("big", "big", memory_mb=30000, group="gpu0"),
+            process_backend("p", "p", memory_mb=8000, group="gpu1", pin=True),
+            process_backend("q", "q", memory_mb=8000, group="gpu1"),
+            process_backend("lost", "lost", group="nowhere"),
+            groups="  gpu0: {memory_mb: 24000}\n  gpu1: {memory_mb: 12000}\n  odd: {}",
+        )
+    )
+    assert ("backends.big.process.memory_mb", "30000 MB cannot fit in group 'gpu0' (24000 MB)") in (
+        issues
+    )
+    assert (
+        "backends.q.process.memory_mb",
+        "8000 MB does not fit in group 'gpu1' (12000 MB, 8000 MB of it pinned)",
+    ) in issues
+    assert (
+        "backends.lost.process.group",
+        "no group named 'nowhere' (known: gpu0, gpu1, odd)",
+    ) in issues
+    assert ("groups.odd", "needs memory_mb or exclusive: true") in issues
+
+
+def test_port_placeholders_and_a_loopback_url_are_required() -> None:
+    text = config(process_backend("a", "a")).replace("127.0.0.1:{port}", "10.0.0.5:{port}")
+    issues = config_issues(text)
+    assert any(path == "backends.a.url" and "loopback" in message for path, message in issues)
+    text = config(process_backend("a", "a")).replace("127.0.0.1:{port}", "127.0.0.1:8080")
+    issues = config_issues(text)
+    assert any(path == "backends.a.url" and "{port}" in message for path, message in issues)
+    text = config(process_backend("a", "a")).replace('"--port", "{port}", ', "")
+    assert ("backends.a.process.cmd", "must pass {port} (the port the gateway picks)") in (
+        config_issues(text)
+    )
+    text = config(process_backend("a", "a")).replace("    models: [", "    nomodels: [")
+    issues = config_issues(text)
+    assert ("backends.a.models", "a backend with process: must list its models") in issues
+
+
+def test_a_slow_event_subscriber_is_dropped_without_blocking_anyone() -> None:
+    async def run() -> None:
+        hub = EventHub()
+        slow, quick = hub.subscribe(), hub.subscribe()
+        for _ in range(QUEUE_EVENTS):
+            hub.publish("load", "a")
+            assert await quick.next(1) is not None
+        assert not slow.dropped
+        hub.publish("ready", "a")  # one more than the slow one can hold
+        assert slow.dropped and slow.ended and not quick.dropped
+        assert (await quick.next(1) or {})["type"] == "ready"
+        for _ in range(MAX_SUBSCRIBERS - 1):
+            hub.subscribe()
+        with pytest.raises(RateLimited):
+            hub.subscribe()
+        hub.close()
+        assert await quick.next(1) is None and quick.ended
+
+    asyncio.run(run())
