@@ -33,9 +33,12 @@ from .mock_backends import (
     MockBehaviour,
     create_a1111_app,
     create_heartmula_app,
+    create_llama_router_app,
     create_mock_app,
     create_model_server_app,
+    create_ollama_lifecycle_app,
     create_openai_images_app,
+    create_vllm_sleep_app,
 )
 from .observability.access_log import BatchedLineWriter
 from .reload import load_checked
@@ -64,11 +67,21 @@ def main(argv: list[str] | None = None) -> int:
     mock = commands.add_parser("mock-backends", help="run a fake model server on loopback")
     mock.add_argument(
         "--kind",
-        choices=("openai", "a1111", "openai-images", "heartmula", "model-server"),
+        choices=(
+            "openai",
+            "a1111",
+            "openai-images",
+            "heartmula",
+            "model-server",
+            "ollama-lifecycle",
+            "llama-router",
+            "vllm-sleep",
+        ),
         default="openai",
         help="openai: chat/completions/embeddings; a1111: stable-diffusion-webui; "
         "openai-images: an InvokeAI/ComfyUI-style image shim; heartmula: a music shim; "
-        "model-server: a model server for the gateway to run (process:), slow to get ready",
+        "model-server: a model server for the gateway to run (process:), slow to get ready; "
+        "ollama-lifecycle, llama-router, vllm-sleep: servers with their own load/unload hooks",
     )
     mock.add_argument(
         "--audio-dir", type=Path, default=Path("var/mock-heartmula"), help="heartmula's files"
@@ -325,6 +338,20 @@ async def _until_stopped() -> None:
                 loop.remove_signal_handler(sig)
 
 
+def _fake(factory: Callable[..., web.Application]) -> Callable[..., web.Application]:
+    def make(models: tuple[str, ...] | None, delay_s: float) -> web.Application:
+        return factory(models, delay_s) if models else factory(load_delay_s=delay_s)
+
+    return make
+
+
+_LIFECYCLE_FAKES = {
+    "ollama-lifecycle": _fake(create_ollama_lifecycle_app),
+    "llama-router": _fake(create_llama_router_app),
+    "vllm-sleep": _fake(create_vllm_sleep_app),
+}
+
+
 def run_mock(args: argparse.Namespace) -> int:
     stop_logging = _configure_logging("INFO")
     if args.kind == "a1111":
@@ -333,6 +360,9 @@ def run_mock(args: argparse.Namespace) -> int:
         app = create_openai_images_app(latency_ms=args.latency_ms)
     elif args.kind == "heartmula":
         app = create_heartmula_app(args.audio_dir, latency_ms=args.latency_ms)
+    elif args.kind in _LIFECYCLE_FAKES:
+        models = tuple(args.model) if args.model else None
+        app = _LIFECYCLE_FAKES[args.kind](models, args.ready_delay_s)
     elif args.kind == "model-server":
         app = create_model_server_app(
             tuple(args.model or ["mock-llama"]),

@@ -32,7 +32,7 @@ def _admin(request: web.Request) -> None:
 
 async def list_models(request: web.Request) -> web.Response:
     _admin(request)
-    rows = request.app[MODELS].models()
+    rows = await request.app[MODELS].rows()
     return web.json_response({"object": "list", "data": rows})
 
 
@@ -41,7 +41,7 @@ async def load(request: web.Request) -> web.Response:
     manager = request.app[MODELS]
     model = request.match_info["id"]
     await manager.load(manager.find(model))
-    return web.json_response(_row(manager.models(), model))
+    return web.json_response(_row(await manager.rows(), model))
 
 
 async def unload(request: web.Request) -> web.Response:
@@ -49,7 +49,7 @@ async def unload(request: web.Request) -> web.Response:
     manager = request.app[MODELS]
     model = request.match_info["id"]
     await manager.unload(manager.find(model))
-    return web.json_response(_row(manager.models(), model))
+    return web.json_response(_row(await manager.rows(), model))
 
 
 def _row(rows: list[dict[str, Any]], model: str) -> dict[str, Any]:

@@ -216,6 +216,9 @@ class BackendReader:
                 self.issues.error(f"{path}.lifecycle", message)
         if lifecycle is not None and protocol != "openai":
             self.issues.error(f"{path}.lifecycle", "needs protocol openai")
+        if "keep_alive" in spec and lifecycle not in ("ollama", "vllm-sleep"):
+            message = "needs lifecycle: ollama or vllm-sleep"
+            self.issues.error(f"{path}.keep_alive", message)
         if self.issues.under(path) or capabilities is None:
             return None
         if url is None and protocol != "mock_images":

@@ -13,7 +13,8 @@ A call without a capability (probes, downloads) takes no slot; a built-in backen
 URL) takes the slot only (``admitted``). A backend whose model is loaded on demand
 (``Backend.lifecycle``) is entered right after the slot: the call waits there for the
 load, within the backend's wait budget, and leaves it with the slot; for every other
-backend this costs one attribute check.
+backend this costs one attribute check. Calls without a slot (probes, downloads, http
+tools, the lifecycle's own calls to a server's hooks) do not load a model.
 """
 
 from __future__ import annotations
@@ -119,10 +120,11 @@ class BackendCall:
         self._lease: Release | None = None
 
     async def __aenter__(self) -> UpstreamCall:
-        lifecycle = self._backend.lifecycle
-        started = time.monotonic() if lifecycle is not None else 0.0
+        lifecycle = None
         slot = None
         if self._capability is not None:
+            lifecycle = self._backend.lifecycle
+            started = time.monotonic() if lifecycle is not None else 0.0
             admission = self._backend.admissions[self._capability]
             slot = admission.try_acquire() or await admission.acquire()
         try:

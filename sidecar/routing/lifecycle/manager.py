@@ -45,8 +45,9 @@ from typing import Any
 import aiohttp
 
 from ...config.schema import BackendConfig, GatewayConfig, GroupConfig, ProcessConfig
-from ...errors import BackendNotReady, NotFound
+from ...errors import BackendNotReady, GatewayError, NotFound
 from ..registry import Backend, RegistryHolder
+from . import remote
 from .events import EventHub
 from .process import ModelProcess, model_environment
 
@@ -258,6 +259,10 @@ class ModelUnit:
             self._failed(f"failed to start: {problem}", during="start")
             return
         assert process is not None
+        self._ready_now()
+        self.manager.spawn(self._watch(process))
+
+    def _ready_now(self) -> None:
         now = time.monotonic()
         self.last_load_s = now - self.load_started
         self.loaded_mono = self.last_used = now
@@ -265,7 +270,6 @@ class ModelUnit:
         self.loads += 1
         self.set_state(LOADED)
         self.manager.publish("ready", self, seconds=round(self.last_load_s, 3))
-        self.manager.spawn(self._watch(process))
 
     async def _until_ready(self, process: ModelProcess) -> str | None:
         """Poll ``ready`` until it answers 200; the reason it never did, else ``None``."""
@@ -366,6 +370,48 @@ class ModelUnit:
             "error": self.error,
             "pid": self.process.pid if self.process is not None else None,
         }
+
+
+class SleepUnit(ModelUnit):
+    """A remote vLLM server in sleep mode: "loaded" is awake, "unloaded" is asleep."""
+
+    @property
+    def spec(self) -> ProcessConfig:
+        return remote.sleep_spec(self.config)
+
+    async def sync(self) -> None:
+        """Start from what the server says (it may be awake already)."""
+        try:
+            sleeping = await remote.vllm_sleeping(self.backend)
+        except Exception as exc:  # unknown until the first request wakes it
+            log.warning("cannot ask %s whether it sleeps: %s", self.name, remote.describe(exc))
+            return
+        if not sleeping and self.state == UNLOADED:
+            self.loaded_at = time.time()
+            self.loaded_mono = self.last_used = time.monotonic()
+            self.set_state(LOADED)
+
+    async def _load(self) -> None:
+        try:
+            await remote.vllm_wake(self.backend)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._failed(f"failed to wake up: {remote.describe(exc)}", during="start")
+            return
+        self._ready_now()
+
+    async def stop(self, reason: str) -> None:
+        if self.state == UNLOADED:
+            return
+        if reason != "shutdown":  # the server outlives the gateway: leave it as it is
+            try:
+                await remote.vllm_sleep(self.backend)
+            except Exception as exc:
+                log.warning("cannot put %s to sleep: %s", self.name, remote.describe(exc))
+        self.loaded_at = None
+        self.set_state(UNLOADED)
+        self.manager.publish("unload", self, reason=reason)
 
 
 class Group:
@@ -476,11 +522,13 @@ class LifecycleManager:
         self.observer = observer
         self.hub = EventHub()
         self.units: dict[str, ModelUnit] = {}
+        self.remote: dict[str, remote.RemoteHooks] = {}
         self.groups: dict[str, Group] = {}
         self.closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._preload: list[ModelUnit] = []
+        self._remote_loads: dict[tuple[str, str], float] = {}
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -519,14 +567,25 @@ class LifecycleManager:
         registry = self.holder.current
         groups = registry.config.groups
         seen = set()
+        self.remote = {}
         for backend in registry.backends.values():
-            if backend.config.process is None:
+            hooks = remote.remote_hooks(backend)
+            if hooks is not None:
+                self.remote[backend.name] = hooks
+            sleeps = backend.config.lifecycle == "vllm-sleep"
+            if backend.config.process is None and not sleeps:
                 continue
             seen.add(backend.name)
             unit = self.units.get(backend.name)
+            if unit is not None and isinstance(unit, SleepUnit) != sleeps:
+                unit.begin_evict("config")
+                unit = None
             if unit is None:
-                unit = self.units[backend.name] = ModelUnit(self, backend)
-                if backend.config.process.preload:
+                unit = ModelUnit(self, backend) if not sleeps else SleepUnit(self, backend)
+                self.units[backend.name] = unit
+                if isinstance(unit, SleepUnit):
+                    self.spawn(unit.sync())
+                elif unit.spec.preload:
                     self._preload.append(unit)
             elif unit.config.process != backend.config.process or unit.config.url != (
                 backend.config.url
@@ -604,28 +663,71 @@ class LifecycleManager:
     # -- what the API shows and does -------------------------------------------------------------
 
     def models(self) -> list[dict[str, Any]]:
+        """The units' models (what the gateway knows without asking anyone)."""
         now = time.monotonic()
         rows = []
         for unit in self.units.values():
             snapshot = unit.snapshot(now)
+            kind = "vllm-sleep" if isinstance(unit, SleepUnit) else "process"
             for model in _model_ids(unit.config):
-                rows.append({"id": model, **snapshot})
+                rows.append({"id": model, **snapshot, "lifecycle": kind})
         return rows
 
-    def find(self, model: str) -> ModelUnit:
-        """The unit serving ``model`` (a listed model id, ``backend/model``, or a backend)."""
+    async def rows(self) -> list[dict[str, Any]]:
+        """Every model: the units', then each remote server's, as the server says now."""
+        found = await asyncio.gather(*(self._remote_rows(h) for h in self.remote.values()))
+        return self.models() + [row for rows in found for row in rows]
+
+    async def _remote_rows(self, hooks: remote.RemoteHooks) -> list[dict[str, Any]]:
+        error = None
+        try:
+            async with asyncio.timeout(_PROBE_TIMEOUT_S * 2):
+                states = await hooks.states()
+        except Exception as exc:
+            states, error = {}, f"cannot read its state: {remote.describe(exc)}"
+        rows = []
+        for model in hooks.models():
+            state = states.get(model, {})
+            rows.append(
+                {
+                    "id": model,
+                    "backend": hooks.backend.name,
+                    "lifecycle": hooks.config.lifecycle,
+                    "state": state.get("state", FAILED if error else UNLOADED),
+                    "loaded_since": None,
+                    "idle_s": None,
+                    "memory_mb": state.get("memory_mb"),
+                    "group": None,
+                    "last_load_s": self._remote_loads.get((hooks.backend.name, model)),
+                    "error": error,
+                }
+            )
+        return rows
+
+    def find(self, model: str) -> ModelUnit | tuple[remote.RemoteHooks, str]:
+        """What serves ``model`` (a listed model id, ``backend/model``, or a backend)."""
         for unit in self.units.values():
             if model in _model_ids(unit.config):
                 return unit
+        for hooks in self.remote.values():
+            if model in hooks.models():
+                return hooks, model
         prefix, _, rest = model.partition("/")
         for name in (prefix, model):
             found = self.units.get(name)
             if found is not None and (name == model or rest in _model_ids(found.config)):
                 return found
+            hooks_found = self.remote.get(prefix)
+            if hooks_found is not None and rest in hooks_found.models():
+                return hooks_found, rest
         raise NotFound(f"no model the gateway loads is named '{model}'", code="model_not_found")
 
-    async def load(self, unit: ModelUnit) -> None:
+    async def load(self, target: ModelUnit | tuple[remote.RemoteHooks, str]) -> None:
         """Load it now (waiting for room in its group); 503 if it cannot within its budget."""
+        if isinstance(target, tuple):
+            await self._remote_load(*target)
+            return
+        unit = target
         attempts = unit.attempts
         unit.want()
         budget = unit.spec.start_timeout_s + unit.spec.drain_timeout_s
@@ -639,8 +741,36 @@ class LifecycleManager:
         except TimeoutError:
             raise unit._not_ready(unit.estimate_s(time.monotonic())) from None
 
-    async def unload(self, unit: ModelUnit) -> None:
+    async def _remote_load(self, hooks: remote.RemoteHooks, model: str) -> None:
+        name = hooks.backend.name
+        started = time.monotonic()
+        self.hub.publish("load", name, models=[model])
+        try:
+            async with asyncio.timeout(hooks.config.timeouts.read_s):
+                await hooks.load(model)
+        except TimeoutError:
+            self.hub.publish("crash", name, models=[model], reason="load timed out", during="start")
+            raise BackendNotReady(f"backend '{name}' did not load '{model}' in time") from None
+        except GatewayError as exc:
+            self.hub.publish("crash", name, models=[model], reason=exc.message, during="start")
+            raise
+        seconds = round(time.monotonic() - started, 3)
+        self._remote_loads[(name, model)] = seconds
+        self.hub.publish("ready", name, models=[model], seconds=seconds)
+        if self.observer is not None:
+            self.observer("ready", name, seconds, None)
+
+    async def unload(self, target: ModelUnit | tuple[remote.RemoteHooks, str]) -> None:
         """Stop it (calls in flight finish first, up to its drain_timeout_s)."""
+        if isinstance(target, tuple):
+            hooks, model = target
+            async with asyncio.timeout(hooks.config.timeouts.read_s):
+                await hooks.unload(model)
+            self.hub.publish("unload", hooks.backend.name, models=[model], reason="admin")
+            if self.observer is not None:
+                self.observer("unload", hooks.backend.name, None, "admin")
+            return
+        unit = target
         unit.requested = False
         async with asyncio.timeout(unit.spec.start_timeout_s + unit.spec.drain_timeout_s + 30):
             while unit.state == LOADING or unit.evicting:
