@@ -25,6 +25,7 @@ from sidecar.config.loader import parse_config
 from sidecar.errors import ConfigError, RateLimited
 from sidecar.routing.lifecycle.events import MAX_SUBSCRIBERS, QUEUE_EVENTS, EventHub
 from sidecar.settings import BackendTlsDefaults, parse_bearer_tokens
+from sidecar.typedefs import REGISTRY, RELOADER, SETTINGS
 
 from .conftest import OTHER_TOKEN, ROOT, TOKEN, eventually, free_port
 
@@ -465,3 +466,56 @@ def test_a_slow_event_subscriber_is_dropped_without_blocking_anyone() -> None:
         assert await quick.next(1) is None and quick.ended
 
     asyncio.run(run())
+
+
+async def test_a_model_that_fails_to_start_is_a_503_not_a_hang(models_gateway: Any) -> None:
+    failing = [sys.executable, "-c", "import sys; sys.exit(3)", "{port}"]
+    text = config(process_backend("a", "model-a")).replace(
+        json.dumps(server_cmd("model-a")), json.dumps(failing)
+    )
+    gateway = await models_gateway(text)
+    status, body, headers = await ask(gateway, "model-a")
+    assert status == 503, body
+    assert body["error"]["message"] == "backend 'a' failed to start its model; retry in about 1 s"
+    assert int(headers["Retry-After"]) >= 1
+    row = await state_of(gateway, "a")
+    assert row["state"] == "failed"
+    assert row["error"] == "failed to start: it exited with status 3"
+    metrics = await (await gateway.get("/metrics", headers=ADMIN)).text()
+    assert 'gateway_model_loads_total{backend="a",result="failed"} 1.0' in metrics
+
+
+async def test_a_reload_keeps_a_running_model_and_its_port(models_gateway: Any) -> None:
+    gateway = await models_gateway(
+        config(process_backend("a", "model-a"), process_backend("b", "model-b"))
+    )
+    assert (await ask(gateway, "model-a"))[0] == 200
+    before = await state_of(gateway, "a")
+    app = gateway.server.app
+    port = app[REGISTRY].current.backends["a"].config.url.port
+    # Another backend changes; model-a's process and port stay as they are.
+    changed = config(process_backend("a", "model-a"), process_backend("b", "model-c"))
+    app[SETTINGS].config_path.write_text(changed)
+    outcome = await app[RELOADER].reload("test")
+    assert outcome.ok, outcome.error
+    assert app[REGISTRY].current.backends["a"].config.url.port == port
+    after = await state_of(gateway, "a")
+    assert after["state"] == "loaded" and after["pid"] == before["pid"] and alive(after["pid"])
+    assert (await ask(gateway, "model-a"))[0] == 200
+    assert (await state_of(gateway, "a"))["loads"] == 1
+    assert (await ask(gateway, "model-c"))[0] == 200
+
+
+def test_lifecycle_keys_are_checked() -> None:
+    text = config(process_backend("a", "a")).replace(
+        "    process:", "    lifecycle: ollama\n    keep_alive: 5m\n    process:"
+    )
+    issues = config_issues(text)
+    assert ("backends.a.lifecycle", "process: and lifecycle: exclude each other") in issues
+    plain = "version: 1\nbackends:\n  r:\n    url: http://10.0.0.2:8000/v1\n    keep_alive: 5m\n"
+    assert ("backends.r.keep_alive", "needs lifecycle: ollama or vllm-sleep") in config_issues(
+        plain
+    )
+    odd = plain.replace("keep_alive: 5m", "lifecycle: sleepy")
+    issues = config_issues(odd)
+    assert any(path == "backends.r.lifecycle" and "unsupported" in msg for path, msg in issues)

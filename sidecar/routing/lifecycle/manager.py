@@ -143,11 +143,15 @@ class ModelUnit:
         if self.waiting == 0:
             self.waiting_since = now
         self.waiting += 1
+        attempts = self.attempts
         self.group.kick()
         try:
             async with asyncio.timeout_at(_loop_time(deadline)):
                 while not (self.state == LOADED and not self.evicting):
-                    if self.state == FAILED and self.retry_at > deadline:
+                    # A start tried for this call failed, or the next try is too late.
+                    if self.state == FAILED and (
+                        self.attempts > attempts or self.retry_at > deadline
+                    ):
                         raise self._not_ready(self.estimate_s(time.monotonic()))
                     await self._changed.wait()
         except TimeoutError:
@@ -182,18 +186,17 @@ class ModelUnit:
         if self.state == LOADING:
             expected = measured if measured is not None else self.spec.start_timeout_s
             return max(0.0, expected - (now - self.load_started))
-        if measured is None:
-            return None
-        backoff = max(0.0, self.retry_at - now) if self.state == FAILED else 0.0
-        return measured + backoff
+        if self.state == FAILED:  # its backoff, then a load (if one was ever measured)
+            return max(0.0, self.retry_at - now) + (measured or 0.0)
+        return measured
 
     def _not_ready(self, estimate: float | None) -> BackendNotReady:
         if estimate is None:
             estimate = self.spec.start_timeout_s
         retry = max(1, math.ceil(estimate))
-        doing = "loading" if self.state in (LOADING, UNLOADED, DRAINING) else self.state
+        doing = "failed to start" if self.state == FAILED else "is loading"
         return BackendNotReady(
-            f"backend '{self.name}' is {doing} its model; retry in about {retry} s",
+            f"backend '{self.name}' {doing} its model; retry in about {retry} s",
             retry_after=retry,
             code="model_loading",
             headers={"X-Backend-Used": self.name},
