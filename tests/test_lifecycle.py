@@ -519,3 +519,18 @@ def test_lifecycle_keys_are_checked() -> None:
     odd = plain.replace("keep_alive: 5m", "lifecycle: sleepy")
     issues = config_issues(odd)
     assert any(path == "backends.r.lifecycle" and "unsupported" in msg for path, msg in issues)
+
+
+async def test_requests_arriving_during_a_first_load_wait_for_that_same_load(
+    models_gateway: Any,
+) -> None:
+    gateway = await models_gateway(config(process_backend("a", "model-a", ready_s=1.0)))
+    first = asyncio.create_task(ask(gateway, "model-a"))
+
+    async def loading() -> bool:
+        return (await state_of(gateway, "a"))["state"] == "loading"
+
+    await wait_for(loading, "the first load to begin")
+    later = await asyncio.gather(*(ask(gateway, "model-a") for _ in range(4)))
+    assert [status for status, _, _ in [await first, *later]] == [200] * 5
+    assert (await state_of(gateway, "a"))["loads"] == 1

@@ -11,7 +11,7 @@ Rules:
   ``queue.timeout_s`` when it has a queue, else ``process.start_timeout_s`` — less the
   time it already spent in the admission queue. A wait that cannot fit is refused at
   once with 503 and ``Retry-After`` from the unit's *measured* load time (the last load's
-  seconds, plus any backoff; until a load was measured, the remaining start timeout),
+  seconds, plus any backoff; during a first load, how long it has taken so far),
   and the load is started anyway so that the retry finds it ready.
 - A group is a memory budget (``memory_mb``) or ``exclusive`` (one member loaded). A
   member that does not fit makes room by stopping other members: idle ones first, least
@@ -184,15 +184,17 @@ class ModelUnit:
             return 0.0
         measured = self.last_load_s
         if self.state == LOADING:
-            expected = measured if measured is not None else self.spec.start_timeout_s
-            return max(0.0, expected - (now - self.load_started))
+            if measured is None:
+                return None  # never measured: no reason to turn anyone away early
+            return max(0.0, measured - (now - self.load_started))
         if self.state == FAILED:  # its backoff, then a load (if one was ever measured)
             return max(0.0, self.retry_at - now) + (measured or 0.0)
         return measured
 
     def _not_ready(self, estimate: float | None) -> BackendNotReady:
-        if estimate is None:
-            estimate = self.spec.start_timeout_s
+        if estimate is None:  # a first load: it has taken this long so far
+            loading = self.state == LOADING
+            estimate = time.monotonic() - self.load_started if loading else 1.0
         retry = max(1, math.ceil(estimate))
         doing = "failed to start" if self.state == FAILED else "is loading"
         return BackendNotReady(
