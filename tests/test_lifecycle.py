@@ -534,3 +534,35 @@ async def test_requests_arriving_during_a_first_load_wait_for_that_same_load(
     later = await asyncio.gather(*(ask(gateway, "model-a") for _ in range(4)))
     assert [status for status, _, _ in [await first, *later]] == [200] * 5
     assert (await state_of(gateway, "a"))["loads"] == 1
+
+
+async def test_a_busy_member_serves_its_queue_for_the_fairness_window_before_a_swap(
+    models_gateway: Any,
+) -> None:
+    slow_stream = {"chunk_delay_ms": 200, "chunks": 10}
+    gateway = await models_gateway(
+        config(
+            process_backend("a", "model-a", group="gpu", server=slow_stream),
+            process_backend("b", "model-b", group="gpu"),
+            groups="  gpu: {exclusive: true, fairness_s: 5}",
+        )
+    )
+    assert (await ask(gateway, "model-a"))[0] == 200
+    stream = await gateway.post(
+        "/v1/chat/completions", json=chat("model-a", stream=True), headers=ADMIN
+    )
+    assert (await stream.content.readline()).startswith(b"data: ")
+    other = asyncio.create_task(ask(gateway, "model-b"))
+
+    async def b_waits() -> bool:
+        return (await state_of(gateway, "b"))["waiting"] == 1
+
+    await wait_for(b_waits, "the request for model-b to wait")
+    # model-a is busy and within its window: a new request for it is served by it now,
+    # not sent to wait for model-a's next turn.
+    assert (await ask(gateway, "model-a"))[0] == 200
+    assert (await state_of(gateway, "a"))["loads"] == 1
+    assert (await stream.read()).rstrip().endswith(b"data: [DONE]")
+    assert (await other)[0] == 200
+    rows = await states(gateway)
+    assert rows["a"]["evictions"] == 1 and rows["b"]["state"] == "loaded"

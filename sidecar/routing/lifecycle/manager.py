@@ -16,8 +16,9 @@ Rules:
 - A group is a memory budget (``memory_mb``) or ``exclusive`` (one member loaded). A
   member that does not fit makes room by stopping other members: idle ones first, least
   recently used first, then busy ones; ``pin: true`` members never. A busy member keeps
-  serving for the group's ``fairness_s`` after it was loaded before it is swapped out
-  (its queue is served, requests for it are not cut off); then it is drained: new
+  serving for the group's ``fairness_s`` (after it was loaded, and after the demand for
+  the other arrived) before it is swapped out (its queue is served, requests for it are
+  not cut off); then it is drained: new
   requests for it wait (for its next turn), the ones in flight finish (up to
   ``drain_timeout_s``) before its process stops. Requests for the member being loaded
   all wait for that one load and go together: one load serves a whole batch.
@@ -502,8 +503,13 @@ class Group:
             chosen.append(member)
         if not self._fits(unit, [m for m in staying if m not in chosen]):
             return None
+        # A busy member serves its queue for the fairness window after it was loaded and
+        # after this demand arrived, whichever is later; an idle one goes at once.
         fairness = self.config.fairness_s if self.config is not None else 0.0
-        turn_ends = max((m.loaded_mono + fairness for m in chosen if not m.idle), default=now)
+        turn_ends = max(
+            (max(m.loaded_mono, unit.waiting_since) + fairness for m in chosen if not m.idle),
+            default=now,
+        )
         if turn_ends > now:
             return turn_ends
         for member in chosen:
