@@ -566,3 +566,21 @@ async def test_a_busy_member_serves_its_queue_for_the_fairness_window_before_a_s
     assert (await other)[0] == 200
     rows = await states(gateway)
     assert rows["a"]["evictions"] == 1 and rows["b"]["state"] == "loaded"
+
+
+async def test_load_and_unload_can_answer_before_they_are_done(models_gateway: Any) -> None:
+    gateway = await models_gateway(config(process_backend("a", "model-a", ready_s=0.5)))
+    path = "/v1/gateway/models/model-a"
+    bad = await gateway.post(f"{path}/load", json={"wait": "no"}, headers=ADMIN)
+    assert bad.status == 400 and (await bad.json())["error"]["param"] == "wait"
+    started = await gateway.post(f"{path}/load", json={"wait": False}, headers=ADMIN)
+    assert started.status == 202
+    assert (await started.json())["state"] in ("unloaded", "loading")
+
+    async def state_is(wanted: str) -> bool:
+        return (await state_of(gateway, "a"))["state"] == wanted
+
+    await wait_for(functools.partial(state_is, "loaded"), "the load started by the admin")
+    stopping = await gateway.post(f"{path}/unload", json={"wait": False}, headers=ADMIN)
+    assert stopping.status == 202
+    await wait_for(functools.partial(state_is, "unloaded"), "the unload started by the admin")

@@ -4,7 +4,8 @@ Every route needs an admin token (``GATEWAY_ADMIN_TOKENS``; 403 otherwise).
 ``GET /v1/gateway/models`` lists each model the gateway loads on demand with its
 backend's state; ``POST /v1/gateway/models/{id}/load`` and ``.../unload`` act on the
 backend serving ``id`` (a listed model id, which may hold ``/`` and ``:``, or a backend
-name) and answer once it is done. ``GET /v1/gateway/events`` is a server-sent event
+name) and answer once it is done; with the optional body ``{"wait": false}`` they answer
+202 at once and the events tell the rest. ``GET /v1/gateway/events`` is a server-sent event
 stream: ``load``, ``ready``, ``unload``, ``eviction`` and ``crash``, each a JSON object
 in ``data`` with its type as the SSE ``event``; a comment line every
 ``HEARTBEAT_S`` keeps proxies from closing an idle stream. A subscriber that falls
@@ -19,8 +20,9 @@ from typing import Any
 from aiohttp import web
 
 from ..auth import caller
-from ..errors import Forbidden, NotFound
+from ..errors import Forbidden, InvalidRequest, NotFound
 from ..typedefs import MODELS
+from ..wire.body import read_json_object
 
 HEARTBEAT_S = 15.0
 
@@ -37,19 +39,40 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def load(request: web.Request) -> web.Response:
+    wait = await _wait(request)
     _admin(request)
     manager = request.app[MODELS]
     model = request.match_info["id"]
-    await manager.load(manager.find(model))
+    target = manager.find(model)
+    if not wait:
+        manager.start_load(target)
+        return web.json_response(_row(await manager.rows(), model), status=202)
+    await manager.load(target)
     return web.json_response(_row(await manager.rows(), model))
 
 
 async def unload(request: web.Request) -> web.Response:
+    wait = await _wait(request)
     _admin(request)
     manager = request.app[MODELS]
     model = request.match_info["id"]
-    await manager.unload(manager.find(model))
+    target = manager.find(model)
+    if not wait:
+        manager.start_unload(target)
+        return web.json_response(_row(await manager.rows(), model), status=202)
+    await manager.unload(target)
     return web.json_response(_row(await manager.rows(), model))
+
+
+async def _wait(request: web.Request) -> bool:
+    """The optional body's ``wait`` (default true); a body must be strict JSON."""
+    if not request.body_exists:
+        return True
+    options = await read_json_object(request)
+    wait = options.get("wait", True)
+    if not isinstance(wait, bool):
+        raise InvalidRequest("wait must be true or false", param="wait")
+    return wait
 
 
 def _row(rows: list[dict[str, Any]], model: str) -> dict[str, Any]:

@@ -353,6 +353,22 @@ def _operation(
 
 
 _ROUTED = (400, 404, 413, 429, 502, 503, 504)
+
+
+def _optional_body(operation: dict[str, Any]) -> dict[str, Any]:
+    """A lifecycle action: ``{"wait": false}`` answers 202 before it is done."""
+    schema = {"type": "object", "properties": {"wait": {"type": "boolean", "default": True}}}
+    operation["requestBody"] = {
+        "required": False,
+        "content": {"application/json": {"schema": schema}},
+    }
+    operation["responses"]["202"] = {
+        "description": "Started",
+        "content": {"application/json": {"schema": _ref("ModelState")}},
+    }
+    return operation
+
+
 # One server-sent event of a stream: a JSON chunk, an error envelope, or [DONE].
 _SSE_EVENT = {
     "type": "object",
@@ -423,16 +439,23 @@ PATHS: dict[str, Any] = {
         )
     },
     "/v1/gateway/models/{id}/load": {
-        "post": _operation(
-            "Load a model now (admin)", "ModelState", errors=(403, 404, 503), parameter="id"
+        "post": _optional_body(
+            _operation(
+                "Load a model now (admin)",
+                "ModelState",
+                errors=(400, 403, 404, 502, 503),
+                parameter="id",
+            )
         )
     },
     "/v1/gateway/models/{id}/unload": {
-        "post": _operation(
-            "Unload a model, after its requests in flight (admin)",
-            "ModelState",
-            errors=(403, 404),
-            parameter="id",
+        "post": _optional_body(
+            _operation(
+                "Unload a model, after its requests in flight (admin)",
+                "ModelState",
+                errors=(400, 403, 404, 502),
+                parameter="id",
+            )
         )
     },
     "/v1/gateway/events": {

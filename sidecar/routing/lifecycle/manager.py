@@ -752,6 +752,17 @@ class LifecycleManager:
         except TimeoutError:
             raise unit._not_ready(unit.estimate_s(time.monotonic())) from None
 
+    def start_load(self, target: ModelUnit | tuple[remote.RemoteHooks, str]) -> None:
+        """Begin a load without waiting for it (the events tell how it went)."""
+        if isinstance(target, tuple):
+            self.spawn(_quietly(self._remote_load(*target)))
+        else:
+            target.want()
+
+    def start_unload(self, target: ModelUnit | tuple[remote.RemoteHooks, str]) -> None:
+        """Begin an unload without waiting for it."""
+        self.spawn(_quietly(self.unload(target)))
+
     async def _remote_load(self, hooks: remote.RemoteHooks, model: str) -> None:
         name = hooks.backend.name
         started = time.monotonic()
@@ -790,6 +801,14 @@ class LifecycleManager:
                 await unit.evict("admin")
             elif unit.state == FAILED:
                 unit.set_state(UNLOADED)
+
+
+async def _quietly(action: Coroutine[Any, Any, None]) -> None:
+    """An admin's action nobody waits for: its failure is an event and a log line."""
+    try:
+        await action
+    except (GatewayError, TimeoutError) as exc:
+        log.warning("model lifecycle action failed: %s", remote.describe(exc))
 
 
 def _model_ids(config: BackendConfig) -> list[str]:
