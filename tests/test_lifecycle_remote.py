@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import time
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from sidecar.mock_backends import (
     create_ollama_lifecycle_app,
     create_vllm_sleep_app,
 )
-from sidecar.mock_backends.lifecycle_servers import LOADS, SLEEPING
+from sidecar.mock_backends.lifecycle_servers import LOADED_UNTIL, LOADS, SLEEPING
 from sidecar.mock_backends.openai_server import RECEIVED
 from sidecar.settings import parse_bearer_tokens
 
@@ -95,11 +96,20 @@ async def test_ollama_models_load_unload_and_keep_alive_through_its_api(
     assert body["state"] == "loaded" and body["memory_mb"] == 2048
     assert body["last_load_s"] >= 0.2
     assert fake[LOADS]["llama3.2"] == 1
-    # A request routed to Ollama carries the backend's keep_alive; Ollama loads its model.
+    # Ollama loads a model a request names; its /v1 endpoints ignore keep_alive and leave
+    # the model with the default 5 minutes, so the gateway sets the backend's 10 minutes
+    # again through /api/generate once the request is over.
     assert await chat(gateway, "qwen2.5:7b") == 200
     sent = [r for r in fake[RECEIVED] if r.path == "/v1/chat/completions"][-1]
-    assert sent.body["keep_alive"] == "10m"
+    assert "keep_alive" not in sent.body
+
+    def kept_for_10_minutes() -> bool:
+        until = fake[LOADED_UNTIL].get("qwen2.5:7b")
+        return until is not None and until - time.monotonic() > 500
+
+    await wait_for(kept_for_10_minutes, "the keep_alive to be set again")
     assert (await rows(gateway))["qwen2.5:7b"]["state"] == "loaded"
+    assert fake[LOADS]["qwen2.5:7b"] == 1  # set again, not loaded again
 
     status, body = await post(gateway, "/v1/gateway/models/ollama/llama3.2/unload")
     assert status == 200 and body["state"] == "unloaded"

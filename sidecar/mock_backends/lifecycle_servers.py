@@ -3,8 +3,9 @@
 - ``create_ollama_lifecycle_app``: Ollama's ``/api/ps`` (the loaded models, their size
   and when they expire), ``/api/generate`` with an empty prompt (loads the model, for
   ``keep_alive``: a duration, seconds, negative = until unloaded, ``0`` = unload now,
-  answering ``done_reason`` ``load`` or ``unload``), ``/api/tags``; a chat request loads
-  its model too and honours its ``keep_alive``.
+  answering ``done_reason`` ``load`` or ``unload``), ``/api/tags``; a request to its
+  OpenAI-compatible ``/v1`` endpoints loads its model too and, like Ollama's, ignores a
+  ``keep_alive`` in the body: the model then expires after the default 5 minutes.
 - ``create_llama_router_app``: llama-server in router mode: ``GET /models`` with each
   model's ``status.value`` (``unloaded``, ``loading``, ``loaded``; ``failed: true`` and an
   ``exit_code`` after a failed start), ``POST /models/load`` and ``/models/unload`` with
@@ -32,7 +33,7 @@ from aiohttp import web
 from .openai_server import BEHAVIOUR, MockBehaviour, create_mock_app
 
 LOADS = web.AppKey("loads", collections.Counter[str])
-_LOADED = web.AppKey("loaded", dict[str, float | None])  # model -> expiry (monotonic)
+LOADED_UNTIL = web.AppKey("loaded", dict[str, float | None])  # model -> expiry (monotonic)
 _STATUS = web.AppKey("status", dict[str, dict[str, Any]])
 SLEEPING = web.AppKey("sleeping", list[bool])
 _DELAY = web.AppKey("delay", float)
@@ -80,7 +81,7 @@ def create_ollama_lifecycle_app(
     model_ids: tuple[str, ...] = ("llama3.2",), load_delay_s: float = 0.1, memory_mb: int = 2048
 ) -> web.Application:
     app = _app(model_ids, load_delay_s)
-    app[_LOADED] = {}
+    app[LOADED_UNTIL] = {}
     app[_MEMORY] = memory_mb
     app.middlewares.insert(0, _ollama_chat_loads)
     app.router.add_get("/api/ps", _ollama_ps)
@@ -106,10 +107,10 @@ def _keep_until(value: Any) -> float | bool | None:
 
 
 async def _ollama_load(app: web.Application, model: str, keep: float | None) -> None:
-    if model not in app[_LOADED] or _expired(app[_LOADED][model]):
+    if model not in app[LOADED_UNTIL] or _expired(app[LOADED_UNTIL][model]):
         await asyncio.sleep(app[_DELAY])
         app[LOADS][model] += 1
-    app[_LOADED][model] = keep
+    app[LOADED_UNTIL][model] = keep
 
 
 def _expired(expiry: float | None) -> bool:
@@ -120,11 +121,11 @@ def _expired(expiry: float | None) -> bool:
 async def _ollama_chat_loads(request: web.Request, handler: Any) -> web.StreamResponse:
     body = await _peek(request)
     model = body.get("model")
-    if isinstance(model, str) and model in request.app[_LOADED].keys() | set(_models(request)):
-        keep = _keep_until(body.get("keep_alive"))
-        if keep is not False:
-            await _ollama_load(request.app, model, keep)
+    if isinstance(model, str) and model in _models(request):
+        await _ollama_load(request.app, model, None)  # loaded while it answers
     response: web.StreamResponse = await handler(request)
+    if isinstance(model, str) and model in _models(request):
+        request.app[LOADED_UNTIL][model] = _keep_until(None)  # the default, whatever was asked
     return response
 
 
@@ -143,7 +144,7 @@ async def _ollama_generate(request: web.Request) -> web.Response:
     created = datetime.datetime.now(datetime.UTC).isoformat()
     answer = {"model": model, "created_at": created, "response": "", "done": True}
     if keep is False:
-        request.app[_LOADED].pop(model, None)
+        request.app[LOADED_UNTIL].pop(model, None)
         return web.json_response({**answer, "done_reason": "unload"})
     await _ollama_load(request.app, model, keep)
     return web.json_response({**answer, "done_reason": "load"})
@@ -152,9 +153,9 @@ async def _ollama_generate(request: web.Request) -> web.Response:
 async def _ollama_ps(request: web.Request) -> web.Response:
     size = request.app[_MEMORY] * 1_048_576
     models = []
-    for model, expiry in list(request.app[_LOADED].items()):
+    for model, expiry in list(request.app[LOADED_UNTIL].items()):
         if _expired(expiry):
-            del request.app[_LOADED][model]
+            del request.app[LOADED_UNTIL][model]
             continue
         left = 365 * 86400.0 if expiry is None else expiry - time.monotonic()
         expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=left)

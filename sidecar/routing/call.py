@@ -129,7 +129,8 @@ class BackendCall:
             slot = admission.try_acquire() or await admission.acquire()
         try:
             if lifecycle is not None:
-                self._lease = await lifecycle.enter(started)
+                model = self._payload.get("model") if self._payload else None
+                self._lease = await lifecycle.enter(started, model)
             client = self._backend.client
             if self._method == "GET":
                 call = await client.get(

@@ -48,9 +48,10 @@ class Release(Protocol):
 class Lifecycle(Protocol):
     """A backend whose model is loaded on demand (``routing.lifecycle``): a call enters it
     after its admission slot (waiting for the load, within its budget from ``started``, a
-    ``time.monotonic()``) and releases it on the way out."""
+    ``time.monotonic()``; ``model`` is the upstream model the call names, if any) and
+    releases it on the way out."""
 
-    async def enter(self, started: float) -> Release: ...
+    async def enter(self, started: float, model: str | None) -> Release: ...
 
 
 class Backend:

@@ -91,8 +91,6 @@ def resolve_default(registry: Registry, model: str | None, capability: str) -> R
 def upstream_body(payload: dict[str, Any], route: Route) -> dict[str, Any]:
     """The body sent upstream: the upstream model name, and an alias's caps applied."""
     upstream = {**payload, "model": route.upstream_model}
-    if route.backend.config.lifecycle == "ollama" and route.backend.config.keep_alive is not None:
-        upstream["keep_alive"] = route.backend.config.keep_alive  # Ollama's own idle timer
     alias = route.alias
     if alias is None:
         return upstream

@@ -120,7 +120,7 @@ class ModelUnit:
         assert self.config.url is not None
         return self.config.url.port or 0
 
-    async def enter(self, started: float) -> Lease:
+    async def enter(self, started: float, model: str | None = None) -> Lease:
         """Wait until loaded (within the backend's budget from ``started``); then run."""
         if self.state == LOADED and not self.evicting:
             self.active += 1
@@ -583,6 +583,8 @@ class LifecycleManager:
             hooks = remote.remote_hooks(backend)
             if hooks is not None:
                 self.remote[backend.name] = hooks
+            if isinstance(hooks, remote.OllamaHooks) and backend.config.keep_alive is not None:
+                backend.lifecycle = remote.OllamaKeepAlive(hooks, self.spawn)
             sleeps = backend.config.lifecycle == "vllm-sleep"
             if backend.config.process is None and not sleeps:
                 continue

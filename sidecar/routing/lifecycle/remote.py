@@ -7,8 +7,11 @@ admission slot:
 - ``ollama``: ``GET /api/ps`` lists the loaded models (with their size in memory); a
   load is ``POST /api/generate`` with the model, an empty prompt and ``keep_alive`` (the
   backend's ``keep_alive``, else ``-1``: until unloaded); an unload is the same with
-  ``keep_alive: 0``. The backend's ``keep_alive`` is also sent on every request routed
-  to it, so Ollama's own timer keeps what clients use.
+  ``keep_alive: 0``. Ollama's OpenAI-compatible endpoints ignore a request's
+  ``keep_alive`` (each request leaves the model with Ollama's default, 5 minutes or
+  ``OLLAMA_KEEP_ALIVE``), so with a backend ``keep_alive`` set, the gateway sets it again
+  through ``/api/generate`` when the last request in flight for a model ends: one small
+  call per burst, never while a request for that model runs.
 - ``llama-server`` (router mode): ``GET /models`` lists the models with their
   ``status.value`` (``unloaded``, ``loading``, ``loaded``, ``sleeping``, ``downloading``;
   ``failed: true`` after a failed start); ``POST /models/load`` and ``/models/unload``
@@ -28,9 +31,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import re
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from yarl import URL
@@ -39,6 +44,8 @@ from ...config.schema import BackendConfig, ProcessConfig
 from ...errors import GatewayError, UpstreamError
 from ..call import backend_call
 from ..registry import Backend
+
+log = logging.getLogger("gateway.models")
 
 LOADED, LOADING, UNLOADED, FAILED = "loaded", "loading", "unloaded", "failed"
 _REQUEST_ID = "gateway-lifecycle"
@@ -170,6 +177,71 @@ class LlamaRouterHooks(RemoteHooks):
             if state == FAILED:
                 raise UpstreamError(f"backend '{self.backend.name}' failed to load '{model}'")
             await asyncio.sleep(_POLL_S)
+
+
+class _KeepAliveLease:
+    __slots__ = ("_keeper", "_model", "_released")
+
+    def __init__(self, keeper: OllamaKeepAlive, model: str | None) -> None:
+        self._keeper = keeper
+        self._model = model
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._keeper.leave(self._model)
+
+
+class OllamaKeepAlive:
+    """An Ollama backend's ``Backend.lifecycle``: counts the calls per model and, when a
+    model's last one ends, sets its ``keep_alive`` again (see the module's rules)."""
+
+    def __init__(
+        self, hooks: OllamaHooks, spawn: Callable[[Coroutine[Any, Any, None]], None]
+    ) -> None:
+        self.hooks = hooks
+        self._spawn = spawn
+        self.in_flight: dict[str, int] = {}
+        self._refreshing: set[str] = set()
+        self._again: set[str] = set()
+        self.refreshes = 0
+
+    async def enter(self, started: float, model: str | None) -> _KeepAliveLease:
+        if isinstance(model, str):
+            self.in_flight[model] = self.in_flight.get(model, 0) + 1
+        return _KeepAliveLease(self, model)
+
+    def leave(self, model: str | None) -> None:
+        if not isinstance(model, str):
+            return
+        left = self.in_flight.get(model, 1) - 1
+        if left > 0:
+            self.in_flight[model] = left
+            return
+        self.in_flight.pop(model, None)
+        if model in self._refreshing:
+            self._again.add(model)  # ended after the refresh was sent: once more
+        else:
+            self._refreshing.add(model)
+            self._spawn(self._refresh(model))
+
+    async def _refresh(self, model: str) -> None:
+        try:
+            while True:
+                self._again.discard(model)
+                try:
+                    await self.hooks.load(model)
+                    self.refreshes += 1
+                except (GatewayError, TimeoutError) as exc:
+                    log.warning(
+                        "keep_alive for %s on %s: %s", model, self.hooks.backend.name, describe(exc)
+                    )
+                    return
+                if model not in self._again or self.in_flight.get(model):
+                    return
+        finally:
+            self._refreshing.discard(model)
 
 
 def remote_hooks(backend: Backend) -> RemoteHooks | None:
