@@ -584,3 +584,31 @@ async def test_load_and_unload_can_answer_before_they_are_done(models_gateway: A
     stopping = await gateway.post(f"{path}/unload", json={"wait": False}, headers=ADMIN)
     assert stopping.status == 202
     await wait_for(functools.partial(state_is, "unloaded"), "the unload started by the admin")
+
+
+async def test_a_reload_that_removes_a_loading_model_leaves_no_process(
+    models_gateway: Any,
+) -> None:
+    gateway = await models_gateway(
+        config(process_backend("a", "model-a", ready_s=1.5), process_backend("b", "model-b"))
+    )
+    waiting = asyncio.create_task(ask(gateway, "model-a"))
+    pid = None
+
+    async def started() -> bool:
+        nonlocal pid
+        row = await state_of(gateway, "a")
+        pid = row["pid"]
+        return row["state"] == "loading" and pid is not None
+
+    await wait_for(started, "model-a's process to start")
+    assert pid is not None
+    app = gateway.server.app
+    app[SETTINGS].config_path.write_text(config(process_backend("b", "model-b")))
+    assert (await app[RELOADER].reload("test")).ok
+    status, body, _ = await waiting
+    assert status == 503, body
+    assert "removed from the config" in body["error"]["message"]
+    await wait_for(lambda: not alive(pid), "the removed model's process to stop")
+    assert "a" not in await states(gateway)
+    assert (await ask(gateway, "model-b"))[0] == 200

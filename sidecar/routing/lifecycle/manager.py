@@ -105,6 +105,8 @@ class ModelUnit:
         self.waiting_since = 0.0
         self.requested = False  # a load asked for without a waiting call (admin, preload)
         self.evicting = False
+        self.stale = False  # its process runs a config that is no longer the current one
+        self.retired = False  # a reload removed it: it never loads again
         self.process: ModelProcess | None = None
         self._changed = asyncio.Event()
 
@@ -149,6 +151,11 @@ class ModelUnit:
         try:
             async with asyncio.timeout_at(_loop_time(deadline)):
                 while not (self.state == LOADED and not self.evicting):
+                    if self.retired:
+                        raise BackendNotReady(
+                            f"backend '{self.name}' was removed from the config; retry",
+                            retry_after=1,
+                        )
                     # A start tried for this call failed, or the next try is too late.
                     if self.state == FAILED and (
                         self.attempts > attempts or self.retry_at > deadline
@@ -222,6 +229,8 @@ class ModelUnit:
 
     @property
     def demanding(self) -> bool:
+        if self.retired:
+            return False
         return (self.waiting > 0 or self.requested) and (
             self.state in (UNLOADED, FAILED) and not self.evicting
         )
@@ -276,6 +285,8 @@ class ModelUnit:
         self.loads += 1
         self.set_state(LOADED)
         self.manager.publish("ready", self, seconds=round(self.last_load_s, 3))
+        if self.stale:  # the config changed while it loaded: its next turn uses the new one
+            self.begin_evict("config")
 
     async def _until_ready(self, process: ModelProcess) -> str | None:
         """Poll ``ready`` until it answers 200; the reason it never did, else ``None``."""
@@ -314,6 +325,7 @@ class ModelUnit:
         backoff = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (self.failures - 1))
         self.retry_at = time.monotonic() + backoff
         self.error = reason
+        self.manager._retired.discard(self)
         self.set_state(FAILED)
         self.manager.publish("crash", self, reason=reason, during=during, retry_in_s=backoff)
 
@@ -350,8 +362,10 @@ class ModelUnit:
 
     async def stop(self, reason: str) -> None:
         process, self.process = self.process, None
+        self.stale = False
         if process is not None:
             await process.stop(self.spec.stop_timeout_s)
+        self.manager._retired.discard(self)
         if self.state != UNLOADED:
             self.loaded_at = None
             self.set_state(UNLOADED)
@@ -539,6 +553,7 @@ class LifecycleManager:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._preload: list[ModelUnit] = []
+        self._retired: set[ModelUnit] = set()  # dropped by a reload, maybe still running
         self._remote_loads: dict[tuple[str, str], float] = {}
 
     @property
@@ -591,7 +606,7 @@ class LifecycleManager:
             seen.add(backend.name)
             unit = self.units.get(backend.name)
             if unit is not None and isinstance(unit, SleepUnit) != sleeps:
-                unit.begin_evict("config")
+                self._retire(unit)
                 unit = None
             if unit is None:
                 unit = ModelUnit(self, backend) if not sleeps else SleepUnit(self, backend)
@@ -603,11 +618,12 @@ class LifecycleManager:
             elif unit.config.process != backend.config.process or unit.config.url != (
                 backend.config.url
             ):
+                unit.stale = unit.state in (LOADING, LOADED, DRAINING)
                 unit.begin_evict("config")
             unit.backend, unit.config = backend, backend.config
             backend.lifecycle = unit
         for name in [name for name in self.units if name not in seen]:
-            self.units.pop(name).begin_evict("config")
+            self._retire(self.units.pop(name))
         members: dict[str, list[ModelUnit]] = {}
         for unit in self.units.values():
             key = unit.spec.group or f"\0{unit.name}"  # ungrouped: a group of one
@@ -622,6 +638,15 @@ class LifecycleManager:
             group.kick()
         for key in [key for key in self.groups if key not in members]:
             del self.groups[key]
+
+    def _retire(self, unit: ModelUnit) -> None:
+        """A unit the config no longer has: stopped now, or as soon as its load ends."""
+        unit.retired = True
+        unit.stale = unit.state in (LOADING, LOADED, DRAINING)
+        if unit.stale:
+            self._retired.add(unit)
+            unit.begin_evict("config")
+        unit.changed()  # its waiting calls learn it is gone
 
     async def start(self) -> None:
         self._preload = []
@@ -666,9 +691,8 @@ class LifecycleManager:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.gather(
-            *(unit.stop("shutdown") for unit in self.units.values()), return_exceptions=True
-        )
+        units = [*self.units.values(), *self._retired]
+        await asyncio.gather(*(unit.stop("shutdown") for unit in units), return_exceptions=True)
         self.hub.close()
         if self._session is not None:
             await self._session.close()
