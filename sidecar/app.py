@@ -31,6 +31,7 @@ from .music.tool import heartmula_generate
 from .observability.metrics import GatewayMetrics
 from .reload import ConfigReloader, load_checked
 from .routing.health import HealthChecker, running
+from .routing.lifecycle import LifecycleManager
 from .routing.registry import RegistryHolder, build_registry
 from .settings import Settings
 from .storage import StorageMonitor
@@ -42,6 +43,7 @@ from .typedefs import (
     HEALTH,
     IMAGE_STORE,
     METRICS,
+    MODELS,
     PRELOADED_CONFIG,
     REGISTRY,
     RELOADER,
@@ -82,6 +84,7 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> web.A
     app.cleanup_ctx.append(_registry)
     app.cleanup_ctx.append(_health_checks)
     app.cleanup_ctx.append(_config_reload)
+    app.cleanup_ctx.append(_models)
     app.cleanup_ctx.append(_images)
     app.cleanup_ctx.append(_toolbus)
     app.cleanup_ctx.append(_ui)
@@ -256,6 +259,28 @@ async def _usage(app: web.Application) -> AsyncIterator[None]:
     await asyncio.to_thread(ledger.start, app[REGISTRY])
     yield
     await asyncio.to_thread(ledger.stop)
+
+
+async def _models(app: web.Application) -> AsyncIterator[None]:
+    """The model processes the gateway runs; every one is stopped on the way out."""
+    settings = app[SETTINGS]
+    manager = LifecycleManager(
+        app[REGISTRY], settings.data_dir, settings.environ, app[METRICS].observe_model
+    )
+    app[MODELS] = manager
+    app[METRICS].watch_models(manager)
+    app.on_shutdown.append(_end_event_streams)
+    try:
+        await manager.start()
+        app[RELOADER].listeners.append(manager.reconfigure)
+        yield
+    finally:
+        await manager.close()
+
+
+async def _end_event_streams(app: web.Application) -> None:
+    """Open event streams end before the server waits for its connections to close."""
+    app[MODELS].hub.close()
 
 
 async def _config_reload(app: web.Application) -> AsyncIterator[None]:

@@ -33,8 +33,12 @@ from .mock_backends import (
     MockBehaviour,
     create_a1111_app,
     create_heartmula_app,
+    create_llama_router_app,
     create_mock_app,
+    create_model_server_app,
+    create_ollama_lifecycle_app,
     create_openai_images_app,
+    create_vllm_sleep_app,
 )
 from .observability.access_log import BatchedLineWriter
 from .reload import load_checked
@@ -63,11 +67,22 @@ def main(argv: list[str] | None = None) -> int:
     mock = commands.add_parser("mock-backends", help="run a fake model server on loopback")
     mock.add_argument(
         "--kind",
-        choices=("openai", "a1111", "openai-images", "heartmula"),
+        choices=(
+            "openai",
+            "a1111",
+            "openai-images",
+            "heartmula",
+            "model-server",
+            "ollama-lifecycle",
+            "llama-router",
+            "vllm-sleep",
+        ),
         default="openai",
         help="openai: chat/completions/embeddings, audio (mock-whisper, mock-tts) and "
         "rerank (mock-rerank); a1111: stable-diffusion-webui; "
-        "openai-images: an InvokeAI/ComfyUI-style image shim; heartmula: a music shim",
+        "openai-images: an InvokeAI/ComfyUI-style image shim; heartmula: a music shim; "
+        "model-server: a model server for the gateway to run (process:), slow to get ready; "
+        "ollama-lifecycle, llama-router, vllm-sleep: servers with their own load/unload hooks",
     )
     mock.add_argument(
         "--audio-dir", type=Path, default=Path("var/mock-heartmula"), help="heartmula's files"
@@ -77,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     mock.add_argument("--latency-ms", type=float, default=0.0)
     mock.add_argument("--chunk-delay-ms", type=float, default=20.0)
     mock.add_argument("--chunks", type=int, default=4)
+    mock.add_argument("--model", action="append", help="model-server: a model id it serves")
+    mock.add_argument("--ready-delay-s", type=float, default=0.5, help="model-server: load time")
+    mock.add_argument("--memory-mb", type=float, default=1000.0, help="model-server: its size")
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve()
@@ -321,6 +339,20 @@ async def _until_stopped() -> None:
                 loop.remove_signal_handler(sig)
 
 
+def _fake(factory: Callable[..., web.Application]) -> Callable[..., web.Application]:
+    def make(models: tuple[str, ...] | None, delay_s: float) -> web.Application:
+        return factory(models, delay_s) if models else factory(load_delay_s=delay_s)
+
+    return make
+
+
+_LIFECYCLE_FAKES = {
+    "ollama-lifecycle": _fake(create_ollama_lifecycle_app),
+    "llama-router": _fake(create_llama_router_app),
+    "vllm-sleep": _fake(create_vllm_sleep_app),
+}
+
+
 def run_mock(args: argparse.Namespace) -> int:
     stop_logging = _configure_logging("INFO")
     if args.kind == "a1111":
@@ -329,6 +361,17 @@ def run_mock(args: argparse.Namespace) -> int:
         app = create_openai_images_app(latency_ms=args.latency_ms)
     elif args.kind == "heartmula":
         app = create_heartmula_app(args.audio_dir, latency_ms=args.latency_ms)
+    elif args.kind in _LIFECYCLE_FAKES:
+        models = tuple(args.model) if args.model else None
+        app = _LIFECYCLE_FAKES[args.kind](models, args.ready_delay_s)
+    elif args.kind == "model-server":
+        app = create_model_server_app(
+            tuple(args.model or ["mock-llama"]),
+            args.ready_delay_s,
+            args.memory_mb,
+            args.chunk_delay_ms,
+            args.chunks,
+        )
     else:
         behaviour = MockBehaviour(
             latency_ms=args.latency_ms, chunk_delay_ms=args.chunk_delay_ms, chunks=args.chunks

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .observability.metrics import GatewayMetrics
     from .reload import ConfigReloader
     from .routing.health import HealthChecker
+    from .routing.lifecycle import LifecycleManager
     from .routing.registry import RegistryHolder
     from .settings import BearerToken, Settings
     from .storage import StorageMonitor
@@ -43,6 +44,7 @@ METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics")
 UI_STATE: web.AppKey[UiState] = web.AppKey("ui_state")
 STORAGE: web.AppKey[StorageMonitor] = web.AppKey("storage")
 USAGE: web.AppKey[UsageLedger] = web.AppKey("usage")
+MODELS: web.AppKey[LifecycleManager] = web.AppKey("models")
 # A config ``gateway serve`` loaded and checked already, so start-up does not read it again.
 PRELOADED_CONFIG: web.AppKey[GatewayConfig] = web.AppKey("preloaded_config")
 

@@ -356,6 +356,37 @@ SCHEMAS: dict[str, Any] = {
         "required": ["run_id", "deterministic"],
         "properties": {"deterministic": {"type": "boolean"}},
     },
+    "ModelState": {
+        "type": "object",
+        "required": ["id", "backend", "state"],
+        "properties": {
+            "id": {"type": "string"},
+            "backend": {"type": "string"},
+            "state": {"enum": ["unloaded", "loading", "loaded", "draining", "failed"]},
+            "loaded_since": {"type": ["number", "null"]},
+            "idle_s": {"type": ["number", "null"]},
+            "memory_mb": {"type": ["number", "null"]},
+            "group": {"type": ["string", "null"]},
+            "last_load_s": {"type": ["number", "null"]},
+        },
+    },
+    "ModelStates": {
+        "type": "object",
+        "required": ["object", "data"],
+        "properties": {
+            "object": {"const": "list"},
+            "data": {"type": "array", "items": {"$ref": "#/components/schemas/ModelState"}},
+        },
+    },
+    "ModelEvent": {
+        "type": "object",
+        "required": ["type", "backend", "at"],
+        "properties": {
+            "type": {"enum": ["load", "ready", "unload", "eviction", "crash"]},
+            "backend": {"type": "string"},
+            "at": {"type": "number"},
+        },
+    },
     "GatewayStatus": {
         "type": "object",
         "required": ["object", "backends"],
@@ -528,6 +559,20 @@ def _speech() -> dict[str, Any]:
     return operation
 
 
+def _optional_body(operation: dict[str, Any]) -> dict[str, Any]:
+    """A lifecycle action: ``{"wait": false}`` answers 202 before it is done."""
+    schema = {"type": "object", "properties": {"wait": {"type": "boolean", "default": True}}}
+    operation["requestBody"] = {
+        "required": False,
+        "content": {"application/json": {"schema": schema}},
+    }
+    operation["responses"]["202"] = {
+        "description": "Started",
+        "content": {"application/json": {"schema": _ref("ModelState")}},
+    }
+    return operation
+
+
 # One server-sent event of a stream: a JSON chunk, an error envelope, or [DONE].
 _SSE_EVENT = {
     "type": "object",
@@ -646,6 +691,39 @@ PATHS: dict[str, Any] = {
     "/v1/reranking": {
         "post": _operation(
             "Rerank documents (llama.cpp's name)", "Rerank", body="RerankRequest", errors=_ROUTED
+        )
+    },
+    "/v1/gateway/models": {
+        "get": _operation(
+            "Models loaded on demand, and their state (admin)", "ModelStates", errors=(403,)
+        )
+    },
+    "/v1/gateway/models/{id}/load": {
+        "post": _optional_body(
+            _operation(
+                "Load a model now (admin)",
+                "ModelState",
+                errors=(400, 403, 404, 502, 503),
+                parameter="id",
+            )
+        )
+    },
+    "/v1/gateway/models/{id}/unload": {
+        "post": _optional_body(
+            _operation(
+                "Unload a model, after its requests in flight (admin)",
+                "ModelState",
+                errors=(400, 403, 404, 502),
+                parameter="id",
+            )
+        )
+    },
+    "/v1/gateway/events": {
+        "get": _operation(
+            "Model lifecycle events: load, ready, unload, eviction, crash (admin; SSE)",
+            "ModelEvent",
+            errors=(403, 429),
+            stream=True,
         )
     },
 }

@@ -10,7 +10,7 @@ from ..music import api as music
 from ..toolbus import api as tools
 from ..toolbus import mcp
 from ..usage import api as usage
-from . import anthropic, audio, ollama, openai, openapi, status
+from . import anthropic, audio, models, ollama, openai, openapi, status
 
 
 def setup_routes(app: web.Application) -> None:
@@ -57,3 +57,8 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/v1/audio/speech", audio.speech, name="speech")
     app.router.add_post("/v1/rerank", openai.rerank, name="rerank")
     app.router.add_post("/v1/reranking", openai.rerank, name="reranking")
+    # The model lifecycle (admin): model ids may hold '/' and ':'.
+    app.router.add_get("/v1/gateway/models", models.list_models, name="gateway_models")
+    app.router.add_post("/v1/gateway/models/{id:.+}/load", models.load, name="model_load")
+    app.router.add_post("/v1/gateway/models/{id:.+}/unload", models.unload, name="model_unload")
+    app.router.add_get("/v1/gateway/events", models.events, name="gateway_events")

@@ -88,6 +88,7 @@ def parse_config(
     backends = reader.backends(raw, defaults, images_env, heartmula_url)
     by_name = {backend.name: backend for backend in backends}
     aliases = reader.aliases(root.get("aliases"), by_name, raw)
+    reader.check_groups(backends, defaults.groups)
     tool_reader = ToolReader(issues, source.parent, environ)
     tools = tool_reader.tools(root.get("tools"), by_name)
     token_tools = tool_reader.token_tools(root.get("token_tools"), tools)
@@ -100,6 +101,7 @@ def parse_config(
         tools=MappingProxyType(tools),
         token_tools=MappingProxyType(token_tools),
         cors=cors(root.get("cors")),
+        groups=MappingProxyType(dict(defaults.groups)),
     )
 
 

@@ -135,6 +135,37 @@ class ImagesConfig:
 
 
 @dataclass(frozen=True)
+class ProcessConfig:
+    """A model server the gateway runs: ``cmd`` (argv, no shell) with ``{port}`` replaced
+    by a free loopback port, started on demand and stopped after ``ttl_s`` idle."""
+
+    cmd: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+    ready: str = "/health"  # polled until it answers 200
+    start_timeout_s: float = 180.0
+    ttl_s: float = 0.0  # 0: never unloaded for idleness
+    group: str | None = None
+    memory_mb: int = 0
+    preload: bool = False
+    pin: bool = False  # never evicted to make room
+    drain_timeout_s: float = 30.0  # how long an eviction waits for requests in flight
+    stop_timeout_s: float = 10.0  # SIGTERM, then SIGKILL after this long
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    """Models sharing a device: a memory budget, or ``exclusive`` (one member loaded)."""
+
+    name: str
+    memory_mb: int | None = None
+    exclusive: bool = False
+    fairness_s: float = 5.0  # a busy member keeps serving this long before a swap
+
+
+LIFECYCLES = ("ollama", "llama-server", "vllm-sleep")
+
+
+@dataclass(frozen=True)
 class BackendConfig:
     name: str
     url: URL | None  # None only for the built-in mock_images backend
@@ -152,6 +183,9 @@ class BackendConfig:
     images: ImagesConfig = ImagesConfig()
     # The backend's ``model_capabilities`` (lower-cased globs), then the defaults.
     model_patterns: tuple[tuple[str, frozenset[str]], ...] = DEFAULT_MODEL_CAPABILITIES
+    process: ProcessConfig | None = None  # a model server the gateway runs
+    lifecycle: str | None = None  # a remote server's own load/unload hooks (LIFECYCLES)
+    keep_alive: str | int | None = None  # lifecycle ollama: sent on every request
     # Built from ``tls`` when the config is loaded (https only); derived, so not compared.
     ssl_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
 
@@ -237,6 +271,7 @@ class GatewayConfig:
     token_tools: Mapping[str, frozenset[str]] = field(default_factory=dict)
     agents: Mapping[str, AgentSpec] = field(default_factory=dict)
     cors: CorsConfig = CorsConfig()
+    groups: Mapping[str, GroupConfig] = field(default_factory=dict)
 
     def backend(self, name: str) -> BackendConfig | None:
         for backend in self.backends:

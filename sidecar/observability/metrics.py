@@ -20,10 +20,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..routing.lifecycle import STATES, LifecycleManager
 from ..routing.registry import HealthState, RegistryHolder
 from .access_log import AccessRecord
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LOAD_BUCKETS = (0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -115,6 +117,37 @@ class GatewayMetrics:
             ["key", "model", "kind"],
             registry=self.registry,
         )
+        self.model_loads = Counter(
+            "gateway_model_loads",
+            "Model process loads by backend and result (ok: ready; failed: never ready).",
+            ["backend", "result"],
+            registry=self.registry,
+        )
+        self.model_load_seconds = Histogram(
+            "gateway_model_load_seconds",
+            "Time from starting a model process to its first ready answer.",
+            ["backend"],
+            buckets=_LOAD_BUCKETS,
+            registry=self.registry,
+        )
+        self.model_evictions = Counter(
+            "gateway_model_evictions",
+            "Models stopped to make room for another in their group.",
+            ["backend"],
+            registry=self.registry,
+        )
+        self.model_crashes = Counter(
+            "gateway_model_crashes",
+            "Model processes that exited on their own while loaded.",
+            ["backend"],
+            registry=self.registry,
+        )
+        self.model_unloads = Counter(
+            "gateway_model_unloads",
+            "Model processes stopped, by reason (ttl, eviction, admin, config, shutdown).",
+            ["backend", "reason"],
+            registry=self.registry,
+        )
         self.loop_lag = LoopLag()
         self.registry.register(self.loop_lag)
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
@@ -156,6 +189,27 @@ class GatewayMetrics:
             children[0].inc(prompt)
         if completion:
             children[1].inc(completion)
+
+    def observe_model(
+        self, kind: str, backend: str, seconds: float | None, reason: str | None = None
+    ) -> None:
+        """A lifecycle event (backend names come from the config: bounded labels)."""
+        if kind == "ready":
+            self.model_loads.labels(backend, "ok").inc()
+            if seconds is not None:
+                self.model_load_seconds.labels(backend).observe(seconds)
+        elif kind == "failed":
+            self.model_loads.labels(backend, "failed").inc()
+        elif kind == "crash":
+            self.model_crashes.labels(backend).inc()
+        elif kind == "eviction":
+            self.model_evictions.labels(backend).inc()
+        elif kind == "unload":
+            self.model_unloads.labels(backend, reason or "other").inc()
+
+    def watch_models(self, manager: LifecycleManager) -> None:
+        """Each model's state, read from the live manager at scrape time."""
+        self.registry.register(_ModelStates(manager))
 
     def observe_tool(self, tool: str, ok: bool, duration_ms: float) -> None:
         self.tool_calls.labels(tool, "true" if ok else "false").inc()
@@ -224,3 +278,19 @@ class _LiveCollector(Collector):
         reloads.add_metric(["ok"], self._reloader.reloads_ok)
         reloads.add_metric(["refused"], self._reloader.reloads_refused)
         yield from (up, in_flight, queued, limit, rejected, reloads)
+
+
+class _ModelStates(Collector):
+    def __init__(self, manager: LifecycleManager) -> None:
+        self._manager = manager
+
+    def collect(self) -> Iterator[Metric]:
+        state = GaugeMetricFamily(
+            "gateway_model_state",
+            "1 for the state each model process backend is in.",
+            labels=["backend", "state"],
+        )
+        for unit in list(self._manager.units.values()):
+            for name in STATES:
+                state.add_metric([unit.name, name], 1.0 if unit.state == name else 0.0)
+        yield state

@@ -14,11 +14,18 @@ URL) takes the slot only (``admitted``). A body that is not JSON (an audio uploa
 ``body`` with its ``content_type``; an async iterable body is streamed upstream as it is
 produced, never buffered whole. What comes back is read from the call in any form: JSON,
 events, or raw chunks (audio).
+
+A backend whose model is loaded on demand (``Backend.lifecycle``) is entered right after
+the slot: the call waits there for the load, within the backend's wait budget, and leaves
+it with the slot; for every other backend this costs one attribute check. Calls without a
+slot (probes, downloads, http tools, the lifecycle's own calls to a server's hooks) do not
+load a model.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterable, AsyncIterator
 from types import TracebackType
 from typing import Any
@@ -26,7 +33,7 @@ from typing import Any
 from yarl import URL
 
 from .admission import Slot
-from .registry import Backend
+from .registry import Backend, Release
 from .upstream import UpstreamCall
 
 
@@ -90,6 +97,7 @@ class BackendCall:
         "_content_type",
         "_endpoint",
         "_headers",
+        "_lease",
         "_method",
         "_payload",
         "_read_timeout_s",
@@ -124,13 +132,20 @@ class BackendCall:
         self._check_status = check_status
         self._slot: Slot | None = None
         self._call: UpstreamCall | None = None
+        self._lease: Release | None = None
 
     async def __aenter__(self) -> UpstreamCall:
+        lifecycle = None
         slot = None
         if self._capability is not None:
+            lifecycle = self._backend.lifecycle
+            started = time.monotonic() if lifecycle is not None else 0.0
             admission = self._backend.admissions[self._capability]
             slot = admission.try_acquire() or await admission.acquire()
         try:
+            if lifecycle is not None:
+                model = self._payload.get("model") if self._payload else None
+                self._lease = await lifecycle.enter(started, model)
             client = self._backend.client
             if self._method == "GET":
                 call = await client.get(
@@ -155,6 +170,8 @@ class BackendCall:
                 call.close()
                 raise
         except BaseException:
+            if self._lease is not None:
+                self._lease.release()
             if slot is not None:
                 slot.release()
             raise
@@ -171,5 +188,7 @@ class BackendCall:
             if self._call is not None:
                 self._call.close()
         finally:
+            if self._lease is not None:
+                self._lease.release()
             if self._slot is not None:
                 self._slot.release()

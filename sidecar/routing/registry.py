@@ -8,9 +8,12 @@ ends, so requests in flight are untouched by a reload.
 
 from __future__ import annotations
 
+import dataclasses
+import socket
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..config.schema import BackendConfig, GatewayConfig
 from .admission import Admission
@@ -42,8 +45,24 @@ class Health:
         return self.state in (HealthState.READY, HealthState.UNKNOWN)
 
 
+class Release(Protocol):
+    def release(self) -> None: ...
+
+
+class Lifecycle(Protocol):
+    """A backend whose model is loaded on demand (``routing.lifecycle``): a call enters it
+    after its admission slot (waiting for the load, within its budget from ``started``, a
+    ``time.monotonic()``; ``model`` is the upstream model the call names, if any) and
+    releases it on the way out."""
+
+    async def enter(self, started: float, model: str | None) -> Release: ...
+
+
 class Backend:
     """A configured backend at run time: its client, health and admission limits."""
+
+    # Set by the lifecycle manager for a backend it loads on demand; None: always there.
+    lifecycle: Lifecycle | None = None
 
     def __init__(
         self,
@@ -124,6 +143,7 @@ def build_registry(
 
 
 def _backend(config: BackendConfig, old: Backend | None, reused: set[int]) -> Backend:
+    config = _with_port(config, old)
     same_connection = old is not None and old.config.connection_key() == config.connection_key()
     if old is not None and same_connection:
         client = old.client
@@ -149,6 +169,23 @@ def _backend(config: BackendConfig, old: Backend | None, reused: set[int]) -> Ba
     health = old.health if keep_health and old is not None else Health()
     discovered = old.discovered if keep_health and old is not None else None
     return Backend(config, client, health, admissions, discovered)
+
+
+def _with_port(config: BackendConfig, old: Backend | None) -> BackendConfig:
+    """A backend the gateway runs gets its loopback port for ``{port}``: the one it had
+    before a reload, else a free one."""
+    if config.process is None or config.url is None:
+        return config
+    port = None
+    if old is not None and old.config.process is not None and old.config.url is not None:
+        port = old.config.url.port
+    return dataclasses.replace(config, url=config.url.with_port(port or _free_port()))
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 class RegistryHolder:
