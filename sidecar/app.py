@@ -29,6 +29,7 @@ from .images.store import ImageStore
 from .music.tool import heartmula_generate
 from .observability.metrics import GatewayMetrics
 from .reload import ConfigReloader, load_checked
+from .responses.api import store_lifecycle as responses_store
 from .routing.health import HealthChecker, running
 from .routing.registry import RegistryHolder, build_registry
 from .settings import Settings
@@ -81,6 +82,7 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> web.A
     app.cleanup_ctx.append(_images)
     app.cleanup_ctx.append(_toolbus)
     app.cleanup_ctx.append(_ui)
+    app.cleanup_ctx.append(responses_store)
     app.on_response_prepare.append(stamp_response)
     app.on_response_prepare.append(security_headers)
     aiohttp_jinja2.setup(

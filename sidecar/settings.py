@@ -103,6 +103,15 @@ class ToolsSettings:
     heartmula_base_url: str | None = None  # shorthand for a music backend
 
 
+@dataclass(frozen=True)
+class ResponsesSettings:
+    """Stored Responses (``/v1/responses`` with ``store``): how long and how much."""
+
+    retention_days: float = 30.0  # GATEWAY_RESPONSES_RETENTION_DAYS; 0 stores nothing
+    max_record_bytes: int = 4 * 1024 * 1024  # GATEWAY_RESPONSES_MAX_RECORD_BYTES
+    max_total_bytes: int = 1024 * 1024 * 1024  # GATEWAY_RESPONSES_MAX_BYTES; oldest go first
+
+
 # bcrypt's own threads: 2, but always leave one core to the event loop and its pool.
 DEFAULT_HASH_THREADS = max(1, min(2, (os.cpu_count() or 1) - 1))
 
@@ -150,6 +159,7 @@ class Settings:
     images: ImagesSettings = ImagesSettings()
     tools: ToolsSettings = ToolsSettings()
     ui: UiSettings = UiSettings()
+    responses: ResponsesSettings = ResponsesSettings()
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
@@ -163,6 +173,10 @@ class Settings:
     @property
     def user_db_path(self) -> Path:
         return self.ui.db_path or self.data_dir / "users.sqlite3"
+
+    @property
+    def responses_db_path(self) -> Path:
+        return self.data_dir / "responses.sqlite3"
 
     @property
     def templates_dir(self) -> Path:
@@ -225,6 +239,7 @@ class Settings:
                 else None,
                 login=_login(env),
             ),
+            responses=_responses(env),
             environ=MappingProxyType(env),
         )
 
@@ -333,6 +348,18 @@ def _login(env: Mapping[str, str]) -> LoginSettings:
         ip_failures=_int(env, "USER_LOGIN_IP_FAILURES", 20, minimum=1),
         ip_window_s=_int(env, "USER_LOGIN_IP_WINDOW_S", 300, minimum=1, maximum=86_400),
         failure_rows=_int(env, "USER_LOGIN_FAILURE_ROWS", 10_000, minimum=100),
+    )
+
+
+def _responses(env: Mapping[str, str]) -> ResponsesSettings:
+    return ResponsesSettings(
+        retention_days=_float(env, "GATEWAY_RESPONSES_RETENTION_DAYS", 30.0, minimum=0.0),
+        max_record_bytes=_int(
+            env, "GATEWAY_RESPONSES_MAX_RECORD_BYTES", 4 * 1024 * 1024, minimum=64 * 1024
+        ),
+        max_total_bytes=_int(
+            env, "GATEWAY_RESPONSES_MAX_BYTES", 1024 * 1024 * 1024, minimum=1024 * 1024
+        ),
     )
 
 

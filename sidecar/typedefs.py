@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .observability.access_log import AccessRecord
     from .observability.metrics import GatewayMetrics
     from .reload import ConfigReloader
+    from .responses.store import ResponseStore
     from .routing.health import HealthChecker
     from .routing.registry import RegistryHolder
     from .settings import BearerToken, Settings
@@ -41,6 +42,7 @@ AGENTS: web.AppKey[AgentRunner] = web.AppKey("agents")
 METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics")
 UI_STATE: web.AppKey[UiState] = web.AppKey("ui_state")
 STORAGE: web.AppKey[StorageMonitor] = web.AppKey("storage")
+RESPONSES: web.AppKey[ResponseStore] = web.AppKey("responses")
 # A config ``gateway serve`` loaded and checked already, so start-up does not read it again.
 PRELOADED_CONFIG: web.AppKey[GatewayConfig] = web.AppKey("preloaded_config")
 

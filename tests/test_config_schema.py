@@ -220,7 +220,8 @@ def test_a_bad_list_item_is_reported_in_the_lists_words() -> None:
     assert found == {
         "backends.b.capabilities[1]": (
             line_of(text, "# capability"),
-            "unknown capability 'teleport' (chat, completions, embeddings, images, music)",
+            "unknown capability 'teleport' (chat, completions, embeddings, images, music,"
+            " responses)",
         ),
         "tools.t.subprocess.argv": (
             line_of(text, "# argv"),

@@ -7,6 +7,7 @@ from aiohttp import web
 from ..agents import api as agents
 from ..images import api as images
 from ..music import api as music
+from ..responses import api as responses
 from ..toolbus import api as tools
 from ..toolbus import mcp
 from . import openai, openapi, status
@@ -35,3 +36,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/mcp", mcp.endpoint, name="mcp")
     app.router.add_get("/v1/gateway/status", status.gateway_status, name="gateway_status")
     app.router.add_get("/images/{name}", images.image_file, name="image_file", allow_head=True)
+    # The OpenAI Responses API
+    app.router.add_post("/v1/responses", responses.create, name="responses")
+    app.router.add_get("/v1/responses/{response_id}", responses.retrieve, name="response")
+    app.router.add_delete("/v1/responses/{response_id}", responses.delete, name="response_delete")

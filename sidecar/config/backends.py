@@ -26,6 +26,7 @@ from .schema import (
     BUILTIN_CLASSES,
     CAPABILITIES,
     DEFAULT_CLASS,
+    OPT_IN_CAPABILITIES,
     PROTOCOL_CAPABILITIES,
     AliasConfig,
     BackendConfig,
@@ -130,7 +131,8 @@ class BackendReader:
             self.issues.error(f"{path}.class", f"unknown class (known: {known})")
             backend_class = DEFAULT_CLASS
         served = PROTOCOL_CAPABILITIES.get(protocol, ("chat",))
-        capabilities = _capabilities(spec.get("capabilities", list(served)))
+        default = [name for name in served if name not in OPT_IN_CAPABILITIES]
+        capabilities = _capabilities(spec.get("capabilities", default))
         if capabilities is not None and not capabilities <= set(served):
             message = f"protocol {protocol} serves only: {', '.join(served)}"
             self.issues.error(f"{path}.capabilities", message)

@@ -10,7 +10,9 @@ from typing import Any
 
 from yarl import URL
 
-CAPABILITIES = ("chat", "completions", "embeddings", "images", "music")
+CAPABILITIES = ("chat", "completions", "embeddings", "images", "music", "responses")
+# Served only when a backend lists them: most OpenAI-compatible servers lack them.
+OPT_IN_CAPABILITIES = frozenset({"responses"})
 # How the gateway talks to a backend: ``openai`` (chat, completions, embeddings at
 # ``{url}/...``), ``a1111`` (stable-diffusion-webui's ``/sdapi/v1``), ``openai_images``
 # (an InvokeAI/ComfyUI shim's ``{url}/v1/images/generations``), ``mock_images`` (the
@@ -18,7 +20,7 @@ CAPABILITIES = ("chat", "completions", "embeddings", "images", "music")
 # ``heartmula`` is the HeartMuLa music shim (``{url}/v1/music/generations``).
 # What each protocol can serve; a backend's capabilities must be among them.
 PROTOCOL_CAPABILITIES: Mapping[str, tuple[str, ...]] = {
-    "openai": ("chat", "completions", "embeddings"),
+    "openai": ("chat", "completions", "embeddings", "responses"),
     "a1111": ("images",),
     "openai_images": ("images",),
     "mock_images": ("images",),
@@ -33,6 +35,10 @@ BUILTIN_CLASSES: Mapping[str, Mapping[str, int]] = {
     "cpu": {"chat": 1, "completions": 1, "embeddings": 4, "images": 1, "music": 1},
     "remote": {"chat": 16, "completions": 16, "embeddings": 16, "images": 4, "music": 2},
     "mock": {"chat": 64, "completions": 64, "embeddings": 64, "images": 8, "music": 4},
+}
+# A backend's native Responses API takes as many requests at once as its chat.
+BUILTIN_CLASSES = {
+    name: {**limits, "responses": limits["chat"]} for name, limits in BUILTIN_CLASSES.items()
 }
 DEFAULT_CLASS = "gpu_light"
 
