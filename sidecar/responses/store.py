@@ -95,8 +95,10 @@ class ResponseStore:
             await loop.run_in_executor(self._executor, self._open)
 
     async def close(self) -> None:
-        if self._db is not None:
-            await self._run(lambda db: db.close())
+        """Close the connection and the thread (again: nothing happens)."""
+        db, self._db = self._db, None
+        if db is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
         self._executor.shutdown(wait=True)
 
     async def put(
