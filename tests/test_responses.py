@@ -714,3 +714,89 @@ async def test_other_token_cannot_continue_but_can_start(mocked: tuple[Any, Any]
         with pytest.raises(openai.NotFoundError):
             await mine.responses.retrieve(b.id)
         await mine.responses.retrieve(a.id)
+
+
+async def test_alias_caps_apply_in_both_directions(make_gateway: Any, start_mock: Any) -> None:
+    """An alias's token and temperature caps hold on the translated and the native path."""
+    received: list[tuple[str, dict[str, Any]]] = []
+
+    async def both(request: web.Request) -> web.Response:
+        body = await request.json()
+        received.append((request.path, body))
+        if request.path.endswith("/responses"):
+            return web.json_response({"id": "resp_n", "object": "response", "output": []})
+        message = {"role": "assistant", "content": "ok"}
+        return web.json_response(
+            {"id": "c", "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+        )
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", both)
+    app.router.add_post("/v1/responses", both)
+    server = await start_mock(app)
+    gateway = await make_gateway(
+        gateway_yaml(
+            mock_backend_yaml(
+                "fake",
+                server,
+                capabilities="[chat, responses]",
+                models="[{id: native, capabilities: [chat, responses]},"
+                " {id: plain, capabilities: [chat]}]",
+                health="{readiness: false}",
+            ),
+            aliases="""
+            capped-native: {backend: fake, model: native, max_tokens_cap: 10, temperature_cap: 0.5}
+            capped-plain: {backend: fake, model: plain, max_tokens_cap: 10, tools: false}
+            """,
+        )
+    )
+    async with openai_client(gateway) as client:
+        await client.responses.create(
+            model="capped-native", input="x", max_output_tokens=500, temperature=1.5
+        )
+        await client.responses.create(
+            model="capped-plain", input="x", reasoning={"effort": "low"}, parallel_tool_calls=False
+        )
+        with pytest.raises(openai.BadRequestError) as caught:
+            await client.responses.create(
+                model="capped-plain",
+                input="x",
+                tools=[WEATHER_TOOL],  # type: ignore[list-item]
+            )
+    assert caught.value.body["param"] == "tools"  # type: ignore[index]
+    (native_path, native), (plain_path, plain) = received
+    assert native_path == "/v1/responses"
+    assert native["model"] == "native"
+    assert native["max_output_tokens"] == 10 and native["temperature"] == 0.5
+    assert plain_path == "/v1/chat/completions"
+    assert plain["model"] == "plain" and plain["max_tokens"] == 10
+    assert plain["reasoning_effort"] == "low"
+    assert "parallel_tool_calls" not in plain  # only sent along with tools
+
+
+async def test_output_items_sent_back_as_input_continue_without_storage(
+    mocked: tuple[Any, Any],
+) -> None:
+    """The stateless pattern: ``input`` = earlier input + ``response.output`` + results."""
+    gateway, backend = mocked
+    async with openai_client(gateway) as client:
+        question: list[Any] = [{"role": "user", "content": "Weather in Rome?"}]
+        first = await client.responses.create(
+            model="default",
+            input=question,
+            tools=[WEATHER_TOOL],  # type: ignore[list-item]
+            tool_choice="required",
+            store=False,
+        )
+        [call] = first.output
+        assert call.type == "function_call"
+        history = [
+            *question,
+            *[item.model_dump(exclude_none=True) for item in first.output],
+            {"type": "function_call_output", "call_id": call.call_id, "output": "hot"},
+        ]
+        second = await client.responses.create(model="default", input=history, store=False)
+    assert second.output_text == "The tool returned: hot"
+    sent = _chat_bodies(backend)[1]["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool"]
+    assert sent[1]["tool_calls"][0]["id"] == call.call_id
