@@ -20,6 +20,7 @@ from .conftest import (
     gateway_yaml,
     mock_backend_yaml,
     openai_client,
+    status_of,
 )
 
 WEATHER_TOOL = {
@@ -383,6 +384,8 @@ async def test_allowed_tools_narrow_the_tool_list(mocked: tuple[Any, Any]) -> No
     [
         ({"model": "default"}, "input"),
         ({"model": "default", "input": 5}, "input"),
+        ({"model": "default", "input": []}, "input"),
+        ({"model": "default", "input": [{"type": "reasoning", "summary": []}]}, "input"),
         ({"model": "default", "input": [{"type": "file_search_call"}]}, "input[0].type"),
         ({"model": "default", "input": [{"role": "wizard", "content": "x"}]}, "input[0].role"),
         (
@@ -472,7 +475,7 @@ async def _gateway_on(make_gateway: Any, start_mock: Any, handler: Any, **fields
     return await make_gateway(gateway_yaml(mock_backend_yaml("fake", server, **fields)))
 
 
-@pytest.mark.parametrize("ending", ["error_event", "cut"])
+@pytest.mark.parametrize("ending", ["error_event", "cut", "aborted"])
 async def test_backend_failing_mid_stream_ends_with_response_failed(
     make_gateway: Any, start_mock: Any, ending: str
 ) -> None:
@@ -485,6 +488,8 @@ async def test_backend_failing_mid_stream_ends_with_response_failed(
                 "error": {"message": "out of memory at /srv/model.bin", "type": "server_error"}
             }
             await response.write(f"data: {json.dumps(error)}\n\n".encode())
+        if ending == "aborted" and request.transport is not None:
+            request.transport.close()
         return response  # ends without [DONE] or a finish_reason
 
     gateway = await _gateway_on(make_gateway, start_mock, failing)
@@ -509,6 +514,7 @@ async def test_backend_failing_mid_stream_ends_with_response_failed(
         # A failed response is not stored.
         with pytest.raises(openai.NotFoundError):
             await client.responses.retrieve(failed.id)
+    assert (await status_of(gateway, "fake", "chat"))["in_flight"] == 0
 
 
 async def test_backend_error_before_the_stream_is_an_envelope(
@@ -800,3 +806,42 @@ async def test_output_items_sent_back_as_input_continue_without_storage(
     sent = _chat_bodies(backend)[1]["messages"]
     assert [m["role"] for m in sent] == ["user", "assistant", "tool"]
     assert sent[1]["tool_calls"][0]["id"] == call.call_id
+
+
+async def test_native_stream_that_breaks_ends_with_an_error_event(
+    make_gateway: Any, start_mock: Any
+) -> None:
+    async def breaking(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        created = {
+            "type": "response.created",
+            "sequence_number": 0,
+            "response": {
+                "id": "resp_n",
+                "object": "response",
+                "status": "in_progress",
+                "output": [],
+                "model": "native",
+                "created_at": 0,
+                "parallel_tool_calls": True,
+                "tool_choice": "auto",
+                "tools": [],
+            },
+        }
+        await response.write(f"event: response.created\ndata: {json.dumps(created)}\n\n".encode())
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+    gateway = await _gateway_on(
+        make_gateway, start_mock, breaking, capabilities="[chat, responses]", models="[native]"
+    )
+    async with openai_client(gateway) as client:
+        stream = await client.responses.create(model="native", input="x", stream=True)
+        events = [event async for event in stream]
+    assert [event.type for event in events] == ["response.created", "error"]
+    error = events[-1]
+    assert error.code == "upstream_error"  # type: ignore[union-attr]
+    assert "'fake'" in error.message  # type: ignore[union-attr]
+    assert (await status_of(gateway, "fake", "responses"))["in_flight"] == 0

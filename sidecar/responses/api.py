@@ -143,6 +143,8 @@ async def _translated(
         if previous is None:
             raise _not_found("previous_response_id")
         history, context_size = previous.conversation(), previous.size
+    if not history and not parsed.items:
+        raise InvalidRequest("'input' holds no message to answer", param="input")
     keep = parsed.store and store.enabled
     if keep:
         limit = store.settings.max_record_bytes

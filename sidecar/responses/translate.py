@@ -82,8 +82,8 @@ class ResponsesRequest:
             if tools:
                 body["tools"] = tools
                 body["parallel_tool_calls"] = self.parallel_tool_calls
-            if choice is not None:
-                body["tool_choice"] = choice
+                if choice is not None:
+                    body["tool_choice"] = choice
         for key, value in (
             ("temperature", self.temperature),
             ("top_p", self.top_p),
