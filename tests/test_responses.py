@@ -405,6 +405,7 @@ async def test_allowed_tools_narrow_the_tool_list(mocked: tuple[Any, Any]) -> No
         ({"model": "default", "input": "x", "max_output_tokens": 0}, "max_output_tokens"),
         ({"model": "default", "input": "x", "background": True}, "background"),
         ({"model": "default", "input": "x", "store": "yes"}, "store"),
+        ({"model": "default", "input": "x", "stream": 0}, "stream"),
         ({"model": "default", "input": "x", "text": {"format": {"type": "yaml"}}}, "text"),
         ({"model": "default", "input": "x", "metadata": {"k": "v" * 513}}, "metadata"),
         (

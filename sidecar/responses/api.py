@@ -70,7 +70,8 @@ async def create(request: web.Request) -> web.StreamResponse:
             "'model' is required", param="model", code="missing_required_parameter"
         )
     model = check_model_name(model)
-    stream = payload.get("stream") or False
+    stream = payload.get("stream")
+    stream = False if stream is None else stream
     if not isinstance(stream, bool):
         raise InvalidRequest("'stream' must be a boolean", param="stream")
     record = request[ACCESS]
