@@ -846,3 +846,28 @@ async def test_native_stream_that_breaks_ends_with_an_error_event(
     assert error.code == "upstream_error"  # type: ignore[union-attr]
     assert "'fake'" in error.message  # type: ignore[union-attr]
     assert (await status_of(gateway, "fake", "responses"))["in_flight"] == 0
+
+
+async def test_the_sdk_stream_helper_accumulates_the_events(mocked: tuple[Any, Any]) -> None:
+    """``responses.stream()`` rebuilds the Response from the events alone: every event
+    must point at the item and part it belongs to."""
+    gateway, _ = mocked
+    async with openai_client(gateway) as client:
+        async with client.responses.stream(
+            model="default", input="count the words in this"
+        ) as stream:
+            texts = [e.delta async for e in stream if e.type == "response.output_text.delta"]
+            final = await stream.get_final_response()
+        assert "".join(texts) == final.output_text == "Mock reply to: count the words in this"
+        async with client.responses.stream(
+            model="default",
+            input='call it {"city": "Bern"}',
+            tools=[WEATHER_TOOL],  # type: ignore[list-item]
+            tool_choice="required",
+        ) as stream:
+            done = [e async for e in stream if e.type == "response.function_call_arguments.done"]
+            final = await stream.get_final_response()
+    [call] = final.output
+    assert call.type == "function_call"
+    assert json.loads(call.arguments) == {"city": "Bern"}
+    assert done[0].arguments == call.arguments
