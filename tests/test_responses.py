@@ -317,8 +317,9 @@ async def test_stored_responses_belong_to_their_token(mocked: tuple[Any, Any]) -
     headers = {"Authorization": f"Bearer {OTHER_TOKEN}"}
     theirs_404 = await gateway.get(f"/v1/responses/{made.id}", headers=headers)
     unknown_404 = await gateway.get("/v1/responses/resp_unknown", headers=headers)
-    assert theirs_404.status == unknown_404.status == 404
-    assert await theirs_404.json() == await unknown_404.json()
+    long_404 = await gateway.delete("/v1/responses/" + "r" * 5000, headers=headers)
+    assert theirs_404.status == unknown_404.status == long_404.status == 404
+    assert await theirs_404.json() == await unknown_404.json() == await long_404.json()
     assert_envelope(
         await unknown_404.json(),
         error_type="invalid_request_error",

@@ -117,8 +117,10 @@ def _stored(request: web.Request) -> ResponseStore:
 
 
 def _owned_id(request: web.Request) -> tuple[str, str]:
+    """The caller's token name and the id asked for (one too long to exist: no id)."""
     owner, _ = caller(request)
-    return owner or "", request.match_info["response_id"][:MAX_ID_CHARS]
+    response_id = request.match_info["response_id"]
+    return owner or "", response_id if len(response_id) <= MAX_ID_CHARS else ""
 
 
 def _not_found(param: str) -> NotFound:
