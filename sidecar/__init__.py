@@ -6,7 +6,8 @@ layers below it (``lint-imports`` checks this in ``tools/test``; the contract is
 
 1. ``cli``, then ``app``, ``launcher``, ``mock_backends``: entry points and wiring.
 2. ``api``, ``ui``: the faces (OpenAI and ``/mcp`` endpoints, middlewares; the web UI).
-3. ``agents``, ``images``, ``music``, then ``toolbus``, ``users``, ``usage``: the features.
+3. ``agents``, ``images``, ``music``, ``responses``, then ``toolbus``, ``users``,
+   ``usage``: the features.
 4. ``observability`` (access log, client address, metrics read from the live registry)
    and ``reload`` (loads the config, swaps in the registry built from it).
 5. ``routing``: registry, router, admission, upstream clients, one backend call.

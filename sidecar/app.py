@@ -30,6 +30,7 @@ from .images.store import ImageStore
 from .music.tool import heartmula_generate
 from .observability.metrics import GatewayMetrics
 from .reload import ConfigReloader, load_checked
+from .responses.api import store_lifecycle as responses_store
 from .routing.health import HealthChecker, running
 from .routing.lifecycle import LifecycleManager
 from .routing.registry import RegistryHolder, build_registry
@@ -93,6 +94,7 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> web.A
             SqliteUsageStore(settings.usage_db_path), settings.usage, app[METRICS], app[STORAGE]
         )
         app.cleanup_ctx.append(_usage)
+    app.cleanup_ctx.append(responses_store)
     app.on_response_prepare.append(stamp_response)
     app.on_response_prepare.append(security_headers)
     app.on_response_prepare.append(cors_headers)

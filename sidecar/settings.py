@@ -103,6 +103,15 @@ class ToolsSettings:
     heartmula_base_url: str | None = None  # shorthand for a music backend
 
 
+@dataclass(frozen=True)
+class ResponsesSettings:
+    """Stored Responses (``/v1/responses`` with ``store``): how long and how much."""
+
+    retention_days: float = 30.0  # GATEWAY_RESPONSES_RETENTION_DAYS; 0 stores nothing
+    max_record_bytes: int = 4 * 1024 * 1024  # GATEWAY_RESPONSES_MAX_RECORD_BYTES
+    max_total_bytes: int = 1024 * 1024 * 1024  # GATEWAY_RESPONSES_MAX_BYTES; oldest go first
+
+
 # bcrypt's own threads: 2, but always leave one core to the event loop and its pool.
 DEFAULT_HASH_THREADS = max(1, min(2, (os.cpu_count() or 1) - 1))
 
@@ -162,6 +171,7 @@ class Settings:
     tools: ToolsSettings = ToolsSettings()
     ui: UiSettings = UiSettings()
     usage: UsageSettings = UsageSettings()
+    responses: ResponsesSettings = ResponsesSettings()
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
@@ -179,6 +189,10 @@ class Settings:
     @property
     def usage_db_path(self) -> Path:
         return self.data_dir / "usage.sqlite3"
+
+    @property
+    def responses_db_path(self) -> Path:
+        return self.data_dir / "responses.sqlite3"
 
     @property
     def templates_dir(self) -> Path:
@@ -242,6 +256,7 @@ class Settings:
                 login=_login(env),
             ),
             usage=_usage(env),
+            responses=_responses(env),
             environ=MappingProxyType(env),
         )
 
@@ -360,6 +375,18 @@ def _usage(env: Mapping[str, str]) -> UsageSettings:
         rollup_days=_int(env, "GATEWAY_USAGE_ROLLUP_DAYS", 730, minimum=1, maximum=36_500),
         flush_s=_float(env, "GATEWAY_USAGE_FLUSH_S", 1.0, minimum=0.01),
         queue_max=_int(env, "GATEWAY_USAGE_QUEUE_MAX", 10_000, minimum=100, maximum=1_000_000),
+    )
+
+
+def _responses(env: Mapping[str, str]) -> ResponsesSettings:
+    return ResponsesSettings(
+        retention_days=_float(env, "GATEWAY_RESPONSES_RETENTION_DAYS", 30.0, minimum=0.0),
+        max_record_bytes=_int(
+            env, "GATEWAY_RESPONSES_MAX_RECORD_BYTES", 4 * 1024 * 1024, minimum=64 * 1024
+        ),
+        max_total_bytes=_int(
+            env, "GATEWAY_RESPONSES_MAX_BYTES", 1024 * 1024 * 1024, minimum=1024 * 1024
+        ),
     )
 
 

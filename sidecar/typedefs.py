@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .observability.access_log import AccessRecord
     from .observability.metrics import GatewayMetrics
     from .reload import ConfigReloader
+    from .responses.store import ResponseStore
     from .routing.health import HealthChecker
     from .routing.lifecycle import LifecycleManager
     from .routing.registry import RegistryHolder
@@ -45,6 +46,7 @@ UI_STATE: web.AppKey[UiState] = web.AppKey("ui_state")
 STORAGE: web.AppKey[StorageMonitor] = web.AppKey("storage")
 USAGE: web.AppKey[UsageLedger] = web.AppKey("usage")
 MODELS: web.AppKey[LifecycleManager] = web.AppKey("models")
+RESPONSES: web.AppKey[ResponseStore] = web.AppKey("responses")
 # A config ``gateway serve`` loaded and checked already, so start-up does not read it again.
 PRELOADED_CONFIG: web.AppKey[GatewayConfig] = web.AppKey("preloaded_config")
 

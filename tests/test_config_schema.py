@@ -221,7 +221,7 @@ def test_a_bad_list_item_is_reported_in_the_lists_words() -> None:
         "backends.b.capabilities[1]": (
             line_of(text, "# capability"),
             "unknown capability 'teleport' (chat, completions, embeddings, images, music,"
-            " rerank, speech, transcriptions)",
+            " rerank, responses, speech, transcriptions)",
         ),
         "tools.t.subprocess.argv": (
             line_of(text, "# argv"),

@@ -416,6 +416,52 @@ SCHEMAS: dict[str, Any] = {
             }
         },
     },
+    # The OpenAI Responses API (a backend's own, or translated onto chat completions)
+    "ResponseRequest": {
+        "type": "object",
+        "required": ["model", "input"],
+        "properties": {
+            "model": {"type": "string", "minLength": 1, "examples": ["default"]},
+            "input": {
+                "oneOf": [
+                    {"type": "string"},
+                    {"type": "array", "items": {"type": "object"}, "maxItems": 1000},
+                ]
+            },
+            "instructions": {"type": ["string", "null"]},
+            "previous_response_id": {"type": ["string", "null"], "maxLength": 128},
+            "store": {"type": ["boolean", "null"]},
+            "stream": {"type": ["boolean", "null"]},
+            "tools": {"type": "array", "items": {"type": "object"}, "maxItems": 128},
+            "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
+            "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+            "max_output_tokens": {"type": ["integer", "null"], "minimum": 1},
+            "text": {"type": ["object", "null"]},
+            "metadata": {"type": ["object", "null"], "maxProperties": 16},
+        },
+        "additionalProperties": True,
+    },
+    "Response": {
+        "type": "object",
+        "required": ["id", "object", "output"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "response"},
+            "status": {"type": "string"},
+            "output": {"type": "array"},
+            "usage": {"type": ["object", "null"]},
+        },
+        "additionalProperties": True,
+    },
+    "ResponseDeleted": {
+        "type": "object",
+        "required": ["id", "object", "deleted"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "response"},
+            "deleted": {"const": True},
+        },
+    },
 }
 
 
@@ -725,6 +771,26 @@ PATHS: dict[str, Any] = {
             errors=(403, 429),
             stream=True,
         )
+    },
+    "/v1/responses": {
+        "post": _operation(
+            "Create a response (JSON or SSE events)",
+            "Response",
+            body="ResponseRequest",
+            errors=_ROUTED,
+            stream=True,
+        )
+    },
+    "/v1/responses/{response_id}": {
+        "get": _operation(
+            "A response this token stored", "Response", errors=(404, 503), parameter="response_id"
+        ),
+        "delete": _operation(
+            "Delete a response this token stored",
+            "ResponseDeleted",
+            errors=(404, 503),
+            parameter="response_id",
+        ),
     },
 }
 

@@ -7,6 +7,7 @@ from aiohttp import web
 from ..agents import api as agents
 from ..images import api as images
 from ..music import api as music
+from ..responses import api as responses
 from ..toolbus import api as tools
 from ..toolbus import mcp
 from ..usage import api as usage
@@ -62,3 +63,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/v1/gateway/models/{id:.+}/load", models.load, name="model_load")
     app.router.add_post("/v1/gateway/models/{id:.+}/unload", models.unload, name="model_unload")
     app.router.add_get("/v1/gateway/events", models.events, name="gateway_events")
+    # The OpenAI Responses API
+    app.router.add_post("/v1/responses", responses.create, name="responses")
+    app.router.add_get("/v1/responses/{response_id}", responses.retrieve, name="response")
+    app.router.add_delete("/v1/responses/{response_id}", responses.delete, name="response_delete")

@@ -20,6 +20,7 @@ CAPABILITIES = (
     "transcriptions",  # /v1/audio/transcriptions and /v1/audio/translations
     "speech",  # /v1/audio/speech
     "rerank",  # /v1/rerank
+    "responses",  # /v1/responses, passed through (opt-in)
 )
 # How the gateway talks to a backend: ``openai`` (chat, completions, embeddings at
 # ``{url}/...``), ``a1111`` (stable-diffusion-webui's ``/sdapi/v1``), ``openai_images``
@@ -28,7 +29,15 @@ CAPABILITIES = (
 # ``heartmula`` is the HeartMuLa music shim (``{url}/v1/music/generations``).
 # What each protocol can serve; a backend's capabilities must be among them.
 PROTOCOL_CAPABILITIES: Mapping[str, tuple[str, ...]] = {
-    "openai": ("chat", "completions", "embeddings", "transcriptions", "speech", "rerank"),
+    "openai": (
+        "chat",
+        "completions",
+        "embeddings",
+        "transcriptions",
+        "speech",
+        "rerank",
+        "responses",
+    ),
     "a1111": ("images",),
     "openai_images": ("images",),
     "mock_images": ("images",),
@@ -51,6 +60,8 @@ BUILTIN_CLASSES: Mapping[str, Mapping[str, int]] = {
         "transcriptions": limits["chat"],
         "speech": limits["chat"],
         "rerank": limits["embeddings"],
+        # A backend's native Responses API takes as many requests at once as its chat.
+        "responses": limits["chat"],
     }
     for name, limits in _CLASS_LIMITS.items()
 }

@@ -1,0 +1,364 @@
+"""``POST /v1/responses``, ``GET`` and ``DELETE /v1/responses/{id}``.
+
+Routing: a model whose backend declares the ``responses`` capability gets the request as
+it came (only the model name mapped, an alias's caps applied) on the ``responses``
+admission slot, its answer or stream relayed as is; the backend keeps its own state, and
+the gateway stores nothing. Any other chat model gets the request translated
+(``translate``) on the ``chat`` slot, the answer turned into a Response or the Responses
+stream (``events``), and, with ``store`` (the default), stored for the calling token.
+
+Errors before a stream starts are OpenAI error envelopes with their status, as on every
+``/v1`` route; once it has started, a failure is an ``error`` event and
+``response.failed``. A stored response that the storage cannot take is still returned,
+marked ``"store": false``; a request that would store while writes are failing is a 503
+before the backend is asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from ..auth import caller
+from ..errors import (
+    CapabilityNotSupported,
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    StorageUnavailable,
+    StrictJsonError,
+    UpstreamError,
+)
+from ..routing.call import backend_call
+from ..routing.router import Route, resolve, upstream_body
+from ..routing.upstream import UpstreamCall
+from ..storage import RETRY_AFTER_S
+from ..typedefs import ACCESS, REGISTRY, REQUEST_ID, RESPONSES, SETTINGS, STORAGE
+from ..wire import strict_json
+from ..wire.body import read_json_object
+from ..wire.model_name import check_model_name
+from .events import StreamTranslator, encode
+from .store import ResponseStore
+from .translate import (
+    MAX_ID_CHARS,
+    ResponsesRequest,
+    new_id,
+    output_from_chat,
+    parse_request,
+    usage_from_chat,
+)
+
+log = logging.getLogger("gateway.responses")
+
+_SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+
+
+async def create(request: web.Request) -> web.StreamResponse:
+    payload = await read_json_object(request)
+    model = payload.get("model")
+    if model is None:
+        raise InvalidRequest(
+            "'model' is required", param="model", code="missing_required_parameter"
+        )
+    model = check_model_name(model)
+    stream = payload.get("stream")
+    stream = False if stream is None else stream
+    if not isinstance(stream, bool):
+        raise InvalidRequest("'stream' must be a boolean", param="stream")
+    record = request[ACCESS]
+    record.model = model if len(model) <= 128 else model[:128]
+    record.stream = stream
+    route = _route(request, model)
+    record.backend = route.backend.name
+    headers = route.headers()
+    try:
+        if route.capability == "responses":
+            return await _pass_through(request, route, payload, stream, headers)
+        return await _translated(request, route, parse_request(payload, model, stream), headers)
+    except GatewayError as exc:
+        exc.headers.update(headers)
+        raise
+
+
+def _route(request: web.Request, model: str) -> Route:
+    """The model's backend with native Responses support, else its chat backend."""
+    registry = request.app[REGISTRY].current
+    try:
+        return resolve(registry, model, "responses")
+    except CapabilityNotSupported:
+        return resolve(registry, model, "chat")
+
+
+async def retrieve(request: web.Request) -> web.Response:
+    found = await _stored(request).get(*_owned_id(request))
+    if found is None:
+        raise _not_found("response_id")
+    return web.json_response(found.response)
+
+
+async def delete(request: web.Request) -> web.Response:
+    owner, response_id = _owned_id(request)
+    if not await _stored(request).delete(owner, response_id):
+        raise _not_found("response_id")
+    return web.json_response({"id": response_id, "object": "response", "deleted": True})
+
+
+def _stored(request: web.Request) -> ResponseStore:
+    return request.app[RESPONSES]
+
+
+def _owned_id(request: web.Request) -> tuple[str, str]:
+    """The caller's token name and the id asked for (one too long to exist: no id)."""
+    owner, _ = caller(request)
+    response_id = request.match_info["response_id"]
+    return owner or "", response_id if len(response_id) <= MAX_ID_CHARS else ""
+
+
+def _not_found(param: str) -> NotFound:
+    return NotFound(
+        "No stored response has this id for this token (it may have expired, or was made"
+        " with store=false)",
+        param=param,
+    )
+
+
+# -- translated onto chat completions ------------------------------------------------------
+
+
+async def _translated(
+    request: web.Request, route: Route, parsed: ResponsesRequest, headers: dict[str, str]
+) -> web.StreamResponse:
+    store = _stored(request)
+    owner = caller(request)[0] or ""
+    history: list[dict[str, Any]] = []
+    context_size = 0
+    if parsed.previous_response_id is not None:
+        previous = await store.get(owner, parsed.previous_response_id)
+        if previous is None:
+            raise _not_found("previous_response_id")
+        history, context_size = previous.conversation(), previous.size
+    if not history and not parsed.items:
+        raise InvalidRequest("'input' holds no message to answer", param="input")
+    keep = parsed.store and store.enabled
+    if keep:
+        limit = store.settings.max_record_bytes
+        if context_size + (request.content_length or 0) > limit:
+            raise InvalidRequest(
+                f"this conversation would be larger than a stored response may be ({limit}"
+                " bytes); start a new one, or send store=false",
+                param="previous_response_id" if context_size else "input",
+            )
+        if not request.app[STORAGE].state.writable:
+            raise StorageUnavailable(
+                "The gateway cannot store responses right now (its storage is failing);"
+                " try again later, or send store=false",
+                retry_after=RETRY_AFTER_S,
+            )
+    body = upstream_body(parsed.chat_body(history), route)
+    response_id = new_id("resp")
+    created_at = int(time.time())
+
+    def build(status: str, output: list[dict[str, Any]], usage: Any = None, **kw: Any) -> Any:
+        return parsed.response(response_id, created_at, status, output, usage, **kw)
+
+    async def save(response: dict[str, Any]) -> bool:
+        if not keep:
+            return False
+        record = {"context": history, "input": list(parsed.items), "response": response}
+        try:
+            stored = await store.put(owner, response_id, created_at, record)
+        except StorageUnavailable:
+            return False  # reported to the storage monitor; the answer still goes out
+        if not stored:
+            log.warning("response %s not stored: larger than a record may be", response_id)
+        return stored
+
+    async with backend_call(
+        route.backend, "chat", "chat/completions", body, request[REQUEST_ID]
+    ) as call:
+        if parsed.stream:
+            return await _translated_stream(request, call, StreamTranslator(build), save, headers)
+        _, reply = await call.read_json()
+    output, incomplete = output_from_chat(reply, route.backend.name)
+    response = build(
+        "incomplete" if incomplete else "completed",
+        output,
+        usage_from_chat(reply.get("usage")),
+        incomplete=incomplete,
+    )
+    response["store"] = await save(response)
+    return web.json_response(response, headers=headers)
+
+
+async def _translated_stream(
+    request: web.Request,
+    call: UpstreamCall,
+    translator: StreamTranslator,
+    save: Any,
+    headers: dict[str, str],
+) -> web.StreamResponse:
+    backend = headers["X-Backend-Used"]
+    if not call.response.headers.get("Content-Type", "").startswith("text/event-stream"):
+        raise UpstreamError(f"backend '{backend}' did not answer with a stream")
+    record = request[ACCESS]
+    response = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **headers})
+    await response.prepare(request)
+    await _write(response, record, translator.start())
+    try:
+        done = False
+        async for data in _chunks(call, backend):
+            if data is None:
+                done = True
+                break
+            record.first_token()
+            await _write(response, record, translator.feed(data))
+        if not done and translator.finish_reason is None:
+            raise UpstreamError(f"backend '{backend}' ended the stream early")
+        if done:
+            await call.finish()  # so the backend connection is reused
+        closing = translator.finish()
+        final = translator.result()
+        final["store"] = await save(final)
+        await _write(response, record, closing + translator.completed(final))
+    except GatewayError as exc:
+        log.warning("stream %s failed: %s", request[REQUEST_ID], exc.message)
+        await _write(response, record, translator.failed(exc.message, exc.code))
+    await response.write_eof()
+    return response
+
+
+async def _chunks(call: UpstreamCall, backend: str) -> AsyncIterator[dict[str, Any] | None]:
+    """The chat stream's chunks, parsed; ``None`` for ``[DONE]``. A backend's error event
+    (cleaned upstream) or a chunk that is not JSON is an ``UpstreamError``."""
+    async for event in call.events():
+        data = _data(event)
+        if data is None:
+            continue
+        if data == b"[DONE]":
+            yield None
+            return
+        try:
+            chunk = strict_json.loads_reply(data)
+        except StrictJsonError:
+            raise UpstreamError(
+                f"backend '{backend}' sent a stream event that is not JSON"
+            ) from None
+        if not isinstance(chunk, dict):
+            continue
+        error = chunk.get("error")
+        if error:
+            message = error.get("message") if isinstance(error, dict) else None
+            raise UpstreamError(f"backend '{backend}' failed mid-stream: {message or 'an error'}")
+        yield chunk
+
+
+def _data(event: bytes) -> bytes | None:
+    for line in event.splitlines():
+        if line.startswith(b"data:"):
+            return line[5:].strip()
+    return None
+
+
+async def _write(response: web.StreamResponse, record: Any, data: bytes) -> None:
+    if data:
+        await response.write(data)
+        record.bytes_out += len(data)
+
+
+# -- passed through to a backend with native support ---------------------------------------
+
+
+async def _pass_through(
+    request: web.Request,
+    route: Route,
+    payload: dict[str, Any],
+    stream: bool,
+    headers: dict[str, str],
+) -> web.StreamResponse:
+    body = _capped({**payload, "model": route.upstream_model}, route)
+    async with backend_call(
+        route.backend, "responses", "responses", body, request[REQUEST_ID]
+    ) as call:
+        if stream:
+            return await _relay_stream(request, call, headers)
+        raw, parsed = await call.read_json()
+        if not isinstance(parsed, dict):
+            raise UpstreamError(f"backend '{route.backend.name}' returned an unexpected reply")
+        return web.Response(body=raw, content_type="application/json", headers=headers)
+
+
+def _capped(body: dict[str, Any], route: Route) -> dict[str, Any]:
+    """An alias's caps, in the Responses API's terms."""
+    alias = route.alias
+    if alias is None:
+        return body
+    if not alias.tools and body.get("tools"):
+        raise InvalidRequest(f"model '{alias.name}' does not accept tools", param="tools")
+    if alias.max_tokens_cap is not None:
+        asked = body.get("max_output_tokens")
+        body["max_output_tokens"] = min(
+            asked if isinstance(asked, int) and asked > 0 else alias.max_tokens_cap,
+            alias.max_tokens_cap,
+        )
+    if alias.temperature_cap is not None:
+        asked = body.get("temperature")
+        default = min(1.0, alias.temperature_cap)
+        body["temperature"] = min(
+            asked if isinstance(asked, int | float) else default, alias.temperature_cap
+        )
+    return body
+
+
+async def _relay_stream(
+    request: web.Request, call: UpstreamCall, headers: dict[str, str]
+) -> web.StreamResponse:
+    backend = headers["X-Backend-Used"]
+    if not call.response.headers.get("Content-Type", "").startswith("text/event-stream"):
+        raise UpstreamError(f"backend '{backend}' did not answer with a stream")
+    record = request[ACCESS]
+    response = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **headers})
+    await response.prepare(request)
+    try:
+        async for run in call.event_runs():
+            record.first_token()
+            await _write(response, record, run)
+    except GatewayError as exc:
+        log.warning("stream %s failed: %s", request[REQUEST_ID], exc.message)
+        event = {
+            "type": "error",
+            "sequence_number": 0,
+            "code": exc.code,
+            "message": exc.message,
+            "param": None,
+        }
+        await _write(response, record, encode(event))
+    await response.write_eof()
+    return response
+
+
+# -- the store's life ----------------------------------------------------------------------
+
+
+async def store_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    """``cleanup_ctx``: open the store, prune it in the background, close it at the end."""
+    settings = app[SETTINGS]
+    store = ResponseStore(settings.responses_db_path, settings.responses, app[STORAGE])
+    await store.open()
+    app[RESPONSES] = store
+    task = asyncio.create_task(store.prune_forever()) if store.enabled else None
+    try:
+        yield
+    finally:
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await store.close()

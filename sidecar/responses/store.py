@@ -1,0 +1,250 @@
+"""Stored Responses: one SQLite table, one row per response, owned by a token name.
+
+A row holds the Response object and the conversation it continued (the items before its
+input, then its input), so ``previous_response_id`` rebuilds the whole conversation from
+one row, whatever happened to older rows since. A row is found only by its owner: another
+token's id looks exactly like an unknown one.
+
+Bounds: a record is at most ``max_record_bytes`` (a larger one is not stored, and the
+Response says ``"store": false``); all records together at most ``max_total_bytes``
+(past it the oldest rows are deleted, whoever owns them); rows older than
+``retention_days`` are pruned by a background task (``prune_forever``), and a read never
+returns one. ``retention_days == 0`` stores nothing.
+
+Every call runs on one dedicated thread that owns the connection, so queries never
+block the event loop and never race. A failed write or read (disk full, read-only, I/O
+error) is a 503 ``storage_unavailable`` reported to the storage monitor, never a 500;
+the message names no path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..errors import StorageUnavailable
+from ..settings import ResponsesSettings
+from ..storage import RETRY_AFTER_S, StorageMonitor, error_kind, record_bytes
+
+T = TypeVar("T")
+log = logging.getLogger("gateway.responses")
+_DAY_S = 86_400.0
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS responses (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    size INTEGER NOT NULL,
+    record BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS responses_age ON responses(created_at);
+"""
+
+
+class StoredResponse:
+    """A stored row: its record (``response``, ``context``, ``input``) and size in bytes."""
+
+    __slots__ = ("record", "size")
+
+    def __init__(self, record: dict[str, Any], size: int) -> None:
+        self.record = record
+        self.size = size
+
+    @property
+    def response(self) -> dict[str, Any]:
+        response: dict[str, Any] = self.record["response"]
+        return response
+
+    def conversation(self) -> list[dict[str, Any]]:
+        """Every item up to and including this response's output, for the next turn."""
+        return [*self.record["context"], *self.record["input"], *self.response["output"]]
+
+
+class ResponseStore:
+    def __init__(
+        self, path: Path, settings: ResponsesSettings, storage: StorageMonitor | None = None
+    ) -> None:
+        self.path = path
+        self.settings = settings
+        self.storage = storage
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="responses-db")
+        self._db: sqlite3.Connection | None = None
+        self._total = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings.retention_days > 0
+
+    @property
+    def retention_s(self) -> float:
+        return self.settings.retention_days * _DAY_S
+
+    async def open(self) -> None:
+        """Create or open the database (a failure stops start-up, as the users one does)."""
+        if self.enabled:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._executor, self._open)
+
+    async def close(self) -> None:
+        """Close the connection and the thread (again: nothing happens)."""
+        db, self._db = self._db, None
+        if db is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
+        self._executor.shutdown(wait=True)
+
+    async def put(
+        self, owner: str, response_id: str, created_at: float, record: dict[str, Any]
+    ) -> bool:
+        """Store ``record``; False when it is larger than a record may be."""
+        if not self.enabled:
+            return False
+        return await self._run(lambda db: self._put(db, owner, response_id, created_at, record))
+
+    async def get(self, owner: str, response_id: str) -> StoredResponse | None:
+        if not self.enabled:
+            return None
+        return await self._run(lambda db: self._get(db, owner, response_id))
+
+    async def delete(self, owner: str, response_id: str) -> bool:
+        if not self.enabled:
+            return False
+        return await self._run(lambda db: self._delete(db, owner, response_id))
+
+    async def prune(self) -> int:
+        """Delete the rows past the retention; how many went."""
+        if not self.enabled:
+            return 0
+        return await self._run(self._prune)
+
+    async def prune_forever(self) -> None:
+        interval = min(3600.0, max(1.0, self.retention_s / 4))
+        while True:
+            try:
+                removed = await self.prune()
+            except StorageUnavailable:
+                pass  # reported to the storage monitor already
+            else:
+                if removed:
+                    log.info("pruned %d stored responses older than the retention", removed)
+            await asyncio.sleep(interval)
+
+    # -- on the database thread ------------------------------------------------------------
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, lambda: work(self._db))  # type: ignore[arg-type]
+        except (sqlite3.Error, OSError) as exc:
+            raise self._unavailable(exc) from None
+
+    def _unavailable(self, exc: Exception) -> StorageUnavailable:
+        message = (
+            "The stored responses are not available right now (the gateway's storage is"
+            " full, read-only or busy); try again later, or send store=false"
+        )
+        kind = error_kind(exc)
+        if self.storage is not None and kind != "database_busy":
+            return self.storage.unavailable(exc, "responses store", message)
+        log.warning("responses store unavailable (%s)", kind)
+        return StorageUnavailable(message, retry_after=RETRY_AFTER_S)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            # Conversations: readable by the service user only (SQLite gives its -wal
+            # and -shm files the same mode).
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA busy_timeout = 5000")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.executescript(_SCHEMA)
+            (total,) = db.execute("SELECT coalesce(sum(size), 0) FROM responses").fetchone()
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+        self._total = int(total)
+
+    def _put(
+        self,
+        db: sqlite3.Connection,
+        owner: str,
+        response_id: str,
+        created_at: float,
+        record: dict[str, Any],
+    ) -> bool:
+        data = record_bytes(record)
+        if len(data) > self.settings.max_record_bytes:
+            return False
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(
+                "INSERT OR REPLACE INTO responses (id, owner, created_at, size, record)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (response_id, owner, created_at, len(data), data),
+            )
+            excess = self._total + len(data) - self.settings.max_total_bytes
+            freed = _delete_oldest(db, excess, response_id) if excess > 0 else 0
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        self._total += len(data) - freed
+        return True
+
+    def _get(self, db: sqlite3.Connection, owner: str, response_id: str) -> StoredResponse | None:
+        row = db.execute(
+            "SELECT record, size FROM responses WHERE id = ? AND owner = ? AND created_at >= ?",
+            (response_id, owner, time.time() - self.retention_s),
+        ).fetchone()
+        if row is None:
+            return None
+        return StoredResponse(json.loads(row[0]), int(row[1]))
+
+    def _delete(self, db: sqlite3.Connection, owner: str, response_id: str) -> bool:
+        row = db.execute(
+            "DELETE FROM responses WHERE id = ? AND owner = ? RETURNING size",
+            (response_id, owner),
+        ).fetchone()
+        if row is None:
+            return False
+        self._total -= int(row[0])
+        return True
+
+    def _prune(self, db: sqlite3.Connection) -> int:
+        rows = db.execute(
+            "DELETE FROM responses WHERE created_at < ? RETURNING size",
+            (time.time() - self.retention_s,),
+        ).fetchall()
+        self._total -= sum(int(size) for (size,) in rows)
+        return len(rows)
+
+
+def _delete_oldest(db: sqlite3.Connection, excess: int, keep: str) -> int:
+    """Delete the oldest rows (not ``keep``) until ``excess`` bytes are freed; the bytes freed."""
+    freed = 0
+    while freed < excess:
+        rows = db.execute(
+            "SELECT id, size FROM responses WHERE id != ? ORDER BY created_at LIMIT 64", (keep,)
+        ).fetchall()
+        if not rows:
+            break
+        for row_id, size in rows:
+            db.execute("DELETE FROM responses WHERE id = ?", (row_id,))
+            freed += int(size)
+            if freed >= excess:
+                break
+    return freed
