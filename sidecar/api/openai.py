@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..auth import allows_model
 from ..errors import GatewayError, UpstreamError, error_envelope
 from ..routing.call import backend_call
 from ..routing.router import resolve, upstream_body
@@ -43,11 +44,11 @@ async def list_models(request: web.Request) -> web.Response:
     seen: set[str] = set()
     for backend in registry.backends.values():
         for model_id in backend.model_ids:
-            if model_id not in seen:
+            if model_id not in seen and allows_model(model_id):
                 seen.add(model_id)
                 data.append(_model_entry(model_id, created, backend.name))
     for alias in registry.config.aliases.values():
-        if alias.name not in seen:
+        if alias.name not in seen and allows_model(alias.name):
             seen.add(alias.name)
             data.append(_model_entry(alias.name, created, alias.backend))
     return web.json_response({"object": "list", "data": data})

@@ -28,6 +28,9 @@ class AccessRecord:
     ttft_ms: float | None = None
     bytes_out: int = 0
     token: str | None = None
+    # Filled by the usage ledger (0 when unknown); per-key token limits charge them.
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
     def elapsed_s(self) -> float:
         return time.perf_counter() - self.started
