@@ -445,7 +445,7 @@ class KeyDatabase:
         row = self._db.execute("SELECT * FROM keys WHERE name = ?", (name,)).fetchone()
         return _key(row) if row else None
 
-    def keys(self) -> list[ApiKey]:
+    def list_keys(self) -> list[ApiKey]:
         return [_key(row) for row in self._db.execute("SELECT * FROM keys ORDER BY name")]
 
     def stored(self) -> list[tuple[ApiKey, bytes]]:

@@ -58,7 +58,7 @@ class KeyStore(Protocol):
         """Every key with its digest."""
         ...
 
-    async def keys(self) -> list[ApiKey]: ...
+    async def list_keys(self) -> list[ApiKey]: ...
 
     async def create(self, name: str, values: dict[str, Any]) -> tuple[ApiKey, str]: ...
 
@@ -105,8 +105,8 @@ class SqliteKeyStore:
     async def stored(self) -> list[tuple[ApiKey, bytes]]:
         return await self._run(lambda db: db.stored())
 
-    async def keys(self) -> list[ApiKey]:
-        return await self._run(lambda db: db.keys())
+    async def list_keys(self) -> list[ApiKey]:
+        return await self._run(lambda db: db.list_keys())
 
     async def create(self, name: str, values: dict[str, Any]) -> tuple[ApiKey, str]:
         return await self._run(lambda db: db.create(name, values))
