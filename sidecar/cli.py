@@ -440,7 +440,8 @@ def _keys_action(args: argparse.Namespace, database: KeyDatabase, env: dict[str,
         values: dict[str, Any] = {"admin": args.admin}
         for field in ("models", "endpoints", "tools"):
             if getattr(args, field) is not None:
-                values[field] = getattr(args, field)
+                items = getattr(args, field).split(",")
+                values[field] = [item.strip() for item in items if item.strip()]
         for field in ("rpm", "tpm", "tokens_per_day", "concurrency", "expires_days"):
             if getattr(args, field) is not None:
                 values[field] = getattr(args, field)

@@ -217,8 +217,6 @@ def check_scopes(values: dict[str, Any]) -> dict[str, Any]:
         if items is None:
             checked[name] = None
             continue
-        if isinstance(items, str):
-            items = [part.strip() for part in items.split(",") if part.strip()]
         if (
             not isinstance(items, list)
             or len(items) > MAX_GLOBS

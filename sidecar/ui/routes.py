@@ -6,7 +6,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import api, chat, pages
+from . import api, chat, keys, pages
 
 
 def setup_ui_routes(app: web.Application, templates_dir: Path) -> None:
@@ -34,3 +34,10 @@ def setup_ui_routes(app: web.Application, templates_dir: Path) -> None:
     router.add_get("/ui/api/admin/users", api.list_users, name="ui_users")
     router.add_post("/ui/api/admin/users", api.create_user, name="ui_user_new")
     router.add_patch("/ui/api/admin/users/{username}", api.update_user, name="ui_user_update")
+    # API keys (admin): the page, list/create, edit, revoke, rotate
+    router.add_get("/ui/admin/keys", keys.page, name="ui_admin_keys")
+    router.add_get("/ui/api/admin/keys", keys.list_keys, name="ui_keys")
+    router.add_post("/ui/api/admin/keys", keys.create_key, name="ui_key_new")
+    router.add_patch("/ui/api/admin/keys/{name}", keys.update_key, name="ui_key_update")
+    router.add_post("/ui/api/admin/keys/{name}/revoke", keys.revoke_key, name="ui_key_revoke")
+    router.add_post("/ui/api/admin/keys/{name}/rotate", keys.rotate_key, name="ui_key_rotate")
