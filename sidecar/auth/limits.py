@@ -16,11 +16,12 @@ after a restart).
 Every admitted response of a limited key carries OpenAI's headers:
 ``x-ratelimit-limit-requests``, ``-remaining-requests``, ``-reset-requests`` (when the key
 has ``rpm``) and the ``-tokens`` trio (``tpm``, else ``tokens_per_day``); a reset is a
-duration such as ``1s``, ``6m0s`` or ``12ms``.
+duration such as ``1s`` or ``6m0s``, to the whole second the windows count in.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections import deque
@@ -139,13 +140,12 @@ class LocalLimiter:
         if window is None:
             window = self._windows[key.name] = Window(day=second // DAY_S)
         window.prune(second)
-        headers = _headers(key, window, now)
         if key.concurrency is not None and window.in_flight >= key.concurrency:
             raise _refused(
                 f"API key '{key.name}' has {key.concurrency} requests running, its limit;"
                 " wait for one to finish",
                 1,
-                headers,
+                _headers(key, window, now),
                 "concurrency_limit_exceeded",
             )
         if key.rpm is not None and window.requests_sum >= key.rpm:
@@ -153,7 +153,7 @@ class LocalLimiter:
             raise _refused(
                 f"API key '{key.name}' reached its limit of {key.rpm} requests per minute",
                 wait,
-                headers,
+                _headers(key, window, now),
                 "requests_limit_exceeded",
             )
         if key.tpm is not None and window.tokens_sum >= key.tpm:
@@ -161,7 +161,7 @@ class LocalLimiter:
             raise _refused(
                 f"API key '{key.name}' reached its limit of {key.tpm} tokens per minute",
                 wait,
-                headers,
+                _headers(key, window, now),
                 "tokens_limit_exceeded",
             )
         if key.tokens_per_day is not None and window.day_tokens >= key.tokens_per_day:
@@ -170,7 +170,7 @@ class LocalLimiter:
                 f"API key '{key.name}' reached its limit of {key.tokens_per_day} tokens per day"
                 " (the day is UTC)",
                 wait,
-                headers,
+                _headers(key, window, now),
                 "daily_tokens_limit_exceeded",
             )
         _add(window.requests, second, 1)
@@ -230,14 +230,14 @@ def _headers(key: ApiKey, window: Window, now: float) -> dict[str, str]:
         newest = window.requests[-1][0] if window.requests else None
         headers["x-ratelimit-limit-requests"] = str(key.rpm)
         headers["x-ratelimit-remaining-requests"] = str(max(0, key.rpm - window.requests_sum))
-        headers["x-ratelimit-reset-requests"] = duration(
+        headers["x-ratelimit-reset-requests"] = _seconds(
             newest + WINDOW_S - now if newest is not None else 0.0
         )
     if key.tpm is not None:
         newest = window.tokens[-1][0] if window.tokens else None
         headers["x-ratelimit-limit-tokens"] = str(key.tpm)
         headers["x-ratelimit-remaining-tokens"] = str(max(0, key.tpm - window.tokens_sum))
-        headers["x-ratelimit-reset-tokens"] = duration(
+        headers["x-ratelimit-reset-tokens"] = _seconds(
             newest + WINDOW_S - now if newest is not None else 0.0
         )
     elif key.tokens_per_day is not None:
@@ -245,10 +245,20 @@ def _headers(key: ApiKey, window: Window, now: float) -> dict[str, str]:
         headers["x-ratelimit-remaining-tokens"] = str(
             max(0, key.tokens_per_day - window.day_tokens)
         )
-        headers["x-ratelimit-reset-tokens"] = duration(
+        headers["x-ratelimit-reset-tokens"] = _seconds(
             (window.day + 1) * DAY_S - now if window.day_tokens else 0.0
         )
     return headers
+
+
+def _seconds(seconds: float) -> str:
+    """A reset to the whole second (the windows count per second), from a small cache."""
+    return _whole_seconds(max(0, math.ceil(seconds)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _whole_seconds(seconds: int) -> str:
+    return duration(seconds)
 
 
 def duration(seconds: float) -> str:
