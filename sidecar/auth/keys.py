@@ -115,6 +115,9 @@ class ApiKey:
     static: bool = False
     _models_re: re.Pattern[str] | None = field(default=None, repr=False, compare=False)
     token: BearerToken = field(default=BearerToken("", ""), repr=False, compare=False)
+    # Worked out once: the hot path reads them for every request.
+    limited: bool = field(default=False, init=False, repr=False, compare=False)
+    restricted: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.models is not None:
@@ -122,19 +125,10 @@ class ApiKey:
             object.__setattr__(self, "_models_re", re.compile(pattern))
         # What ``caller(request)`` and the records see: the name and the admin flag.
         object.__setattr__(self, "token", BearerToken(self.name, "", self.admin))
-
-    @property
-    def restricted(self) -> bool:
-        """Anything to check per request (a scope or a limit)?"""
-        return self.scoped or self.limited
-
-    @property
-    def scoped(self) -> bool:
-        return self.models is not None or self.endpoints is not None or self.tools is not None
-
-    @property
-    def limited(self) -> bool:
-        return any(getattr(self, name) is not None for name in LIMIT_FIELDS)
+        limited = any(getattr(self, name) is not None for name in LIMIT_FIELDS)
+        scoped = self.models is not None or self.endpoints is not None or self.tools is not None
+        object.__setattr__(self, "limited", limited)
+        object.__setattr__(self, "restricted", limited or scoped)  # anything to check
 
     def allows_model(self, name: str) -> bool:
         if self._models_re is None:

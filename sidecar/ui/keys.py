@@ -71,6 +71,7 @@ async def update_key(request: web.Request) -> web.Response:
 
 async def revoke_key(request: web.Request) -> web.Response:
     require_admin(request)
+    await _optional_body(request)
     if not await request.app[KEYS].revoke(request.match_info["name"]):
         raise NotFound("No active key with that name", code="key_not_found")
     return web.Response(status=204)
@@ -78,10 +79,18 @@ async def revoke_key(request: web.Request) -> web.Response:
 
 async def rotate_key(request: web.Request) -> web.Response:
     require_admin(request)
+    await _optional_body(request)
     secret = await request.app[KEYS].rotate(request.match_info["name"])
     if secret is None:
         raise NotFound("No active key with that name", code="key_not_found")
     return web.json_response({"secret": secret})
+
+
+async def _optional_body(request: web.Request) -> None:
+    """Revoke and rotate need no body; one that is sent is still strict JSON, as on every
+    route (a bad one is a 400, not ignored)."""
+    if request.body_exists:
+        await read_json_object(request)
 
 
 def _values(body: dict[str, Any]) -> dict[str, Any]:
