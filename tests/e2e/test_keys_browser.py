@@ -65,6 +65,7 @@ async def test_an_admin_makes_copies_edits_and_revokes_a_key(
     await page.fill("#password", PASSWORD)
     await page.click("#login")
     await page.wait_for_url(f"{stack.base_url}/ui**")
+    await page.wait_for_selector("#prompt")  # logged in: the chat page
     await page.goto(f"{stack.base_url}/ui/admin/keys")
 
     await page.fill("#key-name", "editor")
