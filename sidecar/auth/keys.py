@@ -113,8 +113,8 @@ class ApiKey:
     expires_at: float | None = None
     revoked_at: float | None = None
     static: bool = False
-    _models_re: re.Pattern[str] | None = field(default=None, repr=False, compare=False)
-    token: BearerToken = field(default=BearerToken("", ""), repr=False, compare=False)
+    _models_re: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
+    token: BearerToken = field(default=BearerToken("", ""), init=False, repr=False, compare=False)
     # Worked out once: the hot path reads them for every request.
     limited: bool = field(default=False, init=False, repr=False, compare=False)
     restricted: bool = field(default=False, init=False, repr=False, compare=False)
