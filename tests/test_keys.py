@@ -300,6 +300,38 @@ async def test_concurrency_limit_refuses_a_second_request_while_one_runs(
     assert third.status == 200  # the slot came back
 
 
+async def test_a_client_that_goes_away_gives_its_concurrency_slot_back(
+    make_gateway: Any, start_mock: Any, release: asyncio.Event
+) -> None:
+    started = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        started.set()
+        await release.wait()
+        return web.json_response({"id": "x", "object": "chat.completion", "choices": []})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", slow)
+    server = await start_mock(app)
+    gw = await make_gateway(
+        gateway_yaml(
+            mock_backend_yaml("slow", server, models="[slow]", health="{readiness: false}")
+        )
+    )
+    secret = await make_key(gw, "leaver", concurrency=1)
+    limiter = gw.server.app[KEYS].limiter
+    assert isinstance(limiter, LocalLimiter)
+    body = {"model": "slow", "messages": CHAT["messages"]}
+    leaving = asyncio.create_task(
+        gw.post("/v1/chat/completions", json=body, headers=bearer(secret))
+    )
+    await asyncio.wait_for(started.wait(), 30)
+    assert limiter.in_flight("leaver") == 1
+    leaving.cancel()  # the client hangs up mid-request
+    await asyncio.gather(leaving, return_exceptions=True)
+    await wait(lambda: limiter.in_flight("leaver") == 0, "the slot to come back")
+
+
 # -- changes while running, and restarts ---------------------------------------------------
 
 
