@@ -21,11 +21,15 @@ from aiohttp import web
 from .agents.service import AgentRunner
 from .agents.transcripts import RunStore
 from .api.cors import cors, cors_headers
-from .api.middleware import bearer, errors, observe, stamp_response
+from .api.middleware import bearer, errors, observe, rate_limit_headers, stamp_response
 from .api.routes import setup_routes
 from .auth import TokenSet
+from .auth.keystore import UNAVAILABLE as KEYS_UNAVAILABLE
+from .auth.keystore import KeyService, OnFailure, SqliteKeyStore
+from .auth.limits import LocalLimiter
 from .auth.signing import UrlSigner, load_or_create_secret
 from .config.schema import GatewayConfig
+from .errors import StorageUnavailable
 from .images.store import ImageStore
 from .music.tool import heartmula_generate
 from .observability.metrics import GatewayMetrics
@@ -35,7 +39,7 @@ from .routing.health import HealthChecker, running
 from .routing.lifecycle import LifecycleManager
 from .routing.registry import RegistryHolder, build_registry
 from .settings import Settings
-from .storage import StorageMonitor
+from .storage import RETRY_AFTER_S, StorageMonitor, error_kind
 from .toolbus.bus import ToolBus
 from .toolbus.executors import BUILTINS
 from .toolbus.log import ToolLog
@@ -43,6 +47,7 @@ from .typedefs import (
     AGENTS,
     HEALTH,
     IMAGE_STORE,
+    KEYS,
     METRICS,
     MODELS,
     PRELOADED_CONFIG,
@@ -69,19 +74,24 @@ log = logging.getLogger("gateway")
 def create_app(settings: Settings, config: GatewayConfig | None = None) -> web.Application:
     """The whole sidecar; ``config``, when given, is used instead of loading it again."""
     tokens = TokenSet(settings.bearer_tokens)
+    limiter = LocalLimiter()
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[observe, cors, errors, bearer(tokens), ui_guard],
+        middlewares=[observe, cors, errors, bearer(tokens, limiter), ui_guard],
     )
     app[SETTINGS] = settings
     app[TOKENS] = tokens
     app[STORAGE] = StorageMonitor(settings.data_dir)
+    app[KEYS] = KeyService(
+        SqliteKeyStore(settings.keys_db_path, _keys_unavailable(app[STORAGE])), tokens, limiter
+    )
     app[IMAGE_STORE] = ImageStore(settings.image_dir, app[STORAGE])
     app[METRICS] = GatewayMetrics()
     if config is not None:
         app[PRELOADED_CONFIG] = config
     app.cleanup_ctx.append(_loop_lag)
     app.cleanup_ctx.append(_storage)
+    app.cleanup_ctx.append(_keys)
     app.cleanup_ctx.append(_registry)
     app.cleanup_ctx.append(_health_checks)
     app.cleanup_ctx.append(_config_reload)
@@ -96,6 +106,7 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> web.A
         app.cleanup_ctx.append(_usage)
     app.cleanup_ctx.append(responses_store)
     app.on_response_prepare.append(stamp_response)
+    app.on_response_prepare.append(rate_limit_headers)
     app.on_response_prepare.append(security_headers)
     app.on_response_prepare.append(cors_headers)
     aiohttp_jinja2.setup(
@@ -122,6 +133,29 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     yield
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+
+
+def _keys_unavailable(storage: StorageMonitor) -> OnFailure:
+    def unavailable(exc: Exception) -> StorageUnavailable:
+        if error_kind(exc) == "database_busy":  # another writer holds it: not the disk
+            return StorageUnavailable(KEYS_UNAVAILABLE, retry_after=RETRY_AFTER_S)
+        return storage.unavailable(exc, "keys database", KEYS_UNAVAILABLE)
+
+    return unavailable
+
+
+async def _keys(app: web.Application) -> AsyncIterator[None]:
+    """The API keys (read before the first request) and the task that follows changes
+    and saves the limit windows; the windows are saved once more at shutdown."""
+    keys = app[KEYS]
+    await keys.start()
+    task = asyncio.create_task(keys.watch())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await keys.stop()
 
 
 async def _registry(app: web.Application) -> AsyncIterator[None]:

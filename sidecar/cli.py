@@ -1,4 +1,4 @@
-"""``gateway``: serve the sidecar, check a config, or run the fake backends.
+"""``gateway``: serve the sidecar, check a config, manage API keys, or run the fake backends.
 
 Exit codes: 0 success; 1 an invalid config (check-config) or a runtime failure; 2 the
 environment or the config keeps ``serve`` from starting, or bad usage.
@@ -10,24 +10,29 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import logging.handlers
 import os
 import queue
 import signal
 import socket
+import sqlite3
 import sys
+import time
 from collections.abc import Callable
 from http import HTTPStatus
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from .app import create_app
+from .auth.keys import ENDPOINTS, KeyDatabase
 from .config.schema import GatewayConfig
-from .errors import ConfigError, SettingsError
+from .errors import ConfigError, DatabaseError, InvalidRequest, SettingsError
 from .launcher import raise_open_file_limit
 from .mock_backends import (
     MockBehaviour,
@@ -42,7 +47,7 @@ from .mock_backends import (
 )
 from .observability.access_log import BatchedLineWriter
 from .reload import load_checked
-from .settings import Settings
+from .settings import Settings, parse_bearer_tokens
 
 log = logging.getLogger("gateway")
 
@@ -95,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     mock.add_argument("--model", action="append", help="model-server: a model id it serves")
     mock.add_argument("--ready-delay-s", type=float, default=0.5, help="model-server: load time")
     mock.add_argument("--memory-mb", type=float, default=1000.0, help="model-server: its size")
+    _keys_parser(commands)
     args = parser.parse_args(argv)
+    if args.command == "keys":
+        return keys_command(args)
     if args.command == "serve":
         return serve()
     if args.command == "up":
@@ -396,3 +404,143 @@ def run_mock(args: argparse.Namespace) -> int:
     finally:
         stop_logging()
     return 0
+
+
+# -- gateway keys ----------------------------------------------------------------------------
+
+
+def _keys_parser(commands: Any) -> None:
+    keys = commands.add_parser(
+        "keys",
+        help="create, list, revoke, rotate API keys (in $GATEWAY_DATA_DIR/keys.sqlite3)",
+        description="API keys in the database the running gateway uses ($GATEWAY_DATA_DIR); "
+        "it sees a change within a second. A new key is printed alone on stdout, once.",
+    )
+    actions = keys.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="make a key; prints it (only now) on stdout")
+    create.add_argument("name")
+    create.add_argument("--models", help="model or alias globs, comma-separated (e.g. 'llama*')")
+    create.add_argument("--endpoints", help=f"comma-separated: {', '.join(ENDPOINTS)}")
+    create.add_argument("--tools", help="tool names, comma-separated")
+    for limit, what in (
+        ("--rpm", "requests per minute"),
+        ("--tpm", "tokens per minute"),
+        ("--tokens-per-day", "tokens per UTC day"),
+        ("--concurrency", "requests at once"),
+    ):
+        create.add_argument(limit, type=int, help=what)
+    create.add_argument("--expires-days", type=float, help="the key stops working after this")
+    create.add_argument("--admin", action="store_true", help="may read every record and usage")
+    listing = actions.add_parser("list", help="every key: name, prefix, scopes, limits, status")
+    listing.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    revoke = actions.add_parser("revoke", help="the key stops working at once")
+    revoke.add_argument("name")
+    rotate = actions.add_parser("rotate", help="a new key for NAME; the old one stops at once")
+    rotate.add_argument("name")
+
+
+def keys_command(args: argparse.Namespace) -> int:
+    """``gateway keys ACTION``: 0 done; 1 not found or refused; 2 bad input or no database."""
+    env = dict(os.environ)
+    data_dir = Path(env.get("GATEWAY_DATA_DIR") or "var")
+    try:
+        database = KeyDatabase(data_dir / "keys.sqlite3")
+    except DatabaseError as exc:
+        print(f"gateway keys: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return _keys_action(args, database, env)
+    except InvalidRequest as exc:
+        print(f"gateway keys: {exc.message}", file=sys.stderr)
+        return 2
+    except sqlite3.Error as exc:
+        print(f"gateway keys: the keys database failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        database.close()
+
+
+def _keys_action(args: argparse.Namespace, database: KeyDatabase, env: dict[str, str]) -> int:
+    if args.action == "list":
+        listed = [key.public() for key in database.list_keys()]
+        if args.json:
+            print(json.dumps({"data": listed}, indent=2))
+        else:
+            for entry in listed:
+                print(_key_line(entry))
+            if not listed:
+                print("no API keys yet: gateway keys create NAME", file=sys.stderr)
+        return 0
+    name = args.name
+    if args.action == "create":
+        static = _static_token_names(env)
+        if name in static:
+            print(
+                f"gateway keys: {name!r} is the name of a static token (GATEWAY_BEARER_TOKEN(S));"
+                " pick another name",
+                file=sys.stderr,
+            )
+            return 2
+        values: dict[str, Any] = {"admin": args.admin}
+        for field in ("models", "endpoints", "tools"):
+            if getattr(args, field) is not None:
+                items = getattr(args, field).split(",")
+                values[field] = [item.strip() for item in items if item.strip()]
+        for field in ("rpm", "tpm", "tokens_per_day", "concurrency", "expires_days"):
+            if getattr(args, field) is not None:
+                values[field] = getattr(args, field)
+        try:
+            key, new_key = database.create(name, values)
+        except KeyError:
+            print(
+                f"gateway keys: a key named {name!r} exists; revoke or rotate it", file=sys.stderr
+            )
+            return 1
+        print(new_key)
+        print(f"created {_key_line(key.public())}", file=sys.stderr)
+        print("the key is shown only now: copy it", file=sys.stderr)
+        return 0
+    if args.action == "revoke":
+        if not database.revoke(name):
+            print(f"gateway keys: no active key named {name!r}", file=sys.stderr)
+            return 1
+        print(f"revoked {name}", file=sys.stderr)
+        return 0
+    secret = database.rotate(name)
+    if secret is None:
+        print(f"gateway keys: no active key named {name!r}", file=sys.stderr)
+        return 1
+    print(secret)
+    print(
+        f"rotated {name}: the old key stopped working; the new one is shown only now",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _key_line(key: dict[str, Any]) -> str:
+    parts = [f"{key['name']}  {key['prefix']}…  {key['status']}"]
+    if key["admin"]:
+        parts.append("admin")
+    for field in ("models", "endpoints", "tools"):
+        if key[field] is not None:
+            parts.append(f"{field}={','.join(key[field])}")
+    for field in ("rpm", "tpm", "tokens_per_day", "concurrency"):
+        if key[field] is not None:
+            parts.append(f"{field}={key[field]}")
+    if key["expires_at"] is not None:
+        parts.append("expires " + time.strftime("%Y-%m-%d", time.gmtime(key["expires_at"])))
+    return "  ".join(parts)
+
+
+def _static_token_names(env: dict[str, str]) -> set[str]:
+    """The names of the environment's static tokens, when it has valid ones."""
+    try:
+        tokens = parse_bearer_tokens(
+            env.get("GATEWAY_BEARER_TOKEN"),
+            env.get("GATEWAY_BEARER_TOKENS"),
+            env.get("GATEWAY_ADMIN_TOKENS"),
+        )
+    except SettingsError:
+        return set()
+    return {token.name for token in tokens}

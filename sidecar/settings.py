@@ -195,6 +195,10 @@ class Settings:
         return self.data_dir / "responses.sqlite3"
 
     @property
+    def keys_db_path(self) -> Path:
+        return self.data_dir / "keys.sqlite3"
+
+    @property
     def templates_dir(self) -> Path:
         return self.ui.templates_dir or Path(__file__).resolve().parents[1] / "templates"
 

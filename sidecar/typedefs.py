@@ -14,6 +14,8 @@ from aiohttp import web
 if TYPE_CHECKING:
     from .agents.service import AgentRunner
     from .auth import TokenSet
+    from .auth.keystore import KeyService
+    from .auth.limits import Ticket
     from .auth.signing import UrlSigner
     from .config.schema import GatewayConfig
     from .images.store import ImageStore
@@ -49,6 +51,7 @@ MODELS: web.AppKey[LifecycleManager] = web.AppKey("models")
 RESPONSES: web.AppKey[ResponseStore] = web.AppKey("responses")
 # A config ``gateway serve`` loaded and checked already, so start-up does not read it again.
 PRELOADED_CONFIG: web.AppKey[GatewayConfig] = web.AppKey("preloaded_config")
+KEYS: web.AppKey[KeyService] = web.AppKey("keys")
 
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 CLIENT_IP: web.RequestKey[str] = web.RequestKey("client_ip")
@@ -57,3 +60,5 @@ ACCESS: web.RequestKey[AccessRecord] = web.RequestKey("access")
 UI_USER: web.RequestKey[User] = web.RequestKey("ui_user")
 UI_SESSION: web.RequestKey[Session | None] = web.RequestKey("ui_session")
 UI_CSRF: web.RequestKey[str] = web.RequestKey("ui_csrf")
+# An API key's limits for this request: the x-ratelimit-* headers its response carries.
+RATE_LIMIT: web.RequestKey[Ticket] = web.RequestKey("rate_limit")

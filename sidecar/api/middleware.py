@@ -1,5 +1,5 @@
 """The request pipeline before a handler: id, forwarded headers and access record, errors,
-bearer auth.
+bearer auth (with API keys' scopes and limits).
 
 ``observe`` comes first. From a trusted proxy (the unix socket from Caddy, or a peer in
 ``TRUSTED_PROXIES``) it clones the request once with the client's address, the site's
@@ -24,10 +24,22 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from ..auth import TokenSet, caller
+from ..auth import scope as key_scope
+from ..auth.limits import Limiter, LocalLimiter, Ticket
 from ..errors import GatewayError
 from ..observability.access_log import AccessRecord
 from ..observability.client_ip import forwarded_overrides, via_trusted_proxy
-from ..typedefs import ACCESS, CLIENT_IP, METRICS, REGISTRY, REQUEST_ID, SETTINGS, TOKEN, USAGE
+from ..typedefs import (
+    ACCESS,
+    CLIENT_IP,
+    METRICS,
+    RATE_LIMIT,
+    REGISTRY,
+    REQUEST_ID,
+    SETTINGS,
+    TOKEN,
+    USAGE,
+)
 from .faces import Face, error_body, face_of
 
 log = logging.getLogger("gateway.errors")
@@ -175,9 +187,16 @@ def error_response(
     )
 
 
-def bearer(tokens: TokenSet) -> Middleware:
+def bearer(tokens: TokenSet, limiter: Limiter | None = None) -> Middleware:
     """Bearer auth on every ``/v1`` path (matched route or not), on ``/mcp`` and on the
-    Ollama face's ``/api``; the Anthropic face may send the token as ``x-api-key``."""
+    Ollama face's ``/api``; the Anthropic face may send the token as ``x-api-key``.
+
+    A static token goes straight on. An API key with a scope or a limit is checked here
+    once: its endpoints (403), then its limits (429 with ``Retry-After``); its scope is
+    bound for the router and the tool bus (``auth.scope``) while the request runs, and
+    the tokens the request used are charged to its limits when it ends.
+    """
+    limits = limiter if limiter is not None else LocalLimiter()
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -187,9 +206,41 @@ def bearer(tokens: TokenSet) -> Middleware:
             if authorization is None and face_of(path) is Face.ANTHROPIC:
                 api_key = request.headers.get("x-api-key")
                 authorization = f"Bearer {api_key}" if api_key else None
-            request[TOKEN] = tokens.authenticate(authorization)
         elif path == "/api" or path.startswith("/api/"):
-            request[TOKEN] = tokens.authenticate(request.headers.get("Authorization"))
-        return await handler(request)
+            authorization = request.headers.get("Authorization")
+        else:
+            return await handler(request)
+        key = tokens.identify(authorization)
+        request[TOKEN] = key.token
+        if not key.restricted:
+            return await handler(request)
+        if key.endpoints is not None and request.match_info.http_exception is None:
+            key_scope.require_endpoint(key, path)  # an unknown path stays a 404
+        ticket = limits.admit(key) if key.limited else None
+        if ticket is not None:
+            request[RATE_LIMIT] = ticket
+        bound = key_scope.bind(key)
+        try:
+            response = await handler(request)
+        except GatewayError as exc:
+            if ticket is not None:
+                exc.headers.update(ticket.headers)
+            raise
+        finally:
+            key_scope.unbind(bound)
+            if ticket is not None:
+                record = request[ACCESS]
+                limits.done(ticket, record.prompt_tokens + record.completion_tokens)
+        if ticket is not None and not response.prepared:
+            response.headers.update(ticket.headers)
+        return response
 
     return check
+
+
+async def rate_limit_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: a stream prepared by its handler carries the key's
+    ``x-ratelimit-*`` headers too (other responses get them from ``bearer``)."""
+    ticket: Ticket | None = request.get(RATE_LIMIT)
+    if ticket is not None:
+        response.headers.update(ticket.headers)

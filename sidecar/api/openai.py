@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..auth import allows_model
 from ..errors import GatewayError, UnknownModel, UpstreamError, error_envelope
 from ..observability.access_log import AccessRecord
 from ..routing.call import backend_call
@@ -42,17 +43,19 @@ Checker = Callable[[dict[str, Any]], None]
 async def list_models(request: web.Request) -> web.Response:
     """Every routed model once by its id (the first backend in file order that serves
     it), as ``backend/model`` too when more than one backend serves it, then the
-    aliases; each entry says its ``capabilities``."""
+    aliases; each entry says its ``capabilities``. A key limited to some models sees
+    only those."""
     entries = _model_entries(request.app[REGISTRY].current)
-    return web.json_response({"object": "list", "data": list(entries.values())})
+    data = [entry for name, entry in entries.items() if allows_model(name)]
+    return web.json_response({"object": "list", "data": data})
 
 
 async def retrieve_model(request: web.Request) -> web.Response:
     """``GET /v1/models/{id}``: one entry of the list; ids may hold ``/`` and ``:``."""
     model = request.match_info["model"]
     registry = request.app[REGISTRY].current
-    entry = _model_entries(registry).get(model)
-    if entry is None:
+    entry = _model_entries(registry).get(model) if allows_model(model) else None
+    if entry is None and allows_model(model):
         prefix, _, rest = model.partition("/")
         backend = registry.get(prefix)
         if backend is not None and rest and backend.serves(rest):

@@ -102,6 +102,6 @@ async def metrics(request: web.Request) -> web.Response:
     """Prometheus text; for METRICS_ALLOWLIST addresses, or with the bearer token."""
     settings = request.app[SETTINGS]
     if not address_allowed(request[CLIENT_IP], settings.metrics_allowlist):
-        request.app[TOKENS].authenticate(request.headers.get("Authorization"))
+        request.app[TOKENS].authenticate(request.headers.get("Authorization"), path="/metrics")
     body = await asyncio.to_thread(request.app[METRICS].render)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

@@ -1,5 +1,6 @@
 """Model → backend resolution and the checks before a request may run.
 
+An API key limited to some models gets a 403 for any other, before anything else.
 Resolution order: alias, ``backend/model`` prefix, backend model lists (first backend in
 config order that has the capability); then the checks, in this order: capability (400),
 readiness (503 + Retry-After while transient; 502 naming the reason while the backend is
@@ -14,6 +15,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
+from ..auth.scope import require_model
 from ..config.schema import AliasConfig
 from ..errors import (
     BackendNotReady,
@@ -42,6 +44,7 @@ class Route:
 
 
 def resolve(registry: Registry, model: str, capability: str) -> Route:
+    require_model(model)  # the calling API key's model scope (403), on every face
     alias = registry.config.aliases.get(model)
     if alias is not None:
         backend = registry.backends[alias.backend]

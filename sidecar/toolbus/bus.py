@@ -23,6 +23,7 @@ from typing import Any
 import jsonschema
 from rfc8785 import CanonicalizationError
 
+from ..auth.scope import allows_tool
 from ..config.schema import GatewayConfig, ToolSpec
 from ..errors import (
     Forbidden,
@@ -135,6 +136,8 @@ class ToolBus:
 
     def _allowed(self, name: str, token: str | None) -> bool:
         if self._allowlist is not None and name not in self._allowlist:
+            return False
+        if not allows_tool(name):  # the calling API key's tools scope
             return False
         allowed = self._token_tools.get(token or "")
         return allowed is None or name in allowed

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import api, chat, history, pages, status, usage
+from . import api, chat, history, keys, pages, status, usage
 
 
 def setup_ui_routes(app: web.Application, templates_dir: Path) -> None:
@@ -44,3 +44,10 @@ def setup_ui_routes(app: web.Application, templates_dir: Path) -> None:
     )
     router.add_get("/ui/usage", usage.page, name="ui_usage")
     router.add_get("/ui/api/usage", usage.totals, name="ui_usage_api")
+    # API keys (admin): the page, list/create, edit, revoke, rotate
+    router.add_get("/ui/admin/keys", keys.page, name="ui_admin_keys")
+    router.add_get("/ui/api/admin/keys", keys.list_keys, name="ui_keys")
+    router.add_post("/ui/api/admin/keys", keys.create_key, name="ui_key_new")
+    router.add_patch("/ui/api/admin/keys/{name}", keys.update_key, name="ui_key_update")
+    router.add_post("/ui/api/admin/keys/{name}/revoke", keys.revoke_key, name="ui_key_revoke")
+    router.add_post("/ui/api/admin/keys/{name}/rotate", keys.rotate_key, name="ui_key_rotate")

@@ -1,0 +1,215 @@
+"""The keys database for the event loop, and the loop that keeps the gateway current.
+
+``KeyStore`` is the interface the gateway uses (the admin UI's calls, the index's rows,
+the limiter's windows); ``SqliteKeyStore`` implements it on ``keys.KeyDatabase`` with one
+dedicated thread, so no query blocks the loop and none races another. A store shared by
+several gateways would implement the same calls.
+
+``KeyService.watch`` runs for the gateway's life, off every request's path:
+
+- every ``poll_s`` (0.5 s) it asks SQLite's ``data_version``, which changes when another
+  connection (``gateway keys …``, another process) commits; then it reads the keys and
+  swaps a new immutable index into the ``TokenSet``. A revoked or rotated key stops
+  working within a second. Changes the gateway makes itself (the admin UI) reload at once.
+- every ``flush_s`` (1 s) it writes the limiter's changed windows, so a restart keeps
+  the minute's and the day's counts. A write that fails (disk full) is reported to the
+  storage monitor and tried again on the next tick; requests go on meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from ..errors import DatabaseError, StorageUnavailable
+from .bearer import TokenSet
+from .keys import ApiKey, KeyDatabase
+from .limits import Limiter
+
+T = TypeVar("T")
+log = logging.getLogger("gateway.keys")
+POLL_S = 0.5
+FLUSH_S = 1.0
+RETRY_AFTER_S = 5
+UNAVAILABLE = (
+    "The keys database is not available right now (the gateway's storage is full,"
+    " read-only or busy); try again later"
+)
+# Turns a failed query into the 503 to raise; the app passes the storage monitor's, which
+# also marks the data directory unwritable until its probe works again.
+OnFailure = Callable[[Exception], StorageUnavailable]
+
+
+class KeyStore(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def version(self) -> int:
+        """Changes whenever another writer changed the keys (or the windows)."""
+        ...
+
+    async def stored(self) -> list[tuple[ApiKey, bytes]]:
+        """Every key with its digest."""
+        ...
+
+    async def list_keys(self) -> list[ApiKey]: ...
+
+    async def create(self, name: str, values: dict[str, Any]) -> tuple[ApiKey, str]: ...
+
+    async def update(self, name: str, values: dict[str, Any]) -> ApiKey | None: ...
+
+    async def rotate(self, name: str) -> str | None: ...
+
+    async def revoke(self, name: str) -> bool: ...
+
+    async def load_windows(self) -> dict[str, Any]: ...
+
+    async def save_windows(self, windows: dict[str, Any]) -> None: ...
+
+
+class SqliteKeyStore:
+    def __init__(self, path: Path, on_failure: OnFailure | None = None) -> None:
+        self.path = path
+        self.on_failure = on_failure
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keys-db")
+        self._db: KeyDatabase | None = None
+
+    async def open(self) -> None:
+        self._db = await self._run(lambda _: KeyDatabase(self.path))
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._run(lambda db: db.close())
+        self._executor.shutdown(wait=True)
+
+    async def _run(self, work: Callable[[KeyDatabase], T]) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, lambda: work(self._db))  # type: ignore[arg-type]
+        except (DatabaseError, sqlite3.OperationalError) as exc:
+            if self._db is None:  # opening at start-up: the caller says what to do
+                raise
+            if self.on_failure is not None:
+                raise self.on_failure(exc) from None
+            raise StorageUnavailable(UNAVAILABLE, retry_after=RETRY_AFTER_S) from None
+
+    async def version(self) -> int:
+        return await self._run(lambda db: db.data_version())
+
+    async def stored(self) -> list[tuple[ApiKey, bytes]]:
+        return await self._run(lambda db: db.stored())
+
+    async def list_keys(self) -> list[ApiKey]:
+        return await self._run(lambda db: db.list_keys())
+
+    async def create(self, name: str, values: dict[str, Any]) -> tuple[ApiKey, str]:
+        return await self._run(lambda db: db.create(name, values))
+
+    async def update(self, name: str, values: dict[str, Any]) -> ApiKey | None:
+        return await self._run(lambda db: db.update(name, values))
+
+    async def rotate(self, name: str) -> str | None:
+        return await self._run(lambda db: db.rotate(name))
+
+    async def revoke(self, name: str) -> bool:
+        return await self._run(lambda db: db.revoke(name))
+
+    async def load_windows(self) -> dict[str, Any]:
+        return await self._run(lambda db: db.load_windows())
+
+    async def save_windows(self, windows: dict[str, Any]) -> None:
+        await self._run(lambda db: db.save_windows(windows))
+
+
+class KeyService:
+    """The store, the token set it keeps current, and the limiter it persists."""
+
+    def __init__(
+        self,
+        store: KeyStore,
+        tokens: TokenSet,
+        limiter: Limiter,
+        *,
+        poll_s: float = POLL_S,
+        flush_s: float = FLUSH_S,
+    ) -> None:
+        self.store = store
+        self.tokens = tokens
+        self.limiter = limiter
+        self.poll_s = poll_s
+        self.flush_s = flush_s
+        self._version: int | None = None
+        self._pending: dict[str, Any] = {}
+
+    async def start(self) -> None:
+        await self.store.open()
+        self.limiter.restore(await self.store.load_windows())
+        await self.reload()
+
+    async def stop(self) -> None:
+        try:
+            await self.flush()
+        except StorageUnavailable:
+            log.warning("could not save the limit windows at shutdown")
+        await self.store.close()
+
+    async def reload(self) -> None:
+        """Read every key and swap in a new index (the version first: a change made
+        while reading is seen again by the next poll)."""
+        self._version = await self.store.version()
+        self.tokens.use_keys(await self.store.stored())
+
+    async def flush(self) -> None:
+        self._pending.update(self.limiter.windows())
+        if not self._pending:
+            return
+        windows, self._pending = self._pending, {}
+        try:
+            await self.store.save_windows(windows)
+        except StorageUnavailable:
+            self._pending = {**windows, **self._pending}  # try again at the next tick
+            raise
+
+    async def watch(self) -> None:
+        ticks_per_flush = max(1, round(self.flush_s / self.poll_s))
+        tick = 0
+        while True:
+            await asyncio.sleep(self.poll_s)
+            tick += 1
+            try:
+                if await self.store.version() != self._version:
+                    await self.reload()
+                if tick % ticks_per_flush == 0:
+                    await self.flush()
+            except StorageUnavailable:
+                pass  # reported to the storage monitor; tried again at the next tick
+            except Exception:  # the watcher must outlive anything one tick meets
+                log.exception("keys: refreshing the keys or saving limits failed")
+
+    # -- the admin UI's changes: applied to this gateway at once ------------------------
+
+    async def create(self, name: str, values: dict[str, Any]) -> tuple[ApiKey, str]:
+        created = await self.store.create(name, values)
+        await self.reload()
+        return created
+
+    async def update(self, name: str, values: dict[str, Any]) -> ApiKey | None:
+        updated = await self.store.update(name, values)
+        await self.reload()
+        return updated
+
+    async def rotate(self, name: str) -> str | None:
+        secret = await self.store.rotate(name)
+        await self.reload()
+        return secret
+
+    async def revoke(self, name: str) -> bool:
+        revoked = await self.store.revoke(name)
+        await self.reload()
+        return revoked
