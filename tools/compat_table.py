@@ -72,6 +72,7 @@ class Target:
     chat_model: str
     embedding_model: str | None
     clients: dict[str, Any] = field(default_factory=dict)
+    capable: dict[str, str | None] = field(default_factory=dict)
 
     def module(self, name: str) -> Any:
         try:
@@ -116,6 +117,17 @@ class Target:
                 verify=self.verify(),
             )
         return self.clients["ollama"]
+
+    def model_for(self, capability: str) -> str:
+        """The first listed model that says it serves ``capability``."""
+        if capability not in self.capable:
+            models = self.openai().models.list().data
+            found = [m.id for m in models if capability in (getattr(m, "capabilities", None) or [])]
+            self.capable[capability] = found[0] if found else None
+        model = self.capable[capability]
+        if model is None:
+            raise Failed(f"no listed model serves {capability}")
+        return model
 
     def embedder(self) -> str:
         if self.embedding_model is None:
@@ -266,6 +278,71 @@ def openai_responses_stream(target: Target) -> None:
     kinds = [event.type for event in events]
     _expect("response.output_text.delta" in kinds, f"no text deltas in {kinds[:6]}")
     _expect(kinds[-1] == "response.completed", f"ends with {kinds[-1] if kinds else 'nothing'}")
+
+
+def openai_responses_tools(target: Target) -> None:
+    """A function tool round trip, the second turn chained by ``previous_response_id``."""
+    client = target.openai()
+    tool = {
+        "type": "function",
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    }
+    first = client.responses.create(
+        model=target.chat_model,
+        input="Use get_weather for Paris.",
+        tools=[tool],
+        tool_choice="required",
+    )
+    calls = [item for item in first.output if item.type == "function_call"]
+    _expect(bool(calls) and calls[0].name == "get_weather", "no get_weather call")
+    second = client.responses.create(
+        model=target.chat_model,
+        previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": calls[0].call_id, "output": "sunny"}],
+    )
+    _expect(bool(second.output_text), "no answer after the tool result")
+
+
+def openai_transcription(target: Target) -> None:
+    reply = target.openai().audio.transcriptions.create(
+        model=target.model_for("transcriptions"), file=("hello.wav", _WAV, "audio/wav")
+    )
+    _expect(bool(reply.text), "no text")
+
+
+def openai_speech(target: Target) -> None:
+    speech = target.openai().audio.speech
+    with speech.with_streaming_response.create(
+        model=target.model_for("speech"), voice="alloy", input="hello"
+    ) as reply:
+        audio = b"".join(reply.iter_bytes())
+    _expect(len(audio) > 0, "no audio")
+
+
+def curl_rerank(target: Target) -> None:
+    body = {"model": target.model_for("rerank"), "query": "cats", "documents": ["dogs", "cats"]}
+    results = curl_json(target, "POST", "/v1/rerank", body).get("results") or []
+    _expect(len(results) == 2 and "relevance_score" in results[0], "not two scored results")
+
+
+# A tenth of a second of silence: the smallest honest WAV file.
+_WAV = (
+    b"RIFF"
+    + (36 + 1600).to_bytes(4, "little")
+    + b"WAVEfmt "
+    + (16).to_bytes(4, "little")
+    + (1).to_bytes(2, "little")
+    + (1).to_bytes(2, "little")
+    + (8000).to_bytes(4, "little")
+    + (16000).to_bytes(4, "little")
+    + (2).to_bytes(2, "little")
+    + (16).to_bytes(2, "little")
+    + b"data"
+    + (1600).to_bytes(4, "little")
+    + bytes(1600)
+)
 
 
 def _anthropic_body(target: Target) -> dict[str, Any]:
@@ -450,6 +527,10 @@ ROWS: list[tuple[str, dict[str, Check]]] = [
         "`POST /v1/responses` stream",
         {"openai": openai_responses_stream, "curl": curl_responses_stream},
     ),
+    ("`POST /v1/responses` tools + `previous_response_id`", {"openai": openai_responses_tools}),
+    ("`POST /v1/audio/transcriptions`", {"openai": openai_transcription}),
+    ("`POST /v1/audio/speech` stream", {"openai": openai_speech}),
+    ("`POST /v1/rerank`", {"curl": curl_rerank}),
     ("`POST /v1/messages`", {"anthropic": anthropic_messages, "curl": curl_messages}),
     ("`POST /v1/messages` stream", {"anthropic": anthropic_stream, "curl": curl_messages_stream}),
     ("`POST /v1/messages` tools", {"anthropic": anthropic_tools}),
