@@ -526,3 +526,74 @@ def test_the_window_slides_per_second_and_survives_a_round_trip() -> None:
     now[0] += 31
     restored.admit(key)  # the first left the window
     assert Window.from_state({"requests": "junk", "day": "x"}).requests_sum == 0
+
+
+async def test_a_model_glob_does_not_cross_a_slash_to_another_backends_model(
+    make_gateway: Any, start_mock: Any
+) -> None:
+    """``llama*`` names models, not ``llama-box/<anything>``: a backend whose name matches
+    the glob does not open every model it serves."""
+    backend = await start_mock()
+    gateway: TestClient = await make_gateway(
+        gateway_yaml(
+            mock_backend_yaml("llama-box", backend),
+            aliases="team/small: {backend: llama-box, model: mock-llama}",
+        )
+    )
+    secret = await make_key(gateway, "llamas-only", models=["llama*", "small"])
+    for model in ("llama-box/mock-llama", "mock-llama", "team/small"):
+        refused = await gateway.post(
+            "/v1/chat/completions", json={**CHAT, "model": model}, headers=bearer(secret)
+        )
+        assert refused.status == 403, (model, await refused.text())
+        assert (await refused.json())["error"]["code"] == "model_not_allowed"
+    listed = await gateway.get("/v1/models", headers=bearer(secret))
+    assert [m["id"] for m in (await listed.json())["data"]] == []
+    retrieved = await gateway.get("/v1/models/llama-box/mock-llama", headers=bearer(secret))
+    assert retrieved.status == 404
+    # The alias's own name opens it; the backend's name with a scoped model part does too.
+    alias_key = await make_key(gateway, "team", models=["team/*"])
+    ok = await gateway.post(
+        "/v1/chat/completions", json={**CHAT, "model": "team/small"}, headers=bearer(alias_key)
+    )
+    assert ok.status == 200, await ok.text()
+    model_key = await make_key(gateway, "by-model", models=["mock-*"])
+    ok = await gateway.post(
+        "/v1/chat/completions",
+        json={**CHAT, "model": "llama-box/mock-llama"},
+        headers=bearer(model_key),
+    )
+    assert ok.status == 200, await ok.text()
+
+
+async def test_only_admin_keys_and_static_tokens_reach_the_admin_endpoints(
+    gw: TestClient,
+) -> None:
+    """A named key without ``--admin`` (scoped to models only, or not at all) may not read
+    /metrics (every key's token counts) or /v1/gateway/status."""
+    plain = await make_key(gw, "plain")
+    models_only = await make_key(gw, "intern", models=["mock-*"])
+    admin = await make_key(gw, "ops", admin=True)
+    for secret in (plain, models_only):
+        for path in ("/metrics", "/v1/gateway/status"):
+            refused = await gw.get(path, headers=bearer(secret))
+            assert refused.status == 403, (path, await refused.text())
+        own = await gw.get("/v1/gateway/usage/me", headers=bearer(secret))
+        assert own.status == 200, await own.text()
+        chat = await gw.post("/v1/chat/completions", json=CHAT, headers=bearer(secret))
+        assert chat.status == 200, await chat.text()
+    for secret in (admin, TOKEN):
+        for path in ("/metrics", "/v1/gateway/status"):
+            allowed = await gw.get(path, headers=bearer(secret))
+            assert allowed.status == 200, (path, await allowed.text())
+
+
+async def test_rerank_under_either_name_is_the_embeddings_endpoint(gw: TestClient) -> None:
+    embed_only = await make_key(gw, "retriever", endpoints=["embeddings"])
+    for path in ("/v1/rerank", "/v1/reranking"):
+        answer = await gw.post(
+            path,
+            json={"model": "mock-llama", "query": "q", "documents": ["a"]},
+            headers=bearer(embed_only),
+        )
+        assert answer.status != 403, (path, await answer.text())

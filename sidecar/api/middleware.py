@@ -214,7 +214,7 @@ def bearer(tokens: TokenSet, limiter: Limiter | None = None) -> Middleware:
         request[TOKEN] = key.token
         if not key.restricted:
             return await handler(request)
-        if key.endpoints is not None and request.match_info.http_exception is None:
+        if request.match_info.http_exception is None:
             key_scope.require_endpoint(key, path)  # an unknown path stays a 404
         ticket = limits.admit(key) if key.limited else None
         if ticket is not None:

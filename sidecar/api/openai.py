@@ -16,12 +16,11 @@ from typing import Any
 
 from aiohttp import web
 
-from ..auth import allows_model
 from ..errors import GatewayError, UnknownModel, UpstreamError, error_envelope
 from ..observability.access_log import AccessRecord
 from ..routing.call import backend_call
 from ..routing.registry import Backend, Registry
-from ..routing.router import resolve, upstream_body
+from ..routing.router import allowed, resolve, upstream_body
 from ..routing.upstream import UpstreamCall, split_events
 from ..typedefs import ACCESS, REGISTRY, REQUEST_ID
 from ..usage import tokens
@@ -45,8 +44,9 @@ async def list_models(request: web.Request) -> web.Response:
     it), as ``backend/model`` too when more than one backend serves it, then the
     aliases; each entry says its ``capabilities``. A key limited to some models sees
     only those."""
-    entries = _model_entries(request.app[REGISTRY].current)
-    data = [entry for name, entry in entries.items() if allows_model(name)]
+    registry = request.app[REGISTRY].current
+    entries = _model_entries(registry)
+    data = [entry for name, entry in entries.items() if allowed(registry, name)]
     return web.json_response({"object": "list", "data": data})
 
 
@@ -54,8 +54,8 @@ async def retrieve_model(request: web.Request) -> web.Response:
     """``GET /v1/models/{id}``: one entry of the list; ids may hold ``/`` and ``:``."""
     model = request.match_info["model"]
     registry = request.app[REGISTRY].current
-    entry = _model_entries(registry).get(model) if allows_model(model) else None
-    if entry is None and allows_model(model):
+    entry = _model_entries(registry).get(model) if allowed(registry, model) else None
+    if entry is None and allowed(registry, model):
         prefix, _, rest = model.partition("/")
         backend = registry.get(prefix)
         if backend is not None and rest and backend.serves(rest):

@@ -54,7 +54,7 @@ class TokenSet:
         """The caller as records name it; with ``path``, the key must also be allowed it
         (``scope.endpoint_of``), else a 403."""
         key = self.identify(authorization)
-        if path is not None and key.endpoints is not None:
+        if path is not None and key.restricted:
             require_endpoint(key, path)
         return key.token
 

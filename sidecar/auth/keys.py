@@ -18,7 +18,6 @@ confirmed with ``hmac.compare_digest``; a change swaps in a new index.
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import hmac
 import json
@@ -121,28 +120,28 @@ class ApiKey:
 
     def __post_init__(self) -> None:
         if self.models is not None:
-            pattern = "|".join(fnmatch.translate(glob) for glob in self.models) or "(?!)"
+            pattern = "|".join(_glob_regex(glob) for glob in self.models) or "(?!)"
             object.__setattr__(self, "_models_re", re.compile(pattern))
         # What ``caller(request)`` and the records see: the name and the admin flag.
         object.__setattr__(self, "token", BearerToken(self.name, "", self.admin))
         limited = any(getattr(self, name) is not None for name in LIMIT_FIELDS)
         scoped = self.models is not None or self.endpoints is not None or self.tools is not None
         object.__setattr__(self, "limited", limited)
-        object.__setattr__(self, "restricted", limited or scoped)  # anything to check
+        # Anything to check: a scope, a limit, or (a named key that is not an admin) the
+        # admin endpoints, which only admin keys and the operator's static tokens reach.
+        gated = not (self.static or self.admin)
+        object.__setattr__(self, "restricted", limited or scoped or gated)
 
     def allows_model(self, name: str) -> bool:
-        if self._models_re is None:
-            return True
-        if self._models_re.fullmatch(name):
-            return True
-        # ``backend/model``: the model part matches too (the same model on a named backend).
-        _, sep, model = name.partition("/")
-        return bool(sep and model and self._models_re.fullmatch(model))
+        """Whether ``name`` itself matches one of the globs (``*`` and ``?`` stop at ``/``).
+        The router decides which names a request's model stands for
+        (``routing.router.allowed``): an alias by its name, ``backend/model`` by either."""
+        return self._models_re is None or self._models_re.fullmatch(name) is not None
 
     def allows_endpoint(self, endpoint: str | None) -> bool:
+        if endpoint == "admin":  # /v1/gateway/* and /metrics
+            return self.static or self.admin or bool(self.endpoints and "admin" in self.endpoints)
         if self.endpoints is None:
-            return True
-        if endpoint == "admin" and self.admin:
             return True
         return endpoint is not None and endpoint in self.endpoints
 
@@ -494,3 +493,17 @@ def _key(row: sqlite3.Row) -> ApiKey:
         expires_at=row["expires_at"],
         revoked_at=row["revoked_at"],
     )
+
+
+def _glob_regex(glob: str) -> str:
+    """A model glob as a regex: ``*`` any run and ``?`` any one character, neither crossing
+    a ``/`` (so ``llama*`` never reaches ``llama-box/other-model``); the rest literal."""
+    parts = []
+    for char in glob:
+        if char == "*":
+            parts.append("[^/]*")
+        elif char == "?":
+            parts.append("[^/]")
+        else:
+            parts.append(re.escape(char))
+    return "(?:" + "".join(parts) + ")"

@@ -4,9 +4,10 @@ The bearer middleware binds the calling key here (a ``ContextVar``: it follows t
 request's task and the tasks it starts, and nothing else) for keys with a scope, and
 unbinds it when the request ends. Code deep in the request asks:
 
-- ``require_model(name)``: the router calls it in ``resolve``, so every face (OpenAI,
-  Anthropic, Ollama, agents) is checked without each handler remembering; a 403
-  ``permission_error`` names the model.
+- ``require_model(name, *also)``: the router calls it in ``resolve`` with the names the
+  model stands for (an alias by its own name; ``backend/model`` by that or its model
+  part; anything else by itself), so every face (OpenAI, Anthropic, Ollama, agents) is
+  checked without each handler remembering; a 403 ``permission_error`` names the model.
 - ``allows_model(name)``: for listings (``/v1/models`` lists only what the key may use).
 - ``allows_tool(name)``: the tool bus lists and runs only the key's tools.
 
@@ -34,6 +35,7 @@ _EXACT = {
     "/v1/completions": "completions",
     "/v1/embeddings": "embeddings",
     "/v1/rerank": "embeddings",  # reranking runs on retrieval models, like embeddings
+    "/v1/reranking": "embeddings",  # llama.cpp's name for the same route
     "/v1/models": ANY_KEY,
     "/v1/gateway/usage/me": ANY_KEY,
     "/mcp": "tools",
@@ -92,14 +94,16 @@ def current() -> ApiKey | None:
     return _current.get()
 
 
-def allows_model(name: str) -> bool:
+def allows_model(name: str, *also: str) -> bool:
+    """Whether the calling key may use ``name`` (or one of the other names it stands
+    for, ``also``: the router passes a ``backend/model``'s model part)."""
     key = _current.get()
-    return key is None or key.allows_model(name)
+    return key is None or any(key.allows_model(each) for each in (name, *also))
 
 
-def require_model(name: str) -> None:
+def require_model(name: str, *also: str) -> None:
     key = _current.get()
-    if key is not None and not key.allows_model(name):
+    if key is not None and not any(key.allows_model(each) for each in (name, *also)):
         raise Forbidden(
             f"API key '{key.name}' may not use model '{name[:128]}'",
             param="model",

@@ -15,7 +15,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-from ..auth.scope import require_model
+from ..auth.scope import allows_model, require_model
 from ..config.schema import AliasConfig
 from ..errors import (
     BackendNotReady,
@@ -44,17 +44,21 @@ class Route:
 
 
 def resolve(registry: Registry, model: str, capability: str) -> Route:
-    require_model(model)  # the calling API key's model scope (403), on every face
+    # The calling API key's model scope (403) is checked first, on every face, against
+    # the names the model stands for: the same answer whether it exists or not.
     alias = registry.config.aliases.get(model)
     if alias is not None:
+        require_model(model)
         backend = registry.backends[alias.backend]
         return checked(Route(backend, alias.model, capability, alias), model)
     prefix, sep, rest = model.partition("/")
     prefixed = registry.get(prefix) if sep and rest else None
     if prefixed is not None:
+        require_model(model, rest)
         if prefixed.models_known and not prefixed.serves(rest):
             raise _unknown(model)
         return checked(Route(prefixed, rest, capability), model)
+    require_model(model)
     serving = [backend for backend in registry.backends.values() if backend.serves(model)]
     if not serving:
         raise _unknown(model)
@@ -62,6 +66,17 @@ def resolve(registry: Registry, model: str, capability: str) -> Route:
         if backend.supports(model, capability):
             return checked(Route(backend, model, capability), model)
     raise CapabilityNotSupported(f"model '{model}' does not support {capability}", param="model")
+
+
+def allowed(registry: Registry, name: str) -> bool:
+    """Whether the calling key may use the model ``name`` as ``resolve`` would route it:
+    listings show exactly what a request may reach."""
+    if name in registry.config.aliases:
+        return allows_model(name)
+    prefix, sep, rest = name.partition("/")
+    if sep and rest and registry.get(prefix) is not None:
+        return allows_model(name, rest)
+    return allows_model(name)
 
 
 def checked(route: Route, requested: str) -> Route:
