@@ -53,6 +53,7 @@ from ..routing.call import backend_call
 from ..routing.router import upstream_body
 from ..routing.upstream import UpstreamCall
 from ..typedefs import ACCESS, REQUEST_ID
+from ..usage import tokens
 from ..wire import strict_json
 from ..wire.body import read_json_object
 from ..wire.model_name import check_model_name
@@ -87,6 +88,12 @@ async def messages(request: web.Request) -> web.StreamResponse:
                 return await _stream(request, call, headers, model, chat)
             reply = await translate.read_reply(call, name)
             message = from_chat(reply, name, model, chat)
+            usage = message["usage"]
+            tokens.charge(
+                request[ACCESS],
+                translate.usage_of(reply),
+                lambda: (usage["input_tokens"], usage["output_tokens"]),
+            )
             return web.json_response(message, headers=headers)
     except GatewayError as exc:
         exc.headers.update(headers)
@@ -607,11 +614,10 @@ async def _stream(
         }
         await _write(response, record, blocks.close() + _event("error", error))
         return response
+    finally:  # also when the client went away: what was generated counts
+        tokens.charge(record, usage, lambda: (estimate, tokens.estimate(blocks.output_chars)))
     reason, sequence = stop_reason(choice, chat, blocks.used_tool)
-    input_tokens, output_tokens = usage or (
-        estimate,
-        translate.tokens_for_chars(blocks.output_chars),
-    )
+    input_tokens, output_tokens = record.prompt_tokens, record.completion_tokens
     final = {
         "type": "message_delta",
         "delta": {"stop_reason": reason, "stop_sequence": sequence},

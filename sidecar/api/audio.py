@@ -15,7 +15,9 @@ audio back chunk by chunk as it arrives, with the backend's audio type.
 
 Replies are relayed by their type: JSON (checked strictly), plain text, subtitles,
 server-sent events (``stream: true``; each event bounded as chat's are) or audio. Every
-call goes through ``backend_call``, admitted like chat.
+call goes through ``backend_call``, admitted like chat. A JSON reply's ``usage`` (a
+transcription's ``input_tokens``/``output_tokens``) goes on the access record, for the
+usage ledger and the key's token limits; nothing is estimated for audio.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from ..routing.call import backend_call
 from ..routing.router import resolve, upstream_body
 from ..routing.upstream import UpstreamCall
 from ..typedefs import ACCESS, REGISTRY, REQUEST_ID, SETTINGS
+from ..usage import tokens
 from ..wire.body import read_json_object
 from ..wire.model_name import check_model_name
 from . import validation
@@ -282,7 +285,10 @@ async def relay_reply(
     if media == "text/event-stream":
         return await _relay_events(request, call, headers)
     if media == "application/json":
-        body, _ = await call.read_json()
+        body, parsed = await call.read_json()
+        found = tokens.counts(parsed.get("usage")) if isinstance(parsed, dict) else None
+        if found is not None:  # a transcription's tokens; audio has no text to estimate
+            tokens.charge(request[ACCESS], found, lambda: (0, 0))
         return web.Response(body=body, content_type="application/json", headers=headers)
     if media in _TEXT_TYPES:
         body = await call.read_body()

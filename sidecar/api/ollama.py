@@ -6,10 +6,11 @@ them); a ``name:latest`` the gateway does not know is tried as ``name``.
 
 - ``GET /api/version``: ``{"version"}``, the Ollama API version this face follows
   (``OLLAMA_API_VERSION``).
-- ``GET /api/tags``: every chat or embeddings model and alias, with placeholder size,
-  digest and details (the gateway has no model files).
+- ``GET /api/tags``: every chat or embeddings model and alias the calling key may use
+  (as ``/v1/models``), with placeholder size, digest and details (the gateway has no
+  model files).
 - ``POST /api/show``: details and ``capabilities`` (``completion`` and ``tools`` for chat,
-  ``embedding``) of one model.
+  ``embedding``) of one model; a model the key may not use is a 403, as on every route.
 - ``POST /api/chat`` and ``POST /api/generate``: translated onto chat completions and
   routed like ``/v1/chat/completions``. ``messages`` keep their roles; ``images``
   (base64) become ``image_url`` parts; an assistant's ``tool_calls`` (arguments as
@@ -29,7 +30,8 @@ them); a ``name:latest`` the gateway does not know is tried as ``name``.
 per line, content as it comes, tool calls in one line once their arguments are whole,
 then a last line with ``done: true``, ``done_reason``, ``prompt_eval_count`` /
 ``eval_count`` (the backend's usage, or estimates) and durations in nanoseconds. An error
-mid-stream is a last line ``{"error": "..."}``.
+mid-stream is a last line ``{"error": "..."}``. The counts a reply states are the ones the
+usage ledger records and the key's token limits charge (``usage.tokens.charge``).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..auth import allows_model
 from ..errors import (
     BackendNotReady,
     CapabilityNotSupported,
@@ -57,6 +60,7 @@ from ..routing.call import backend_call
 from ..routing.router import upstream_body
 from ..routing.upstream import UpstreamCall
 from ..typedefs import ACCESS, REGISTRY, REQUEST_ID
+from ..usage import tokens
 from ..wire import strict_json
 from ..wire.body import read_json_object
 from ..wire.model_name import check_model_name
@@ -95,6 +99,7 @@ async def tags(request: web.Request) -> web.Response:
             if any(backend.supports(model_id, c) for c in ("chat", "embeddings")):
                 names.append(model_id)
     names.extend(registry.config.aliases)
+    names = [name for name in names if allows_model(name)]  # a key sees only its models
     models = [
         {
             "name": name,
@@ -414,9 +419,10 @@ async def _run_chat(
                 raise UpstreamError(f"backend '{name}' returned a choice without a message")
             text = translate.text_of(message.get("content"))
             calls = _reply_calls(message.get("tool_calls"), name)
-            counts = translate.usage_of(reply) or (
-                _estimate(body),
-                translate.tokens_for_chars(len(text)),
+            counts = tokens.charge(
+                request[ACCESS],
+                translate.usage_of(reply),
+                lambda: (_estimate(body), tokens.estimate(len(text))),
             )
             out: dict[str, Any] = {"model": model, "created_at": _now()}
             out.update(_content(field, text, calls, _thinking(message)))
@@ -549,7 +555,9 @@ async def _stream(
         log.warning("stream %s failed: %s", request[REQUEST_ID], exc.message)
         await _write(response, record, _line({"error": exc.message}))
         return response
-    counts = usage or (_estimate(body), translate.tokens_for_chars(chars))
+    finally:  # also when the client went away: what was generated counts
+        tokens.charge(record, usage, lambda: (_estimate(body), tokens.estimate(chars)))
+    counts = record.prompt_tokens, record.completion_tokens
     last: dict[str, Any] = {"model": model, "created_at": _now()}
     last.update(_content(field, "", [], None))
     last.update({"done": True, "done_reason": _done_reason(finish)})
@@ -655,8 +663,9 @@ async def _embeddings(
         ):
             raise UpstreamError(f"backend '{name}' returned an embedding that is not numbers")
         vectors.append(vector)
-    usage = reply.get("usage")
-    tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
-    if not isinstance(tokens, int) or isinstance(tokens, bool):
-        tokens = sum(translate.tokens_for_chars(len(text)) for text in inputs)
-    return vectors, tokens
+    prompt, _ = tokens.charge(
+        request[ACCESS],
+        translate.usage_of(reply),
+        lambda: (sum(tokens.estimate(len(text)) for text in inputs), 0),
+    )
+    return vectors, prompt

@@ -11,23 +11,25 @@ object each (strict JSON; an event is at most ``MAX_SSE_EVENT_BYTES``, as for th
 ``data: [DONE]`` ends it; a backend's error event is raised as an ``UpstreamError`` with
 its cleaned message; a stream that ends without ``[DONE]`` and without a finish reason is
 an error ("ended the stream early"). Token counts the backend does not report are
-estimated (``estimate_tokens``: about four characters a token).
+estimated (``estimate_tokens``: about four characters a token); either way a face puts
+the counts it answers with on the access record (``usage.tokens.charge``), so the usage
+ledger and the key's token limits see every face alike.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import AsyncIterator
-from typing import Any, TypeGuard
+from typing import Any
 
 from aiohttp import web
 
-from ..errors import StrictJsonError, UnknownModel, UpstreamError
+from ..errors import Forbidden, StrictJsonError, UnknownModel, UpstreamError
 from ..routing.registry import Registry
 from ..routing.router import Route, resolve
 from ..routing.upstream import UpstreamCall, split_events
 from ..typedefs import ACCESS, REGISTRY
+from ..usage import tokens
 from ..wire import strict_json
 
 SSE_HEADERS = {
@@ -35,7 +37,7 @@ SSE_HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",
 }
-CHARS_PER_TOKEN = 4
+CHARS_PER_TOKEN = tokens.CHARS_PER_TOKEN
 
 
 def route_for(
@@ -57,13 +59,27 @@ def route_for(
 
 
 def resolve_latest(registry: Registry, model: str, capability: str) -> Route:
-    """``resolve``; a ``name:latest`` the gateway does not know is tried as ``name``."""
+    """``resolve``; a ``name:latest`` the gateway does not know is tried as ``name`` (also
+    when the key's scope names only ``name``; the 403 stays when neither is allowed)."""
     try:
         return resolve(registry, model, capability)
-    except UnknownModel:
+    except (UnknownModel, Forbidden) as exc:
         if not (model.endswith(":latest") and len(model) > len(":latest")):
             raise
-        return resolve(registry, model.removesuffix(":latest"), capability)
+        if isinstance(exc, Forbidden) and _known(registry, model):
+            raise
+        try:
+            return resolve(registry, model.removesuffix(":latest"), capability)
+        except Forbidden:
+            if isinstance(exc, Forbidden):
+                raise exc from None  # the model asked for, not the one tried
+            raise
+
+
+def _known(registry: Registry, model: str) -> bool:
+    return model in registry.config.aliases or any(
+        backend.serves(model) for backend in registry.backends.values()
+    )
 
 
 async def read_reply(call: UpstreamCall, backend: str) -> dict[str, Any]:
@@ -139,17 +155,7 @@ def delta_of(chunk: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
 
 def usage_of(reply: dict[str, Any]) -> tuple[int, int] | None:
     """``(prompt_tokens, completion_tokens)`` when the backend reported them."""
-    usage = reply.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if _count(prompt) and _count(completion):
-        return prompt, completion
-    return None
-
-
-def _count(value: Any) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return tokens.counts(reply.get("usage"))
 
 
 def text_of(content: Any) -> str:
@@ -169,13 +175,13 @@ def estimate_tokens(chat: dict[str, Any]) -> int:
     """A rough input token count for a chat body: its text at ~4 characters a token, a
     few tokens per message, the tools' JSON, and a flat 256 per image."""
     chars = 0
-    tokens = 0
+    count = 0
     for message in chat.get("messages") or []:
-        tokens += 4
+        count += 4
         content = message.get("content")
         chars += len(text_of(content))
         if isinstance(content, list):
-            tokens += 256 * sum(
+            count += 256 * sum(
                 1 for part in content if isinstance(part, dict) and part.get("type") == "image_url"
             )
         for call in message.get("tool_calls") or []:
@@ -183,11 +189,11 @@ def estimate_tokens(chat: dict[str, Any]) -> int:
             chars += len(function.get("name") or "") + len(function.get("arguments") or "")
     if chat.get("tools"):
         chars += len(json.dumps(chat["tools"]))
-    return max(1, tokens + math.ceil(chars / CHARS_PER_TOKEN))
+    return max(1, count + tokens.estimate(chars))
 
 
 def tokens_for_chars(chars: int) -> int:
-    return math.ceil(chars / CHARS_PER_TOKEN)
+    return tokens.estimate(chars)
 
 
 def image_media_type(data: bytes) -> str:

@@ -12,6 +12,11 @@ Errors before a stream starts are OpenAI error envelopes with their status, as o
 ``response.failed``. A stored response that the storage cannot take is still returned,
 marked ``"store": false``; a request that would store while writes are failing is a 503
 before the backend is asked.
+
+Token counts go on the access record either way (``usage.tokens.charge``), for the usage
+ledger and the key's token limits: the chat ``usage`` of a translated answer, the
+Response's ``usage`` (``input_tokens``/``output_tokens``) of a passed-through one (in a
+stream, its final event's), estimated and marked when the backend gives none.
 """
 
 from __future__ import annotations
@@ -36,9 +41,10 @@ from ..errors import (
 )
 from ..routing.call import backend_call
 from ..routing.router import Route, resolve, upstream_body
-from ..routing.upstream import UpstreamCall
+from ..routing.upstream import UpstreamCall, split_events
 from ..storage import RETRY_AFTER_S
 from ..typedefs import ACCESS, REGISTRY, REQUEST_ID, RESPONSES, SETTINGS, STORAGE
+from ..usage import tokens
 from ..wire import strict_json
 from ..wire.body import read_json_object
 from ..wire.model_name import check_model_name
@@ -186,9 +192,16 @@ async def _translated(
         route.backend, "chat", "chat/completions", body, request[REQUEST_ID]
     ) as call:
         if parsed.stream:
-            return await _translated_stream(request, call, StreamTranslator(build), save, headers)
+            return await _translated_stream(
+                request, call, StreamTranslator(build), save, headers, body
+            )
         _, reply = await call.read_json()
     output, incomplete = output_from_chat(reply, route.backend.name)
+    tokens.charge(
+        request[ACCESS],
+        tokens.counts(reply.get("usage")),
+        lambda: _estimated(body, output),
+    )
     response = build(
         "incomplete" if incomplete else "completed",
         output,
@@ -205,6 +218,7 @@ async def _translated_stream(
     translator: StreamTranslator,
     save: Any,
     headers: dict[str, str],
+    body: dict[str, Any],
 ) -> web.StreamResponse:
     backend = headers["X-Backend-Used"]
     if not call.response.headers.get("Content-Type", "").startswith("text/event-stream"):
@@ -232,6 +246,10 @@ async def _translated_stream(
     except GatewayError as exc:
         log.warning("stream %s failed: %s", request[REQUEST_ID], exc.message)
         await _write(response, record, translator.failed(exc.message, exc.code))
+    finally:  # also when the client went away: what was generated counts
+        tokens.charge(
+            record, tokens.counts(translator.usage), lambda: _estimated(body, translator.output)
+        )
     await response.write_eof()
     return response
 
@@ -268,6 +286,11 @@ def _data(event: bytes) -> bytes | None:
     return None
 
 
+def _estimated(body: dict[str, Any], output: Any) -> tuple[int, int]:
+    """Counts for a backend that reported none: the request's text and the output's."""
+    return tokens.estimate(tokens.prompt_chars(body)), tokens.estimate(tokens.output_chars(output))
+
+
 async def _write(response: web.StreamResponse, record: Any, data: bytes) -> None:
     if data:
         await response.write(data)
@@ -289,10 +312,15 @@ async def _pass_through(
         route.backend, "responses", "responses", body, request[REQUEST_ID]
     ) as call:
         if stream:
-            return await _relay_stream(request, call, headers)
+            return await _relay_stream(request, call, headers, payload)
         raw, parsed = await call.read_json()
         if not isinstance(parsed, dict):
             raise UpstreamError(f"backend '{route.backend.name}' returned an unexpected reply")
+        tokens.charge(
+            request[ACCESS],
+            tokens.counts(parsed.get("usage")),
+            lambda: _estimated(payload, parsed.get("output")),
+        )
         return web.Response(body=raw, content_type="application/json", headers=headers)
 
 
@@ -319,17 +347,23 @@ def _capped(body: dict[str, Any], route: Route) -> dict[str, Any]:
 
 
 async def _relay_stream(
-    request: web.Request, call: UpstreamCall, headers: dict[str, str]
+    request: web.Request, call: UpstreamCall, headers: dict[str, str], payload: dict[str, Any]
 ) -> web.StreamResponse:
+    """Relay the events as they come. The counts are in the last event's Response
+    (``response.completed``, ``.incomplete`` or ``.failed``): only a run naming one of
+    those is parsed (``_final_response``), never every event."""
     backend = headers["X-Backend-Used"]
     if not call.response.headers.get("Content-Type", "").startswith("text/event-stream"):
         raise UpstreamError(f"backend '{backend}' did not answer with a stream")
     record = request[ACCESS]
     response = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **headers})
     await response.prepare(request)
+    final: dict[str, Any] | None = None
     try:
         async for run in call.event_runs():
             record.first_token()
+            if final is None and any(mark in run for mark in _FINAL_MARKS):
+                final = _final_response(run)
             await _write(response, record, run)
     except GatewayError as exc:
         log.warning("stream %s failed: %s", request[REQUEST_ID], exc.message)
@@ -341,8 +375,44 @@ async def _relay_stream(
             "param": None,
         }
         await _write(response, record, encode(event))
+    finally:  # also when the client went away: what was relayed counts
+        tokens.charge(
+            record,
+            tokens.counts(final.get("usage")) if final is not None else None,
+            lambda: _relayed_estimate(payload, final, record.bytes_out),
+        )
     await response.write_eof()
     return response
+
+
+_FINAL_TYPES = frozenset({"response.completed", "response.incomplete", "response.failed"})
+_FINAL_MARKS = tuple(kind.encode() for kind in _FINAL_TYPES)
+
+
+def _final_response(run: bytes) -> dict[str, Any] | None:
+    """The Response of the run's last event when that is the stream's final one."""
+    for event in reversed(split_events(run)):
+        data = _data(event)
+        if data is None or data == b"[DONE]":
+            continue
+        try:
+            parsed = strict_json.loads_reply(data)
+        except StrictJsonError:
+            return None
+        if not isinstance(parsed, dict) or parsed.get("type") not in _FINAL_TYPES:
+            return None
+        found = parsed.get("response")
+        return found if isinstance(found, dict) else None
+    return None
+
+
+def _relayed_estimate(
+    payload: dict[str, Any], final: dict[str, Any] | None, bytes_out: int
+) -> tuple[int, int]:
+    if final is not None:
+        return _estimated(payload, final.get("output"))
+    # No final Response (the stream broke): the bytes relayed, as text, bound the output.
+    return tokens.estimate(tokens.prompt_chars(payload)), tokens.estimate(bytes_out)
 
 
 # -- the store's life ----------------------------------------------------------------------

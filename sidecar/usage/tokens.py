@@ -8,13 +8,21 @@ what it asked for. Only that tail is ever parsed (``tail_usage``), never every e
 
 When a backend reports nothing, the counts are estimated (about four characters a
 token) and the record says so (``usage_estimated``).
+
+Every face fills the access record the same way (``charge``): the OpenAI relay, the
+Anthropic and Ollama faces, the Responses API (translated and passed through), rerank,
+and audio replies that carry a ``usage``. ``counts`` reads the names each protocol uses:
+``prompt_tokens``/``completion_tokens`` (chat), ``input_tokens``/``output_tokens`` (the
+Responses API, audio), and a lone ``total_tokens`` (a reranker's: all of it is input).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
+from ..observability.access_log import AccessRecord
 from ..routing.upstream import split_events
 
 CHARS_PER_TOKEN = 4
@@ -24,18 +32,37 @@ _DONE_PREFIXES = (b"data: [DONE]", b"data:[DONE]")
 
 def counts(usage: Any) -> tuple[int, int] | None:
     """``(prompt_tokens, completion_tokens)`` from a ``usage`` object, or None when it is
-    not one (absent, null, or without a whole non-negative ``prompt_tokens``)."""
+    not one (absent, null, or without a whole non-negative input count)."""
     if not isinstance(usage, dict):
         return None
-    prompt = usage.get("prompt_tokens")
-    completion = usage.get("completion_tokens", 0)
+    if "prompt_tokens" in usage:
+        prompt, completion = usage["prompt_tokens"], usage.get("completion_tokens")
+    elif "input_tokens" in usage:  # the Responses API's names
+        prompt, completion = usage["input_tokens"], usage.get("output_tokens")
+    elif "total_tokens" in usage:  # a reranker's (Jina's) one count: all of it read
+        prompt, completion = usage["total_tokens"], 0
+    else:
+        return None
     if completion is None:
         completion = 0
-    if not isinstance(prompt, int) or not isinstance(completion, int):
-        return None
     if not (_count(prompt) and _count(completion)):
         return None
     return prompt, completion
+
+
+def charge(
+    record: AccessRecord,
+    found: tuple[int, int] | None,
+    estimated: Callable[[], tuple[int, int]],
+) -> tuple[int, int]:
+    """Put a request's counts on its access record (the ledger's row and the key's token
+    limits read them there): the backend's when it gave them, else ``estimated()`` (only
+    called then), marked ``usage_estimated``. Returns the counts put there."""
+    if found is None:
+        found = estimated()
+        record.usage_estimated = True
+    record.prompt_tokens, record.completion_tokens = found
+    return found
 
 
 def _count(value: Any) -> bool:
@@ -86,14 +113,15 @@ def estimate(chars: int) -> int:
 
 
 def prompt_chars(payload: dict[str, Any]) -> int:
-    """Characters of what the model reads: messages' text, a prompt, an embedding input."""
+    """Characters of what the model reads: messages' text, a prompt, an embedding input,
+    Responses ``instructions`` and ``input`` items, a rerank ``query`` and ``documents``."""
     total = 0
     messages = payload.get("messages")
     if isinstance(messages, list):
         for message in messages:
             if isinstance(message, dict):
                 total += _text_chars(message.get("content"))
-    for field in ("prompt", "input"):
+    for field in ("prompt", "input", "instructions", "query", "documents"):
         total += _text_chars(payload.get(field))
     return total
 
@@ -116,7 +144,9 @@ def reply_chars(reply: dict[str, Any]) -> int:
     return total
 
 
-def _text_chars(value: Any) -> int:
+def _text_chars(value: Any, depth: int = 0) -> int:
+    """Text in a string, or in a list of strings and parts (``text``, or an item's
+    ``content`` one level down, as Responses input items hold it)."""
     if isinstance(value, str):
         return len(value)
     if isinstance(value, list):
@@ -124,10 +154,26 @@ def _text_chars(value: Any) -> int:
         for part in value:
             if isinstance(part, str):
                 total += len(part)
-            elif isinstance(part, dict) and isinstance(part.get("text"), str):
-                total += len(part["text"])
+            elif isinstance(part, dict):
+                if isinstance(part.get("text"), str):
+                    total += len(part["text"])
+                elif depth == 0 and "content" in part:
+                    total += _text_chars(part["content"], 1)
         return total
     return 0
+
+
+def output_chars(output: Any) -> int:
+    """Characters of a Response's ``output`` items: message text, function call arguments."""
+    total = 0
+    for item in output if isinstance(output, list) else []:
+        if not isinstance(item, dict):
+            continue
+        total += _text_chars(item.get("content"))
+        arguments = item.get("arguments")
+        if isinstance(arguments, str):
+            total += len(arguments)
+    return total
 
 
 def estimate_stream_completion(bytes_out: int, event_size: int) -> int:
