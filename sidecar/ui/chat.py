@@ -5,9 +5,12 @@ when the stream ends — also when the model fails part-way or the browser goes 
 what was shown is what is kept. A reply whose browser went away (the Stop button aborts
 the request) is kept marked ``stopped``; the handler's cancellation closes the upstream
 call and frees its admission slot (``backend_call``). The reply is streamed to the
-browser as small JSON events (``delta``, then ``done`` or ``error``); the browser renders
+browser as small JSON events (``delta``, then ``done`` or ``error``; a reply with no
+text is not stored and ends in an ``error``, so an empty assistant message is never
+sent upstream later); the browser renders
 its markdown into DOM nodes, never as HTML. The stored user message's id comes in the
-``X-User-Message-Id`` header.
+``X-User-Message-Id`` header. Rewinding the history and storing the question is one
+transaction.
 
 ``regenerate: true`` asks again from the last user message (later messages are
 dropped); ``edit: <id>`` replaces that user message with ``content`` and drops every
@@ -37,6 +40,7 @@ from .pages import chat_models
 log = logging.getLogger("gateway.ui")
 MAX_MESSAGE = 32_000
 TITLE_CHARS = 60
+EMPTY_REPLY = "the model returned nothing"
 
 
 async def send_message(request: web.Request) -> web.StreamResponse:
@@ -76,12 +80,15 @@ async def send_message(request: web.Request) -> web.StreamResponse:
     title = conversation["title"] or content.strip().splitlines()[0][:TITLE_CHARS]
 
     def store_question(db: Any) -> int:
-        if cut_from is not None:
-            db.truncate_messages(conversation_id, cut_from)
-        message_id = (
-            history[-1]["id"] if regenerate else db.add_message(conversation_id, "user", content)
-        )
-        db.update_conversation(user.id, conversation_id, {"title": title, "model": model})
+        with db.transaction():  # all or nothing: never a cut history without its question
+            if cut_from is not None:
+                db.truncate_messages(conversation_id, cut_from)
+            message_id = (
+                history[-1]["id"]
+                if regenerate
+                else db.add_message(conversation_id, "user", content)
+            )
+            db.update_conversation(user.id, conversation_id, {"title": title, "model": model})
         return int(message_id)
 
     question_id = await users.run(store_question)
@@ -195,6 +202,11 @@ async def _relay(
             record.stream_failed = True
             saved = _save(request, conversation_id, parts) if parts else _nothing()
             await response.write(_frame({"type": "error", "message": exc.message}))
+            return response
+        if not "".join(parts).strip():  # nothing to keep, and nothing to send upstream later
+            record.stream_failed = True
+            saved = _nothing()
+            await response.write(_frame({"type": "error", "message": EMPTY_REPLY}))
             return response
         saved = _save(request, conversation_id, parts)
         try:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import api, chat, history, keys, pages, status, usage
+from . import api, chat, history, keys, lifecycle, pages, status, usage
 
 
 def setup_ui_routes(app: web.Application, templates_dir: Path) -> None:
@@ -51,3 +51,7 @@ def setup_ui_routes(app: web.Application, templates_dir: Path) -> None:
     router.add_patch("/ui/api/admin/keys/{name}", keys.update_key, name="ui_key_update")
     router.add_post("/ui/api/admin/keys/{name}/revoke", keys.revoke_key, name="ui_key_revoke")
     router.add_post("/ui/api/admin/keys/{name}/rotate", keys.rotate_key, name="ui_key_rotate")
+    # The model lifecycle on the status page (admin): load and unload
+    model = "/ui/api/models/{id:.+}"
+    router.add_post(f"{model}/load", lifecycle.load, name="ui_model_load")
+    router.add_post(f"{model}/unload", lifecycle.unload, name="ui_model_unload")

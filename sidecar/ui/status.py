@@ -5,7 +5,8 @@ connection to hold). Everyone who may use the UI sees each backend's name and he
 state; an admin (accounts on, ``is_admin``) also sees per capability what is in flight
 against the limit and queued, each backend's last probe error, and the config's last
 reload result (its error text included, as ``/v1/gateway/status`` shows it behind the
-token). With accounts off there is no admin, so the page shows health only.
+token). With accounts off there is no admin, so the page shows health only. The models
+the gateway loads on demand come with their states (``ui.lifecycle``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from aiohttp import web
 
 from ..routing.registry import Backend
 from ..typedefs import REGISTRY, RELOADER, SETTINGS, UI_USER
+from . import lifecycle
 from .pages import model_choices
 
 
@@ -29,6 +31,7 @@ async def status(request: web.Request) -> web.Response:
     admin = is_admin(request)
     backends = [_backend(backend, admin) for backend in registry.backends.values()]
     answer: dict[str, Any] = {"admin": admin, "at": round(time.time(), 3), "backends": backends}
+    answer["models"] = await lifecycle.states(request, admin)
     if admin:
         last = request.app[RELOADER].last
         answer["config"] = {

@@ -119,6 +119,7 @@ class User:
 class Database:
     def __init__(self, path: Path, *, create: bool = True) -> None:
         self.path = path
+        self._depth = 0  # transaction() nesting (one thread uses the connection at a time)
         if not create and not path.exists():
             raise DatabaseError(
                 f"no users database at {path} (start the gateway once, or check USER_DB_PATH)"
@@ -159,6 +160,15 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One transaction; one opened inside another joins it (the outermost commits)."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self._db
+            finally:
+                self._depth -= 1
+            return
+        self._depth = 1
         try:
             if not self._db.in_transaction:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -171,6 +181,8 @@ class Database:
             if isinstance(exc, sqlite3.OperationalError):
                 raise _explained(exc, self.path) from None
             raise
+        finally:
+            self._depth = 0
 
     def close(self) -> None:
         self._db.close()

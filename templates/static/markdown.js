@@ -12,7 +12,10 @@
  * - no images: ![alt](src) is shown as a link to src (when it is http(s)) named alt;
  * - raw HTML is text; an unterminated fence runs to the end (as it streams in);
  * - nesting (quotes, lists, emphasis) is capped at MAX_DEPTH so hostile input cannot
- *   exhaust the stack.
+ *   exhaust the stack;
+ * - a table has at most MAX_TABLE_COLUMNS columns and MAX_TABLE_CELLS cells (its header's
+ *   included); a bigger one is shown as plain text in a code block, so a reply cannot make
+ *   rows x columns nodes. A row shorter than the header gets only its own cells.
  * Code in a few common languages is highlighted here, locally: comments, strings,
  * numbers and keywords become <span class="tok-..."> around text nodes.
  */
@@ -21,6 +24,8 @@
 
   const MAX_DEPTH = 12;
   const MAX_LINK_SCAN = 1000; // a link's label or target longer than this is plain text
+  const MAX_TABLE_COLUMNS = 64;
+  const MAX_TABLE_CELLS = 10000;
   const FENCE = /^ {0,3}(`{3,}|~{3,})\s*([^\s`]*)/;
   const HEADING = /^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$/;
   const RULE = /^ {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$/;
@@ -213,6 +218,11 @@
       body.push(lines[i]);
       i += 1;
     }
+    parent.appendChild(codeBlock(body.join("\n"), language, closed));
+    return i;
+  }
+
+  function codeBlock(source, language, closed) {
     const block = el("div", "code-block");
     const head = el("div", "code-head");
     head.appendChild(el("span", "code-lang")).textContent = language || "text";
@@ -222,13 +232,12 @@
     head.appendChild(copy);
     const pre = el("pre");
     const code = el("code", language ? "language-" + language : "");
-    code.appendChild(highlight(body.join("\n"), language));
+    code.appendChild(highlight(source, language));
     pre.appendChild(code);
     block.appendChild(head);
     block.appendChild(pre);
     if (!closed) block.dataset.open = "true";
-    parent.appendChild(block);
-    return i;
+    return block;
   }
 
   /** A list starting at lines[start]; items deeper than its own indent nest inside. */
@@ -319,8 +328,29 @@
     return out;
   }
 
+  /**
+   * A table from lines[start] (header) and lines[start + 1] (alignments) on. Past
+   * MAX_TABLE_COLUMNS or MAX_TABLE_CELLS the lines are shown as plain text instead.
+   */
   function table(lines, start, parent, depth) {
+    let end = start + 2;
+    while (end < lines.length && !isBlank(lines[end]) && lines[end].includes("|")) end += 1;
     const header = cells(lines[start]);
+    const rows = [];
+    let total = header.length;
+    let fits = header.length <= MAX_TABLE_COLUMNS;
+    for (let i = start + 2; fits && i < end; i += 1) {
+      const values = cells(lines[i]).slice(0, header.length);
+      total += values.length;
+      fits = total <= MAX_TABLE_CELLS;
+      rows.push(values);
+    }
+    if (!fits) {
+      const block = codeBlock(lines.slice(start, end).join("\n"), "", true);
+      block.classList.add("table-as-text");
+      parent.appendChild(block);
+      return end;
+    }
     const aligns = cells(lines[start + 1]).map(function (spec) {
       const left = spec.startsWith(":");
       const right = spec.endsWith(":");
@@ -339,23 +369,20 @@
     thead.appendChild(headRow);
     node.appendChild(thead);
     const tbody = el("tbody");
-    let i = start + 2;
-    while (i < lines.length && !isBlank(lines[i]) && lines[i].includes("|")) {
+    for (const values of rows) {
       const row = el("tr");
-      const values = cells(lines[i]);
-      for (let k = 0; k < header.length; k += 1) {
+      values.forEach(function (value, k) {
         const td = el("td");
         if (aligns[k]) td.className = "align-" + aligns[k];
-        renderInline(values[k] || "", td, depth + 1);
+        renderInline(value, td, depth + 1);
         row.appendChild(td);
-      }
+      });
       tbody.appendChild(row);
-      i += 1;
     }
     node.appendChild(tbody);
     wrap.appendChild(node);
     parent.appendChild(wrap);
-    return i;
+    return end;
   }
 
   // ---- inline ------------------------------------------------------------------------

@@ -576,3 +576,53 @@ async def test_the_renderer_keeps_a_hostile_corpus_inert(browser: Browser) -> No
         assert await page.evaluate("window.__pwned") is None
         assert await page.title() == "clean"
     assert problems == []
+
+
+def _table(columns: int, rows: int, row: str = "|") -> str:
+    header = "|" + "|".join(f"h{k}" for k in range(columns)) + "|"
+    rule = "|" + "|".join("-" for _ in range(columns)) + "|"
+    return "\n".join([header, rule, *([row] * rows)])
+
+
+# (source, what it must become): huge tables cost at most their cells, never rows x columns.
+HUGE_TABLES = [
+    (_table(1000, 4000), "text"),  # wide header, rows of just "|": 4 million cells before
+    (_table(64, 6000), "table"),  # within the caps: each row is its one (empty) cell
+    (_table(64, 200, "|" + "x|" * 64), "text"),  # 64 x 201 cells: over the cell cap
+]
+RENDER_TIMED = """s => { const root = document.querySelector('#messages');
+  const started = performance.now();
+  root.replaceChildren(Markdown.render(s));
+  return [performance.now() - started, root.querySelectorAll('td, th').length,
+          root.querySelectorAll('.code-block.table-as-text').length]; }"""
+
+
+async def test_the_renderer_bounds_a_huge_table(browser: Browser) -> None:
+    """A table cannot make rows x columns nodes: past the caps it is plain text, fast."""
+    page, problems = await new_page(browser)
+    await page.set_content("<!doctype html><title>clean</title><div id='messages'></div>")
+    await page.add_script_tag(path=str(ROOT / "templates" / "static" / "markdown.js"))
+    for source, shape in HUGE_TABLES:
+        timings = []
+        for _ in range(3):  # up to three tries: a loaded box may stall one run
+            elapsed, table_cells, as_text = await page.evaluate(RENDER_TIMED, source)
+            timings.append(elapsed)
+            if elapsed < 1000:
+                break
+        assert min(timings) < 1000, (source[:40], timings)
+        if shape == "text":
+            assert (table_cells, as_text) == (0, 1)
+            shown = await page.locator("#messages .table-as-text pre").text_content()
+            assert shown == source
+        else:
+            assert as_text == 0 and table_cells == 64 + 6000  # short rows are not padded
+    # A short row keeps only its own cells; a long one is cut at the header's width.
+    await page.evaluate(
+        "s => document.querySelector('#messages').replaceChildren(Markdown.render(s))",
+        "| a | b | c |\n|---|---|---|\n| 1 |\n| 1 | 2 | 3 | 4 |",
+    )
+    counts = await page.eval_on_selector_all(
+        "#messages tbody tr", "rows => rows.map(r => r.cells.length)"
+    )
+    assert counts == [1, 3]
+    assert problems == []
