@@ -205,6 +205,13 @@ def die_with_parent() -> Callable[[], None] | None:
     return preexec
 
 
+# The banner's Python example runs in a venv of its own: `pip install` into the system
+# Python is refused where it is "externally managed" (PEP 668: Debian 12, Ubuntu 23.04+).
+VENV_DIR = "~/.venv-gateway"
+VENV_PYTHON = f"{VENV_DIR}/bin/python"
+VENV_INSTALL = f"python3 -m venv {VENV_DIR} && {VENV_DIR}/bin/pip install openai"
+
+
 def banner(layout: Layout, token: str, ca: str, ui_allowlist: str) -> str:
     """What ``up`` prints once ready. Every value in a command is shell-quoted, and the
     Python example reads the address, token and CA from the variables exported just
@@ -218,7 +225,7 @@ def banner(layout: Layout, token: str, ca: str, ui_allowlist: str) -> str:
     example = "\n".join(
         [
             *exports,
-            "python3 - <<'PY'",
+            f"{VENV_PYTHON} - <<'PY'",
             "import os, ssl, openai",
             'tls = ssl.create_default_context(cafile=os.environ.get("GATEWAY_API_CA"))',
             "client = openai.OpenAI(",
@@ -244,8 +251,9 @@ Local AI Gateway is up.
 Try it with curl:
   curl {curl_ca}-H {q("Authorization: Bearer " + token)} {q(base + "/models")}
 
-Try it from Python; it needs the openai package:
-  python3 -m pip install openai
+Try it from Python; it needs the openai package, here in a venv of its own (pip refuses
+the system Python on Debian 12 and recent Ubuntu; there, apt install python3-venv first):
+  {VENV_INSTALL}
 Then paste these lines into bash:
 
 {example}
