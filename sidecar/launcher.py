@@ -130,9 +130,29 @@ def raise_open_file_limit() -> int:
 
 
 def free_port() -> int:
+    """A port nothing holds, for a child (a fake backend, Caddy) to listen on next.
+
+    Picked below the kernel's ephemeral range where there is room: a port from
+    ``bind(0)`` lies inside it, where any outgoing connection on the host may take it as
+    its source port before the child binds it (EADDRINUSE on a busy machine)."""
+    low = ephemeral_range_start()
+    for _ in range(64):
+        if low < 4096:
+            break
+        port = secrets.randbelow(low // 2) + low // 2
+        if port_problem(port) is None:
+            return port
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def ephemeral_range_start() -> int:
+    """The first port Linux hands out as a source port (0 when unknown)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def port_problem(port: int, addresses: tuple[str, ...] = ("0.0.0.0", "::")) -> str | None:
