@@ -130,9 +130,29 @@ def raise_open_file_limit() -> int:
 
 
 def free_port() -> int:
+    """A port nothing holds, for a child (a fake backend, Caddy) to listen on next.
+
+    Picked below the kernel's ephemeral range where there is room: a port from
+    ``bind(0)`` lies inside it, where any outgoing connection on the host may take it as
+    its source port before the child binds it (EADDRINUSE on a busy machine)."""
+    low = ephemeral_range_start()
+    for _ in range(64):
+        if low < 4096:
+            break
+        port = secrets.randbelow(low // 2) + low // 2
+        if port_problem(port) is None:
+            return port
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def ephemeral_range_start() -> int:
+    """The first port Linux hands out as a source port (0 when unknown)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def port_problem(port: int, addresses: tuple[str, ...] = ("0.0.0.0", "::")) -> str | None:
@@ -205,6 +225,13 @@ def die_with_parent() -> Callable[[], None] | None:
     return preexec
 
 
+# The banner's Python example runs in a venv of its own: `pip install` into the system
+# Python is refused where it is "externally managed" (PEP 668: Debian 12, Ubuntu 23.04+).
+VENV_DIR = "~/.venv-gateway"
+VENV_PYTHON = f"{VENV_DIR}/bin/python"
+VENV_INSTALL = f"python3 -m venv {VENV_DIR} && {VENV_DIR}/bin/pip install openai"
+
+
 def banner(layout: Layout, token: str, ca: str, ui_allowlist: str) -> str:
     """What ``up`` prints once ready. Every value in a command is shell-quoted, and the
     Python example reads the address, token and CA from the variables exported just
@@ -218,7 +245,7 @@ def banner(layout: Layout, token: str, ca: str, ui_allowlist: str) -> str:
     example = "\n".join(
         [
             *exports,
-            "python3 - <<'PY'",
+            f"{VENV_PYTHON} - <<'PY'",
             "import os, ssl, openai",
             'tls = ssl.create_default_context(cafile=os.environ.get("GATEWAY_API_CA"))',
             "client = openai.OpenAI(",
@@ -244,8 +271,9 @@ Local AI Gateway is up.
 Try it with curl:
   curl {curl_ca}-H {q("Authorization: Bearer " + token)} {q(base + "/models")}
 
-Try it from Python; it needs the openai package:
-  python3 -m pip install openai
+Try it from Python; it needs the openai package, here in a venv of its own (pip refuses
+the system Python on Debian 12 and recent Ubuntu; there, apt install python3-venv first):
+  {VENV_INSTALL}
 Then paste these lines into bash:
 
 {example}

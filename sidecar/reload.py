@@ -102,6 +102,12 @@ class ConfigReloader:
         config = await load_checked(self._settings)
         current = self._holder.current
         if config.digest != self._applied:
+            # Files the new config names (a new CA bundle, say) are watched from now on.
+            # Stamped before the swap: from the swap to the outcome below there is no
+            # await, so /readyz never shows the new config with the old outcome.
+            wanted = [*self._files, *tls_files(config)]
+            added = [path for path in wanted if path not in self._stamp]
+            added_stamps = await asyncio.to_thread(_stamps, added)
             if config.digest != current.config.digest:
                 registry, retired = build_registry(config, current)
                 self._holder.swap(registry, retired)
@@ -109,9 +115,7 @@ class ConfigReloader:
             for listener in self.listeners:
                 listener(config)
             self._applied = config.digest
-            # Files the new config names (a new CA bundle, say) are watched from now on.
-            added = [path for path in self._watched() if path not in self._stamp]
-            self._stamp.update(zip(added, await asyncio.to_thread(_stamps, added), strict=True))
+            self._stamp.update(zip(added, added_stamps, strict=True))
         if not self.last.ok:
             log.warning("config restored (%s): serving %s again", reason, config.digest[:12])
         self.reloads_ok += 1

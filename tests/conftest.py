@@ -8,7 +8,6 @@ import inspect
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import textwrap
@@ -23,6 +22,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from openai import AsyncOpenAI
 
 from sidecar.app import create_app
+from sidecar.launcher import free_port as launcher_free_port
 from sidecar.mock_backends import MockBehaviour, create_mock_app
 from sidecar.settings import ImagesSettings, Settings, parse_bearer_tokens
 
@@ -171,10 +171,9 @@ def line_of(text: str, marker: str) -> int:
 
 
 def free_port() -> int:
-    """A loopback port with nothing listening on it."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port with nothing listening on it, outside the ephemeral range (where a
+    client connection could take it before the server meant to have it binds it)."""
+    return launcher_free_port()
 
 
 def rewrite(path: Path, content: str | bytes) -> None:

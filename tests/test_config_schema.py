@@ -282,19 +282,21 @@ def big_config(size: int) -> str:
 
 
 def test_loading_a_1_mib_config_takes_well_under_a_second(tmp_path: Path) -> None:
-    """The issue's bound: a reload of a 1 MiB file stays well under a second. The best of
-    five loads is measured, so a busy CI box does not decide it; the old pure-Python
-    scanner with the schema took about a second here, libyaml about a fifth."""
+    """The bound: a reload of a 1 MiB file stays well under a second. What is measured is
+    the CPU time the process spends loading (best of five), not the wall clock, which a
+    busy CI box stretches at will (other processes' turns on the cores are not counted).
+    The old pure-Python scanner with the schema took about a second of CPU here, libyaml
+    about a third; a quadratic step would take many seconds."""
     path = tmp_path / "gateway.yaml"
     path.write_text(big_config(MAX_CONFIG_BYTES - 4096))
     assert MAX_CONFIG_BYTES - 8192 < path.stat().st_size <= MAX_CONFIG_BYTES
     best = float("inf")
     for _ in range(5):
-        started = time.perf_counter()
+        started = time.process_time()
         config = load_config(path, {}, BackendTlsDefaults())
-        best = min(best, time.perf_counter() - started)
+        best = min(best, time.process_time() - started)
     assert len(config.backends) == 250 and len(config.aliases) == 250
-    assert best < 0.75, f"best of five loads took {best:.3f} s"
+    assert best < 0.75, f"best of five loads took {best:.3f} s of CPU"
     assert MAX_NODES >= 12_000
 
 

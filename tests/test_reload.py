@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from sidecar.mock_backends.openai_server import RECEIVED
-from sidecar.typedefs import REGISTRY
+from sidecar.typedefs import REGISTRY, RELOADER
 
 from .conftest import TOKEN, gateway_yaml, mock_backend_yaml, openai_client, rewrite, status_of
 from .conftest import eventually as wait_until_true
@@ -212,7 +213,54 @@ async def test_edit_with_an_unknown_yaml_tag_is_refused_and_the_fix_still_loads(
         return (await chat(gateway, "default")).status == 200
 
     await eventually(alias_routes, "the fixed config to be loaded")
-    assert (await readyz(gateway))["status"] == "ready"
+    ready = await readyz(gateway)
+    assert (ready["status"], ready["config"]["last_reload"]["ok"]) == ("ready", True)
+
+
+async def test_readyz_never_pairs_the_new_config_with_the_old_outcome(
+    make_gateway: Any, start_mock: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Swapping a config in and recording that the reload worked happen in one step: no
+    request can see the new config served while ``/readyz`` still says "degraded" from the
+    refused edit before it. The gateway's state is noted at every hop to a thread (the
+    awaits a reload makes), where a request could slip in between."""
+    backend = await start_mock()
+    config = tmp_path / "gateway.yaml"
+    gateway = await make_gateway(
+        gateway_yaml(mock_backend_yaml("mock", backend)), config_poll_s=POLL_S
+    )
+    app = gateway.server.app
+    seen: list[tuple[str, bool]] = []
+    to_thread = asyncio.to_thread
+
+    async def noting(func: Any, /, *args: Any, **kwargs: Any) -> Any:
+        seen.append((app[REGISTRY].current.config.digest, app[RELOADER].last.ok))
+        return await to_thread(func, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", noting)
+    rewrite(config, "version: 1\nbackends: {}\naliases: {default: {backend: nowhere}}\n")
+
+    async def refused() -> bool:
+        return (await readyz(gateway))["config"]["last_reload"]["ok"] is False
+
+    await eventually(refused, "the broken edit to be refused")
+    old_digest = app[REGISTRY].current.config.digest
+    rewrite(
+        config,
+        gateway_yaml(
+            mock_backend_yaml("mock", backend),
+            aliases="default: {backend: mock, model: mock-llama}",
+        ),
+    )
+
+    async def reloaded() -> bool:
+        return (await readyz(gateway))["config"]["last_reload"]["ok"] is True
+
+    await eventually(reloaded, "the fixed config to be loaded")
+    new_digest = app[REGISTRY].current.config.digest
+    assert new_digest != old_digest
+    assert any(digest == old_digest for digest, _ in seen)  # the hops were seen
+    assert (new_digest, False) not in seen
 
 
 # -- requests in flight survive a reload ------------------------------------------------------

@@ -183,3 +183,27 @@ def test_starts_checks_and_stops_its_own_gateway() -> None:
     assert summary and summary.group(2) == "0", output
     assert port_is_closed(start.group(1))
     assert not Path(start.group(2)).exists()
+
+
+@pytest.mark.timeout(180)
+def test_a_port_taken_before_caddy_binds_it_is_traded_for_another(
+    monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """Another program takes the chosen port between the choice and Caddy's bind: the
+    gateway is started again on another free port instead of failing the run."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        taken = holder.getsockname()[1]
+        monkeypatch.setattr(verify_gateway, "free_port", lambda: taken)
+        gateway = verify_gateway.OwnGateway(None, 60.0, 30.0)
+        assert gateway.base_url.endswith(f":{taken}")
+        monkeypatch.undo()
+        try:
+            started = gateway.start()
+            assert not started.startswith(f"https://127.0.0.1:{taken} "), started
+            assert gateway._ready()
+            assert f"port {taken} is already in use" in (gateway.data_dir / "up.1.log").read_text()
+        finally:
+            assert gateway.stop() == "stopped cleanly"
+    assert not gateway.data_dir.exists()

@@ -580,10 +580,38 @@ def check_release_manifest(manifest: Path, timeout_s: float) -> str:
     return last_line(output)
 
 
+# Starts on another port when the chosen one was taken before Caddy bound it.
+PORT_ATTEMPTS = 3
+PORT_TAKEN = "already in use"
+
+
 def free_port() -> int:
+    """A port nothing holds, below the kernel's ephemeral range where there is room: a
+    port from ``bind(0)`` lies inside it, where any outgoing connection may take it as
+    its source port before Caddy binds it."""
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        low = int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 0
+    for _ in range(64 if low >= 4096 else 0):
+        port = secrets.randbelow(low // 2) + low // 2
+        if _port_is_free(port):
+            return port
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def _port_is_free(port: int) -> bool:
+    """Nothing holds ``port`` on any address (Caddy listens on all of them)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
 
 
 class OwnGateway:
@@ -604,7 +632,20 @@ class OwnGateway:
         return self.data_dir / "caddy" / "pki" / "authorities" / "local" / "root.crt"
 
     def start(self) -> str:
-        """Start it and wait for the "is up" line or ``/readyz``, within the bound."""
+        """Start it and wait for the "is up" line or ``/readyz``, within the bound; on
+        another free port when the chosen one was taken in the meantime."""
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                return self._start()
+            except CheckFailed:
+                exited = self.process is not None and self.process.poll() is not None
+                if attempt == PORT_ATTEMPTS or not exited or PORT_TAKEN not in self.log():
+                    raise
+            self.base_url = f"https://127.0.0.1:{free_port()}"
+            self.log_path.rename(self.log_path.with_name(f"up.{attempt}.log"))
+        raise AssertionError("unreachable")
+
+    def _start(self) -> str:
         env = {key: value for key, value in os.environ.items() if key not in _FOREIGN_ENV}
         env.update(
             GATEWAY_ROOT=str(ROOT),

@@ -21,6 +21,8 @@ from .browser_kit import CHROMIUM, CHROMIUM_ARGS, PASSWORD, MockProcess
 from .stack import ROOT, GatewayStack
 
 pytestmark = pytest.mark.timeout(180)
+# Playwright's own waits: generous for a loaded 2-core box, within the test's timeout.
+WAIT_MS = 60_000
 
 
 @pytest.fixture(scope="module")
@@ -99,14 +101,32 @@ async def test_login_chat_streams_and_survives_a_reload(
         "text => [...document.querySelectorAll('#messages .message.assistant')]"
         ".some(node => node.textContent === text)",
         arg=expected,
+        timeout=WAIT_MS,
     )
     seen: list[str] = await page.evaluate("window.seen")
     growing = [text for text in seen if text and expected.startswith(text)]
     assert len(growing) >= 3, seen  # the reply grew in steps, not all at once
     assert growing[-1] == expected
 
+    # The whole text shows before the reply is stored: the stream's "done" event comes
+    # once it is, and gives the bubble its message id. A reload before that may open the
+    # conversation without the reply (a loaded machine once did, every time).
+    await page.wait_for_function(
+        """() => {
+            const bubbles = document.querySelectorAll('#messages .message.assistant');
+            const last = bubbles[bubbles.length - 1];
+            return last && !last.classList.contains('streaming')
+                && last.closest('.turn').dataset.messageId !== undefined;
+        }""",
+        timeout=WAIT_MS,
+    )
     await page.reload()
-    await page.wait_for_selector("#messages .message.assistant")
+    await page.wait_for_function(
+        "text => [...document.querySelectorAll('#messages .message.assistant')]"
+        ".some(node => node.textContent === text)",
+        arg=expected,
+        timeout=WAIT_MS,
+    )
     assert await page.locator("#messages .message.user").first.text_content() == (
         "one two three four five six seven eight"
     )

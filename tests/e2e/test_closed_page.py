@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -128,6 +129,38 @@ async def test_caddy_and_the_sidecar_serve_the_same_page(
     assert re.sub(r"\{\{\.RemoteIP\}\}", "ADDRESS", template) == page_text_without_address(
         from_sidecar, "127.0.0.1"
     )
+
+
+@pytest.mark.parametrize("templates", ["empty", "elsewhere"])
+async def test_caddy_finds_the_page_when_the_templates_dir_is_empty_or_elsewhere(
+    tmp_path: Any, templates: str
+) -> None:
+    """``.env.example`` once shipped ``GATEWAY_TEMPLATES_DIR=`` (set, but empty): that has
+    to mean the default ``templates/``, as it does for the sidecar, not a root of ``*``."""
+    env = {"GATEWAY_TEMPLATES_DIR": ""}
+    marker = ""
+    if templates == "elsewhere":
+        elsewhere = tmp_path / "my-templates"
+        shutil.copytree(ROOT / "templates", elsewhere)
+        marker = "<!-- served from my-templates -->"
+        page = (elsewhere / "closed.html").read_text()
+        (elsewhere / "closed.html").write_text(page.replace("</body>", marker + "</body>"))
+        env["GATEWAY_TEMPLATES_DIR"] = str(elsewhere)
+    gateway = GatewayStack(
+        tmp_path / "data",
+        (ROOT / "gateway.yaml").read_text(),
+        TOKEN,
+        UI_IP_ALLOWLIST="127.0.0.1/32",
+        **env,
+    ).start()
+    try:
+        status, html, headers = await fetch(gateway, "/ui", "127.0.0.2", Accept=BROWSER_ACCEPT)
+    finally:
+        gateway.stop()
+    assert status == 403, html[:300]
+    assert_closed_page(html, "127.0.0.2", headers)
+    assert "X-Request-Id" not in headers
+    assert marker in html
 
 
 @pytest.fixture(scope="module")
