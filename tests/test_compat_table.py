@@ -45,6 +45,13 @@ MUST_PASS = {
     "`POST /api/chat` stream": ("ollama", "curl"),
     "`POST /api/embed`": ("ollama", "curl"),
 }
+# Rows that need a transcription, speech or rerank model listed (this module's gateway
+# lists them; a stack serving only chat and embeddings shows them as ✗).
+NEEDS_AUDIO_MODELS = {
+    "`POST /v1/audio/transcriptions`",
+    "`POST /v1/audio/speech` stream",
+    "`POST /v1/rerank`",
+}
 
 
 def _wait(port: int, process: subprocess.Popen[bytes]) -> None:
