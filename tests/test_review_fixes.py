@@ -1,0 +1,136 @@
+"""Fixes from a review: model process groups a killed gateway left, pass-through Responses
+ids owned by their token, bounded translated Responses streams, and limit windows that do
+not outlive their key."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from .conftest import ROOT, TOKEN, eventually, free_port
+from .test_lifecycle import ADMIN, alive, chat, config, server_cmd
+
+pytestmark = pytest.mark.timeout(120)
+wait_for = functools.partial(eventually, attempts=600, poll_s=0.05)
+
+
+# -- 1. a model process's own children do not outlive a kill -9 of the gateway ----------------
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                fields = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                members.append(int(entry.name))
+    return members
+
+
+def _serve_env(tmp_path: Path, port: int, config_path: Path) -> dict[str, str]:
+    prefixes = ("GATEWAY_", "BACKEND_", "TRUSTED_PROXIES", "MOCK_BACKEND_URL")
+    env = {key: value for key, value in os.environ.items() if not key.startswith(prefixes)}
+    env.update(
+        GATEWAY_HOST="127.0.0.1",
+        GATEWAY_PORT=str(port),
+        GATEWAY_CONFIG=str(config_path),
+        GATEWAY_CONFIG_POLL_S="0",
+        GATEWAY_BEARER_TOKEN=TOKEN,
+        GATEWAY_ADMIN_TOKENS="default",
+        GATEWAY_DATA_DIR=str(tmp_path / "var"),
+        IMAGES_BACKEND="off",
+    )
+    return env
+
+
+async def _serve(tmp_path: Path, name: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+    log_path = tmp_path / f"{name}.log"
+    with log_path.open("wb") as log:
+        serve = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sidecar", "serve", cwd=ROOT, env=env, stdout=log, stderr=log
+        )
+    base = f"http://127.0.0.1:{env['GATEWAY_PORT']}"
+    async with aiohttp.ClientSession() as session:
+
+        async def listening() -> bool:
+            assert serve.returncode is None, log_path.read_text()
+            try:
+                async with session.get(f"{base}/healthz") as response:
+                    return response.status == 200
+            except aiohttp.ClientConnectionError:
+                return False
+
+        await wait_for(listening, f"{name} to listen")
+    return serve
+
+
+async def test_kill_9_of_the_gateway_then_a_restart_kills_the_model_process_children(
+    tmp_path: Path,
+) -> None:
+    # A shell wrapper (the direct child) that starts a grandchild and the model server.
+    server = " ".join(json.dumps(arg) for arg in server_cmd("model-a"))
+    wrapper = ["/bin/sh", "-c", f"sleep 4242 & {server}; wait"]
+    spec = {"cmd": wrapper}
+    backend = "\n".join(
+        [
+            "  a:",
+            "    url: http://127.0.0.1:{port}/v1",
+            "    class: mock",
+            "    models: [{id: model-a, capabilities: [chat, completions]}]",
+            "    queue: {max: 32, timeout_s: 60}",
+            f"    process: {json.dumps(spec)}",
+        ]
+    )
+    config_path = tmp_path / "gateway.yaml"
+    config_path.write_text(config(backend))
+    port = free_port()
+    env = _serve_env(tmp_path, port, config_path)
+    base = f"http://127.0.0.1:{port}"
+    processes: list[asyncio.subprocess.Process] = []
+    members: list[int] = []
+    try:
+        first = await _serve(tmp_path, "first", env)
+        processes.append(first)
+        async with aiohttp.ClientSession() as session:
+            async with session.post(
+                f"{base}/v1/chat/completions", json=chat("model-a"), headers=ADMIN
+            ) as response:
+                assert response.status == 200, await response.text()
+            async with session.get(f"{base}/v1/gateway/models", headers=ADMIN) as response:
+                pid = (await response.json())["data"][0]["pid"]
+        members = [member for member in _group_members(pid) if member != pid]
+        assert len(members) >= 2, members  # the sleep and the model server
+        first.kill()  # SIGKILL: no cleanup runs in the gateway
+        await first.wait()
+        await eventually(lambda: not alive(pid), "the direct child to die", attempts=100)
+        assert all(alive(member) for member in members)  # the kernel spared the grandchildren
+        second = await _serve(tmp_path, "second", env)
+        processes.append(second)
+        # Gone within 5 s of the second start.
+        await eventually(
+            lambda: not any(alive(member) for member in members),
+            "the grandchildren to die",
+            attempts=100,
+        )
+        assert "left over" in (tmp_path / "second.log").read_text()
+        assert not list((tmp_path / "var" / "models").glob("*.group"))
+    finally:
+        for process in processes:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        for member in members:
+            if alive(member):
+                os.kill(member, signal.SIGKILL)
+
