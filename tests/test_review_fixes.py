@@ -11,12 +11,16 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import openai
 import pytest
+from aiohttp import web
 
-from .conftest import ROOT, TOKEN, eventually, free_port
+from .conftest import OTHER_TOKEN, ROOT, TOKEN, eventually, free_port, openai_client
 from .test_lifecycle import ADMIN, alive, chat, config, server_cmd
+from .test_responses import _gateway_on
 
 pytestmark = pytest.mark.timeout(120)
 wait_for = functools.partial(eventually, attempts=600, poll_s=0.05)
@@ -134,3 +138,91 @@ async def test_kill_9_of_the_gateway_then_a_restart_kills_the_model_process_chil
             if alive(member):
                 os.kill(member, signal.SIGKILL)
 
+
+# -- 2. a native backend's response ids belong to the token that made them --------------------
+
+
+def _native_reply(response_id: str, model: str, text: str) -> dict[str, Any]:
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": 1,
+        "status": "completed",
+        "model": model,
+        "output": [
+            {
+                "id": "msg_n",
+                "type": "message",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        ],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+    }
+
+
+async def test_a_passed_through_response_is_continued_only_by_its_token(
+    make_gateway: Any, start_mock: Any
+) -> None:
+    received: list[dict[str, Any]] = []
+
+    async def native(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        received.append(body)
+        reply = _native_reply(f"resp_native{len(received)}", body["model"], "native")
+        if not body.get("stream"):
+            return web.json_response(reply)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        events = [
+            {"type": "response.created", "response": {**reply, "status": "in_progress"}},
+            {"type": "response.completed", "response": reply},
+        ]
+        for number, event in enumerate(events):
+            event["sequence_number"] = number
+            await response.write(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
+        return response
+
+    gateway = await _gateway_on(
+        make_gateway,
+        start_mock,
+        native,
+        capabilities="[chat, responses]",
+        models="[{id: native-model, capabilities: [chat, responses]}]",
+    )
+    async with openai_client(gateway) as mine, openai_client(gateway, OTHER_TOKEN) as theirs:
+        made = await mine.responses.create(model="native-model", input="private")
+        stream = await mine.responses.create(model="native-model", input="more", stream=True)
+        events = [event async for event in stream]
+        streamed = events[0].response.id  # type: ignore[union-attr]
+        assert (made.id, streamed) == ("resp_native1", "resp_native2")
+        asked = len(received)
+        for response_id in (made.id, streamed):
+            with pytest.raises(openai.NotFoundError):
+                await theirs.responses.create(
+                    model="native-model", input="steal", previous_response_id=response_id
+                )
+        assert len(received) == asked  # the backend was never asked
+        # Their 404 is the one an unknown id gets.
+        headers = {"Authorization": f"Bearer {OTHER_TOKEN}"}
+        bodies = []
+        for response_id in (made.id, "resp_unknown"):
+            response = await gateway.post(
+                "/v1/responses",
+                json={"model": "native-model", "input": "x", "previous_response_id": response_id},
+                headers=headers,
+            )
+            assert response.status == 404
+            bodies.append(await response.json())
+        assert bodies[0] == bodies[1]
+        assert bodies[0]["error"]["param"] == "previous_response_id"
+        # The owner continues both.
+        for response_id in (made.id, streamed):
+            follow = await mine.responses.create(
+                model="native-model", input="next", previous_response_id=response_id
+            )
+            assert follow.output_text == "native"
+            assert received[-1]["previous_response_id"] == response_id

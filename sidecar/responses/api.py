@@ -2,10 +2,12 @@
 
 Routing: a model whose backend declares the ``responses`` capability gets the request as
 it came (only the model name mapped, an alias's caps applied) on the ``responses``
-admission slot, its answer or stream relayed as is; the backend keeps its own state, and
-the gateway stores nothing. Any other chat model gets the request translated
-(``translate``) on the ``chat`` slot, the answer turned into a Response or the Responses
-stream (``events``), and, with ``store`` (the default), stored for the calling token.
+admission slot, its answer or stream relayed as is; the backend keeps its own state (one
+upstream credential for every token), so the gateway records only which token made each
+id, and a ``previous_response_id`` another token made is refused as unknown. Any other
+chat model gets the request translated (``translate``) on the ``chat`` slot, the answer
+turned into a Response or the Responses stream (``events``), and, with ``store`` (the
+default), stored for the calling token.
 
 Errors before a stream starts are OpenAI error envelopes with their status, as on every
 ``/v1`` route; once it has started, a failure is an ``error`` event and
@@ -19,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -284,15 +286,33 @@ async def _pass_through(
     stream: bool,
     headers: dict[str, str],
 ) -> web.StreamResponse:
+    store = _stored(request)
+    owner = caller(request)[0] or ""
+    previous = payload.get("previous_response_id")
+    if previous is not None and not (
+        isinstance(previous, str)
+        and len(previous) <= MAX_ID_CHARS
+        and await store.owns(owner, previous)
+    ):
+        raise _not_found("previous_response_id")
     body = _capped({**payload, "model": route.upstream_model}, route)
+
+    async def own(response_id: Any) -> None:
+        if isinstance(response_id, str) and 0 < len(response_id) <= MAX_ID_CHARS:
+            try:
+                await store.own(owner, response_id)
+            except StorageUnavailable:
+                log.warning("could not record the owner of response %s", response_id)
+
     async with backend_call(
         route.backend, "responses", "responses", body, request[REQUEST_ID]
     ) as call:
         if stream:
-            return await _relay_stream(request, call, headers)
+            return await _relay_stream(request, call, headers, own)
         raw, parsed = await call.read_json()
         if not isinstance(parsed, dict):
             raise UpstreamError(f"backend '{route.backend.name}' returned an unexpected reply")
+        await own(parsed.get("id"))
         return web.Response(body=raw, content_type="application/json", headers=headers)
 
 
@@ -319,7 +339,10 @@ def _capped(body: dict[str, Any], route: Route) -> dict[str, Any]:
 
 
 async def _relay_stream(
-    request: web.Request, call: UpstreamCall, headers: dict[str, str]
+    request: web.Request,
+    call: UpstreamCall,
+    headers: dict[str, str],
+    own: Callable[[Any], Awaitable[None]],
 ) -> web.StreamResponse:
     backend = headers["X-Backend-Used"]
     if not call.response.headers.get("Content-Type", "").startswith("text/event-stream"):
@@ -328,8 +351,12 @@ async def _relay_stream(
     response = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **headers})
     await response.prepare(request)
     try:
+        owned = False
         async for run in call.event_runs():
             record.first_token()
+            if not owned and (created := _created_id(run)) is not None:
+                owned = True
+                await own(created)
             await _write(response, record, run)
     except GatewayError as exc:
         log.warning("stream %s failed: %s", request[REQUEST_ID], exc.message)
@@ -343,6 +370,23 @@ async def _relay_stream(
         await _write(response, record, encode(event))
     await response.write_eof()
     return response
+
+
+def _created_id(run: bytes) -> str | None:
+    """The response id in a ``response.created`` event of ``run``, if there is one."""
+    for event in run.split(b"\n\n"):
+        data = _data(event)
+        if data is None or b"response.created" not in data:
+            continue
+        try:
+            parsed = strict_json.loads_reply(data)
+        except StrictJsonError:
+            continue
+        if isinstance(parsed, dict) and parsed.get("type") == "response.created":
+            inner = parsed.get("response")
+            found = inner.get("id") if isinstance(inner, dict) else None
+            return found if isinstance(found, str) else None
+    return None
 
 
 # -- the store's life ----------------------------------------------------------------------
