@@ -18,7 +18,10 @@ import openai
 import pytest
 from aiohttp import web
 
-from .conftest import OTHER_TOKEN, ROOT, TOKEN, eventually, free_port, openai_client
+from sidecar.responses import events as events_module
+from sidecar.responses.events import MAX_TOOL_CALLS
+
+from .conftest import OTHER_TOKEN, ROOT, TOKEN, eventually, free_port, openai_client, status_of
 from .test_lifecycle import ADMIN, alive, chat, config, server_cmd
 from .test_responses import _gateway_on
 
@@ -226,3 +229,73 @@ async def test_a_passed_through_response_is_continued_only_by_its_token(
             )
             assert follow.output_text == "native"
             assert received[-1]["previous_response_id"] == response_id
+
+
+# -- 3. a translated Responses stream holds a bounded answer -----------------------------------
+
+
+def _chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "choices": [choice]}
+    return f"data: {json.dumps(chunk)}\n\n".encode()
+
+
+async def _hostile_stream(make_gateway: Any, start_mock: Any, chunks: Any) -> list[Any]:
+    """The Responses events a client gets from a chat backend streaming ``chunks``."""
+
+    async def hostile(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            for chunk in chunks:
+                await response.write(chunk)
+            await response.write(_chunk({}, "stop") + b"data: [DONE]\n\n")
+        except (ConnectionResetError, RuntimeError):
+            pass  # the gateway hung up on it
+        return response
+
+    gateway = await _gateway_on(make_gateway, start_mock, hostile)
+    async with openai_client(gateway) as client:
+        stream = await client.responses.create(model="fake", input="go", stream=True)
+        events = [event async for event in stream]
+    assert (await status_of(gateway, "fake", "chat"))["in_flight"] == 0
+    return events
+
+
+async def test_a_stream_with_too_many_tool_calls_fails(make_gateway: Any, start_mock: Any) -> None:
+    calls = (
+        _chunk(
+            {
+                "tool_calls": [
+                    {
+                        "index": index,
+                        "id": f"call_{index}",
+                        "type": "function",
+                        "function": {"name": "f", "arguments": "{}"},
+                    }
+                ]
+            }
+        )
+        for index in range(MAX_TOOL_CALLS + 72)
+    )
+    events = await _hostile_stream(make_gateway, start_mock, calls)
+    types = [event.type for event in events]
+    assert types[-2:] == ["error", "response.failed"]
+    assert types.count("response.output_item.added") == MAX_TOOL_CALLS
+    assert "tool calls" in events[-2].message
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+
+
+async def test_a_stream_longer_than_the_cap_fails(
+    make_gateway: Any, start_mock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(events_module, "MAX_HELD_BYTES", 1024 * 1024)  # 64 MiB in production
+    piece = "x" * (64 * 1024)
+    text = (_chunk({"content": piece}) for _ in range(100))  # 6.25 MiB in all
+    events = await _hostile_stream(make_gateway, start_mock, text)
+    types = [event.type for event in events]
+    assert types[-2:] == ["error", "response.failed"]
+    held = sum(len(event.delta) for event in events if event.type == "response.output_text.delta")
+    assert held <= 1024 * 1024
+    assert "larger than 1 MiB" in events[-2].message
+
