@@ -9,7 +9,10 @@ import functools
 import json
 import os
 import signal
+import sqlite3
 import sys
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +20,18 @@ import aiohttp
 import openai
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestClient
 
 from sidecar.responses import events as events_module
 from sidecar.responses.events import MAX_TOOL_CALLS
+from sidecar.typedefs import KEYS, SETTINGS
 
 from .conftest import OTHER_TOKEN, ROOT, TOKEN, eventually, free_port, openai_client, status_of
+from .test_keys import CHAT, bearer, gw, restartable
 from .test_lifecycle import ADMIN, alive, chat, config, server_cmd
 from .test_responses import _gateway_on
 
+__all__ = ["gw", "restartable"]  # fixtures from test_keys
 pytestmark = pytest.mark.timeout(120)
 wait_for = functools.partial(eventually, attempts=600, poll_s=0.05)
 
@@ -299,3 +306,55 @@ async def test_a_stream_longer_than_the_cap_fails(
     assert held <= 1024 * 1024
     assert "larger than 1 MiB" in events[-2].message
 
+
+# -- 4. a key made again under a revoked key's name starts with fresh limits -------------------
+
+
+def _window_names(path: Path) -> set[str]:
+    with sqlite3.connect(path) as db:
+        return {row[0] for row in db.execute("SELECT name FROM limit_windows")}
+
+
+async def test_a_key_made_again_under_a_revoked_name_does_not_inherit_its_counts(
+    gw: TestClient,
+) -> None:
+    keys = gw.server.app[KEYS]
+    path = gw.server.app[SETTINGS].keys_db_path
+    _, secret = await keys.create("reborn", {"rpm": 2})
+    for _ in range(2):
+        assert (await gw.post("/v1/chat/completions", json=CHAT, headers=bearer(secret))).ok
+    refused = await gw.post("/v1/chat/completions", json=CHAT, headers=bearer(secret))
+    assert refused.status == 429
+    await wait_for(lambda: "reborn" in _window_names(path), "the window to be saved")
+    assert await keys.revoke("reborn")
+    assert "reborn" not in _window_names(path)
+    _, again = await keys.create("reborn", {"rpm": 2})
+    fresh = await gw.post("/v1/chat/completions", json=CHAT, headers=bearer(again))
+    assert fresh.status == 200, await fresh.text()
+    assert fresh.headers["x-ratelimit-remaining-requests"] == "1"
+
+
+async def test_the_start_deletes_windows_of_revoked_missing_or_replaced_keys(
+    restartable: Callable[[], Awaitable[TestClient]],
+) -> None:
+    gw = await restartable()
+    path = gw.server.app[SETTINGS].keys_db_path
+    _, kept = await gw.server.app[KEYS].create("kept", {"rpm": 5})
+    await gw.server.app[KEYS].create("replaced", {"rpm": 5})
+    assert (await gw.post("/v1/chat/completions", json=CHAT, headers=bearer(kept))).ok
+    await wait_for(lambda: "kept" in _window_names(path), "the window to be saved")
+    await gw.close()
+    # Windows written behind the gateway's back: a name with no key, one revoked
+    # elsewhere, and one saved before its key was made.
+    state = json.dumps({"day": 0, "requests": [], "tokens": [], "day_tokens": 0})
+    with sqlite3.connect(path) as db:
+        for name, updated_at in (("ghost", time.time()), ("replaced", 1.0)):
+            db.execute(
+                "INSERT OR REPLACE INTO limit_windows (name, state, updated_at) VALUES (?, ?, ?)",
+                (name, state, updated_at),
+            )
+    assert _window_names(path) == {"kept", "ghost", "replaced"}
+    gw = await restartable()
+    assert _window_names(path) == {"kept"}
+    second = await gw.post("/v1/chat/completions", json=CHAT, headers=bearer(kept))
+    assert second.headers["x-ratelimit-remaining-requests"] == "3"  # its count survived
