@@ -14,6 +14,12 @@ several gateways would implement the same calls.
 - every ``flush_s`` (1 s) it writes the limiter's changed windows, so a restart keeps
   the minute's and the day's counts. A write that fails (disk full) is reported to the
   storage monitor and tried again on the next tick; requests go on meanwhile.
+
+A key's limit windows go with it: revoking a key or creating one (again) under a name
+deletes that name's windows, in memory and in ``limit_windows``, so a new key never
+inherits an old one's counts; the reload drops the windows of a key the command line
+revoked or made anew, and the start deletes the stored windows of names without an
+active key, or saved before their key was made.
 """
 
 from __future__ import annotations
@@ -72,6 +78,10 @@ class KeyStore(Protocol):
 
     async def save_windows(self, windows: dict[str, Any]) -> None: ...
 
+    async def prune_windows(self) -> int:
+        """Delete windows of names without an active key, or older than their key."""
+        ...
+
 
 class SqliteKeyStore:
     def __init__(self, path: Path, on_failure: OnFailure | None = None) -> None:
@@ -109,7 +119,12 @@ class SqliteKeyStore:
         return await self._run(lambda db: db.list_keys())
 
     async def create(self, name: str, values: dict[str, Any]) -> tuple[ApiKey, str]:
-        return await self._run(lambda db: db.create(name, values))
+        def create(db: KeyDatabase) -> tuple[ApiKey, str]:
+            created = db.create(name, values)
+            _delete_windows(db, name)
+            return created
+
+        return await self._run(create)
 
     async def update(self, name: str, values: dict[str, Any]) -> ApiKey | None:
         return await self._run(lambda db: db.update(name, values))
@@ -118,13 +133,36 @@ class SqliteKeyStore:
         return await self._run(lambda db: db.rotate(name))
 
     async def revoke(self, name: str) -> bool:
-        return await self._run(lambda db: db.revoke(name))
+        def revoke(db: KeyDatabase) -> bool:
+            revoked = db.revoke(name)
+            if revoked:
+                _delete_windows(db, name)
+            return revoked
+
+        return await self._run(revoke)
 
     async def load_windows(self) -> dict[str, Any]:
         return await self._run(lambda db: db.load_windows())
 
     async def save_windows(self, windows: dict[str, Any]) -> None:
         await self._run(lambda db: db.save_windows(windows))
+
+    async def prune_windows(self) -> int:
+        def prune(db: KeyDatabase) -> int:
+            with db.transaction() as connection:
+                cursor = connection.execute(
+                    "DELETE FROM limit_windows WHERE NOT EXISTS (SELECT 1 FROM keys"
+                    " WHERE keys.name = limit_windows.name AND keys.revoked_at IS NULL"
+                    " AND keys.created_at <= limit_windows.updated_at)"
+                )
+                return max(0, cursor.rowcount)
+
+        return await self._run(prune)
+
+
+def _delete_windows(db: KeyDatabase, name: str) -> None:
+    with db.transaction() as connection:
+        connection.execute("DELETE FROM limit_windows WHERE name = ?", (name,))
 
 
 class KeyService:
@@ -146,9 +184,13 @@ class KeyService:
         self.flush_s = flush_s
         self._version: int | None = None
         self._pending: dict[str, Any] = {}
+        self._made: dict[str, float] = {}  # each active key's created_at, as last read
 
     async def start(self) -> None:
         await self.store.open()
+        pruned = await self.store.prune_windows()
+        if pruned:
+            log.info("deleted the limit windows of %d revoked or replaced keys", pruned)
         self.limiter.restore(await self.store.load_windows())
         await self.reload()
 
@@ -163,7 +205,17 @@ class KeyService:
         """Read every key and swap in a new index (the version first: a change made
         while reading is seen again by the next poll)."""
         self._version = await self.store.version()
-        self.tokens.use_keys(await self.store.stored())
+        stored = await self.store.stored()
+        made = {key.name: key.created_at for key, _ in stored if key.revoked_at is None}
+        for name, created_at in self._made.items():
+            if made.get(name) != created_at:  # revoked or made anew elsewhere
+                self._forget(name)
+        self._made = made
+        self.tokens.use_keys(stored)
+
+    def _forget(self, name: str) -> None:
+        self.limiter.forget(name)
+        self._pending.pop(name, None)
 
     async def flush(self) -> None:
         self._pending.update(self.limiter.windows())
@@ -195,7 +247,10 @@ class KeyService:
     # -- the admin UI's changes: applied to this gateway at once ------------------------
 
     async def create(self, name: str, values: dict[str, Any]) -> tuple[ApiKey, str]:
+        if name not in self._made:  # revoked: before a flush could save it again, and after
+            self._forget(name)
         created = await self.store.create(name, values)
+        self._forget(name)
         await self.reload()
         return created
 
@@ -211,5 +266,7 @@ class KeyService:
 
     async def revoke(self, name: str) -> bool:
         revoked = await self.store.revoke(name)
+        if revoked:
+            self._forget(name)
         await self.reload()
         return revoked

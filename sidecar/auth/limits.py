@@ -124,6 +124,10 @@ class Limiter(Protocol):
         """Windows persisted earlier (at start)."""
         ...
 
+    def forget(self, name: str) -> None:
+        """Drop ``name``'s window (its key was revoked or made anew)."""
+        ...
+
 
 class LocalLimiter:
     """The windows in this process's memory. Called on the event loop only."""
@@ -204,6 +208,11 @@ class LocalLimiter:
             if old is not None:  # keep what runs now
                 window.in_flight = old.in_flight
             self._windows[name] = window
+
+    def forget(self, name: str) -> None:
+        # Tickets still running keep the old window; a new request starts a new one.
+        self._windows.pop(name, None)
+        self._dirty.discard(name)
 
     def in_flight(self, name: str) -> int:
         window = self._windows.get(name)

@@ -2,10 +2,12 @@
 
 Routing: a model whose backend declares the ``responses`` capability gets the request as
 it came (only the model name mapped, an alias's caps applied) on the ``responses``
-admission slot, its answer or stream relayed as is; the backend keeps its own state, and
-the gateway stores nothing. Any other chat model gets the request translated
-(``translate``) on the ``chat`` slot, the answer turned into a Response or the Responses
-stream (``events``), and, with ``store`` (the default), stored for the calling token.
+admission slot, its answer or stream relayed as is; the backend keeps its own state (one
+upstream credential for every token), so the gateway records only which token made each
+id, and a ``previous_response_id`` another token made is refused as unknown. Any other
+chat model gets the request translated (``translate``) on the ``chat`` slot, the answer
+turned into a Response or the Responses stream (``events``), and, with ``store`` (the
+default), stored for the calling token.
 
 Errors before a stream starts are OpenAI error envelopes with their status, as on every
 ``/v1`` route; once it has started, a failure is an ``error`` event and
@@ -24,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -307,12 +309,29 @@ async def _pass_through(
     stream: bool,
     headers: dict[str, str],
 ) -> web.StreamResponse:
+    store = _stored(request)
+    owner = caller(request)[0] or ""
+    previous = payload.get("previous_response_id")
+    if previous is not None and not (
+        isinstance(previous, str)
+        and len(previous) <= MAX_ID_CHARS
+        and await store.owns(owner, previous)
+    ):
+        raise _not_found("previous_response_id")
     body = _capped({**payload, "model": route.upstream_model}, route)
+
+    async def own(response_id: Any) -> None:
+        if isinstance(response_id, str) and 0 < len(response_id) <= MAX_ID_CHARS:
+            try:
+                await store.own(owner, response_id)
+            except StorageUnavailable:
+                log.warning("could not record the owner of response %s", response_id)
+
     async with backend_call(
         route.backend, "responses", "responses", body, request[REQUEST_ID]
     ) as call:
         if stream:
-            return await _relay_stream(request, call, headers, payload)
+            return await _relay_stream(request, call, headers, payload, own)
         raw, parsed = await call.read_json()
         if not isinstance(parsed, dict):
             raise UpstreamError(f"backend '{route.backend.name}' returned an unexpected reply")
@@ -321,6 +340,7 @@ async def _pass_through(
             tokens.counts(parsed.get("usage")),
             lambda: _estimated(payload, parsed.get("output")),
         )
+        await own(parsed.get("id"))
         return web.Response(body=raw, content_type="application/json", headers=headers)
 
 
@@ -347,7 +367,11 @@ def _capped(body: dict[str, Any], route: Route) -> dict[str, Any]:
 
 
 async def _relay_stream(
-    request: web.Request, call: UpstreamCall, headers: dict[str, str], payload: dict[str, Any]
+    request: web.Request,
+    call: UpstreamCall,
+    headers: dict[str, str],
+    payload: dict[str, Any],
+    own: Callable[[Any], Awaitable[None]],
 ) -> web.StreamResponse:
     """Relay the events as they come. The counts are in the last event's Response
     (``response.completed``, ``.incomplete`` or ``.failed``): only a run naming one of
@@ -360,8 +384,12 @@ async def _relay_stream(
     await response.prepare(request)
     final: dict[str, Any] | None = None
     try:
+        owned = False
         async for run in call.event_runs():
             record.first_token()
+            if not owned and (created := _created_id(run)) is not None:
+                owned = True
+                await own(created)
             if final is None and any(mark in run for mark in _FINAL_MARKS):
                 final = _final_response(run)
             await _write(response, record, run)
@@ -413,6 +441,23 @@ def _relayed_estimate(
         return _estimated(payload, final.get("output"))
     # No final Response (the stream broke): the bytes relayed, as text, bound the output.
     return tokens.estimate(tokens.prompt_chars(payload)), tokens.estimate(bytes_out)
+
+
+def _created_id(run: bytes) -> str | None:
+    """The response id in a ``response.created`` event of ``run``, if there is one."""
+    for event in run.split(b"\n\n"):
+        data = _data(event)
+        if data is None or b"response.created" not in data:
+            continue
+        try:
+            parsed = strict_json.loads_reply(data)
+        except StrictJsonError:
+            continue
+        if isinstance(parsed, dict) and parsed.get("type") == "response.created":
+            inner = parsed.get("response")
+            found = inner.get("id") if isinstance(inner, dict) else None
+            return found if isinstance(found, str) else None
+    return None
 
 
 # -- the store's life ----------------------------------------------------------------------

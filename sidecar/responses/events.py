@@ -11,6 +11,12 @@ whole Response and its usage. A backend that fails mid-stream ends it with ``err
 ``response.failed``. Every event carries ``sequence_number`` and the indexes and ids the
 API gives it. A text message is closed when a tool call starts; tool calls are closed in
 order at the end.
+
+Bounds: the text and tool call arguments held for the final Response are at most
+``MAX_HELD_BYTES`` (64 MiB, the cap of a non-streamed answer) together, and a stream has
+at most ``MAX_TOOL_CALLS`` (128) tool calls; a backend that sends more ends the stream
+with ``error`` and ``response.failed`` (``feed`` raises ``UpstreamError`` before any of
+that chunk's events).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import UpstreamError
+from ..routing.upstream import MAX_UPSTREAM_BODY
 from .translate import (
     arguments_text,
     function_call_item,
@@ -31,6 +39,8 @@ from .translate import (
 # Builds the Response object for a status, output and usage (``ResponsesRequest.response``
 # with the id and creation time bound).
 ResponseBuilder = Callable[..., dict[str, Any]]
+MAX_HELD_BYTES = MAX_UPSTREAM_BODY
+MAX_TOOL_CALLS = 128
 
 
 def encode(event: dict[str, Any]) -> bytes:
@@ -60,6 +70,7 @@ class StreamTranslator:
         self._message_id = ""
         self._text: list[str] = []
         self._calls: dict[int, _ToolCall] = {}
+        self._held = 0
         self.finish_reason: Any = None
         self.usage: dict[str, Any] | None = None
         self.final: dict[str, Any] | None = None
@@ -86,6 +97,7 @@ class StreamTranslator:
             return b""
         delta = choice.get("delta")
         if isinstance(delta, dict):
+            self._admit(delta)
             content = delta.get("content")
             if isinstance(content, str) and content:
                 events.append(self._text_delta(content))
@@ -96,6 +108,32 @@ class StreamTranslator:
         if choice.get("finish_reason") is not None:
             self.finish_reason = choice["finish_reason"]
         return b"".join(events)
+
+    def _admit(self, delta: dict[str, Any]) -> None:
+        """Refuse a delta that would hold too much or open too many tool calls."""
+        content = delta.get("content")
+        size = len(content.encode()) if isinstance(content, str) else 0
+        calls = delta.get("tool_calls")
+        opened: set[Any] = set()
+        for call in calls if isinstance(calls, list) else []:
+            if not isinstance(call, dict):
+                continue
+            index = call.get("index")
+            if not isinstance(index, int) or index not in self._calls:
+                opened.add(index if isinstance(index, int) else object())
+            function = call.get("function")
+            if isinstance(function, dict):
+                size += len(arguments_text(function.get("arguments")).encode())
+        if len(self._calls) + len(opened) > MAX_TOOL_CALLS:
+            raise UpstreamError(
+                f"the backend sent more than {MAX_TOOL_CALLS} tool calls in one response"
+            )
+        if self._held + size > MAX_HELD_BYTES:
+            raise UpstreamError(
+                f"the backend's answer is larger than {MAX_HELD_BYTES // (1024 * 1024)} MiB,"
+                " the most the gateway holds for one response"
+            )
+        self._held += size
 
     def _text_delta(self, text: str) -> bytes:
         opened = b""

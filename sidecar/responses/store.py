@@ -11,6 +11,11 @@ Response says ``"store": false``); all records together at most ``max_total_byte
 ``retention_days`` are pruned by a background task (``prune_forever``), and a read never
 returns one. ``retention_days == 0`` stores nothing.
 
+Responses a backend with native support made are kept by that backend, but their ids are
+recorded here with their owner (no content: ``passed_through``, at most
+``MAX_PASSED_THROUGH`` rows, pruned with the same retention), so only that token can
+continue them with ``previous_response_id``.
+
 Every call runs on one dedicated thread that owns the connection, so queries never
 block the event loop and never race. A failed write or read (disk full, read-only, I/O
 error) is a 503 ``storage_unavailable`` reported to the storage monitor, never a 500;
@@ -47,7 +52,16 @@ CREATE TABLE IF NOT EXISTS responses (
     record BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS responses_age ON responses(created_at);
+CREATE TABLE IF NOT EXISTS passed_through (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS passed_through_age ON passed_through(created_at);
 """
+# Ids of responses a native backend made (it keeps them; one upstream credential serves
+# every token): at most this many, the oldest forgotten first.
+MAX_PASSED_THROUGH = 100_000
 
 
 class StoredResponse:
@@ -79,6 +93,7 @@ class ResponseStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="responses-db")
         self._db: sqlite3.Connection | None = None
         self._total = 0
+        self._passed = 0
 
     @property
     def enabled(self) -> bool:
@@ -118,6 +133,17 @@ class ResponseStore:
         if not self.enabled:
             return False
         return await self._run(lambda db: self._delete(db, owner, response_id))
+
+    async def own(self, owner: str, response_id: str) -> None:
+        """Record that a native backend's ``response_id`` belongs to ``owner``."""
+        if self.enabled:
+            await self._run(lambda db: self._own(db, owner, response_id))
+
+    async def owns(self, owner: str, response_id: str) -> bool:
+        """Whether ``owner`` made the native backend's ``response_id`` (within retention)."""
+        if not self.enabled:
+            return False
+        return await self._run(lambda db: self._owns(db, owner, response_id))
 
     async def prune(self) -> int:
         """Delete the rows past the retention; how many went."""
@@ -171,11 +197,13 @@ class ResponseStore:
             db.execute("PRAGMA synchronous = NORMAL")
             db.executescript(_SCHEMA)
             (total,) = db.execute("SELECT coalesce(sum(size), 0) FROM responses").fetchone()
+            (passed,) = db.execute("SELECT count(*) FROM passed_through").fetchone()
         except BaseException:
             db.close()
             raise
         self._db = db
         self._total = int(total)
+        self._passed = int(passed)
 
     def _put(
         self,
@@ -225,12 +253,35 @@ class ResponseStore:
         return True
 
     def _prune(self, db: sqlite3.Connection) -> int:
+        oldest = time.time() - self.retention_s
         rows = db.execute(
-            "DELETE FROM responses WHERE created_at < ? RETURNING size",
-            (time.time() - self.retention_s,),
+            "DELETE FROM responses WHERE created_at < ? RETURNING size", (oldest,)
         ).fetchall()
         self._total -= sum(int(size) for (size,) in rows)
+        passed = db.execute("DELETE FROM passed_through WHERE created_at < ?", (oldest,))
+        self._passed -= max(0, passed.rowcount)
         return len(rows)
+
+    def _own(self, db: sqlite3.Connection, owner: str, response_id: str) -> None:
+        cursor = db.execute(
+            "INSERT OR IGNORE INTO passed_through (id, owner, created_at) VALUES (?, ?, ?)",
+            (response_id, owner, time.time()),
+        )
+        self._passed += max(0, cursor.rowcount)
+        if self._passed > MAX_PASSED_THROUGH:
+            cursor = db.execute(
+                "DELETE FROM passed_through WHERE id IN (SELECT id FROM passed_through"
+                " ORDER BY created_at LIMIT ?)",
+                (self._passed - MAX_PASSED_THROUGH,),
+            )
+            self._passed -= max(0, cursor.rowcount)
+
+    def _owns(self, db: sqlite3.Connection, owner: str, response_id: str) -> bool:
+        row = db.execute(
+            "SELECT 1 FROM passed_through WHERE id = ? AND owner = ? AND created_at >= ?",
+            (response_id, owner, time.time() - self.retention_s),
+        ).fetchone()
+        return row is not None
 
 
 def _delete_oldest(db: sqlite3.Connection, excess: int, keep: str) -> int:

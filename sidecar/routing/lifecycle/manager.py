@@ -50,7 +50,7 @@ from ...errors import BackendNotReady, GatewayError, NotFound
 from ..registry import Backend, RegistryHolder
 from . import remote
 from .events import EventHub
-from .process import ModelProcess, model_environment
+from .process import ModelProcess, kill_leftovers, model_environment
 
 log = logging.getLogger("gateway.models")
 
@@ -649,6 +649,10 @@ class LifecycleManager:
         unit.changed()  # its waiting calls learn it is gone
 
     async def start(self) -> None:
+        # Before any model starts (their ports): groups a killed gateway left running.
+        killed = await asyncio.to_thread(kill_leftovers, self.data_dir / "models")
+        if killed:
+            log.warning("killed %d model processes left over by a previous gateway", killed)
         self._preload = []
         self.configure()
         self._start_preloads()
