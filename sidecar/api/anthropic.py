@@ -46,7 +46,6 @@ from ..errors import (
     BackendNotReady,
     GatewayError,
     InvalidRequest,
-    StrictJsonError,
     UpstreamError,
 )
 from ..routing.call import backend_call
@@ -54,7 +53,6 @@ from ..routing.router import upstream_body
 from ..routing.upstream import UpstreamCall
 from ..typedefs import ACCESS, REQUEST_ID
 from ..usage import tokens
-from ..wire import strict_json
 from ..wire.body import read_json_object
 from ..wire.model_name import check_model_name
 from . import translate, validation
@@ -423,7 +421,7 @@ def from_chat(
                 "type": "tool_use",
                 "id": _tool_id(call.get("id")),
                 "name": function["name"],
-                "input": _arguments(function.get("arguments"), backend),
+                "input": translate.tool_arguments(function.get("arguments"), backend),
             }
         )
     reason, sequence = stop_reason(choice, chat, any(b["type"] == "tool_use" for b in content))
@@ -472,22 +470,6 @@ def _tool_id(value: Any) -> str:
     if isinstance(value, str) and value and len(value) <= 256 and value.isprintable():
         return value
     return f"toolu_{secrets.token_hex(12)}"
-
-
-def _arguments(arguments: Any, backend: str) -> dict[str, Any]:
-    if isinstance(arguments, dict):
-        return arguments
-    if arguments in (None, ""):
-        return {}
-    try:
-        parsed = strict_json.loads(arguments) if isinstance(arguments, str) else None
-    except StrictJsonError:
-        parsed = None
-    if not isinstance(parsed, dict):
-        raise UpstreamError(
-            f"backend '{backend}' returned tool arguments that are not a JSON object"
-        )
-    return parsed
 
 
 # -- stream -------------------------------------------------------------------------------

@@ -53,7 +53,6 @@ from ..errors import (
     CapabilityNotSupported,
     GatewayError,
     InvalidRequest,
-    StrictJsonError,
     UpstreamError,
 )
 from ..routing.call import backend_call
@@ -61,7 +60,6 @@ from ..routing.router import upstream_body
 from ..routing.upstream import UpstreamCall
 from ..typedefs import ACCESS, REGISTRY, REQUEST_ID
 from ..usage import tokens
-from ..wire import strict_json
 from ..wire.body import read_json_object
 from ..wire.model_name import check_model_name
 from . import translate, validation
@@ -475,26 +473,14 @@ def _reply_calls(calls: Any, backend: str) -> list[dict[str, Any]]:
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
             raise UpstreamError(f"backend '{backend}' returned a malformed tool call")
         out.append(
-            {"function": {"name": function["name"], "arguments": _arguments(function, backend)}}
+            {
+                "function": {
+                    "name": function["name"],
+                    "arguments": translate.tool_arguments(function.get("arguments"), backend),
+                }
+            }
         )
     return out
-
-
-def _arguments(function: dict[str, Any], backend: str) -> dict[str, Any]:
-    arguments = function.get("arguments")
-    if isinstance(arguments, dict):
-        return arguments
-    if arguments in (None, ""):
-        return {}
-    try:
-        parsed = strict_json.loads(arguments) if isinstance(arguments, str) else None
-    except StrictJsonError:
-        parsed = None
-    if not isinstance(parsed, dict):
-        raise UpstreamError(
-            f"backend '{backend}' returned tool arguments that are not a JSON object"
-        )
-    return parsed
 
 
 def _line(data: dict[str, Any]) -> bytes:
@@ -543,7 +529,12 @@ async def _stream(
             timing.token()
             record.first_token()
             done_calls = [
-                {"function": {"name": c["name"], "arguments": _arguments(c, backend)}}
+                {
+                    "function": {
+                        "name": c["name"],
+                        "arguments": translate.tool_arguments(c.get("arguments"), backend),
+                    }
+                }
                 for _, c in sorted(calls.items())
             ]
             chars += sum(len(c["arguments"]) for c in calls.values())

@@ -205,3 +205,21 @@ def image_media_type(data: bytes) -> str:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "image/webp"
     return "image/png"
+
+
+def tool_arguments(arguments: Any, backend: str) -> dict[str, Any]:
+    """A tool call's arguments as an object: both faces hand them to clients parsed, and
+    a backend's string that is not a JSON object is the backend's fault (502)."""
+    if isinstance(arguments, dict):
+        return arguments
+    if arguments in (None, ""):
+        return {}
+    try:
+        parsed = strict_json.loads(arguments) if isinstance(arguments, str) else None
+    except StrictJsonError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise UpstreamError(
+            f"backend '{backend}' returned tool arguments that are not a JSON object"
+        )
+    return parsed
