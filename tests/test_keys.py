@@ -597,3 +597,18 @@ async def test_rerank_under_either_name_is_the_embeddings_endpoint(gw: TestClien
             headers=bearer(embed_only),
         )
         assert answer.status != 403, (path, await answer.text())
+
+
+async def test_a_raw_ollama_generate_needs_the_completions_endpoint(gw: TestClient) -> None:
+    """A raw prompt goes to the backend's text completions, so a chat-only key may not
+    send one (it may not call /v1/completions either); a templated one is chat."""
+    chat_only = await make_key(gw, "chat-only", endpoints=["chat"])
+    body = {"model": "mock-llama", "prompt": "hi", "stream": False}
+    templated = await gw.post("/api/generate", json=body, headers=bearer(chat_only))
+    assert templated.status == 200, await templated.text()
+    raw = await gw.post("/api/generate", json={**body, "raw": True}, headers=bearer(chat_only))
+    assert raw.status == 403, await raw.text()
+    assert "completions" in (await raw.json())["error"]
+    both = await make_key(gw, "both", endpoints=["chat", "completions"])
+    raw = await gw.post("/api/generate", json={**body, "raw": True}, headers=bearer(both))
+    assert raw.status == 200, await raw.text()

@@ -48,6 +48,8 @@ from typing import Any
 from aiohttp import web
 
 from ..auth import allows_model
+from ..auth.scope import current as current_key
+from ..auth.scope import require_endpoint
 from ..errors import (
     BackendNotReady,
     CapabilityNotSupported,
@@ -208,7 +210,11 @@ async def _raw(
     started: int,
 ) -> web.StreamResponse:
     """``raw`` generate: the prompt is already templated, so it goes to the text completions
-    endpoint as is (no chat template applied twice)."""
+    endpoint as is (no chat template applied twice) — and a key must be allowed that
+    endpoint, as it must for ``/v1/completions``."""
+    key = current_key()
+    if key is not None:
+        require_endpoint(key, "/v1/completions")
     for name in ("images", "format", "system"):
         if payload.get(name):
             raise InvalidRequest(f"'{name}' cannot be combined with 'raw'", param=name)
