@@ -21,6 +21,7 @@ from aiohttp import web
 
 from ..auth import caller
 from ..errors import Forbidden, InvalidRequest, NotFound
+from ..routing.lifecycle import LifecycleManager
 from ..typedefs import MODELS
 from ..wire.body import read_json_object
 
@@ -39,29 +40,25 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def load(request: web.Request) -> web.Response:
-    wait = await _wait(request)
-    _admin(request)
-    manager = request.app[MODELS]
-    model = request.match_info["id"]
-    target = manager.find(model)
-    if not wait:
-        manager.start_load(target)
-        return web.json_response(_row(await manager.rows(), model), status=202)
-    await manager.load(target)
-    return web.json_response(_row(await manager.rows(), model))
+    return await _act(request, "load")
 
 
 async def unload(request: web.Request) -> web.Response:
+    return await _act(request, "unload")
+
+
+async def _act(request: web.Request, action: str) -> web.Response:
+    """Load or unload the backend serving ``id``; at once (202) with ``{"wait": false}``."""
     wait = await _wait(request)
     _admin(request)
     manager = request.app[MODELS]
     model = request.match_info["id"]
     target = manager.find(model)
     if not wait:
-        manager.start_unload(target)
-        return web.json_response(_row(await manager.rows(), model), status=202)
-    await manager.unload(target)
-    return web.json_response(_row(await manager.rows(), model))
+        (manager.start_load if action == "load" else manager.start_unload)(target)
+        return web.json_response(await _row(manager, model), status=202)
+    await (manager.load if action == "load" else manager.unload)(target)
+    return web.json_response(await _row(manager, model))
 
 
 async def _wait(request: web.Request) -> bool:
@@ -75,11 +72,11 @@ async def _wait(request: web.Request) -> bool:
     return wait
 
 
-def _row(rows: list[dict[str, Any]], model: str) -> dict[str, Any]:
-    for row in rows:
-        if model in (row["id"], row["backend"], f"{row['backend']}/{row['id']}"):
-            return {"object": "gateway.model", **row}
-    raise NotFound(f"no model the gateway loads is named '{model}'", code="model_not_found")
+async def _row(manager: LifecycleManager, model: str) -> dict[str, Any]:
+    row = await manager.row(model)
+    if row is None:
+        raise NotFound(f"no model the gateway loads is named '{model}'", code="model_not_found")
+    return {"object": "gateway.model", **row}
 
 
 async def events(request: web.Request) -> web.StreamResponse:

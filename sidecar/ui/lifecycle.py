@@ -71,7 +71,7 @@ async def _target(request: web.Request) -> Any:
 
 async def _answer(request: web.Request) -> web.Response:
     model = request.match_info["id"]
-    for row in await request.app[MODELS].rows():
-        if model in (row["id"], row["backend"], f"{row['backend']}/{row['id']}"):
-            return web.json_response({field: row.get(field) for field in ADMIN_FIELDS}, status=202)
-    raise NotFound(f"no model the gateway loads is named '{model}'", code="model_not_found")
+    row = await request.app[MODELS].row(model)
+    if row is None:
+        raise NotFound(f"no model the gateway loads is named '{model}'", code="model_not_found")
+    return web.json_response({field: row.get(field) for field in ADMIN_FIELDS}, status=202)

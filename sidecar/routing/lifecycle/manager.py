@@ -719,6 +719,14 @@ class LifecycleManager:
         found = await asyncio.gather(*(self._remote_rows(h) for h in self.remote.values()))
         return self.models() + [row for rows in found for row in rows]
 
+    async def row(self, model: str) -> dict[str, Any] | None:
+        """The row of ``model`` as ``rows`` lists it (by its id, ``backend/model`` or its
+        backend's name), or ``None``."""
+        for row in await self.rows():
+            if model in (row["id"], row["backend"], f"{row['backend']}/{row['id']}"):
+                return row
+        return None
+
     async def _remote_rows(self, hooks: remote.RemoteHooks) -> list[dict[str, Any]]:
         error = None
         try:
