@@ -73,7 +73,7 @@ def make_call(
         reader.feed_data(piece)
     if eof:
         reader.feed_eof()
-    response = SimpleNamespace(content=reader, close=lambda: None)
+    response = SimpleNamespace(readany=reader.readany, read=reader.read, close=lambda: None)
     call = UpstreamCall(FakeClient(idle_s), response, read_s)  # type: ignore[arg-type]
     return call, reader
 

@@ -17,12 +17,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import openai
 import pytest
 from aiohttp.test_utils import TestClient
 
 from sidecar.config.loader import parse_config
+from sidecar.routing.http1 import Disconnected
 from sidecar.routing.upstream import BackendClient
 from sidecar.settings import BackendTlsDefaults
 
@@ -198,28 +198,27 @@ async def test_with_health_checks_an_untrusted_server_is_a_502_naming_the_verifi
 
 
 @pytest.mark.parametrize(
-    "dropped",
+    "cause",
     [
-        aiohttp.ServerDisconnectedError(),
-        aiohttp.ClientOSError(errno.ECONNRESET, "Connection reset by peer"),
-        aiohttp.ClientOSError(errno.EPIPE, "Broken pipe"),
-        aiohttp.ClientConnectionError("Connection closed"),
-        aiohttp.ClientPayloadError("Response payload is not completed"),
+        None,
+        ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"),
+        BrokenPipeError(errno.EPIPE, "Broken pipe"),
+        ConnectionAbortedError(errno.ECONNABORTED, "Connection aborted"),
     ],
-    ids=["disconnected", "reset", "broken-pipe", "closed", "payload"],
+    ids=["closed", "reset", "broken-pipe", "aborted"],
 )
 def test_every_drop_before_the_head_names_the_client_certificate(
-    tmp_path: Path, pki: TestPki, dropped: Exception
+    tmp_path: Path, pki: TestPki, cause: Exception | None
 ) -> None:
-    """However aiohttp reports the drop, before any response byte on a TLS backend that
-    was handed a client certificate it is the likely certificate rejection; after the
-    head it is a backend that broke off."""
+    """However the connection ended, before any response byte on a TLS backend that was
+    handed a client certificate it is the likely certificate rejection; after the head
+    it is a backend that broke off."""
     text = _config("https://127.0.0.1:9/v1", "{readiness: false}")
     config = parse_config(text.encode(), tmp_path / "gateway.yaml", {}, BackendTlsDefaults())
     client = BackendClient(config.backends[0])
 
-    before = client.translate(dropped, before_head=True)
-    after = client.translate(dropped, streaming=True)
+    before = client.translate(Disconnected(False, cause), before_head=True)
+    after = client.translate(Disconnected(True, cause), streaming=True)
 
     assert before.code == "upstream_tls_error", before.message
     assert "rejected the client certificate" in before.message

@@ -9,19 +9,21 @@ ends, so an error, a client that goes away, or the end of a stream frees them ex
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from ..errors import GatewayError, UnknownModel, UpstreamError, error_envelope
 from ..observability.access_log import AccessRecord
 from ..routing.call import backend_call
 from ..routing.registry import Backend, Registry
 from ..routing.router import allowed, resolve, upstream_body
-from ..routing.upstream import UpstreamCall, split_events
+from ..routing.upstream import ClientGone, UpstreamCall, split_events
 from ..typedefs import ACCESS, REGISTRY, REQUEST_ID
 from ..usage import tokens
 from ..wire.body import read_json_object
@@ -30,6 +32,7 @@ from . import validation
 log = logging.getLogger("gateway.api")
 
 _DONE = b"data: [DONE]\n\n"
+_CLIENT_BUFFER = 256 * 1024  # unsent bytes for a client before reading the backend pauses
 _SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-cache",
@@ -192,52 +195,128 @@ async def _relay_stream(
     payload: dict[str, Any],
     strip_usage: bool,
 ) -> web.StreamResponse:
-    """Relay the events as they come. The usage chunk is the last data event before
-    ``[DONE]``: only that tail is parsed (``tokens.tail_usage``), at ``[DONE]``; when the
-    gateway asked for it on the client's behalf, a run holding ``[]`` (the chunk's empty
-    ``choices``) is looked at too, so the chunk is removed even when it comes alone."""
+    """Relay the events as the network delivers them (``UpstreamCall.relay_events``:
+    pushed from the read callback straight into the client's connection, see
+    ``_EventRelay``). The usage chunk is the last data event before ``[DONE]``: only that
+    tail is parsed (``tokens.tail_usage``), at ``[DONE]``; when the gateway asked for it
+    on the client's behalf, a run holding ``[]`` (the chunk's empty ``choices``) is looked
+    at too, so the chunk is removed even when it comes alone."""
     content_type = call.response.headers.get("Content-Type", "")
     if not content_type.startswith("text/event-stream"):
         raise UpstreamError(f"backend '{headers['X-Backend-Used']}' did not answer with a stream")
     record = request[ACCESS]
     response = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **headers})
-    await response.prepare(request)
-    finished = counted = False
-    previous = b""
-    event_size = 0
+    writer = await response.prepare(request)
+    assert writer is not None  # prepared once, here
+    relay = _EventRelay(request, response, writer, call, strip_usage)
     try:
-        async for run in call.event_runs():
-            record.first_token()
-            if b"[DONE]" in run:
-                run, finished = _through_done(run)
-                if not counted:
-                    run, found, event_size = tokens.tail_usage(run, strip_usage)
-                    if found is None and not event_size and previous:
-                        _, found, event_size = tokens.tail_usage(previous, False)
-                    counted = _counted(record, found)
-            elif strip_usage and b"[]" in run and not counted:
-                run, found, _ = tokens.tail_usage(run, True)
-                counted = _counted(record, found)
-            await response.write(run)
-            record.bytes_out += len(run)
-            previous = run
-            if finished:
-                await response.write_eof()
-                await call.finish()  # so the backend connection is reused
-                return response
-        raise UpstreamError(f"backend '{headers['X-Backend-Used']}' ended the stream early")
+        await call.relay_events(relay.deliver)
+        if not relay.finished:
+            raise UpstreamError(f"backend '{headers['X-Backend-Used']}' ended the stream early")
+        await relay.drained()
+        await response.write_eof()
+        await call.finish()  # so the backend connection is reused
+    except ClientGone:
+        pass  # the client went away: nothing left to tell it
     except GatewayError as exc:
         log.warning("stream %s failed: %s", request[REQUEST_ID], exc.message)
         record.stream_failed = True
+        await relay.drained()
         await _end_stream_with_error(response, exc)
     finally:
-        if not counted:  # the backend reported nothing (or the stream broke): estimate
+        relay.close()
+        if not relay.counted:  # the backend reported nothing (or the stream broke): estimate
             record.prompt_tokens = tokens.estimate(tokens.prompt_chars(payload))
             record.completion_tokens = tokens.estimate_stream_completion(
-                record.bytes_out, event_size
+                record.bytes_out, relay.event_size
             )
             record.usage_estimated = True
     return response
+
+
+class _EventRelay:
+    """What happens to each run of events on its way to the client, in the event loop's
+    read callback: find ``[DONE]`` and the usage chunk, then write the run to the
+    client's connection as one HTTP chunk (the response's head was sent by ``prepare``;
+    ``write_eof`` ends the chunked body). When the client reads slower than the backend
+    writes, reading the backend pauses until the client's buffer drains."""
+
+    __slots__ = (
+        "_call",
+        "_chunked",
+        "_drain",
+        "_record",
+        "_transport",
+        "_writer",
+        "counted",
+        "event_size",
+        "finished",
+        "previous",
+        "strip_usage",
+    )
+
+    def __init__(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        writer: AbstractStreamWriter,
+        call: UpstreamCall,
+        strip_usage: bool,
+    ) -> None:
+        self._record = request[ACCESS]
+        self._transport = request.transport
+        self._writer = writer
+        self._call = call
+        self._chunked = response.headers.get("Transfer-Encoding") == "chunked"
+        self._drain: asyncio.Task[None] | None = None
+        self.strip_usage = strip_usage
+        self.finished = self.counted = False
+        self.previous = b""
+        self.event_size = 0
+
+    def deliver(self, run: bytes) -> bool:
+        record = self._record
+        record.first_token()
+        if b"[DONE]" in run:
+            run, self.finished = _through_done(run)
+            if not self.counted:
+                run, found, self.event_size = tokens.tail_usage(run, self.strip_usage)
+                if found is None and not self.event_size and self.previous:
+                    _, found, self.event_size = tokens.tail_usage(self.previous, False)
+                self.counted = _counted(record, found)
+        elif self.strip_usage and b"[]" in run and not self.counted:
+            run, found, _ = tokens.tail_usage(run, True)
+            self.counted = _counted(record, found)
+        if run:
+            self._write(run)
+            record.bytes_out += len(run)
+            self.previous = run
+        return self.finished
+
+    def _write(self, run: bytes) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            raise ClientGone
+        transport.write(b"%x\r\n%b\r\n" % (len(run), run) if self._chunked else run)
+        if self._drain is None and transport.get_write_buffer_size() > _CLIENT_BUFFER:
+            self._call.response.pause()
+            self._drain = asyncio.get_running_loop().create_task(self._resume_when_drained())
+
+    async def _resume_when_drained(self) -> None:
+        try:
+            await self._writer.drain()
+        finally:
+            self._drain = None
+            self._call.response.resume()
+
+    async def drained(self) -> None:
+        """Until what was written has left for the client (before the body ends)."""
+        if self._drain is not None:
+            await asyncio.shield(self._drain)
+
+    def close(self) -> None:
+        if self._drain is not None:
+            self._drain.cancel()
 
 
 def _counted(record: AccessRecord, found: tuple[int, int] | None) -> bool:

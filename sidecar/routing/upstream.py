@@ -1,7 +1,7 @@
-"""HTTP(S) clients for backends: one pooled session per backend, with its TLS context.
+"""HTTP(S) clients for backends: one connection pool per backend, with its TLS context.
 
 Transport failures are translated here, once, into the gateway's errors, so the API
-layer never sees an aiohttp exception and no message carries a backend URL.
+layer never sees a transport exception and no message carries a backend URL.
 
 Backends are not trusted: redirects are never followed (a 3xx is a 502 that says so);
 replies with NaN or Infinity are refused (``wire.strict_json``); one server-sent event is at most
@@ -14,20 +14,20 @@ a backend's 429 stays a ``rate_limit_error``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import email.utils
-import errno
 import json
 import logging
 import math
 import os
 import re
+import socket
 import ssl
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any
 
-import aiohttp
 from yarl import URL
 
 from ..config.schema import BackendConfig
@@ -41,6 +41,7 @@ from ..errors import (
     UpstreamUnavailable,
 )
 from ..wire import strict_json
+from .http1 import ConnectFailed, Disconnected, MalformedResponse, Pool, Response
 
 MAX_UPSTREAM_BODY = 64 * 1024 * 1024
 MAX_SSE_EVENT_BYTES = 1024 * 1024
@@ -83,17 +84,20 @@ _TLS_REASONS = {
 }
 
 
+class ClientGone(Exception):
+    """Raised by a relay's ``deliver`` when the client it writes to has gone away."""
+
+
 class UpstreamCall:
     """One request to a backend, open until the caller closes it (a stream stays open)."""
 
-    def __init__(
-        self, client: BackendClient, response: aiohttp.ClientResponse, read_s: float
-    ) -> None:
+    def __init__(self, client: BackendClient, response: Response, read_s: float) -> None:
         self._client = client
         self.response = response
         self.read_s = read_s
         self._closed = False
         self._deadline: _ReadDeadline | None = None
+        self._rest: asyncio.Future[None] | None = None
 
     @property
     def status(self) -> int:
@@ -104,10 +108,10 @@ class UpstreamCall:
         ``truncate``, a longer body is cut at ``limit`` instead of being an error."""
         try:
             async with asyncio.timeout(self.read_s):
-                return await _read_capped(self.response.content, limit, truncate)
+                return await _read_capped(self.response, limit, truncate)
         except OverflowError:
             raise UpstreamError(f"backend '{self._client.name}' sent an oversized reply") from None
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except (TimeoutError, OSError, ValueError) as exc:
             raise self._client.translate(exc) from None
 
     async def read_json(self) -> tuple[bytes, Any]:
@@ -136,87 +140,94 @@ class UpstreamCall:
         stream-idle timeout. Ends at EOF; transport failures raise gateway errors, and so
         does an event longer than ``MAX_SSE_EVENT_BYTES`` (never buffered past that).
         An error event the backend sends mid-stream has its message cleaned; blank lines
-        between events are dropped.
-
-        This is the per-token hot path: one read per network piece, no timer per read
-        (``_ReadDeadline``), events found by position and relayed as the slice that holds
-        them (usually the piece itself), no JSON parsing.
+        between events are dropped (``EventFramer``). One read per network piece and no
+        timer per read (``_ReadDeadline``); ``relay_events`` is the same without a read.
         """
-        content = self.response.content
-        limit = MAX_SSE_EVENT_BYTES
+        response = self.response
+        framer = EventFramer(self._too_large)
         deadline = self._deadline = _ReadDeadline()
         wait = self.read_s
         idle = self._client.config.timeouts.stream_idle_s
-        pending: list[bytes] = []  # an event still incomplete, in pieces
-        pending_size = 0
-        tail = b""  # the last two bytes of ``pending``: a boundary may straddle pieces
         while True:
             deadline.start(wait)
             try:
-                piece = await content.readany()
+                piece = await response.readany()
             except asyncio.CancelledError:
                 if deadline.expired():
                     raise self._client.translate(TimeoutError(), streaming=True) from None
                 raise
-            except (aiohttp.ClientError, OSError, ValueError) as exc:
+            except (OSError, ValueError) as exc:
                 raise self._client.translate(exc, streaming=True) from None
             finally:
                 deadline.stop()
             wait = idle
             if not piece:  # EOF: an unterminated last event still counts
-                rest = b"".join(pending).lstrip(b"\r\n")
+                rest = framer.end()
                 if rest:
-                    yield _checked(rest + b"\n")
+                    yield rest
                 return
-            if pending:
-                if _BOUNDARY.search(tail + piece) is None:
-                    pending.append(piece)
-                    pending_size += len(piece)
-                    tail = (tail + piece)[-2:]
-                    if pending_size > limit + 2:
-                        raise self._too_large()
-                    continue
-                pending.append(piece)
-                piece = b"".join(pending)
-                pending = []
-            start, end = 0, len(piece)
-            first = -1  # where the current run of back-to-back events starts
-            runs: list[bytes] = []
-            too_large = False
-            while start < end:
-                if piece.startswith(b"\n", start) or piece.startswith(b"\r\n", start):
-                    if first >= 0:  # a blank line between events: not relayed
-                        runs.append(piece[first:start])
-                        first = -1
-                    start += 1 if piece[start] == 10 else 2
-                    continue
-                match = _BOUNDARY.search(piece, start)
-                if match is None:
-                    break
-                if match.start() - start > limit:
-                    too_large = True  # after the events before it
-                    break
-                if first < 0:
-                    first = start
-                start = match.end()
-            if first >= 0:
-                runs.append(piece if first == 0 and start == end else piece[first:start])
-            if runs:
-                yield _checked(runs[0] if len(runs) == 1 else b"".join(runs))
-            if too_large:
-                raise self._too_large()
-            if start < end:
-                rest = piece[start:]
-                pending, pending_size, tail = [rest], len(rest), rest[-2:]
-                if pending_size > limit + 2:
-                    raise self._too_large()
+            run = framer.feed(piece)
+            if run:
+                yield run
+            if framer.error is not None:
+                raise framer.error
+
+    async def relay_events(self, deliver: Callable[[bytes], bool]) -> None:
+        """``event_runs`` pushed instead of pulled: the stream relay's hot path.
+
+        ``deliver`` gets each run of whole events from the event loop's read callback,
+        as the network delivers it (no task is woken per event, nothing is awaited per
+        event), and must not block; it returns True after the last event it wants: this
+        returns then, and the rest of the body is dropped as it comes (``finish`` waits
+        for its end, so the connection can be reused). What ``deliver`` raises ends the
+        relay and is raised here as it is. The same timeouts, limits and cleaning as
+        ``event_runs``; otherwise returns at the end of the body, after an unterminated
+        last event.
+        """
+        response = self.response
+        framer = EventFramer(self._too_large)
+        loop = asyncio.get_running_loop()
+        stopped = loop.create_future()
+        watch = _IdleWatch(loop, response, self.read_s, self._client.config.timeouts.stream_idle_s)
+
+        def sink(piece: bytes) -> None:
+            if stopped.done():
+                return
+            watch.last = loop.time()
+            run = framer.feed(piece)
+            if run and deliver(run):
+                stopped.set_result(None)
+                return
+            if framer.error is not None:
+                raise framer.error
+
+        piped = response.pipe(sink)
+        try:
+            await asyncio.wait((piped, stopped), return_when=asyncio.FIRST_COMPLETED)
+            if stopped.done():
+                self._rest = piped  # the body's end, which ``finish`` waits for
+                return
+            piped.result()
+        except (TimeoutError, OSError, ValueError) as exc:
+            raise self._client.translate(exc, streaming=True) from None
+        finally:
+            watch.close()
+            if not piped.done() and not stopped.done():
+                piped.cancel()
+        rest = framer.end()
+        if rest:
+            deliver(rest)
 
     async def finish(self, timeout_s: float = 0.5) -> None:
         """After the last event: wait briefly for the end of the body, so the connection
         goes back to the pool instead of being closed (a little is read, nothing kept)."""
-        with contextlib.suppress(TimeoutError, aiohttp.ClientError, OSError, ValueError):
+        rest, self._rest = self._rest, None
+        with contextlib.suppress(Exception):
             async with asyncio.timeout(timeout_s):
-                await _read_capped(self.response.content, 64 * 1024, truncate=True)
+                if rest is not None:
+                    await rest  # after ``relay_events``: the body goes on being dropped
+                else:
+                    await _read_capped(self.response, 64 * 1024, truncate=True)
 
     def _too_large(self) -> UpstreamError:
         return UpstreamError(
@@ -228,12 +239,12 @@ class UpstreamCall:
     async def chunks(self, size: int = 64 * 1024) -> AsyncIterator[bytes]:
         """The body in pieces of at most ``size`` bytes (a download), each within the read
         timeout; transport failures raise gateway errors."""
-        content = self.response.content
+        response = self.response
         while True:
             try:
                 async with asyncio.timeout(self.read_s):
-                    chunk = await content.read(size)
-            except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+                    chunk = await response.read(size)
+            except (TimeoutError, OSError, ValueError) as exc:
                 raise self._client.translate(exc, streaming=True) from None
             if not chunk:
                 return
@@ -258,8 +269,8 @@ class UpstreamCall:
             )
         try:
             async with asyncio.timeout(self.read_s):
-                body = await _read_capped(self.response.content, 64 * 1024, truncate=True)
-        except (TimeoutError, aiohttp.ClientError, OSError):
+                body = await _read_capped(self.response, 64 * 1024, truncate=True)
+        except (TimeoutError, OSError, ValueError):
             body = b""
         detail = _upstream_message(body)
         if self.status >= 500 or self.status in (401, 403, 407):
@@ -286,48 +297,44 @@ class UpstreamCall:
 
 
 class BackendClient:
-    """The pooled session for one backend, created at start-up and closed once idle."""
+    """The connection pool for one backend (``http1.Pool``), closed once idle after a
+    reload retired it. No cookies are kept: one pool serves every client."""
 
     def __init__(self, config: BackendConfig) -> None:
         self.config = config
         self.name = config.name
         https = config.url is not None and config.url.scheme == "https"
         self._ssl = config.ssl_context if https else None
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: Pool | None = None
         self._active = 0
         self._retired = False
         self._closing: asyncio.Task[None] | None = None
         self._is_closed = False
         self._headers = dict(_JSON_HEADERS)
         self._urls: dict[str, URL] = {}
+        self._targets: dict[URL, str] = {}
         if config.api_key:
             self._headers["Authorization"] = f"Bearer {config.api_key}"
         elif config.basic_auth:
             user, password = config.basic_auth
-            self._headers["Authorization"] = aiohttp.encode_basic_auth(user, password)
+            pair = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+            self._headers["Authorization"] = f"Basic {pair}"
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=0,
-                ssl=self._ssl if self._ssl is not None else True,
-                enable_cleanup_closed=True,
+    def pool(self) -> Pool:
+        if self._pool is None:
+            url = self.config.url
+            if url is None or url.host is None:
+                raise ValueError(f"backend '{self.name}' is built in and has no URL")
+            self._pool = Pool(
+                url.scheme,
+                url.host,
+                url.port or (443 if url.scheme == "https" else 80),
+                url.host_port_subcomponent or url.host,
+                self._ssl,
+                self.config.timeouts.connect_s,
             )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    connect=self.config.timeouts.connect_s,
-                    sock_connect=self.config.timeouts.connect_s,
-                ),
-                auto_decompress=True,
-                skip_auto_headers=("User-Agent",),
-                # A backend's Set-Cookie must not ride along on the next caller's request
-                # (one session serves every client); no jar also saves a lookup per call.
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
-        return self._session
+        return self._pool
 
     def url(self, endpoint: str) -> URL:
         url = self._urls.get(endpoint)
@@ -400,19 +407,30 @@ class BackendClient:
         read_timeout_s: float | None,
     ) -> UpstreamCall:
         read_s = read_timeout_s or self.config.timeouts.read_s
-        target = endpoint if isinstance(endpoint, URL) else self.url(endpoint)
+        target = self._target(endpoint if isinstance(endpoint, URL) else self.url(endpoint))
         self._active += 1
         try:
             async with asyncio.timeout(read_s):
-                response = await self.session.request(
-                    method, target, data=body, headers=headers, allow_redirects=False
-                )
+                response = await self.pool.request(method, target, headers, body)
         except BaseException as exc:
             self._call_done()
-            if isinstance(exc, TimeoutError | aiohttp.ClientError | OSError):
+            if isinstance(exc, TimeoutError | OSError | ValueError):
                 raise self.translate(exc, before_head=True) from None
             raise
         return UpstreamCall(self, response, read_s)
+
+    def _target(self, url: URL) -> str:
+        """The request target (path and query) of ``url``, which must be on the
+        backend's origin."""
+        target = self._targets.get(url)
+        if target is None:
+            base = self.config.url
+            if base is None or url.origin() != base.origin():
+                raise UpstreamError(f"backend '{self.name}': a request outside its origin")
+            target = url.raw_path_qs
+            if len(self._targets) < 64:
+                self._targets[url] = target
+        return target
 
     def translate(
         self, exc: BaseException, *, streaming: bool = False, before_head: bool = False
@@ -422,7 +440,12 @@ class BackendClient:
         if isinstance(exc, GatewayError):
             return exc  # translated already (a probe's failure keeps its reason)
         tls_reason = _tls_reason(exc)
-        if tls_reason is None and before_head and self._ssl is not None and _dropped(exc):
+        if (
+            tls_reason is None
+            and self._ssl is not None
+            and isinstance(exc, Disconnected)
+            and not exc.head_seen
+        ):
             # Python TLS servers (asyncio, uvicorn) check a client certificate only after
             # the TLS 1.3 handshake completed on our side, then drop the connection
             # without an alert: a reset or a close before any response byte is all we see.
@@ -440,12 +463,16 @@ class BackendClient:
         if isinstance(exc, TimeoutError):
             phase = "stream went idle" if streaming else "did not answer"
             return UpstreamTimeout(f"backend '{name}' {phase} within the configured timeout")
-        if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc, ConnectFailed):
             return UpstreamUnavailable(f"cannot connect to backend '{name}': {_os_reason(exc)}")
-        if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        if isinstance(exc, Disconnected):
+            if exc.reset:
+                return UpstreamError(f"backend '{name}' reset the connection")
             return UpstreamError(f"backend '{name}' closed the connection mid-response")
-        if _reset(exc):
+        if isinstance(exc, ConnectionResetError):
             return UpstreamError(f"backend '{name}' reset the connection")
+        if isinstance(exc, MalformedResponse):
+            return UpstreamError(f"backend '{name}' sent a malformed response")
         if isinstance(exc, ValueError):
             return UpstreamError(f"backend '{name}' sent a malformed stream")
         return UpstreamError(f"backend '{name}' failed: {type(exc).__name__}")
@@ -456,7 +483,7 @@ class BackendClient:
             self._close_soon()
 
     def retire(self) -> None:
-        """Close the session once the requests still using it have finished."""
+        """Close the pool once the requests still using it have finished."""
         self._retired = True
         if self._active == 0:
             self._close_soon()
@@ -471,8 +498,8 @@ class BackendClient:
 
     async def close(self) -> None:
         self._is_closed = True
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
+        if self._pool is not None:
+            self._pool.close()
 
 
 _BOUNDARY = re.compile(rb"\n\r?\n")  # the blank line that ends an event
@@ -487,6 +514,120 @@ def split_events(run: bytes) -> list[bytes]:
     if start < len(run):
         events.append(run[start:])
     return events
+
+
+class EventFramer:
+    """Whole server-sent events out of network pieces, for ``event_runs`` and
+    ``relay_events``.
+
+    ``feed`` returns the events a piece completed, back to back, as the slice of the
+    piece that holds them when it can (no copy, no JSON parsing); blank lines between
+    events are dropped and a backend's error event is cleaned (``_checked``). An event
+    longer than ``MAX_SSE_EVENT_BYTES`` is never buffered past that: ``error`` is set
+    (after the events before it were returned) and the stream must end.
+    """
+
+    __slots__ = ("_pending", "_pending_size", "_tail", "_too_large", "error")
+
+    def __init__(self, too_large: Callable[[], GatewayError]) -> None:
+        self._pending: list[bytes] = []  # an event still incomplete, in pieces
+        self._pending_size = 0
+        self._tail = b""  # the last two bytes pending: a boundary may straddle pieces
+        self._too_large = too_large
+        self.error: GatewayError | None = None
+
+    def feed(self, piece: bytes) -> bytes:
+        limit = MAX_SSE_EVENT_BYTES
+        pending = self._pending
+        if pending:
+            tail = self._tail + piece
+            if _BOUNDARY.search(tail) is None:
+                pending.append(piece)
+                self._pending_size += len(piece)
+                self._tail = tail[-2:]
+                if self._pending_size > limit + 2:
+                    self.error = self._too_large()
+                return b""
+            pending.append(piece)
+            piece = b"".join(pending)
+            self._pending = []
+        start, end = 0, len(piece)
+        first = -1  # where the current run of back-to-back events starts
+        runs: list[bytes] = []
+        while start < end:
+            if piece.startswith(b"\n", start) or piece.startswith(b"\r\n", start):
+                if first >= 0:  # a blank line between events: not relayed
+                    runs.append(piece[first:start])
+                    first = -1
+                start += 1 if piece[start] == 10 else 2
+                continue
+            match = _BOUNDARY.search(piece, start)
+            if match is None:
+                break
+            if match.start() - start > limit:
+                self.error = self._too_large()  # after the events before it
+                break
+            if first < 0:
+                first = start
+            start = match.end()
+        if first >= 0:
+            runs.append(piece if first == 0 and start == end else piece[first:start])
+        if start < end and self.error is None:
+            rest = piece[start:]
+            self._pending, self._pending_size, self._tail = [rest], len(rest), rest[-2:]
+            if len(rest) > limit + 2:
+                self.error = self._too_large()
+        if not runs:
+            return b""
+        return _checked(runs[0] if len(runs) == 1 else b"".join(runs))
+
+    def end(self) -> bytes:
+        """At the end of the body: an unterminated last event, completed, or ``b""``."""
+        rest = b"".join(self._pending).lstrip(b"\r\n")
+        self._pending = []
+        return _checked(rest + b"\n") if rest else b""
+
+
+class _IdleWatch:
+    """``relay_events``' timeouts with one timer per stream: the first event within the
+    read timeout, each later one within the stream-idle timeout. ``last`` is set per
+    piece (an attribute store); the timer re-arms itself until a wait overruns, then
+    fails the response with ``TimeoutError``."""
+
+    __slots__ = ("_first_s", "_handle", "_idle_s", "_loop", "_response", "_started", "last")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        response: Response,
+        first_s: float,
+        idle_s: float,
+    ) -> None:
+        self._loop = loop
+        self._response = response
+        self._first_s = first_s
+        self._idle_s = idle_s
+        self._started = self.last = loop.time()
+        self._handle: asyncio.TimerHandle | None = loop.call_at(
+            self._started + first_s, self._check
+        )
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        if self.last == self._started:
+            at = self._started + self._first_s  # no event yet
+        else:
+            at = self.last + self._idle_s
+        if now < at:
+            self._handle = self._loop.call_at(at, self._check)
+        else:
+            self._handle = None
+            self._response.abort(TimeoutError())
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 def _checked(run: bytes) -> bytes:
@@ -551,11 +692,11 @@ class _ReadDeadline:
             self._task.cancel()
 
 
-async def _read_capped(content: aiohttp.StreamReader, limit: int, truncate: bool = False) -> bytes:
+async def _read_capped(response: Response, limit: int, truncate: bool = False) -> bytes:
     """Read to EOF; past ``limit`` bytes raise ``OverflowError`` (or stop, if truncating)."""
     pieces: list[bytes] = []
     size = 0
-    async for piece in content.iter_any():
+    while piece := await response.readany():
         size += len(piece)
         pieces.append(piece)
         if size > limit:
@@ -659,34 +800,10 @@ def _retry_after(value: str | None) -> int:
 def _tls_reason(exc: BaseException) -> str | None:
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, aiohttp.ClientConnectorCertificateError):
-            return _ssl_reason(seen.certificate_error)
-        inner = _inner_os_error(seen)
-        if isinstance(inner, ssl.SSLError):
-            seen = inner  # aiohttp's SSL errors wrap the one that has the reason
-            continue
         if isinstance(seen, ssl.SSLError):
             return _ssl_reason(seen)
-        seen = seen.__cause__ or seen.__context__ or inner
+        seen = seen.__cause__ or seen.__context__
     return None
-
-
-def _dropped(exc: BaseException) -> bool:
-    """A connection the backend dropped (reset or closed), not one that never opened."""
-    if isinstance(exc, aiohttp.ClientConnectorError | TimeoutError):
-        return False
-    return isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError | OSError)
-
-
-def _reset(exc: BaseException) -> bool:
-    if isinstance(exc, ConnectionResetError):
-        return True
-    return isinstance(exc, aiohttp.ClientOSError) and exc.errno == errno.ECONNRESET
-
-
-def _inner_os_error(exc: BaseException) -> BaseException | None:
-    inner = getattr(exc, "os_error", None)
-    return inner if isinstance(inner, BaseException) and inner is not exc else None
 
 
 def _ssl_reason(exc: BaseException) -> str:
@@ -700,8 +817,12 @@ def _ssl_reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _os_reason(exc: aiohttp.ClientConnectorError) -> str:
-    error = exc.os_error
-    if error is not None and error.errno:
-        return os.strerror(error.errno).lower()
+def _os_reason(exc: OSError) -> str:
+    cause = exc.__cause__
+    if isinstance(cause, socket.gaierror):
+        return "its host name does not resolve"
+    if isinstance(cause, OSError) and cause.errno and cause.errno > 0:
+        return os.strerror(cause.errno).lower()
+    if exc.errno and exc.errno > 0:
+        return os.strerror(exc.errno).lower()
     return "connection failed"
