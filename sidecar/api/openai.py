@@ -276,7 +276,8 @@ class _EventRelay:
 
     def deliver(self, run: bytes) -> bool:
         record = self._record
-        record.first_token()
+        if record.ttft_ms is None:
+            record.first_token()
         if b"[DONE]" in run:
             run, self.finished = _through_done(run)
             if not self.counted:
@@ -328,6 +329,8 @@ def _counted(record: AccessRecord, found: tuple[int, int] | None) -> bool:
 
 def _through_done(run: bytes) -> tuple[bytes, bool]:
     """The events of ``run`` up to and including ``data: [DONE]``, and whether it is there."""
+    if run.endswith(_DONE) and run.find(b"[DONE]") == len(run) - 8:
+        return run, True  # the usual end: [DONE] last, once
     kept = []
     for event in split_events(run):
         kept.append(event)

@@ -17,8 +17,12 @@ Backends are not trusted:
 - ``Accept-Encoding: identity`` is sent and a coded body (gzip, br, ...) is an error:
   nothing is decompressed, so there is no decompression bomb to defuse;
 - a connection is reused only after a complete response that allows keep-alive with
-  nothing after it; bytes that arrive on an idle connection close it. Idle connections
-  are closed after ``IDLE_S`` (15 s) or as soon as the backend closes them;
+  nothing after it; bytes after a response (in the same read or later) or on an idle
+  connection close it. Idle connections are not reused after ``IDLE_S`` (15 s) and are
+  closed as soon as the backend closes them;
+- after the head, bytes that are neither body nor chunk framing (trailers, chunk
+  extensions) are bounded by ``MAX_HEAD_BYTES`` too, and trailers are not passed on;
+- a body must be identity or chunked: any other transfer coding is an error;
 - request heads are built from the gateway's own values and refuse CR, LF and NUL.
 
 Failures are the exceptions below (plus ``ssl.SSLError`` from a handshake and
@@ -64,6 +68,10 @@ class Disconnected(ConnectionError):
 
 class MalformedResponse(ValueError):
     """The backend's bytes are not an HTTP/1.1 response the gateway accepts."""
+
+
+class _Trailing(Exception):
+    """Raised from the parser when a second response follows a complete one."""
 
 
 def _default_context() -> ssl.SSLContext:
@@ -150,6 +158,8 @@ class Connection(asyncio.Protocol):
         self._head_bytes = 0
         self._interim = 0
         self._framed = False  # Content-Length or chunked: EOF before the end is an error
+        self._progress = False  # body or chunk framing seen in this read
+        self._quiet = 0  # bytes read since the last body or chunk framing
         self._complete = False
         self._reusable = False
         self.status = 0
@@ -198,7 +208,7 @@ class Connection(asyncio.Protocol):
     def _start(self) -> None:
         self._active = True
         self._head_done = self._complete = self._reusable = self._framed = False
-        self._head_bytes = self._interim = 0
+        self._head_bytes = self._interim = self._quiet = 0
         self.status = 0
         self.reason = ""
         self.headers = CIMultiDict()
@@ -280,6 +290,8 @@ class Connection(asyncio.Protocol):
             self._piped.cancel()
         self._piped = None
         if self._complete and self._reusable and self._error is None and not self.closed:
+            if self._paused:  # closed unread past the high-water mark
+                self._resume()
             self._pool.release(self)
         else:
             self.close()
@@ -298,14 +310,19 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if not self._active or self._complete:
             # Bytes nobody asked for (on an idle connection, or after a complete
-            # response): the connection's framing cannot be trusted any more.
-            self.fail(MalformedResponse("data after the end of the response"))
+            # response): the connection's framing cannot be trusted any more. The
+            # complete response stays readable; the connection is not reused.
+            self._spent()
             return
+        self._progress = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__  # what a callback (or the pipe's sink) raised
-            self.fail(cause if isinstance(cause, Exception) else MalformedResponse())
+            if isinstance(cause, _Trailing):
+                self._spent()  # a second response after this one, in the same read
+            else:
+                self.fail(cause if isinstance(cause, Exception) else MalformedResponse())
             return
         except httptools.HttpParserError as exc:
             self.fail(MalformedResponse(str(exc)[:120]))
@@ -314,6 +331,21 @@ class Connection(asyncio.Protocol):
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
                 self.fail(MalformedResponse("response head too large"))
+        elif self._progress:
+            self._quiet = 0
+        else:
+            # Bytes that are neither body nor a chunk's framing (an endless trailer or
+            # chunk extension, which the parser would otherwise buffer): bounded too.
+            self._quiet += len(data)
+            if self._quiet > MAX_HEAD_BYTES:
+                self.fail(MalformedResponse("response trailer too large"))
+
+    def _spent(self) -> None:
+        self._reusable = False
+        if not self._active:
+            self.close()
+        elif self.transport is not None:
+            self.transport.close()
 
     def eof_received(self) -> bool:
         return False  # close the transport; connection_lost says what it meant
@@ -340,10 +372,22 @@ class Connection(asyncio.Protocol):
 
     # -- httptools callbacks ---------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self._complete:
+            raise _Trailing
+
+    def on_chunk_header(self) -> None:
+        self._progress = True
+
+    def on_chunk_complete(self) -> None:
+        self._progress = True
+
     def on_status(self, status: bytes) -> None:
         self.reason = status[:200].decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._head_done:
+            return  # a chunked body's trailer: not passed on
         if len(self.headers) >= MAX_HEADERS:
             raise MalformedResponse("too many response headers")
         self.headers.add(name.decode("latin-1"), value.decode("latin-1"))
@@ -360,10 +404,11 @@ class Connection(asyncio.Protocol):
         coding = headers.get("Content-Encoding", "identity").strip().lower()
         if coding not in ("identity", ""):
             raise MalformedResponse(f"a body coded {coding[:32]!r}, which was not asked for")
+        transfer = ",".join(headers.getall("Transfer-Encoding", ())).strip().lower()
+        if transfer not in ("", "chunked"):
+            raise MalformedResponse(f"a body sent as {transfer[:32]!r}, which was not asked for")
         self.status = status
-        self._framed = (
-            "Content-Length" in headers or "chunked" in headers.get("Transfer-Encoding", "").lower()
-        )
+        self._framed = "Content-Length" in headers or transfer == "chunked"
         self._reusable = self._parser.should_keep_alive()
         self._head_done = True
         head = self._head
@@ -371,6 +416,7 @@ class Connection(asyncio.Protocol):
             head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
+        self._progress = True
         sink = self._sink
         if sink is not None:
             sink(body)
@@ -386,6 +432,7 @@ class Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if not self._head_done:
             return  # the end of an interim (1xx) response
+        self._progress = True
         self._complete = True
         self._wake()
 
@@ -461,8 +508,16 @@ class Pool:
         idle = self._idle
         while idle:
             conn = idle.pop()
-            if not conn.closed:
-                return conn
+            if conn.closed:
+                continue
+            if time.monotonic() - conn.idle_since > IDLE_S:
+                # Idle too long: the backend may have dropped it without a word. Every
+                # connection before it in the deque is older still.
+                conn.close()
+                while idle:
+                    idle.popleft().close()
+                return None
+            return conn
         return None
 
     async def _connect(self) -> Connection:

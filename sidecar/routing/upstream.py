@@ -187,24 +187,32 @@ class UpstreamCall:
         response = self.response
         framer = EventFramer(self._too_large)
         loop = asyncio.get_running_loop()
-        stopped = loop.create_future()
+        ended = loop.create_future()  # the last wanted event, or the body's end
+        stopped = False
         watch = _IdleWatch(loop, response, self.read_s, self._client.config.timeouts.stream_idle_s)
 
         def sink(piece: bytes) -> None:
-            if stopped.done():
+            nonlocal stopped
+            if stopped:
                 return
             watch.last = loop.time()
             run = framer.feed(piece)
             if run and deliver(run):
-                stopped.set_result(None)
+                stopped = True
+                ended.set_result(None)
                 return
             if framer.error is not None:
                 raise framer.error
 
+        def body_ended(piped: asyncio.Future[None]) -> None:
+            if not ended.done():
+                ended.set_result(None)
+
         piped = response.pipe(sink)
+        piped.add_done_callback(body_ended)
         try:
-            await asyncio.wait((piped, stopped), return_when=asyncio.FIRST_COMPLETED)
-            if stopped.done():
+            await ended
+            if stopped:
                 self._rest = piped  # the body's end, which ``finish`` waits for
                 return
             piped.result()
@@ -212,7 +220,7 @@ class UpstreamCall:
             raise self._client.translate(exc, streaming=True) from None
         finally:
             watch.close()
-            if not piped.done() and not stopped.done():
+            if not piped.done() and not stopped:
                 piped.cancel()
         rest = framer.end()
         if rest:
@@ -222,6 +230,10 @@ class UpstreamCall:
         """After the last event: wait briefly for the end of the body, so the connection
         goes back to the pool instead of being closed (a little is read, nothing kept)."""
         rest, self._rest = self._rest, None
+        if rest is not None and rest.done():
+            if not rest.cancelled():
+                rest.exception()  # retrieved: a failed end only means no reuse
+            return
         with contextlib.suppress(Exception):
             async with asyncio.timeout(timeout_s):
                 if rest is not None:
@@ -503,6 +515,7 @@ class BackendClient:
 
 
 _BOUNDARY = re.compile(rb"\n\r?\n")  # the blank line that ends an event
+_BLANK_START = (b"", b"\n", b"\r")  # a piece that starts with a blank line, or none
 
 
 def split_events(run: bytes) -> list[bytes]:
@@ -539,6 +552,11 @@ class EventFramer:
     def feed(self, piece: bytes) -> bytes:
         limit = MAX_SSE_EVENT_BYTES
         pending = self._pending
+        if not pending and piece[:1] not in _BLANK_START:
+            # The usual piece: exactly one whole event (one token), relayed as it is.
+            match = _BOUNDARY.search(piece)
+            if match is not None and match.end() == len(piece) and match.start() <= limit:
+                return piece if b'"error"' not in piece else _checked(piece)
         if pending:
             tail = self._tail + piece
             if _BOUNDARY.search(tail) is None:
