@@ -38,7 +38,7 @@ from sidecar.mock_backends.images import (
     create_openai_images_app,
 )
 from sidecar.settings import ImagesSettings
-from sidecar.typedefs import IMAGE_STORE, URL_SIGNER
+from sidecar.typedefs import IMAGE_STORE, KEYS, URL_SIGNER
 
 from .conftest import (
     TOKEN,
@@ -352,6 +352,27 @@ async def test_unsigned_url_needs_a_valid_bearer_token(images_gateway: ImagesGat
     assert headers["Content-Type"] == "image/svg+xml"
     assert headers["X-Content-Type-Options"] == "nosniff"
     assert (setup.image_dir / first.name).read_bytes() == body
+
+
+async def test_an_unsigned_image_needs_a_key_allowed_the_images_endpoint(
+    images_gateway: ImagesGateway,
+) -> None:
+    """A key limited to chat cannot read generated images by its token; one allowed
+    ``images`` (or not limited to endpoints) can."""
+    setup = await images_gateway("mock-env")
+    first, _ = await two_images(setup)
+    bare = first.with_query(None)
+    keys = setup.gateway.server.app[KEYS]
+    _, chat_only = await keys.create("chat-only", {"endpoints": ["chat"]})
+    _, painter = await keys.create("painter", {"endpoints": ["chat", "images"]})
+    _, anything = await keys.create("anything", {})
+
+    status, headers, raw = await fetch(bare, {"Authorization": f"Bearer {chat_only}"})
+    assert_error(status, json.loads(raw), 403, code="endpoint_not_allowed")
+    assert not headers["Content-Type"].startswith("image/")
+    for secret in (painter, anything):
+        status, _, body = await fetch(bare, {"Authorization": f"Bearer {secret}"})
+        assert status == 200 and (setup.image_dir / first.name).read_bytes() == body
 
 
 @pytest.mark.parametrize(

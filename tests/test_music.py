@@ -35,6 +35,7 @@ from sidecar.mock_backends.heartmula import (
     set_loaded,
 )
 from sidecar.settings import ToolsSettings
+from sidecar.typedefs import KEYS
 
 from .conftest import TOKEN, backend_yaml, eventually, gateway_yaml, mock_backend_yaml, status_of
 
@@ -263,6 +264,30 @@ async def make_song(setup: MusicSetup, **fields: Any) -> tuple[str, bytes]:
     assert status == 200, body
     path = body["audio_url"]
     return path, (setup.audio_dir / path.removeprefix(AUDIO_ROUTE)).read_bytes()
+
+
+async def test_the_download_link_needs_its_signature_or_a_key_allowed_music(
+    music_gateway: MusicGateway,
+) -> None:
+    """``download_url`` opens by its signature; without it, by a bearer token whose key
+    may use the ``music`` endpoint (a chat-only key gets a 403, not the song)."""
+    setup = await music_gateway()
+    status, body, _ = await generate(setup.gateway, {"prompt": "rain", "duration": 2})
+    assert status == 200, body
+    stored = (setup.audio_dir / body["audio_url"].removeprefix(AUDIO_ROUTE)).read_bytes()
+    signed = body["download_url"]
+    bare = signed.split("?", 1)[0]
+    keys = setup.gateway.server.app[KEYS]
+    _, chat_only = await keys.create("chat-only", {"endpoints": ["chat"]})
+    _, composer = await keys.create("composer", {"endpoints": ["music"]})
+
+    response = await setup.gateway.get(signed)
+    assert response.status == 200 and await response.read() == stored
+    response = await setup.gateway.get(bare, headers={"Authorization": f"Bearer {chat_only}"})
+    assert response.status == 403
+    assert (await response.json())["error"]["code"] == "endpoint_not_allowed"
+    response = await setup.gateway.get(bare, headers={"Authorization": f"Bearer {composer}"})
+    assert response.status == 200 and await response.read() == stored
 
 
 @pytest.mark.parametrize("how", ["yaml", "shorthand"])
