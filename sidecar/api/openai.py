@@ -329,8 +329,8 @@ def _counted(record: AccessRecord, found: tuple[int, int] | None) -> bool:
 
 def _through_done(run: bytes) -> tuple[bytes, bool]:
     """The events of ``run`` up to and including ``data: [DONE]``, and whether it is there."""
-    if run.endswith(_DONE) and run.find(b"[DONE]") == len(run) - 8:
-        return run, True  # the usual end: [DONE] last, once
+    if run == _DONE or (run.endswith(b"\n\n" + _DONE) and run.count(b"[DONE]") == 1):
+        return run, True  # the usual end: [DONE] last, once, an event of its own
     kept = []
     for event in split_events(run):
         kept.append(event)

@@ -57,12 +57,14 @@ class Disconnected(ConnectionError):
     """The backend closed or reset the connection before the response was complete.
 
     ``head_seen`` says whether any of the response had arrived; ``reset`` whether the
-    connection was reset rather than closed."""
+    connection was reset rather than closed; ``reused`` whether it had served an earlier
+    request (then a drop before the head is most likely a stale keep-alive connection)."""
 
     def __init__(self, head_seen: bool, cause: BaseException | None) -> None:
         super().__init__("connection closed before the response was complete")
         self.head_seen = head_seen
         self.reset = isinstance(cause, ConnectionResetError)
+        self.reused = False
         self.__cause__ = cause
 
 
@@ -132,6 +134,11 @@ class Response:
     def resume(self) -> None:
         if self._conn._paused:
             self._conn._resume()
+
+    @property
+    def paused(self) -> bool:
+        """Whether the socket's reading is held (by ``pause`` or a full buffer)."""
+        return self._conn._paused
 
     def abort(self, exc: BaseException) -> None:
         """Fail the response (a reader or a pipe gets ``exc``) and close the connection."""
@@ -353,8 +360,8 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self._active and not self._complete and self._error is None:
-            if self._head_done and not self._framed:
-                self._complete = True  # a body delimited by the connection's end
+            if self._head_done and not self._framed and exc is None:
+                self._complete = True  # a body delimited by the connection's (clean) end
                 self._wake()
             else:
                 self.fail(Disconnected(self._head_done or self._head_bytes > 0, exc))
@@ -401,7 +408,7 @@ class Connection(asyncio.Protocol):
             self.headers = CIMultiDict()
             return
         headers = self.headers
-        coding = headers.get("Content-Encoding", "identity").strip().lower()
+        coding = ",".join(headers.getall("Content-Encoding", ())).strip().lower()
         if coding not in ("identity", ""):
             raise MalformedResponse(f"a body coded {coding[:32]!r}, which was not asked for")
         transfer = ",".join(headers.getall("Transfer-Encoding", ())).strip().lower()
@@ -497,7 +504,21 @@ class Pool:
         """Send one request (on an idle connection when there is one) and wait for the
         response head. ``target`` is the path and query; ``Host`` is added here."""
         head = _request_head(method, target, self._authority, headers, body)
-        conn = self._take_idle() or await self._connect()
+        conn = self._take_idle()
+        if conn is not None:
+            try:
+                return await conn.send(head, body)
+            except Disconnected as exc:
+                conn.close()
+                exc.reused = True
+                # A keep-alive connection the backend dropped just as it was reused: a
+                # request that is safe to repeat goes again, once, on a new connection.
+                if exc.head_seen or method not in ("GET", "HEAD"):
+                    raise
+            except BaseException:
+                conn.close()
+                raise
+        conn = await self._connect()
         try:
             return await conn.send(head, body)
         except BaseException:
@@ -531,8 +552,12 @@ class Pool:
                     self._port,
                     ssl=self._ssl,
                     ssl_handshake_timeout=self._connect_s if self._ssl is not None else None,
+                    # A name with several addresses: the next is tried after 250 ms, so
+                    # one that drops packets (a broken IPv6 route) does not take it all.
+                    happy_eyeballs_delay=0.25,
+                    interleave=1,
                 )
-        except ssl.SSLError:
+        except (ssl.SSLError, TimeoutError):
             raise
         except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError) as exc:
             if self._ssl is not None:  # dropped during the handshake
@@ -559,6 +584,10 @@ class Pool:
 
     def forget(self, conn: Connection) -> None:
         self._open.discard(conn)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def close(self) -> None:
         """Close every connection, idle or busy (at shutdown or after a reload)."""

@@ -195,6 +195,8 @@ class UpstreamCall:
             nonlocal stopped
             if stopped:
                 return
+            if not watch.seen:
+                watch.first_event()
             watch.last = loop.time()
             run = framer.feed(piece)
             if run and deliver(run):
@@ -334,7 +336,10 @@ class BackendClient:
 
     @property
     def pool(self) -> Pool:
-        if self._pool is None:
+        if self._pool is None or self._pool.closed:
+            # After a reload retired and closed this client, a request admitted before
+            # the reload (it waited for a slot) still goes out; it closes again after.
+            self._is_closed = False
             url = self.config.url
             if url is None or url.host is None:
                 raise ValueError(f"backend '{self.name}' is built in and has no URL")
@@ -457,6 +462,7 @@ class BackendClient:
             and self._ssl is not None
             and isinstance(exc, Disconnected)
             and not exc.head_seen
+            and not exc.reused
         ):
             # Python TLS servers (asyncio, uvicorn) check a client certificate only after
             # the TLS 1.3 handshake completed on our side, then drop the connection
@@ -510,6 +516,7 @@ class BackendClient:
 
     async def close(self) -> None:
         self._is_closed = True
+        self._closing = None
         if self._pool is not None:
             self._pool.close()
 
@@ -610,9 +617,10 @@ class _IdleWatch:
     """``relay_events``' timeouts with one timer per stream: the first event within the
     read timeout, each later one within the stream-idle timeout. ``last`` is set per
     piece (an attribute store); the timer re-arms itself until a wait overruns, then
-    fails the response with ``TimeoutError``."""
+    fails the response with ``TimeoutError``. While the relay holds the backend's socket
+    (its client reads slower than the backend writes) the backend is not idle."""
 
-    __slots__ = ("_first_s", "_handle", "_idle_s", "_loop", "_response", "_started", "last")
+    __slots__ = ("_first_s", "_handle", "_idle_s", "_loop", "_response", "last", "seen")
 
     def __init__(
         self,
@@ -625,17 +633,23 @@ class _IdleWatch:
         self._response = response
         self._first_s = first_s
         self._idle_s = idle_s
-        self._started = self.last = loop.time()
-        self._handle: asyncio.TimerHandle | None = loop.call_at(
-            self._started + first_s, self._check
-        )
+        self.last = loop.time()
+        self.seen = False
+        self._handle: asyncio.TimerHandle | None = loop.call_at(self.last + first_s, self._check)
+
+    def first_event(self) -> None:
+        """From the first event on, the (usually shorter) idle timeout applies."""
+        self.seen = True
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = self._loop.call_at(self._loop.time() + self._idle_s, self._check)
 
     def _check(self) -> None:
         now = self._loop.time()
-        if self.last == self._started:
-            at = self._started + self._first_s  # no event yet
-        else:
-            at = self.last + self._idle_s
+        if self._response.paused:
+            self.last = now  # held by the relay, not idle: count from when it resumes
+        # Before the first event, ``last`` is when the stream started.
+        at = self.last + (self._idle_s if self.seen else self._first_s)
         if now < at:
             self._handle = self._loop.call_at(at, self._check)
         else:
@@ -824,9 +838,28 @@ def _tls_reason(exc: BaseException) -> str | None:
     return None
 
 
+# OpenSSL's verify codes, in words that name no host or address (its own messages
+# quote the name or IP the certificate did not match).
+_VERIFY_REASONS = {
+    9: "the certificate is not yet valid",
+    10: "the certificate has expired",
+    18: "the certificate is self-signed and not trusted",
+    19: "the certificate chain has a self-signed certificate that is not trusted",
+    20: "the certificate's issuer is not trusted (see the backend's tls.ca_file)",
+    21: "the certificate's issuer is not trusted (see the backend's tls.ca_file)",
+    23: "the certificate has been revoked",
+    62: "the certificate does not name the backend's host",
+    64: "the certificate does not name the backend's IP address",
+}
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
 def _ssl_reason(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"certificate verify failed: {exc.verify_message}"
+        reason = _VERIFY_REASONS.get(exc.verify_code)
+        if reason is None:
+            reason = _QUOTED.sub("<name>", str(exc.verify_message or "unknown reason"))
+        return f"certificate verify failed: {reason}"
     reason = getattr(exc, "reason", None)
     if isinstance(reason, str):
         return _TLS_REASONS.get(reason, reason.replace("_", " ").lower())
