@@ -8,6 +8,7 @@ import inspect
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -24,6 +25,7 @@ from openai import AsyncOpenAI
 from sidecar.app import create_app
 from sidecar.launcher import free_port as launcher_free_port
 from sidecar.mock_backends import MockBehaviour, create_mock_app
+from sidecar.mock_backends.openai_server import RECEIVED
 from sidecar.settings import ImagesSettings, Settings, parse_bearer_tokens
 
 TOKEN = "test-token-0123456789abcdef"
@@ -113,6 +115,36 @@ async def gateway(make_gateway: GatewayFactory, start_mock: Any) -> TestClient:
             aliases="default: {backend: mock, model: mock-llama}",
         )
     )
+
+
+async def stock_mock_gateway(
+    make_gateway: GatewayFactory, start_mock: Any, *, aliases: str = ""
+) -> tuple[TestClient, TestServer]:
+    """A gateway in front of the stock mock backend ``mock`` with its readiness probes off
+    (so only the requests under test reach it), and that backend, which records them."""
+    backend = await start_mock()
+    gateway = await make_gateway(
+        gateway_yaml(
+            mock_backend_yaml("mock", backend, health="{readiness: false}"), aliases=aliases
+        )
+    )
+    return gateway, backend
+
+
+@pytest.fixture
+async def default_mock_gateway(
+    make_gateway: GatewayFactory, start_mock: Any
+) -> tuple[TestClient, TestServer]:
+    """``stock_mock_gateway`` with the alias ``default`` for ``mock-llama``: the gateway the
+    face tests (Anthropic, Ollama) drive, and the backend, to see what reached it."""
+    return await stock_mock_gateway(
+        make_gateway, start_mock, aliases="default: {backend: mock, model: mock-llama}"
+    )
+
+
+def last_body(backend: TestServer) -> dict[str, Any]:
+    """The JSON body of the last request a stock mock backend received."""
+    return backend.app[RECEIVED][-1].body
 
 
 def openai_client(client: TestClient, token: str = TOKEN, **kwargs: Any) -> AsyncOpenAI:
@@ -221,14 +253,22 @@ async def fake_gateway(
     return gateway, server
 
 
+async def dying_mid_stream(request: web.Request) -> web.StreamResponse:
+    """A fake backend's chat stream that sends one chunk, ``partial ``, then drops the
+    connection: the backend dying mid-stream (serve it with ``fake_gateway``)."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    chunk = {"choices": [{"index": 0, "delta": {"content": "partial "}, "finish_reason": None}]}
+    await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+    assert request.transport is not None
+    request.transport.close()
+    return response
+
+
 @pytest.fixture
 async def mock_gateway(make_gateway: Any, start_mock: Any) -> tuple[TestClient, TestServer]:
     """A gateway in front of the stock mock backend, kept so tests can see what reached it."""
-    backend = await start_mock()
-    gateway = await make_gateway(
-        gateway_yaml(mock_backend_yaml("mock", backend, health="{readiness: false}"))
-    )
-    return gateway, backend
+    return await stock_mock_gateway(make_gateway, start_mock)
 
 
 def assert_envelope(
@@ -280,3 +320,35 @@ async def assert_slots_free(gateway: TestClient, admitted: int, capability: str 
     stats = await status_of(gateway, "fake", capability)
     assert stats["in_flight"] == 0, stats
     assert stats["admitted"] == admitted, stats
+
+
+# -- the usage ledger: the rows the test_usage*.py files read back --------------------------
+
+
+def usage_db_rows(tmp_path: Path) -> list[dict[str, Any]]:
+    """The ledger's per-request rows straight from the SQLite file of a ``make_gateway``
+    gateway (``tmp_path/var/usage.sqlite3``), oldest first; none before it is created."""
+    path = tmp_path / "var" / "usage.sqlite3"
+    if not path.exists():
+        return []
+    db = sqlite3.connect(path)
+    db.row_factory = sqlite3.Row
+    try:
+        return [dict(row) for row in db.execute("SELECT * FROM requests ORDER BY id")]
+    except sqlite3.OperationalError:  # not created yet
+        return []
+    finally:
+        db.close()
+
+
+async def usage_rows_for(tmp_path: Path, count: int) -> list[dict[str, Any]]:
+    """Wait (400 polls 0.02 s apart) until the ledger holds ``count`` rows; exactly those."""
+    await eventually(
+        lambda: len(usage_db_rows(tmp_path)) >= count,
+        f"{count} usage rows",
+        attempts=400,
+        poll_s=0.02,
+    )
+    rows = usage_db_rows(tmp_path)
+    assert len(rows) == count, rows
+    return rows

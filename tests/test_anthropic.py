@@ -9,12 +9,11 @@ from typing import Any
 
 import anthropic
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from sidecar.mock_backends.openai_server import RECEIVED
 
-from .conftest import TOKEN, fake_gateway, gateway_yaml, mock_backend_yaml
+from .conftest import TOKEN, dying_mid_stream, fake_gateway, last_body
 from .test_admission import MODEL as HELD_MODEL
 from .test_admission import HeldBackend, held_gateway, wait_for, wait_for_status
 
@@ -27,18 +26,6 @@ WEATHER = {
         "required": ["city"],
     },
 }
-
-
-@pytest.fixture
-async def served(make_gateway: Any, start_mock: Any) -> tuple[TestClient, TestServer]:
-    backend = await start_mock()
-    gateway = await make_gateway(
-        gateway_yaml(
-            mock_backend_yaml("mock", backend, health="{readiness: false}"),
-            aliases="default: {backend: mock, model: mock-llama}",
-        )
-    )
-    return gateway, backend
 
 
 ClientFactory = Callable[..., anthropic.AsyncAnthropic]
@@ -62,14 +49,10 @@ async def client_for() -> AsyncIterator[ClientFactory]:
         await client.close()
 
 
-def last_body(backend: TestServer) -> dict[str, Any]:
-    return backend.app[RECEIVED][-1].body
-
-
 async def test_create_answers_a_message_and_sends_chat_upstream(
-    served: tuple[TestClient, TestServer], client_for: ClientFactory
+    default_mock_gateway: tuple[TestClient, TestServer], client_for: ClientFactory
 ) -> None:
-    gateway, backend = served
+    gateway, backend = default_mock_gateway
     client = client_for(gateway)
     raw = await client.messages.with_raw_response.create(
         model="default",
@@ -105,9 +88,9 @@ async def test_create_answers_a_message_and_sends_chat_upstream(
 
 
 async def test_x_api_key_and_version_headers_are_accepted_and_optional(
-    served: tuple[TestClient, TestServer],
+    default_mock_gateway: tuple[TestClient, TestServer],
 ) -> None:
-    gateway, _ = served
+    gateway, _ = default_mock_gateway
     body = {"model": "default", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
     for headers in (
         {"x-api-key": TOKEN},
@@ -120,9 +103,9 @@ async def test_x_api_key_and_version_headers_are_accepted_and_optional(
 
 
 async def test_max_tokens_reached_is_the_max_tokens_stop_reason(
-    served: tuple[TestClient, TestServer], client_for: ClientFactory
+    default_mock_gateway: tuple[TestClient, TestServer], client_for: ClientFactory
 ) -> None:
-    gateway, _ = served
+    gateway, _ = default_mock_gateway
     message = await client_for(gateway).messages.create(
         model="default",
         max_tokens=2,
@@ -133,9 +116,9 @@ async def test_max_tokens_reached_is_the_max_tokens_stop_reason(
 
 
 async def test_stream_follows_anthropic_event_sequence(
-    served: tuple[TestClient, TestServer], client_for: ClientFactory
+    default_mock_gateway: tuple[TestClient, TestServer], client_for: ClientFactory
 ) -> None:
-    gateway, backend = served
+    gateway, backend = default_mock_gateway
     client = client_for(gateway)
     async with client.messages.stream(
         model="default",
@@ -185,9 +168,9 @@ def parse_sse(text: str) -> list[tuple[str, dict[str, Any]]]:
 
 
 async def test_tool_round_trip(
-    served: tuple[TestClient, TestServer], client_for: ClientFactory
+    default_mock_gateway: tuple[TestClient, TestServer], client_for: ClientFactory
 ) -> None:
-    gateway, backend = served
+    gateway, backend = default_mock_gateway
     client = client_for(gateway)
     question: dict[str, Any] = {"role": "user", "content": 'Weather? {"city": "Oslo"}'}
     first = await client.messages.create(
@@ -240,9 +223,9 @@ async def test_tool_round_trip(
 
 
 async def test_streamed_tool_use_arrives_as_input_json_deltas(
-    served: tuple[TestClient, TestServer], client_for: ClientFactory
+    default_mock_gateway: tuple[TestClient, TestServer], client_for: ClientFactory
 ) -> None:
-    gateway, _ = served
+    gateway, _ = default_mock_gateway
     client = client_for(gateway)
     async with client.messages.stream(
         model="default",
@@ -267,9 +250,9 @@ async def test_streamed_tool_use_arrives_as_input_json_deltas(
 
 
 async def test_images_become_image_url_parts(
-    served: tuple[TestClient, TestServer], client_for: ClientFactory
+    default_mock_gateway: tuple[TestClient, TestServer], client_for: ClientFactory
 ) -> None:
-    gateway, backend = served
+    gateway, backend = default_mock_gateway
     await client_for(gateway).messages.create(
         model="default",
         max_tokens=16,
@@ -296,9 +279,9 @@ async def test_images_become_image_url_parts(
 
 
 async def test_count_tokens_estimates(
-    served: tuple[TestClient, TestServer], client_for: ClientFactory
+    default_mock_gateway: tuple[TestClient, TestServer], client_for: ClientFactory
 ) -> None:
-    gateway, _ = served
+    gateway, _ = default_mock_gateway
     client = client_for(gateway)
     short = await client.messages.count_tokens(
         model="default", messages=[{"role": "user", "content": "hi"}]
@@ -368,9 +351,9 @@ async def test_count_tokens_estimates(
     ],
 )
 async def test_bad_requests_are_400_in_anthropic_shape(
-    served: tuple[TestClient, TestServer], body: dict[str, Any], param: str
+    default_mock_gateway: tuple[TestClient, TestServer], body: dict[str, Any], param: str
 ) -> None:
-    gateway, backend = served
+    gateway, backend = default_mock_gateway
     response = await gateway.post("/v1/messages", json=body, headers={"x-api-key": TOKEN})
     assert response.status == 400
     error = await response.json()
@@ -381,9 +364,9 @@ async def test_bad_requests_are_400_in_anthropic_shape(
 
 
 async def test_sdk_sees_anthropic_errors(
-    served: tuple[TestClient, TestServer], client_for: ClientFactory
+    default_mock_gateway: tuple[TestClient, TestServer], client_for: ClientFactory
 ) -> None:
-    gateway, _ = served
+    gateway, _ = default_mock_gateway
     with pytest.raises(anthropic.NotFoundError) as not_found:
         await client_for(gateway).messages.create(
             model="no-such-model", max_tokens=5, messages=[{"role": "user", "content": "x"}]
@@ -403,15 +386,7 @@ async def test_sdk_sees_anthropic_errors(
 async def test_a_backend_dying_mid_stream_is_an_error_event(
     make_gateway: Any, start_mock: Any, client_for: ClientFactory
 ) -> None:
-    async def dying(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        chunk = {"choices": [{"index": 0, "delta": {"content": "partial "}, "finish_reason": None}]}
-        await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-        request.transport.close()  # type: ignore[union-attr]
-        return response
-
-    gateway, _ = await fake_gateway(make_gateway, start_mock, dying)
+    gateway, _ = await fake_gateway(make_gateway, start_mock, dying_mid_stream)
     client = client_for(gateway)
     seen = []
     with pytest.raises(anthropic.APIStatusError) as failed:
@@ -438,9 +413,9 @@ async def test_a_backend_dying_mid_stream_is_an_error_event(
 
 
 async def test_tool_results_with_errors_and_images_and_thinking_blocks(
-    served: tuple[TestClient, TestServer], client_for: ClientFactory
+    default_mock_gateway: tuple[TestClient, TestServer], client_for: ClientFactory
 ) -> None:
-    gateway, backend = served
+    gateway, backend = default_mock_gateway
     image = {"type": "image", "source": {"type": "url", "url": "https://x.test/shot.png"}}
     await client_for(gateway).messages.create(
         model="default",

@@ -10,12 +10,11 @@ from typing import Any
 
 import ollama
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from sidecar.mock_backends.openai_server import RECEIVED
 
-from .conftest import TOKEN, fake_gateway, gateway_yaml, mock_backend_yaml
+from .conftest import TOKEN, dying_mid_stream, fake_gateway, last_body
 from .test_admission import MODEL as HELD_MODEL
 from .test_admission import HeldBackend, held_gateway, wait_for, wait_for_status
 
@@ -33,18 +32,6 @@ WEATHER = {
 }
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 16).decode()
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture
-async def served(make_gateway: Any, start_mock: Any) -> tuple[TestClient, TestServer]:
-    backend = await start_mock()
-    gateway = await make_gateway(
-        gateway_yaml(
-            mock_backend_yaml("mock", backend, health="{readiness: false}"),
-            aliases="default: {backend: mock, model: mock-llama}",
-        )
-    )
-    return gateway, backend
 
 
 ClientFactory = Callable[..., ollama.AsyncClient]
@@ -68,14 +55,10 @@ async def client_for() -> AsyncIterator[ClientFactory]:
         await client._client.aclose()
 
 
-def last_body(backend: TestServer) -> dict[str, Any]:
-    return backend.app[RECEIVED][-1].body
-
-
 async def test_list_version_and_show(
-    served: tuple[TestClient, TestServer], client_for: ClientFactory
+    default_mock_gateway: tuple[TestClient, TestServer], client_for: ClientFactory
 ) -> None:
-    gateway, _ = served
+    gateway, _ = default_mock_gateway
     client = client_for(gateway)
     listed = await client.list()
     assert [model.model for model in listed.models] == ["mock-llama", "mock-embed", "default"]
@@ -93,9 +76,9 @@ async def test_list_version_and_show(
 
 
 async def test_chat_answers_and_maps_options(
-    served: tuple[TestClient, TestServer], client_for: ClientFactory
+    default_mock_gateway: tuple[TestClient, TestServer], client_for: ClientFactory
 ) -> None:
-    gateway, backend = served
+    gateway, backend = default_mock_gateway
     reply = await client_for(gateway).chat(
         model="default",
         messages=[
@@ -133,9 +116,9 @@ async def test_chat_answers_and_maps_options(
 
 
 async def test_num_predict_reached_is_done_reason_length(
-    served: tuple[TestClient, TestServer], client_for: ClientFactory
+    default_mock_gateway: tuple[TestClient, TestServer], client_for: ClientFactory
 ) -> None:
-    gateway, _ = served
+    gateway, _ = default_mock_gateway
     reply = await client_for(gateway).chat(
         model="mock-llama:latest",
         messages=[{"role": "user", "content": "one two three"}],
@@ -147,9 +130,9 @@ async def test_num_predict_reached_is_done_reason_length(
 
 
 async def test_chat_streams_ndjson_by_default(
-    served: tuple[TestClient, TestServer], client_for: ClientFactory
+    default_mock_gateway: tuple[TestClient, TestServer], client_for: ClientFactory
 ) -> None:
-    gateway, backend = served
+    gateway, backend = default_mock_gateway
     parts = [
         part
         async for part in await client_for(gateway).chat(
@@ -182,9 +165,9 @@ async def test_chat_streams_ndjson_by_default(
 
 
 async def test_tool_round_trip_with_arguments_as_objects(
-    served: tuple[TestClient, TestServer], client_for: ClientFactory
+    default_mock_gateway: tuple[TestClient, TestServer], client_for: ClientFactory
 ) -> None:
-    gateway, backend = served
+    gateway, backend = default_mock_gateway
     client = client_for(gateway)
     question = {"role": "user", "content": 'use get_weather {"city": "Tokyo"}'}
     first = await client.chat(model="default", messages=[question], tools=[WEATHER], stream=False)
@@ -222,9 +205,9 @@ async def test_tool_round_trip_with_arguments_as_objects(
 
 
 async def test_images_become_image_url_parts(
-    served: tuple[TestClient, TestServer], client_for: ClientFactory
+    default_mock_gateway: tuple[TestClient, TestServer], client_for: ClientFactory
 ) -> None:
-    gateway, backend = served
+    gateway, backend = default_mock_gateway
     await client_for(gateway).chat(
         model="default",
         messages=[{"role": "user", "content": "what is this?", "images": [PNG]}],
@@ -237,9 +220,9 @@ async def test_images_become_image_url_parts(
 
 
 async def test_generate_plain_streamed_and_load(
-    served: tuple[TestClient, TestServer], client_for: ClientFactory
+    default_mock_gateway: tuple[TestClient, TestServer], client_for: ClientFactory
 ) -> None:
-    gateway, backend = served
+    gateway, backend = default_mock_gateway
     client = client_for(gateway)
     reply = await client.generate(model="default", prompt="why?", system="Be brief.", stream=False)
     assert reply.response == "Mock reply to: why?" and reply.done is True
@@ -259,9 +242,9 @@ async def test_generate_plain_streamed_and_load(
 
 
 async def test_embed_and_legacy_embeddings(
-    served: tuple[TestClient, TestServer], client_for: ClientFactory
+    default_mock_gateway: tuple[TestClient, TestServer], client_for: ClientFactory
 ) -> None:
-    gateway, backend = served
+    gateway, backend = default_mock_gateway
     client = client_for(gateway)
     one = await client.embed(model="mock-embed", input="hello")
     assert len(one.embeddings) == 1 and len(one.embeddings[0]) == 8
@@ -308,9 +291,12 @@ async def test_embed_and_legacy_embeddings(
     ],
 )
 async def test_bad_requests_get_ollama_errors(
-    served: tuple[TestClient, TestServer], path: str, body: dict[str, Any], status: int
+    default_mock_gateway: tuple[TestClient, TestServer],
+    path: str,
+    body: dict[str, Any],
+    status: int,
 ) -> None:
-    gateway, backend = served
+    gateway, backend = default_mock_gateway
     response = await gateway.post(path, json=body, headers=AUTH)
     assert response.status == status
     error = await response.json()
@@ -319,9 +305,9 @@ async def test_bad_requests_get_ollama_errors(
 
 
 async def test_the_token_is_required(
-    served: tuple[TestClient, TestServer], client_for: ClientFactory
+    default_mock_gateway: tuple[TestClient, TestServer], client_for: ClientFactory
 ) -> None:
-    gateway, backend = served
+    gateway, backend = default_mock_gateway
     with pytest.raises(ollama.ResponseError) as refused:
         await client_for(gateway, token="wrong").chat(
             model="default", messages=[{"role": "user", "content": "x"}], stream=False
@@ -333,15 +319,7 @@ async def test_the_token_is_required(
 async def test_a_backend_dying_mid_stream_ends_with_an_error_line(
     make_gateway: Any, start_mock: Any, client_for: ClientFactory
 ) -> None:
-    async def dying(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        chunk = {"choices": [{"index": 0, "delta": {"content": "partial "}, "finish_reason": None}]}
-        await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-        request.transport.close()  # type: ignore[union-attr]
-        return response
-
-    gateway, _ = await fake_gateway(make_gateway, start_mock, dying)
+    gateway, _ = await fake_gateway(make_gateway, start_mock, dying_mid_stream)
     seen = []
     with pytest.raises(ollama.ResponseError) as failed:
         async for part in await client_for(gateway).chat(
@@ -353,9 +331,9 @@ async def test_a_backend_dying_mid_stream_ends_with_an_error_line(
 
 
 async def test_raw_generate_goes_to_text_completions(
-    served: tuple[TestClient, TestServer], client_for: ClientFactory
+    default_mock_gateway: tuple[TestClient, TestServer], client_for: ClientFactory
 ) -> None:
-    gateway, backend = served
+    gateway, backend = default_mock_gateway
     client = client_for(gateway)
     prompt = "[INST] why? [/INST]"
     reply = await client.generate(

@@ -32,7 +32,16 @@ from sidecar.typedefs import USAGE
 from sidecar.usage.ledger import UsageLedger
 from sidecar.usage.store import SqliteUsageStore, day_of
 
-from .conftest import OTHER_TOKEN, TOKEN, eventually, gateway_yaml, mock_backend_yaml, openai_client
+from .conftest import (
+    OTHER_TOKEN,
+    TOKEN,
+    eventually,
+    gateway_yaml,
+    mock_backend_yaml,
+    openai_client,
+    usage_db_rows,
+    usage_rows_for,
+)
 
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}  # named "default", an admin token here
 OTHER = {"Authorization": f"Bearer {OTHER_TOKEN}"}  # named "other", not an admin
@@ -54,28 +63,6 @@ async def stack(make_gateway: Any, start_mock: Any, tmp_path: Path) -> tuple[Tes
         usage=FAST,
     )
     return gateway, backend
-
-
-def db_rows(tmp_path: Path) -> list[dict[str, Any]]:
-    """Per-request rows straight from the SQLite file, oldest first."""
-    path = tmp_path / "var" / "usage.sqlite3"
-    if not path.exists():
-        return []
-    db = sqlite3.connect(path)
-    db.row_factory = sqlite3.Row
-    try:
-        return [dict(row) for row in db.execute("SELECT * FROM requests ORDER BY id")]
-    except sqlite3.OperationalError:  # not created yet
-        return []
-    finally:
-        db.close()
-
-
-async def rows_for(tmp_path: Path, count: int) -> list[dict[str, Any]]:
-    await wait(lambda: len(db_rows(tmp_path)) >= count, f"{count} usage rows")
-    rows = db_rows(tmp_path)
-    assert len(rows) == count, rows
-    return rows
 
 
 async def usage(
@@ -100,7 +87,7 @@ async def test_plain_calls_record_the_backends_usage_exactly(
         chat = await client.chat.completions.create(model="default", messages=HELLO)
         completion = await client.completions.create(model="mock-llama", prompt="one two three")
         embedding = await client.embeddings.create(model="mock-embed", input="a b c d")
-    rows = await rows_for(tmp_path, 3)
+    rows = await usage_rows_for(tmp_path, 3)
     assert chat.usage is not None and completion.usage is not None
     expected = [
         ("/v1/chat/completions", "default", chat.usage.prompt_tokens, chat.usage.completion_tokens),
@@ -177,7 +164,7 @@ async def test_a_stream_without_include_usage_gets_no_usage_chunk_but_is_counted
     sent = [r.body for r in backend.app[RECEIVED] if r.body.get("stream")]
     assert [body["stream_options"] for body in sent] == [{"include_usage": True}] * 2
 
-    rows = await rows_for(tmp_path, 2)
+    rows = await usage_rows_for(tmp_path, 2)
     for row in rows:
         assert (row["prompt_tokens"], row["completion_tokens"]) == (
             reported.prompt_tokens,
@@ -202,7 +189,7 @@ async def test_the_stripped_stream_is_byte_for_byte_the_stream_without_usage(
     assert events[-1] == b"data: [DONE]"
     contents = [json.loads(e[6:])["choices"][0]["delta"].get("content") for e in events[:-1]]
     assert "".join(c or "" for c in contents) == "Mock reply to: hello there, how are you"
-    [row] = await rows_for(tmp_path, 1)
+    [row] = await usage_rows_for(tmp_path, 1)
     assert row["completion_tokens"] == "Mock reply to: hello there, how are you".count(" ") + 1
 
 
@@ -260,7 +247,7 @@ async def test_a_usage_chunk_in_a_read_of_its_own_is_counted_and_stripped_unless
     assert (b'"usage"' in raw) is asked
     assert raw.endswith(b"data: [DONE]\n\n")
     assert backend.app[SEEN][0]["stream_options"] == {"include_usage": True}
-    [row] = await rows_for(tmp_path, 1)
+    [row] = await usage_rows_for(tmp_path, 1)
     assert (row["prompt_tokens"], row["completion_tokens"], row["estimated"]) == (11, 2, 0)
 
 
@@ -283,7 +270,7 @@ async def test_a_backend_without_usage_is_estimated_and_marked(
         )
         chunks = [chunk async for chunk in stream]
     assert reply.usage is None and all(chunk.usage is None for chunk in chunks)
-    plain, streamed = await rows_for(tmp_path, 2)
+    plain, streamed = await usage_rows_for(tmp_path, 2)
     for row in (plain, streamed):
         assert row["estimated"] == 1
         assert 450 <= row["prompt_tokens"] <= 550, row  # chars / 4
@@ -306,7 +293,7 @@ async def test_errors_are_rows_too(stack: tuple[TestClient, Any], tmp_path: Path
         "/v1/chat/completions", json={"model": "no-such-model", "messages": HELLO}, headers=OTHER
     )
     assert response.status == 404
-    [row] = await rows_for(tmp_path, 1)
+    [row] = await usage_rows_for(tmp_path, 1)
     assert row["status"] == 404 and row["error"] == 1 and row["key"] == "other"
     assert (row["prompt_tokens"], row["completion_tokens"]) == (0, 0)
     body = await usage(gateway, "/v1/gateway/usage/me", OTHER)
@@ -320,7 +307,7 @@ async def test_health_and_metrics_calls_are_not_usage(
     await gateway.get("/healthz")
     await gateway.get("/metrics", headers=ADMIN)
     await gateway.get("/v1/models", headers=ADMIN)  # a key's request: a row
-    [row] = await rows_for(tmp_path, 1)
+    [row] = await usage_rows_for(tmp_path, 1)
     assert row["endpoint"] == "/v1/models"
 
 
@@ -342,7 +329,7 @@ async def _traffic(gateway: TestClient) -> None:
 async def test_group_by_combinations_add_up(stack: tuple[TestClient, Any], tmp_path: Path) -> None:
     gateway, _ = stack
     await _traffic(gateway)
-    rows = await rows_for(tmp_path, 4)
+    rows = await usage_rows_for(tmp_path, 4)
     prompt, completion = rows[0]["prompt_tokens"], rows[0]["completion_tokens"]
     assert all((r["prompt_tokens"], r["completion_tokens"]) == (prompt, completion) for r in rows)
     today = day_of(time.time())
@@ -429,7 +416,7 @@ async def test_usage_survives_a_restart(make_gateway: Any, start_mock: Any, tmp_
         reply = await client.chat.completions.create(model="mock-llama", messages=HELLO)
     await first.close()
     assert reply.usage is not None
-    assert len(db_rows(tmp_path)) == 1  # written when the app stopped
+    assert len(usage_db_rows(tmp_path)) == 1  # written when the app stopped
 
     second = await make_gateway(config, bearer_tokens=TOKENS, usage=FAST)
     body = await usage(second, group_by="key,model")
@@ -528,7 +515,7 @@ async def test_tokens_total_by_key_model_and_kind(
 ) -> None:
     gateway, _ = stack
     await _traffic(gateway)
-    rows = await rows_for(tmp_path, 4)
+    rows = await usage_rows_for(tmp_path, 4)
     prompt, completion = rows[0]["prompt_tokens"], rows[0]["completion_tokens"]
     response = await gateway.get("/metrics", headers=ADMIN)
     samples = {

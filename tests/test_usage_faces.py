@@ -12,9 +12,7 @@ sees only it in ``/api/tags`` and gets 403 in each face's own error shape for an
 
 from __future__ import annotations
 
-import functools
 import json
-import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -30,9 +28,8 @@ from sidecar.mock_backends.openai_server import RECEIVED
 from sidecar.settings import UsageSettings
 from sidecar.typedefs import KEYS
 
-from .conftest import TOKEN, eventually, gateway_yaml, mock_backend_yaml, openai_client
+from .conftest import TOKEN, gateway_yaml, mock_backend_yaml, openai_client, usage_rows_for
 
-wait = functools.partial(eventually, attempts=400, poll_s=0.02)
 HELLO = "hello there, how are you today"
 NATIVE_PLAIN_USAGE = {"input_tokens": 17, "output_tokens": 5, "total_tokens": 22}
 NATIVE_STREAM_USAGE = {"input_tokens": 19, "output_tokens": 7, "total_tokens": 26}
@@ -123,27 +120,6 @@ async def stack(
     return gateway, backend
 
 
-def db_rows(tmp_path: Path) -> list[dict[str, Any]]:
-    path = tmp_path / "var" / "usage.sqlite3"
-    if not path.exists():
-        return []
-    db = sqlite3.connect(path)
-    db.row_factory = sqlite3.Row
-    try:
-        return [dict(row) for row in db.execute("SELECT * FROM requests ORDER BY id")]
-    except sqlite3.OperationalError:  # not created yet
-        return []
-    finally:
-        db.close()
-
-
-async def rows_for(tmp_path: Path, count: int) -> list[dict[str, Any]]:
-    await wait(lambda: len(db_rows(tmp_path)) >= count, f"{count} usage rows")
-    rows = db_rows(tmp_path)
-    assert len(rows) == count, rows
-    return rows
-
-
 def words(text: str) -> int:
     return len(text.split())
 
@@ -211,7 +187,7 @@ async def test_anthropic_messages_plain_and_streamed_record_the_backends_usage(
     ) as stream:
         streamed_text = "".join([text async for text in stream.text_stream])
         final = await stream.get_final_message()
-    plain_row, stream_row = await rows_for(tmp_path, 2)
+    plain_row, stream_row = await usage_rows_for(tmp_path, 2)
     sent = received(backend, "/v1/chat/completions")
     answer = "".join(block.text for block in message.content if block.type == "text")
     assert counted(plain_row) == chat_counts(sent[0], answer)
@@ -240,7 +216,7 @@ async def test_ollama_chat_plain_streamed_and_embed_record_the_backends_usage(
     ]
     generated = await client.generate(model="mock-llama", prompt="tell me three words")
     embedded = await client.embed(model="mock-embed", input=["one two", "three four five"])
-    chat_row, stream_row, generate_row, embed_row = await rows_for(tmp_path, 4)
+    chat_row, stream_row, generate_row, embed_row = await usage_rows_for(tmp_path, 4)
     sent = received(backend, "/v1/chat/completions")
     assert counted(chat_row) == chat_counts(sent[0], plain.message.content or "")
     streamed_text = "".join(part.message.content or "" for part in pieces)
@@ -270,7 +246,7 @@ async def test_responses_translated_and_passed_through_record_the_backends_usage
         native = await client.responses.create(model="native-model", input="hi")
         native_stream = await client.responses.create(model="native-model", input="hi", stream=True)
         native_events = [event async for event in native_stream]
-    rows = await rows_for(tmp_path, 4)
+    rows = await usage_rows_for(tmp_path, 4)
     sent = received(backend, "/v1/chat/completions")
     assert counted(rows[0]) == chat_counts(sent[0], plain.output_text)
     final = events[-1].response  # type: ignore[union-attr]
@@ -297,7 +273,7 @@ async def test_rerank_records_the_backends_usage(
     response = await gateway.post("/v1/rerank", json=body, headers=auth)
     assert response.status == 200, await response.text()
     reply = await response.json()
-    [row] = await rows_for(tmp_path, 1)
+    [row] = await usage_rows_for(tmp_path, 1)
     assert counted(row) == (2 + 2 + 4 + 2, 0)  # the fake's total_tokens: query and documents
     assert reply["usage"]["total_tokens"] == row["prompt_tokens"]
 
@@ -327,7 +303,7 @@ async def test_a_backend_without_usage_is_estimated_and_marked_on_every_face(
         await sdk.responses.create(model="mock-llama", input=HELLO)
         async for _ in await sdk.responses.create(model="mock-llama", input=HELLO, stream=True):
             pass
-    rows = await rows_for(tmp_path, 6)
+    rows = await usage_rows_for(tmp_path, 6)
     for row in rows:
         assert row["status"] == 200 and row["estimated"] == 1, row
         assert row["prompt_tokens"] > 0 and row["completion_tokens"] > 0, row
@@ -368,7 +344,7 @@ async def test_a_tpm_key_is_refused_once_real_counts_pass_its_limit_on_each_face
         with pytest.raises(openai.RateLimitError):
             await sdk.responses.create(model="native-model", input="hi")
 
-    rows = await rows_for(tmp_path, 6)
+    rows = await usage_rows_for(tmp_path, 6)
     by_key: dict[str, list[int]] = {}
     for row in rows:
         by_key.setdefault(row["key"], []).append(row["status"])

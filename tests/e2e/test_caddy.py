@@ -12,14 +12,13 @@ import http.client
 import json
 import ssl
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import openai
 import pytest
-from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from multidict import CIMultiDict
@@ -28,91 +27,16 @@ from sidecar.launcher import find_caddy
 
 from ..certs import issue, make_ca
 from ..conftest import TOKEN
-from .stack import ROOT, GatewayStack, free_port
+from .stack import ROOT, GatedBackend, GatewayStack, free_port, gated_config
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def _config(gated_port: int) -> str:
-    return f"""
-version: 1
-backends:
-  mock:
-    url: ${{MOCK_BACKEND_URL:-http://127.0.0.1:9/v1}}
-    class: mock
-    health: {{liveness: /healthz, readiness: /readyz, interval_s: 1}}
-    models:
-      - {{id: mock-llama, capabilities: [chat, completions]}}
-      - {{id: mock-embed, capabilities: [embeddings]}}
-  gated:
-    url: http://127.0.0.1:{gated_port}/v1
-    capabilities: [chat]
-    limits: {{chat: 2}}
-    health: {{readiness: false}}
-    models: [gated]
-aliases:
-  default: {{backend: mock, model: mock-llama}}
-"""
-
-
-@pytest.fixture(scope="module")
-def gated_port() -> int:
-    return free_port()
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, gated_port: int) -> Iterator[GatewayStack]:
-    gateway = GatewayStack(tmp_path_factory.mktemp("e2e"), _config(gated_port), TOKEN).start()
-    try:
+    config = gated_config(gated_port, gated_limits="{chat: 2}")
+    with GatewayStack(tmp_path_factory.mktemp("e2e"), config, TOKEN) as gateway:
         yield gateway
-    finally:
-        gateway.stop()
-
-
-class GatedBackend:
-    """A backend whose stream sends one chunk per ``release()``; records cancellations."""
-
-    def __init__(self) -> None:
-        self.sent = 0
-        self.release_event = asyncio.Event()
-        self.cancelled = 0
-        self.finished = 0
-
-    def release(self) -> None:
-        self.release_event.set()
-
-    async def chat(self, request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        try:
-            for index in range(3):
-                chunk = {
-                    "id": "chatcmpl-gated",
-                    "object": "chat.completion.chunk",
-                    "created": 0,
-                    "model": "gated",
-                    "choices": [{"index": 0, "delta": {"content": f"part{index} "}}],
-                }
-                await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
-                self.sent += 1
-                await self.release_event.wait()
-                self.release_event.clear()
-            await response.write(b"data: [DONE]\n\n")
-            self.finished += 1
-        except asyncio.CancelledError:
-            self.cancelled += 1
-            raise
-        return response
-
-
-@pytest.fixture
-async def gated(aiohttp_server: Any, gated_port: int) -> AsyncIterator[GatedBackend]:
-    backend = GatedBackend()
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", backend.chat)
-    await aiohttp_server(app, port=gated_port)
-    yield backend
-    backend.release()
 
 
 async def _status(stack: GatewayStack) -> dict[str, Any]:
@@ -324,7 +248,7 @@ async def test_admin_certificate_is_served(tmp_path: Path) -> None:
     leaf = issue(ca, tmp_path / "pki", "gateway", server=True, hosts=("127.0.0.1",))
     stack = GatewayStack(
         tmp_path / "data",
-        _config(free_port()),
+        gated_config(free_port(), gated_limits="{chat: 2}"),
         TOKEN,
         GATEWAY_TLS_CERT_PATH=str(leaf.cert_path),
         GATEWAY_TLS_KEY_PATH=str(leaf.key_path),

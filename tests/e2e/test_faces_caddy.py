@@ -9,111 +9,33 @@ alone, in front of a sidecar that is not there, answers each face's errors in it
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 import anthropic
 import ollama
 import pytest
-from aiohttp import web
 
 from ..conftest import TOKEN
+from ..test_anthropic import WEATHER
 from ..test_compat_table import MUST_PASS, NEEDS_AUDIO_MODELS, table_of
-from .stack import ROOT, GatewayStack, free_port
+from .stack import ROOT, GatedBackend, GatewayStack, gated_config
 from .test_hardening_connections import BareCaddy, bare_caddy, bare_session
 
 __all__ = ["bare_caddy", "bare_session"]  # Caddy alone, fixtures shared with that module
 
 pytestmark = pytest.mark.timeout(120)
 
-WEATHER = {
-    "name": "get_weather",
-    "description": "The weather in a city",
-    "input_schema": {
-        "type": "object",
-        "properties": {"city": {"type": "string"}},
-        "required": ["city"],
-    },
-}
-
-
-def _config(gated_port: int) -> str:
-    return f"""
-version: 1
-backends:
-  mock:
-    url: ${{MOCK_BACKEND_URL:-http://127.0.0.1:9/v1}}
-    class: mock
-    health: {{liveness: /healthz, readiness: /readyz, interval_s: 1}}
-    models:
-      - {{id: mock-llama, capabilities: [chat, completions]}}
-      - {{id: mock-embed, capabilities: [embeddings]}}
-  gated:
-    url: http://127.0.0.1:{gated_port}/v1
-    capabilities: [chat]
-    health: {{readiness: false}}
-    models: [gated]
-aliases:
-  default: {{backend: mock, model: mock-llama}}
-"""
-
-
-@pytest.fixture(scope="module")
-def gated_port() -> int:
-    return free_port()
-
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, gated_port: int) -> Iterator[GatewayStack]:
-    gateway = GatewayStack(tmp_path_factory.mktemp("faces"), _config(gated_port), TOKEN).start()
-    try:
+    with GatewayStack(tmp_path_factory.mktemp("faces"), gated_config(gated_port), TOKEN) as gateway:
         yield gateway
-    finally:
-        gateway.stop()
-
-
-class GatedBackend:
-    """A chat stream that sends its next chunk only when the test says so."""
-
-    def __init__(self) -> None:
-        self.sent = 0
-        self.release_event = asyncio.Event()
-
-    def release(self) -> None:
-        self.release_event.set()
-
-    async def chat(self, request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        for index in range(3):
-            finish = "stop" if index == 2 else None
-            chunk = {
-                "choices": [
-                    {"index": 0, "delta": {"content": f"part{index} "}, "finish_reason": finish}
-                ]
-            }
-            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
-            self.sent += 1
-            await self.release_event.wait()
-            self.release_event.clear()
-        await response.write(b"data: [DONE]\n\n")
-        return response
-
-
-@pytest.fixture
-async def gated(aiohttp_server: Any, gated_port: int) -> AsyncIterator[GatedBackend]:
-    backend = GatedBackend()
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", backend.chat)
-    await aiohttp_server(app, port=gated_port)
-    yield backend
-    backend.release()
 
 
 def anthropic_client(stack: GatewayStack, **kwargs: Any) -> anthropic.AsyncAnthropic:

@@ -36,11 +36,8 @@ cors:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayStack]:
-    gateway = GatewayStack(tmp_path_factory.mktemp("interop"), CONFIG, TOKEN).start()
-    try:
+    with GatewayStack(tmp_path_factory.mktemp("interop"), CONFIG, TOKEN) as gateway:
         yield gateway
-    finally:
-        gateway.stop()
 
 
 async def test_cors_preflight_and_response_through_caddy(stack: GatewayStack) -> None:

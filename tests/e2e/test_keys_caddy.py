@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,8 +18,8 @@ from typing import Any
 import openai
 import pytest
 
-from ..conftest import TOKEN
-from .stack import ROOT, GatewayStack
+from ..conftest import TOKEN, gateway_cli
+from .stack import GatewayStack
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -42,24 +41,14 @@ MESSAGES: Any = [{"role": "user", "content": "hello"}]
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayStack]:
-    gateway = GatewayStack(tmp_path_factory.mktemp("keys-e2e"), CONFIG, TOKEN).start()
-    try:
+    with GatewayStack(tmp_path_factory.mktemp("keys-e2e"), CONFIG, TOKEN) as gateway:
         yield gateway
-    finally:
-        gateway.stop()
 
 
 def keys(stack: GatewayStack, *args: str) -> subprocess.CompletedProcess[str]:
+    """``gateway keys ARGS`` against the stack's data directory, as the operator runs it."""
     env = {"PATH": os.environ.get("PATH", ""), "GATEWAY_DATA_DIR": str(stack.data_dir)}
-    return subprocess.run(
-        [sys.executable, "-m", "sidecar", "keys", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return gateway_cli("keys", *args, env=env)
 
 
 def new_key(stack: GatewayStack, name: str, *options: str) -> str:

@@ -19,8 +19,8 @@ from sidecar.users.db import Database
 from sidecar.users.passwords import hash_password
 
 from ..conftest import TOKEN
+from .browser_kit import CHROMIUM, CHROMIUM_ARGS, PASSWORD, log_in
 from .stack import ROOT, GatewayStack
-from .test_browser import CHROMIUM, CHROMIUM_ARGS, PASSWORD
 
 pytestmark = pytest.mark.timeout(240)
 MESSAGES = [{"role": "user", "content": "how many tokens is this"}]
@@ -32,18 +32,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayStack]:
     database = Database(data_dir / "users.sqlite3")
     database.create_user("alice", hash_password(PASSWORD), is_admin=True)
     database.close()
-    gateway = GatewayStack(
+    with GatewayStack(
         data_dir,
         (ROOT / "gateway.yaml").read_text(),
         TOKEN,
         USER_AUTH_ENABLED="true",
         GATEWAY_ADMIN_TOKENS="default",
         GATEWAY_USAGE_FLUSH_S="0.1",
-    ).start()
-    try:
+    ) as gateway:
         yield gateway
-    finally:
-        gateway.stop()
 
 
 async def usage_rows(stack: GatewayStack, requests: int) -> list[dict[str, Any]]:
@@ -111,19 +108,7 @@ async def test_the_usage_page_draws_the_chart_and_tables(stack: GatewayStack) ->
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            context = await browser.new_context(ignore_https_errors=True)
-            page = await context.new_page()
-            problems: list[str] = []
-            page.on("pageerror", lambda error: problems.append(str(error)))
-            page.on(
-                "console",
-                lambda message: problems.append(message.text) if message.type == "error" else None,
-            )
-            await page.goto(f"{stack.base_url}/ui/login")
-            await page.fill("#username", "alice")
-            await page.fill("#password", PASSWORD)
-            await page.click("#login")
-            await page.wait_for_selector("#prompt")
+            page, problems = await log_in(browser, stack, "alice")
             await page.fill("#prompt", "count this chat")
             await page.click("#send")
             await page.wait_for_function(
