@@ -306,6 +306,8 @@ class _EventRelay:
     async def _resume_when_drained(self) -> None:
         try:
             await self._writer.drain()
+        except ConnectionError:
+            pass  # the client went away: its handler ends on its next write
         finally:
             self._drain = None
             self._call.response.resume()

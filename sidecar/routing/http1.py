@@ -293,8 +293,12 @@ class Connection(asyncio.Protocol):
         self.pieces.clear()
         self._buffered = 0
         self._sink = None
-        if self._piped is not None and not self._piped.done():
-            self._piped.cancel()
+        piped = self._piped
+        if piped is not None:
+            if not piped.done():
+                piped.cancel()
+            elif not piped.cancelled():
+                piped.exception()  # seen: the caller stopped listening, nothing to report
         self._piped = None
         if self._complete and self._reusable and self._error is None and not self.closed:
             if self._paused:  # closed unread past the high-water mark
