@@ -62,6 +62,7 @@ from .test_http1 import (
     RawBackend,
     StreamingBackend,
     answer_once,
+    raw_stream_client,
     read_all,
     reply,
 )
@@ -175,19 +176,8 @@ async def test_a_client_reading_slower_than_the_backend_writes_is_not_an_idle_ba
         make_gateway, start_mock, events.chat, timeouts="{read_s: 0.5, stream_idle_s: 0.3}"
     )
     loop = asyncio.get_running_loop()
-    body = json.dumps({**CHAT, "stream": True}).encode()
-    head = (
-        f"POST {CHAT_PATH} HTTP/1.1\r\nHost: {gateway.host}:{gateway.port}\r\n"
-        f"Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    ).encode()
-    client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    client.setblocking(False)
+    client = await raw_stream_client(gateway, close=True)
     try:
-        async with asyncio.timeout(WAIT_S):
-            await loop.sock_connect(client, (gateway.host, gateway.port))
-            await loop.sock_sendall(client, head + body)
 
         def relay_holds_the_backend() -> bool:
             return events.writing and any(

@@ -921,17 +921,16 @@ async def _slots_free(gateway: TestClient) -> None:
     await assert_slots_free(gateway, admitted=1)
 
 
-async def test_a_client_that_stops_reading_pauses_the_backend_then_leaving_frees_all(
-    make_gateway: Any, start_mock: Any
-) -> None:
-    events = StreamingBackend(size=64 * 1024, count=1024)  # 64 MiB if nothing pushed back
-    gateway, _ = await fake_gateway(make_gateway, start_mock, events.chat)
+async def raw_stream_client(gateway: TestClient, *, close: bool = False) -> socket.socket:
+    """A raw socket with a small receive buffer that has sent a streamed chat to
+    ``gateway`` and read nothing yet: the caller decides when (and whether) to read."""
     loop = asyncio.get_running_loop()
     body = json.dumps({**CHAT, "stream": True}).encode()
+    connection = "Connection: close\r\n" if close else ""
     head = (
         f"POST {CHAT_PATH} HTTP/1.1\r\nHost: {gateway.host}:{gateway.port}\r\n"
         f"Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"Content-Length: {len(body)}\r\n{connection}\r\n"
     ).encode()
     client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
@@ -940,6 +939,21 @@ async def test_a_client_that_stops_reading_pauses_the_backend_then_leaving_frees
         async with asyncio.timeout(WAIT_S):
             await loop.sock_connect(client, (gateway.host, gateway.port))
             await loop.sock_sendall(client, head + body)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+async def test_a_client_that_stops_reading_pauses_the_backend_then_leaving_frees_all(
+    make_gateway: Any, start_mock: Any
+) -> None:
+    events = StreamingBackend(size=64 * 1024, count=1024)  # 64 MiB if nothing pushed back
+    gateway, _ = await fake_gateway(make_gateway, start_mock, events.chat)
+    loop = asyncio.get_running_loop()
+    client = await raw_stream_client(gateway)
+    try:
+        async with asyncio.timeout(WAIT_S):
             answer = b""
             while b"\r\n\r\n" not in answer:  # the head, a byte at a time; then stop reading
                 byte = await loop.sock_recv(client, 1)
