@@ -12,9 +12,10 @@ layers below it (``lint-imports`` checks this in ``tools/test``; the contract is
    and ``reload`` (loads the config, swaps in the registry built from it).
 5. ``routing``: registry, router, admission, upstream clients, one backend call.
 6. ``config``: the YAML's schema, meaning checks and backend TLS contexts.
-7. ``auth``, ``sandbox``, ``storage``, ``wire`` (strict JSON, request bodies, model
-   names, same-origin), then ``typedefs`` (the typed app keys; it imports the types it
-   names for the type checker only), then ``settings``, then ``errors``: the base.
+7. ``auth``, ``ports`` (a free loopback port for a child), ``sandbox``, ``storage``,
+   ``wire`` (strict JSON, request bodies, model names, same-origin), then ``typedefs``
+   (the typed app keys; it imports the types it names for the type checker only), then
+   ``settings``, then ``errors``: the base.
 """
 
 __version__ = "0.1.0"

@@ -9,13 +9,13 @@ ends, so requests in flight are untouched by a reload.
 from __future__ import annotations
 
 import dataclasses
-import socket
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from ..config.schema import BackendConfig, GatewayConfig
+from ..ports import free_port
 from .admission import Admission
 from .upstream import BackendClient
 
@@ -179,13 +179,7 @@ def _with_port(config: BackendConfig, old: Backend | None) -> BackendConfig:
     port = None
     if old is not None and old.config.process is not None and old.config.url is not None:
         port = old.config.url.port
-    return dataclasses.replace(config, url=config.url.with_port(port or _free_port()))
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return dataclasses.replace(config, url=config.url.with_port(port or free_port()))
 
 
 class RegistryHolder:
