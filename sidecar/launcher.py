@@ -374,20 +374,24 @@ class Launcher:
     def _caddy_log(self) -> Path:
         return self.layout.data_dir / "log" / "caddy.log"
 
+    def _caddy(self, verb: str) -> subprocess.CompletedProcess[str]:
+        """``caddy VERB`` on the site's Caddyfile (``adapt``, ``reload``), bounded in time;
+        raises ``OSError`` or ``subprocess.TimeoutExpired``."""
+        command = [find_caddy(), verb, "--config", str(self.layout.caddyfile)]
+        return subprocess.run(
+            [*command, "--adapter", "caddyfile"],
+            env=self._caddy_env,
+            cwd=self.layout.root,
+            capture_output=True,
+            text=True,
+            timeout=RELOAD_TIMEOUT_S,
+            check=False,
+        )
+
     def _caddyfile_problem(self) -> str | None:
         """Why the Caddyfile does not adapt: ``caddy run`` exits on that without a word."""
-        command = [find_caddy(), "adapt", "--config", str(self.layout.caddyfile)]
-        command += ["--adapter", "caddyfile"]
         try:
-            result = subprocess.run(
-                command,
-                env=self._caddy_env,
-                cwd=self.layout.root,
-                capture_output=True,
-                text=True,
-                timeout=RELOAD_TIMEOUT_S,
-                check=False,
-            )
+            result = self._caddy("adapt")
         except (OSError, subprocess.TimeoutExpired):
             return None
         return caddy_reason(result.stderr) if result.returncode else None
@@ -468,18 +472,8 @@ class Launcher:
         for name, child in self.children:
             if name == "sidecar" and child.poll() is None:
                 child.send_signal(signal.SIGHUP)
-        command = [find_caddy(), "reload", "--config", str(self.layout.caddyfile)]
-        command += ["--adapter", "caddyfile"]
         try:
-            result = subprocess.run(
-                command,
-                env=self._caddy_env,
-                cwd=self.layout.root,
-                capture_output=True,
-                text=True,
-                timeout=RELOAD_TIMEOUT_S,
-                check=False,
-            )
+            result = self._caddy("reload")
         except (OSError, subprocess.TimeoutExpired) as exc:
             print(f"gateway up: Caddy kept its config: {exc}", file=sys.stderr, flush=True)
             return

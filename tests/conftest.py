@@ -8,10 +8,12 @@ import inspect
 import json
 import os
 import re
+import socket
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -164,6 +166,28 @@ async def status_of(client: TestClient, backend: str, capability: str) -> dict[s
 # -- waiting, ports, files and the command line ---------------------------------------------
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without anything that configures a gateway."""
+    prefixes = ("GATEWAY_", "BACKEND_", "TRUSTED_PROXIES", "MOCK_BACKEND_URL")
+    env = {key: value for key, value in os.environ.items() if not key.startswith(prefixes)}
+    env.update(extra)
+    return env
+
+
+def wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
+    """Until something accepts on 127.0.0.1:``port`` (at most 20 s); raises if
+    ``process``, which should be listening there, exits first."""
+    for _ in range(400):
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
 
 
 def gateway_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import TOKEN, free_port
+from .conftest import TOKEN, free_port, wait_listening
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "compat_table.py"
@@ -52,21 +52,6 @@ NEEDS_AUDIO_MODELS = {
     "`POST /v1/audio/speech` stream",
     "`POST /v1/rerank`",
 }
-
-
-def _wait(port: int, process: subprocess.Popen[bytes]) -> None:
-    import socket
-    import time
-
-    for _ in range(400):
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args} exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 @pytest.fixture(scope="module")
@@ -107,11 +92,11 @@ aliases:
         subprocess.Popen([*python, "mock-backends", "--port", str(mock)], cwd=ROOT, env=env)
     ]
     try:
-        _wait(mock, processes[0])
+        wait_listening(mock, processes[0])
         processes.append(
             subprocess.Popen([*python, "serve"], cwd=ROOT, env=env, stdout=log, stderr=log)
         )
-        _wait(gateway, processes[1])
+        wait_listening(gateway, processes[1])
         yield f"http://127.0.0.1:{gateway}"
     finally:
         for process in processes:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import ipaddress
-import os
 import textwrap
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from sidecar.errors import ConfigError, SettingsError
 from sidecar.settings import BackendTlsDefaults, Settings
 
 from .certs import issue, make_ca
-from .conftest import TOKEN, gateway_cli, line_of
+from .conftest import TOKEN, clean_env, gateway_cli, line_of
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_TLS_DEFAULTS = BackendTlsDefaults()
@@ -37,14 +36,6 @@ def issues_of(text: str, source: Path = Path("/etc/gateway/gateway.yaml"), **env
     with pytest.raises(ConfigError) as caught:
         parse(text, source, **environ)
     return {(issue.path, issue.line, issue.message) for issue in caught.value.issues}
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without anything that configures a gateway."""
-    prefixes = ("GATEWAY_", "BACKEND_", "TRUSTED_PROXIES", "MOCK_BACKEND_URL")
-    env = {key: value for key, value in os.environ.items() if not key.startswith(prefixes)}
-    env.update(extra)
-    return env
 
 
 # -- a valid config ---------------------------------------------------------------------------

@@ -268,9 +268,11 @@ async def test_tokens_per_day_refuse_until_the_next_utc_day(
     assert refused.headers["x-ratelimit-limit-tokens"] == "50"
 
 
-async def test_concurrency_limit_refuses_a_second_request_while_one_runs(
+async def slow_gateway(
     make_gateway: Any, start_mock: Any, release: asyncio.Event
-) -> None:
+) -> tuple[TestClient, asyncio.Event]:
+    """A gateway whose backend ``slow`` answers a chat only once ``release`` is set; the
+    event returned is set when a request has reached it."""
     started = asyncio.Event()
 
     async def slow(request: web.Request) -> web.Response:
@@ -281,11 +283,18 @@ async def test_concurrency_limit_refuses_a_second_request_while_one_runs(
     app = web.Application()
     app.router.add_post("/v1/chat/completions", slow)
     server = await start_mock(app)
-    gw = await make_gateway(
+    gw: TestClient = await make_gateway(
         gateway_yaml(
             mock_backend_yaml("slow", server, models="[slow]", health="{readiness: false}")
         )
     )
+    return gw, started
+
+
+async def test_concurrency_limit_refuses_a_second_request_while_one_runs(
+    make_gateway: Any, start_mock: Any, release: asyncio.Event
+) -> None:
+    gw, started = await slow_gateway(make_gateway, start_mock, release)
     secret = await make_key(gw, "one-at-a-time", concurrency=1)
     body = {"model": "slow", "messages": CHAT["messages"]}
     first = asyncio.create_task(gw.post("/v1/chat/completions", json=body, headers=bearer(secret)))
@@ -303,21 +312,7 @@ async def test_concurrency_limit_refuses_a_second_request_while_one_runs(
 async def test_a_client_that_goes_away_gives_its_concurrency_slot_back(
     make_gateway: Any, start_mock: Any, release: asyncio.Event
 ) -> None:
-    started = asyncio.Event()
-
-    async def slow(request: web.Request) -> web.Response:
-        started.set()
-        await release.wait()
-        return web.json_response({"id": "x", "object": "chat.completion", "choices": []})
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", slow)
-    server = await start_mock(app)
-    gw = await make_gateway(
-        gateway_yaml(
-            mock_backend_yaml("slow", server, models="[slow]", health="{readiness: false}")
-        )
-    )
+    gw, started = await slow_gateway(make_gateway, start_mock, release)
     secret = await make_key(gw, "leaver", concurrency=1)
     limiter = gw.server.app[KEYS].limiter
     assert isinstance(limiter, LocalLimiter)

@@ -27,7 +27,7 @@ from sidecar.routing.lifecycle.events import MAX_SUBSCRIBERS, QUEUE_EVENTS, Even
 from sidecar.settings import BackendTlsDefaults, parse_bearer_tokens
 from sidecar.typedefs import REGISTRY, RELOADER, SETTINGS
 
-from .conftest import OTHER_TOKEN, ROOT, TOKEN, eventually, free_port
+from .conftest import OTHER_TOKEN, ROOT, TOKEN, clean_env, eventually, free_port
 
 pytestmark = pytest.mark.timeout(120)
 wait_for = functools.partial(eventually, attempts=600, poll_s=0.05)
@@ -350,13 +350,9 @@ async def test_the_admin_api_loads_unloads_and_streams_events(models_gateway: An
     events.close()
 
 
-async def test_kill_9_of_the_gateway_leaves_no_model_process(tmp_path: Path) -> None:
-    port = free_port()
-    config_path = tmp_path / "gateway.yaml"
-    config_path.write_text(config(process_backend("a", "model-a")))
-    prefixes = ("GATEWAY_", "BACKEND_", "TRUSTED_PROXIES", "MOCK_BACKEND_URL")
-    env = {key: value for key, value in os.environ.items() if not key.startswith(prefixes)}
-    env.update(
+def serve_env(tmp_path: Path, port: int, config_path: Path) -> dict[str, str]:
+    """The environment of a ``gateway serve`` on ``port`` with admin token ``default``."""
+    return clean_env(
         GATEWAY_HOST="127.0.0.1",
         GATEWAY_PORT=str(port),
         GATEWAY_CONFIG=str(config_path),
@@ -366,6 +362,13 @@ async def test_kill_9_of_the_gateway_leaves_no_model_process(tmp_path: Path) -> 
         GATEWAY_DATA_DIR=str(tmp_path / "var"),
         IMAGES_BACKEND="off",
     )
+
+
+async def test_kill_9_of_the_gateway_leaves_no_model_process(tmp_path: Path) -> None:
+    port = free_port()
+    config_path = tmp_path / "gateway.yaml"
+    config_path.write_text(config(process_backend("a", "model-a")))
+    env = serve_env(tmp_path, port, config_path)
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:
         serve = await asyncio.create_subprocess_exec(

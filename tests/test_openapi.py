@@ -8,10 +8,8 @@ number of cases, checking for server errors and responses that break the schema.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ from typing import Any
 import pytest
 import schemathesis
 
-from .conftest import TOKEN, free_port, gateway_yaml, mock_backend_yaml
+from .conftest import TOKEN, free_port, gateway_yaml, mock_backend_yaml, wait_listening
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -45,18 +43,6 @@ async def test_openapi_lists_every_v1_route(make_gateway: Any, start_mock: Any) 
         for operation in operations.values():
             assert "401" in operation["responses"], path
     schemathesis.openapi.from_dict(spec)  # loads as a valid schema
-
-
-def _wait(port: int, process: subprocess.Popen[bytes]) -> None:
-    for _ in range(200):
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args} exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 @pytest.fixture
@@ -126,12 +112,12 @@ tools:
         ),
     ]
     try:
-        _wait(mock, processes[0])
-        _wait(music, processes[1])
+        wait_listening(mock, processes[0])
+        wait_listening(music, processes[1])
         processes.append(
             subprocess.Popen([*python, "serve"], cwd=ROOT, env=env, stdout=log, stderr=log)
         )
-        _wait(gateway, processes[2])
+        wait_listening(gateway, processes[2])
         yield f"http://127.0.0.1:{gateway}", tmp_path / "gateway.log"
     finally:
         for process in processes:

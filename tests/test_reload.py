@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 import signal
 import stat
 import sys
@@ -20,7 +19,15 @@ from aiohttp.test_utils import TestClient
 from sidecar.mock_backends.openai_server import RECEIVED
 from sidecar.typedefs import REGISTRY, RELOADER
 
-from .conftest import TOKEN, gateway_yaml, mock_backend_yaml, openai_client, rewrite, status_of
+from .conftest import (
+    TOKEN,
+    clean_env,
+    gateway_yaml,
+    mock_backend_yaml,
+    openai_client,
+    rewrite,
+    status_of,
+)
 from .conftest import eventually as wait_until_true
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -456,16 +463,13 @@ async def test_raised_limit_admits_a_queued_request(
 
 
 def serve_env(tmp_path: Path, config: Path, socket_path: Path) -> dict[str, str]:
-    prefixes = ("GATEWAY_", "BACKEND_", "TRUSTED_PROXIES", "MOCK_BACKEND_URL")
-    env = {key: value for key, value in os.environ.items() if not key.startswith(prefixes)}
-    env.update(
+    return clean_env(
         GATEWAY_SOCKET=str(socket_path),
         GATEWAY_CONFIG=str(config),
         GATEWAY_CONFIG_POLL_S="0",
         GATEWAY_BEARER_TOKEN=TOKEN,
         GATEWAY_DATA_DIR=str(tmp_path / "var"),
     )
-    return env
 
 
 async def serve(env: dict[str, str], stdout: Any, stderr: Any) -> asyncio.subprocess.Process:

@@ -26,9 +26,9 @@ from sidecar.responses import events as events_module
 from sidecar.responses.events import MAX_TOOL_CALLS
 from sidecar.typedefs import KEYS, SETTINGS
 
-from .conftest import OTHER_TOKEN, ROOT, TOKEN, eventually, free_port, openai_client, status_of
+from .conftest import OTHER_TOKEN, ROOT, eventually, free_port, openai_client, status_of
 from .test_keys import CHAT, bearer, gw, restartable
-from .test_lifecycle import ADMIN, alive, chat, config, server_cmd
+from .test_lifecycle import ADMIN, alive, chat, config, serve_env, server_cmd
 from .test_responses import _gateway_on
 
 __all__ = ["gw", "restartable"]  # fixtures from test_keys
@@ -50,22 +50,6 @@ def _group_members(pgid: int) -> list[int]:
             if fields[0] != "Z" and int(fields[2]) == pgid:
                 members.append(int(entry.name))
     return members
-
-
-def _serve_env(tmp_path: Path, port: int, config_path: Path) -> dict[str, str]:
-    prefixes = ("GATEWAY_", "BACKEND_", "TRUSTED_PROXIES", "MOCK_BACKEND_URL")
-    env = {key: value for key, value in os.environ.items() if not key.startswith(prefixes)}
-    env.update(
-        GATEWAY_HOST="127.0.0.1",
-        GATEWAY_PORT=str(port),
-        GATEWAY_CONFIG=str(config_path),
-        GATEWAY_CONFIG_POLL_S="0",
-        GATEWAY_BEARER_TOKEN=TOKEN,
-        GATEWAY_ADMIN_TOKENS="default",
-        GATEWAY_DATA_DIR=str(tmp_path / "var"),
-        IMAGES_BACKEND="off",
-    )
-    return env
 
 
 async def _serve(tmp_path: Path, name: str, env: dict[str, str]) -> asyncio.subprocess.Process:
@@ -109,7 +93,7 @@ async def test_kill_9_of_the_gateway_then_a_restart_kills_the_model_process_chil
     config_path = tmp_path / "gateway.yaml"
     config_path.write_text(config(backend))
     port = free_port()
-    env = _serve_env(tmp_path, port, config_path)
+    env = serve_env(tmp_path, port, config_path)
     base = f"http://127.0.0.1:{port}"
     processes: list[asyncio.subprocess.Process] = []
     members: list[int] = []

@@ -1,4 +1,5 @@
-"""Fixtures the e2e modules with a ``gated`` backend share (see ``stack.gated_config``).
+"""Fixtures the e2e modules share: a headless Chromium (``browser``), and for modules with a
+``gated`` backend (see ``stack.gated_config``) its port and server.
 
 Such a module defines its own module-scoped ``stack`` fixture from ``gated_port`` (its
 config and environment are its own) and asks for ``gated`` in the tests that stream.
@@ -10,9 +11,22 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from playwright.async_api import Browser, async_playwright
 
 from ..conftest import free_port
+from .browser_kit import CHROMIUM, CHROMIUM_ARGS
 from .stack import GatedBackend
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Debian's Chromium, headless, launched by Playwright (no browser download)."""
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
 
 
 @pytest.fixture(scope="module")

@@ -3,17 +3,17 @@ modal dialog, Cancel and Escape change nothing, and the last admin's row cannot 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
-from playwright.async_api import Browser, Locator, Page, async_playwright
+from playwright.async_api import Browser, Locator, Page
 
 from sidecar.users.db import Database
 from sidecar.users.passwords import hash_password, verify_password
 
 from ..conftest import TOKEN
 from .stack import ROOT, GatewayStack
-from .test_browser import CHROMIUM, CHROMIUM_ARGS, PASSWORD
+from .test_browser import PASSWORD
 
 pytestmark = pytest.mark.timeout(180)
 SCREENSHOTS = ROOT / "var" / "screenshots"
@@ -33,16 +33,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayStack]:
         yield gateway
     finally:
         gateway.stop()
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 def stored(stack: GatewayStack) -> dict[str, tuple[bool, bool]]:

@@ -7,17 +7,17 @@ chunks arrived together on a loaded machine and a reply seemed to appear all at 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page
 
 from sidecar.users.db import Database
 from sidecar.users.passwords import hash_password
 
 from ..conftest import TOKEN
-from .browser_kit import CHROMIUM, CHROMIUM_ARGS, PASSWORD, MockProcess
+from .browser_kit import PASSWORD, MockProcess
 from .stack import ROOT, GatewayStack
 
 pytestmark = pytest.mark.timeout(180)
@@ -46,16 +46,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayStack]:
             gateway.stop()
     finally:
         model.stop()
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 async def logged_in(browser: Browser, stack: GatewayStack) -> tuple[Page, list[str]]:

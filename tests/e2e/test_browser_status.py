@@ -9,17 +9,17 @@ no buttons. The page polls with one loop however often the tab becomes visible.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
-from playwright.async_api import Browser, Request, Route, async_playwright
+from playwright.async_api import Browser, Request, Route
 
 from sidecar.users.db import Database
 from sidecar.users.passwords import hash_password
 
 from ..conftest import TOKEN
 from ..test_lifecycle import config, process_backend
-from .browser_kit import CHROMIUM, CHROMIUM_ARGS, PASSWORD, log_in, screenshot
+from .browser_kit import PASSWORD, log_in, screenshot
 from .stack import GatewayStack
 
 pytestmark = pytest.mark.timeout(240)
@@ -39,16 +39,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayStack]:
         yield gateway
     finally:
         gateway.stop()
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 async def until(check: Callable[[], bool], what: str) -> None:

@@ -11,19 +11,17 @@ can press Stop mid-reply). A reply is chosen by starting the message with
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page
 
 from sidecar.users.db import Database
 from sidecar.users.passwords import hash_password
 
 from ..conftest import TOKEN
 from .browser_kit import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     PASSWORD,
     MockProcess,
     in_flight,
@@ -161,16 +159,6 @@ def stack(
         yield gateway
     finally:
         gateway.stop()
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 async def ask(page: Page, text: str) -> None:

@@ -16,8 +16,8 @@ from sidecar.users.db import Database
 from sidecar.users.passwords import hash_password
 
 from ..conftest import TOKEN
+from .browser_kit import PASSWORD
 from .stack import ROOT, GatewayStack
-from .test_browser import PASSWORD, browser  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -47,7 +47,7 @@ def sdk(stack: GatewayStack, key: str) -> openai.AsyncOpenAI:
 
 
 async def test_an_admin_makes_copies_edits_and_revokes_a_key(
-    browser: Browser,  # noqa: F811
+    browser: Browser,
     stack: GatewayStack,
 ) -> None:
     context = await browser.new_context(ignore_https_errors=True)
