@@ -20,8 +20,8 @@ from aiohttp import web
 
 from .agents.service import AgentRunner
 from .agents.transcripts import RunStore
-from .api.cors import cors, cors_headers
-from .api.middleware import bearer, errors, observe, rate_limit_headers, stamp_response
+from .api import cors
+from .api.middleware import bearer, front, prepare_headers
 from .api.routes import setup_routes
 from .auth import TokenSet
 from .auth.keystore import UNAVAILABLE as KEYS_UNAVAILABLE
@@ -77,7 +77,7 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> web.A
     limiter = LocalLimiter()
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[observe, cors, errors, bearer(tokens, limiter), ui_guard],
+        middlewares=[front, bearer(tokens, limiter, ui_guard)],
     )
     app[SETTINGS] = settings
     app[TOKENS] = tokens
@@ -105,10 +105,7 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> web.A
         )
         app.cleanup_ctx.append(_usage)
     app.cleanup_ctx.append(responses_store)
-    app.on_response_prepare.append(stamp_response)
-    app.on_response_prepare.append(rate_limit_headers)
-    app.on_response_prepare.append(security_headers)
-    app.on_response_prepare.append(cors_headers)
+    app.on_response_prepare.append(prepare_headers(security_headers, cors.headers))
     aiohttp_jinja2.setup(
         app,
         loader=jinja2.FileSystemLoader(settings.templates_dir),

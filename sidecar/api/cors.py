@@ -8,14 +8,14 @@ responses — errors and streams included — carry ``Access-Control-Allow-Origi
 origin, ``Vary: Origin`` and the headers a page may read. No credentials mode: the token
 travels in a header, never a cookie. The UI (``/ui``) is same-origin and never gets CORS.
 
-The middleware answers preflights; the headers of actual responses are set when the
-response is prepared, so a stream gets them as well as a returned response.
+``preflight`` answers preflights (called by ``middleware.front``); the headers of actual
+responses are set when the response is prepared (``headers``), so a stream gets them as
+well as a returned response.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from ..typedefs import REGISTRY
 
@@ -63,22 +63,22 @@ def _allowed_origin(request: web.Request) -> str | None:
     return origin if cors.allow_origins and cors.allows(origin) else None
 
 
-@web.middleware
-async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer a preflight from an allowed origin; everything else goes on."""
-    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-        origin = _allowed_origin(request)
-        if origin is not None:
-            max_age = request.app[REGISTRY].current.config.cors.max_age_s
-            return web.Response(
-                status=204,
-                headers={
-                    "Access-Control-Allow-Methods": _METHODS,
-                    "Access-Control-Allow-Headers": _allowed_headers(request),
-                    "Access-Control-Max-Age": str(max_age),
-                },
-            )
-    return await handler(request)
+def preflight(request: web.Request) -> web.Response | None:
+    """The answer to a preflight from an allowed origin; None for everything else."""
+    if request.method != "OPTIONS" or "Access-Control-Request-Method" not in request.headers:
+        return None
+    origin = _allowed_origin(request)
+    if origin is None:
+        return None
+    max_age = request.app[REGISTRY].current.config.cors.max_age_s
+    return web.Response(
+        status=204,
+        headers={
+            "Access-Control-Allow-Methods": _METHODS,
+            "Access-Control-Allow-Headers": _allowed_headers(request),
+            "Access-Control-Max-Age": str(max_age),
+        },
+    )
 
 
 def _allowed_headers(request: web.Request) -> str:
@@ -96,8 +96,9 @@ def _token(name: str) -> bool:
     return len(name) <= 64 and all(c.isalnum() or c in "-_" for c in name)
 
 
-async def cors_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: the CORS headers of an API response to an allowed origin."""
+def headers(request: web.Request, response: web.StreamResponse) -> None:
+    """When a response is prepared: the CORS headers of an API response to an allowed
+    origin."""
     if not _in_scope(request.path):
         return
     if not request.app[REGISTRY].current.config.cors.allow_origins:

@@ -1,15 +1,25 @@
-"""The request pipeline before a handler: id, forwarded headers and access record, errors,
-bearer auth (with API keys' scopes and limits).
+"""The request pipeline before a handler, in two middlewares (each layer is a coroutine
+every request runs through and every open stream holds, so there are as few as the
+rules allow):
 
-``observe`` comes first. From a trusted proxy (the unix socket from Caddy, or a peer in
+``front``, first, gives the request an id and an access record, believes a trusted
+proxy's forwarding headers, answers a CORS preflight (``cors.preflight``) and translates
+errors. From a trusted proxy (the unix socket from Caddy, or a peer in
 ``TRUSTED_PROXIES``) it clones the request once with the client's address, the site's
 host and scheme as forwarded; after it, code reads ``request.remote`` / ``host`` /
 ``scheme`` and never a forwarding header.
 
-Errors are translated once, here: a ``GatewayError`` leaves with its status and the error
-body of the face the path belongs to (``faces``: OpenAI, Anthropic or Ollama); aiohttp's
-own 404/405/413 get the same treatment; anything unexpected is logged with its traceback
-and leaves as a plain 500 naming only the request id.
+Errors are translated once, there: a ``GatewayError`` leaves with its status and the
+error body of the face the path belongs to (``faces``: OpenAI, Anthropic or Ollama);
+aiohttp's own 404/405/413 get the same treatment; anything unexpected is logged with its
+traceback and leaves as a plain 500 naming only the request id.
+
+``bearer`` then checks the token of the API paths (with API keys' scopes and limits) and
+hands every other path to the door it is given (the UI's guard).
+
+``prepare_headers`` is the one ``on_response_prepare`` handler: the request id, no
+caching, no ``Server``, a key's rate-limit headers, then what the caller adds (the UI's
+security headers, CORS).
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import json
 import logging
 import secrets
 import weakref
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -40,6 +51,7 @@ from ..typedefs import (
     TOKEN,
     USAGE,
 )
+from . import cors
 from .faces import Face, error_body, face_of
 
 log = logging.getLogger("gateway.errors")
@@ -61,9 +73,9 @@ def new_request_id() -> str:
 
 
 @web.middleware
-async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give the request an id and an access record, believe a trusted proxy's forwarding
-    headers, and log one line when it ends."""
+async def front(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Id, access record and forwarded headers; a CORS preflight; errors; one access
+    line when the request ends."""
     request_id = new_request_id()
     request[REQUEST_ID] = request_id
     trusted = request.app[SETTINGS].trusted_proxies
@@ -84,13 +96,28 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     route = resource.canonical if resource is not None else "(unmatched)"
     record = AccessRecord(request_id, request.method, route, ip)
     # Set before cloning: aiohttp prepares a returned response with the original request
-    # (``stamp_response``), which must see the same id and record.
+    # (``prepare_headers``), which must see the same id and record.
     request[ACCESS] = record
     request[CLIENT_IP] = ip
     if overrides:
         request = request.clone(**overrides)
+    response: web.StreamResponse | None
     try:
-        response = await handler(request)
+        response = cors.preflight(request)
+        if response is None:
+            try:
+                response = await handler(request)
+            except GatewayError as exc:
+                response = _gateway_error(request, exc)
+            except web.HTTPException as exc:
+                if exc.status < 400:
+                    raise
+                response = _http_error(face_of(request.path), exc)
+            except ConnectionResetError:
+                raise  # the client went away; there is no one to answer
+            except Exception:
+                log.exception("unhandled error in %s %s", request.method, request.rel_url.path)
+                response = _internal_error(request)
     except BaseException as exc:
         status = getattr(exc, "status", None)
         record.status = status if isinstance(status, int) else (record.status or 499)
@@ -116,48 +143,53 @@ def _finish(record: AccessRecord, request: web.Request) -> None:
     record.emit()
 
 
-async def stamp_response(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: every response carries the request id and no caching, and
-    no ``Server`` header (aiohttp's names itself and its version: nothing a client needs)."""
-    response.headers.popall("Server", None)
-    request_id = request.get(REQUEST_ID)
-    if request_id:
-        response.headers["X-Request-Id"] = request_id
-    record = request.get(ACCESS)
-    if record is not None:
-        record.status = response.status
-    response.headers.setdefault("Cache-Control", "no-store")
+def prepare_headers(
+    *more: Callable[[web.Request, web.StreamResponse], None],
+) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """The ``on_response_prepare`` handler: every response carries the request id and no
+    caching, and no ``Server`` header (aiohttp's names itself and its version: nothing a
+    client needs); a key's ``x-ratelimit-*`` headers go on a stream prepared by its
+    handler too (other responses get them from ``bearer``); then each of ``more``."""
+
+    async def prepare(request: web.Request, response: web.StreamResponse) -> None:
+        headers = response.headers
+        headers.popall("Server", None)
+        request_id = request.get(REQUEST_ID)
+        if request_id:
+            headers["X-Request-Id"] = request_id
+        record = request.get(ACCESS)
+        if record is not None:
+            record.status = response.status
+        headers.setdefault("Cache-Control", "no-store")
+        ticket: Ticket | None = request.get(RATE_LIMIT)
+        if ticket is not None:
+            headers.update(ticket.headers)
+        for add in more:
+            add(request, response)
+
+    return prepare
 
 
-@web.middleware
-async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except GatewayError as exc:
-        face = face_of(request.path)
-        if face is Face.OPENAI:
-            return error_response(exc.status, exc.envelope(), exc.response_headers())
-        body = error_body(face, exc.status, exc.message, exc.error_type, exc.param, exc.code)
-        return error_response(exc.status, body, exc.response_headers())
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return _http_error(face_of(request.path), exc)
-    except ConnectionResetError:
-        raise  # the client went away; there is no one to answer
-    except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.rel_url.path)
-        return error_response(
+def _gateway_error(request: web.Request, exc: GatewayError) -> web.Response:
+    face = face_of(request.path)
+    if face is Face.OPENAI:
+        return error_response(exc.status, exc.envelope(), exc.response_headers())
+    body = error_body(face, exc.status, exc.message, exc.error_type, exc.param, exc.code)
+    return error_response(exc.status, body, exc.response_headers())
+
+
+def _internal_error(request: web.Request) -> web.Response:
+    return error_response(
+        500,
+        error_body(
+            face_of(request.path),
             500,
-            error_body(
-                face_of(request.path),
-                500,
-                f"Internal error; quote request id {request.get(REQUEST_ID)} to the admin",
-                "api_error",
-                None,
-                "internal_error",
-            ),
-        )
+            f"Internal error; quote request id {request.get(REQUEST_ID)} to the admin",
+            "api_error",
+            None,
+            "internal_error",
+        ),
+    )
 
 
 def _http_error(face: Face, exc: web.HTTPException) -> web.Response:
@@ -187,9 +219,12 @@ def error_response(
     )
 
 
-def bearer(tokens: TokenSet, limiter: Limiter | None = None) -> Middleware:
+def bearer(
+    tokens: TokenSet, limiter: Limiter | None = None, other: Middleware | None = None
+) -> Middleware:
     """Bearer auth on every ``/v1`` path (matched route or not), on ``/mcp`` and on the
-    Ollama face's ``/api``; the Anthropic face may send the token as ``x-api-key``.
+    Ollama face's ``/api``; the Anthropic face may send the token as ``x-api-key``. Every
+    other path goes to ``other`` (the UI's guard), or straight on.
 
     A static token goes straight on. An API key with a scope or a limit is checked here
     once: its endpoints (403), then its limits (429 with ``Retry-After``); its scope is
@@ -208,6 +243,8 @@ def bearer(tokens: TokenSet, limiter: Limiter | None = None) -> Middleware:
                 authorization = f"Bearer {api_key}" if api_key else None
         elif path == "/api" or path.startswith("/api/"):
             authorization = request.headers.get("Authorization")
+        elif other is not None:
+            return await other(request, handler)
         else:
             return await handler(request)
         key = tokens.identify(authorization)
@@ -236,11 +273,3 @@ def bearer(tokens: TokenSet, limiter: Limiter | None = None) -> Middleware:
         return response
 
     return check
-
-
-async def rate_limit_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: a stream prepared by its handler carries the key's
-    ``x-ratelimit-*`` headers too (other responses get them from ``bearer``)."""
-    ticket: Ticket | None = request.get(RATE_LIMIT)
-    if ticket is not None:
-        response.headers.update(ticket.headers)

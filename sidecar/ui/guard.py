@@ -67,8 +67,9 @@ def is_ui(path: str) -> bool:
     return path == "/ui" or path.startswith("/ui/")
 
 
-@web.middleware
 async def ui_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The door of every path that is not the API's (``middleware.bearer`` hands them
+    over): the rules above for /ui, nothing for the rest."""
     if not is_ui(request.path):
         return await handler(request)
     settings = request.app[SETTINGS]
@@ -142,8 +143,9 @@ async def closed_page(path: Path) -> str:
 _closed_pages: dict[Path, str] = {}
 
 
-async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: the UI's headers, on pages, assets, API and errors alike."""
+def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """When a response is prepared: the UI's headers, on pages, assets, API and errors
+    alike."""
     if not is_ui(request.path):
         return
     headers = response.headers
