@@ -6,8 +6,9 @@ cases, a request queued across a reload, and TLS wording. Everything runs on 127
 ``Pool`` tests talk to ``test_http1``'s raw backend; the others go through the app
 factory (``make_gateway``).
 
-Waits are on conditions and bounded. Three tests are about time itself and say where: a
-stalled stream must end after ``stream_idle_s`` rather than ``read_s``; a client that
+Waits are on conditions and bounded. Four tests are about time itself and say where: a
+stalled stream must end after ``stream_idle_s`` rather than ``read_s``, and a slow first
+token must not end it before ``read_s``; a client that
 reads nothing for longer than ``stream_idle_s`` must not make its backend idle; a name
 with an unanswering first address must not take the whole connect timeout.
 
@@ -162,6 +163,28 @@ async def test_a_stream_that_stalls_after_its_first_event_ends_after_stream_idle
     assert message == "backend 'fake' stream went idle within the configured timeout"
     assert_no_address(message, server)
     assert data[2] == "[DONE]"
+    await assert_slots_free(gateway, admitted=1)
+
+
+async def test_a_first_token_slower_than_stream_idle_s_is_waited_for_up_to_read_s(
+    make_gateway: Any, start_mock: Any
+) -> None:
+    async def slow_first(request: web.Request) -> web.StreamResponse:
+        response = await start_sse(request)
+        # About time by design: a long prompt's prefill, longer than stream_idle_s (0.2 s)
+        # and well within read_s (10 s). The stream's one timer first fires at 0.2 s.
+        await asyncio.sleep(0.6)
+        await response.write(sse(chunk("late ")) + b"data: [DONE]\n\n")
+        return response
+
+    gateway, _ = await fake_gateway(
+        make_gateway, start_mock, slow_first, timeouts="{read_s: 10, stream_idle_s: 0.2}"
+    )
+    response = await gateway.post(CHAT_PATH, json={**CHAT, "stream": True}, headers=AUTH)
+    assert response.status == 200
+    async with asyncio.timeout(WAIT_S):
+        data = sse_data(await response.read())
+    assert [json.loads(data[0]), data[1]] == [chunk("late "), "[DONE]"], data
     await assert_slots_free(gateway, admitted=1)
 
 

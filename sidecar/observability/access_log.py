@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 access_log = logging.getLogger("gateway.access")
+_LINE_JSON = json.JSONEncoder(separators=(",", ":"))  # made once, not per line
 
 
 @dataclass
@@ -63,7 +64,7 @@ class AccessRecord:
             "client_ip": self.client_ip,
             "token_name": self.token,
         }
-        text = json.dumps(line, separators=(",", ":"))
+        text = _LINE_JSON.encode(line)
         handlers = access_log.handlers
         if len(handlers) == 1 and type(handlers[0]) is BatchedLineWriter:
             # What ``gateway serve`` sets up: the line is the whole record, so it goes to

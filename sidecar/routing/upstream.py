@@ -75,6 +75,8 @@ _PIECE = re.compile(r"[A-Za-z0-9+=]{24,}")
 _PATH = re.compile(r"(?<![\w.])(?:~|\.{1,2})?(?:/[\w.@+-]+){2,}/?|\b[A-Za-z]:\\[^\s\"']+")
 log = logging.getLogger("gateway.upstream")
 _JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+# ``json.dumps`` with arguments builds an encoder per call; one, made once, does the same.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _TLS_REASONS = {
     "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the backend requires a client certificate",
     "SSLV3_ALERT_HANDSHAKE_FAILURE": "the backend refused the handshake",
@@ -376,7 +378,7 @@ class BackendClient:
         ``read_timeout_s`` overrides the backend's read timeout for this call (music
         generation takes about as long as the audio).
         """
-        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+        body = _COMPACT_JSON.encode(payload).encode()
         headers = {**self._headers, "X-Request-Id": request_id}
         return await self._open("POST", endpoint, body, headers, read_timeout_s)
 
@@ -614,10 +616,10 @@ class EventFramer:
 
 
 class _IdleWatch:
-    """``relay_events``' timeouts with one timer per stream: the first event within the
-    read timeout, each later one within the stream-idle timeout. ``last`` is set per
-    piece (an attribute store); the timer re-arms itself until a wait overruns, then
-    fails the response with ``TimeoutError``. While the relay holds the backend's socket
+    """``relay_events``' timeouts with one timer per stream, armed once: the first event
+    within the read timeout, each later one within the stream-idle timeout. ``last`` is
+    set per piece (an attribute store); the timer re-arms itself until a wait overruns,
+    then fails the response with ``TimeoutError``. While the relay holds the backend's socket
     (its client reads slower than the backend writes) the backend is not idle."""
 
     __slots__ = ("_first_s", "_handle", "_idle_s", "_loop", "_response", "last", "seen")
@@ -635,14 +637,15 @@ class _IdleWatch:
         self._idle_s = idle_s
         self.last = loop.time()
         self.seen = False
-        self._handle: asyncio.TimerHandle | None = loop.call_at(self.last + first_s, self._check)
+        self._handle: asyncio.TimerHandle | None = loop.call_at(
+            self.last + min(first_s, idle_s), self._check
+        )
 
     def first_event(self) -> None:
-        """From the first event on, the (usually shorter) idle timeout applies."""
+        """From the first event on, the idle timeout applies. The timer is not moved: it
+        was set for the earlier of the two timeouts, and ``_check`` re-arms it for the
+        deadline that applies when it fires, so it never fires late."""
         self.seen = True
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = self._loop.call_at(self._loop.time() + self._idle_s, self._check)
 
     def _check(self) -> None:
         now = self._loop.time()
