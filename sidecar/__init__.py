@@ -13,9 +13,10 @@ layers below it (``lint-imports`` checks this in ``tools/test``; the contract is
 5. ``routing``: registry, router, admission, upstream clients, one backend call.
 6. ``config``: the YAML's schema, meaning checks and backend TLS contexts.
 7. ``auth``, ``ports`` (a free loopback port for a child), ``sandbox``, ``storage``,
-   ``wire`` (strict JSON, request bodies, model names, same-origin), then ``typedefs``
-   (the typed app keys; it imports the types it names for the type checker only), then
-   ``settings``, then ``errors``: the base.
+   ``wire`` (strict JSON, request bodies, model names, same-origin), then ``sqlite``
+   (how every SQLite file is opened and migrated), then ``typedefs`` (the typed app
+   keys; it imports the types it names for the type checker only), then ``settings``,
+   then ``errors``: the base.
 """
 
 __version__ = "0.1.0"

@@ -22,17 +22,17 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import re
 import secrets
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import sqlite
 from ..errors import DatabaseError, InvalidRequest
 from ..settings import BearerToken
 
@@ -305,21 +305,11 @@ class KeyDatabase:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if not path.exists():
-                # Digests only, but still: readable by the service user alone.
-                with suppress(FileExistsError):  # another process made it first
-                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            sqlite.create_private(path)  # digests only, but still: the service user's alone
+            self._db = sqlite.connect(path)
             self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA busy_timeout = 5000")
-            if self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                with self.transaction() as db:
-                    db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number};")
+            sqlite.use_wal(self._db)
+            sqlite.migrate(self._db, MIGRATIONS)
         except PermissionError:
             raise DatabaseError(f"cannot open {path}; run as the gateway service user") from None
         except (sqlite3.Error, OSError) as exc:

@@ -25,10 +25,8 @@ the message names no path.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -36,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .. import sqlite
 from ..errors import StorageUnavailable
 from ..settings import ResponsesSettings
 from ..storage import RETRY_AFTER_S, StorageMonitor, error_kind, record_bytes
@@ -184,18 +183,11 @@ class ResponseStore:
         return StorageUnavailable(message, retry_after=RETRY_AFTER_S)
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not self.path.exists():
-            # Conversations: readable by the service user only (SQLite gives its -wal
-            # and -shm files the same mode).
-            with contextlib.suppress(FileExistsError):
-                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        sqlite.create_private(self.path)  # conversations: the service user's only
+        db = sqlite.connect(self.path)
         try:
-            db.execute("PRAGMA busy_timeout = 5000")
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = NORMAL")
-            db.executescript(_SCHEMA)
+            sqlite.use_wal(db)
+            sqlite.migrate(db, (_SCHEMA,))
             (total,) = db.execute("SELECT coalesce(sum(size), 0) FROM responses").fetchone()
             (passed,) = db.execute("SELECT count(*) FROM passed_through").fetchone()
         except BaseException:

@@ -14,7 +14,6 @@ thread too (``asyncio.to_thread``), on a connection of their own.
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 import threading
 import time
@@ -22,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from .. import sqlite
 from ..errors import DatabaseError
 
 # One row as the ledger queues it (the order of ``COLUMNS``).
@@ -141,31 +141,17 @@ class SqliteUsageStore:
     def open(self) -> None:
         """Create or migrate the file; ``DatabaseError`` says which file and why not."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileExistsError):
-                # Who used what: readable by the service user only (the -wal/-shm too).
-                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            self._write = self._connect()
-            if self._write.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                self._write.execute("PRAGMA journal_mode = WAL")
-            self._write.execute("PRAGMA synchronous = NORMAL")
-            version = self._write.execute("PRAGMA user_version").fetchone()[0]
-            for number, script in enumerate(SCHEMA[version:], start=version + 1):
-                self._write.executescript(
-                    f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;"
-                )
-            self._read = self._connect()
+            sqlite.create_private(self.path)  # who used what: the service user's only
+            self._write = sqlite.connect(self.path)
+            sqlite.use_wal(self._write)
+            sqlite.migrate(self._write, SCHEMA)
+            self._read = sqlite.connect(self.path)
         except (sqlite3.Error, OSError) as exc:
             self.close()
             raise DatabaseError(
                 f"cannot open the usage ledger {self.path}: {exc}"
                 " (GATEWAY_USAGE_ENABLED=false starts without it)"
             ) from None
-
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA busy_timeout = 5000")
-        return db
 
     def write(self, rows: Sequence[Row]) -> None:
         db = self._connection(self._write)

@@ -14,7 +14,6 @@ all get the rule, and two of them acting at once cannot both remove "the other" 
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import sqlite
 from ..errors import DatabaseError, DuplicateUser, LastAdmin, ReservedUser
 
 MIGRATIONS: tuple[str, ...] = (
@@ -125,34 +125,23 @@ class Database:
                 f"no users database at {path} (start the gateway once, or check USER_DB_PATH)"
             )
         try:
-            if create and not path.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                # Password hashes and conversations: readable by the service user only
-                # (SQLite gives its -wal and -shm files the same mode).
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            if create:  # password hashes and conversations: the service user's only
+                sqlite.create_private(path)
+            self._db = sqlite.connect(path)
         except PermissionError:
             raise DatabaseError(f"cannot create {path}; run as the gateway service user") from None
-        except FileExistsError:  # another process made it first
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except (sqlite3.Error, OSError) as exc:
             raise DatabaseError(
                 f"cannot open {path}: {exc}; run as the gateway service user"
             ) from None
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA busy_timeout = 5000")
         self._db.execute("PRAGMA foreign_keys = ON")
         self._migrate()
 
     def _migrate(self) -> None:
         try:
-            if self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                with self.transaction() as db:
-                    db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number};")
+            sqlite.use_wal(self._db)
+            sqlite.migrate(self._db, MIGRATIONS)
         except sqlite3.OperationalError as exc:
             raise _explained(exc, self.path) from None
         except sqlite3.DatabaseError as exc:

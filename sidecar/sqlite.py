@@ -1,0 +1,66 @@
+"""The gateway's SQLite files, opened one way (keys, users, usage, stored responses).
+
+- The file is made mode 0600 before SQLite opens it, so only the service user can read
+  it; SQLite gives its ``-wal`` and ``-shm`` files the same mode.
+- Connections are in autocommit mode (``isolation_level=None``: transactions are begun
+  and committed by the store), usable from one thread at a time whichever it is, and
+  wait up to 5 s for another connection's lock.
+- Write-ahead logging with ``synchronous = NORMAL``: readers never wait for the writer,
+  and a commit does not wait for the disk (a power cut loses at most the last commits,
+  never the file).
+- Migrations are numbered scripts; ``PRAGMA user_version`` says how many a file has had.
+  Each runs in its own transaction together with its number, so a file is always at
+  one version or the next.
+
+Each store turns ``sqlite3.Error``/``OSError`` into its own ``DatabaseError`` message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+BUSY_TIMEOUT_MS = 5000
+
+
+def create_private(path: Path) -> None:
+    """Make ``path`` (and its directory) unless it exists, readable by its owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        return
+    with contextlib.suppress(FileExistsError):  # another process made it first
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def use_wal(db: sqlite3.Connection) -> None:
+    """Write-ahead logging (set once per file: asked first, as setting it takes a lock)."""
+    if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = NORMAL")
+
+
+def migrate(db: sqlite3.Connection, scripts: Sequence[str]) -> None:
+    """Run the scripts past the file's ``user_version``, each in a transaction of its own
+    with its number."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    for number, script in enumerate(scripts[version:], start=version + 1):
+        try:
+            db.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;")
+        except BaseException:
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            raise

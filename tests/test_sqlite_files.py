@@ -1,0 +1,84 @@
+"""Every SQLite file the gateway keeps is made the one way ``sidecar.sqlite`` makes it:
+readable by the service user only (its -wal and -shm files too), in WAL mode, at the
+store's last schema version; a migration that fails leaves the file at the version
+before it, and nothing of the failed script behind."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from sidecar import sqlite
+from sidecar.auth.keys import MIGRATIONS as KEY_MIGRATIONS
+from sidecar.auth.keys import KeyDatabase
+from sidecar.responses.store import ResponseStore
+from sidecar.settings import ResponsesSettings
+from sidecar.usage.store import SCHEMA as USAGE_SCHEMA
+from sidecar.usage.store import SqliteUsageStore
+from sidecar.users.db import MIGRATIONS as USER_MIGRATIONS
+from sidecar.users.db import Database
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def assert_private_wal_at(path: Path, version: int) -> None:
+    assert mode(path) == 0o600, oct(mode(path))
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():  # present while a connection is open
+            assert mode(side) == 0o600, (suffix, oct(mode(side)))
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA user_version").fetchone()[0] == version
+
+
+async def test_every_store_makes_a_private_wal_file_at_its_last_version(
+    tmp_path: Path,
+) -> None:
+    keys = KeyDatabase(tmp_path / "keys" / "keys.sqlite3")  # a directory of its own, too
+    users = Database(tmp_path / "users.sqlite3")
+    usage = SqliteUsageStore(tmp_path / "usage.sqlite3")
+    usage.open()
+    responses = ResponseStore(tmp_path / "responses.sqlite3", ResponsesSettings())
+    await responses.open()
+    try:
+        assert_private_wal_at(keys.path, len(KEY_MIGRATIONS))
+        assert_private_wal_at(users.path, len(USER_MIGRATIONS))
+        assert_private_wal_at(usage.path, len(USAGE_SCHEMA))
+        assert_private_wal_at(responses.path, 1)
+    finally:
+        keys.close()
+        users.close()
+        usage.close()
+        await responses.close()
+    # Opened again: nothing to migrate, and the stores still work from the same files.
+    again = KeyDatabase(tmp_path / "keys" / "keys.sqlite3")
+    again.close()
+    assert_private_wal_at(tmp_path / "keys" / "keys.sqlite3", len(KEY_MIGRATIONS))
+
+
+def test_a_failed_migration_leaves_the_file_at_the_version_before(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    sqlite.create_private(path)
+    db = sqlite.connect(path)
+    try:
+        sqlite.migrate(db, ["CREATE TABLE a (x INTEGER)"])
+        broken = [
+            "CREATE TABLE a (x INTEGER)",
+            "CREATE TABLE b (y INTEGER); INSERT INTO nowhere VALUES (1)",
+        ]
+        with pytest.raises(sqlite3.OperationalError):
+            sqlite.migrate(db, broken)
+        assert not db.in_transaction
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        assert tables == {"a"}  # table b went with the failed transaction
+        sqlite.migrate(db, ["CREATE TABLE a (x INTEGER)", "CREATE TABLE b (y INTEGER)"])
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    finally:
+        db.close()
