@@ -10,7 +10,7 @@
   never the file).
 - Migrations are numbered scripts; ``PRAGMA user_version`` says how many a file has had.
   Each runs in its own transaction together with its number, so a file is always at
-  one version or the next.
+  one version or the next, whoever else opens it at the same time.
 
 Each store turns ``sqlite3.Error``/``OSError`` into its own ``DatabaseError`` message.
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 BUSY_TIMEOUT_MS = 5000
@@ -54,13 +54,35 @@ def use_wal(db: sqlite3.Connection) -> None:
 
 def migrate(db: sqlite3.Connection, scripts: Sequence[str]) -> None:
     """Run the scripts past the file's ``user_version``, each in a transaction of its own
-    with its number."""
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    for number, script in enumerate(scripts[version:], start=version + 1):
+    with its number. The version is read again once the write lock is held, so two
+    processes opening a new file at once (the gateway and ``gateway keys``) run each
+    script once between them."""
+    if db.execute("PRAGMA user_version").fetchone()[0] >= len(scripts):
+        return  # the usual open: nothing to do, no lock taken
+    for number, script in enumerate(scripts, start=1):
+        db.execute("BEGIN IMMEDIATE")
         try:
-            db.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;")
+            if db.execute("PRAGMA user_version").fetchone()[0] < number:
+                for statement in _statements(script):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {number}")
+            db.execute("COMMIT")
         except BaseException:
-            if db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
             raise
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of ``script`` one by one (``executescript`` would commit the open
+    transaction first). A ``;`` inside a string or a trigger's body does not end one:
+    SQLite's own ``complete_statement`` says where they end."""
+    buffer = ""
+    for part in script.split(";"):
+        buffer += part + ";"
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip(" \t\r\n;"):
+                yield buffer
+            buffer = ""
+    if buffer.strip(" \t\r\n;"):
+        raise sqlite3.OperationalError(f"incomplete statement in a migration: {buffer[:60]!r}")

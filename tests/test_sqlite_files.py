@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import sqlite3
 import stat
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -82,3 +84,45 @@ def test_a_failed_migration_leaves_the_file_at_the_version_before(tmp_path: Path
         assert db.execute("PRAGMA user_version").fetchone()[0] == 2
     finally:
         db.close()
+
+
+class _OthersFirst(list[str]):
+    """Migrations that, when first walked, let another connection run them all: the
+    other process that opened the same new file between this one's version check and
+    its first script."""
+
+    def __init__(self, scripts: list[str], other: sqlite3.Connection) -> None:
+        super().__init__(scripts)
+        self.other: sqlite3.Connection | None = other
+
+    def _other_goes(self) -> None:
+        other, self.other = self.other, None
+        if other is not None:
+            sqlite.migrate(other, list.copy(self))
+
+    def __iter__(self) -> Iterator[str]:
+        self._other_goes()
+        return super().__iter__()
+
+    def __getitem__(self, index: Any) -> Any:
+        self._other_goes()
+        return super().__getitem__(index)
+
+
+def test_two_connections_migrating_a_new_file_at_once_run_each_script_once(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "shared.sqlite3"
+    sqlite.create_private(path)
+    first, second = sqlite.connect(path), sqlite.connect(path)
+    scripts = [
+        "CREATE TABLE a (x TEXT DEFAULT ';')",
+        "CREATE TABLE b (y INTEGER); INSERT INTO a (x) VALUES ('once')",
+    ]
+    try:
+        sqlite.migrate(first, _OthersFirst(scripts, second))
+        assert first.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert first.execute("SELECT x FROM a").fetchall() == [("once",)]
+    finally:
+        first.close()
+        second.close()
