@@ -5,7 +5,7 @@ from the TCP peer after stripping the client's own copy. On TCP, forwarded heade
 believed only when the peer is one of ``TRUSTED_PROXIES``.
 
 This module is the only reader of forwarding headers (``X-Real-IP``, ``X-Forwarded-For``,
-``-Proto``, ``-Host``): ``api.middleware.forwarded`` applies what ``forwarded_overrides``
+``-Proto``, ``-Host``): ``api.middleware.front`` applies what ``forwarded_overrides``
 returns once, as ``request.clone(remote=..., host=..., scheme=...)``, and everything else
 reads ``request.remote``, ``request.host`` and ``request.scheme``.
 """

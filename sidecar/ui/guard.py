@@ -11,7 +11,7 @@
 3. Every state-changing request carries the CSRF token in ``X-CSRF-Token`` and, when the
    browser says where it comes from (``Sec-Fetch-Site``, ``Origin``), comes from this
    site: the ``Origin``'s scheme, host and port all equal the site's, as Caddy forwarded
-   them (``request.scheme``/``host``: ``api.middleware.forwarded`` believes the forwarded
+   them (``request.scheme``/``host``: ``api.middleware.front`` believes the forwarded
    ones only from a trusted proxy). The login form is no exception.
 5. A music download (``/ui/heartmula/``) may carry the API's bearer token instead of a
    session, so the API client that generated a song can fetch it with accounts on.

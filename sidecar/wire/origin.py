@@ -1,7 +1,7 @@
 """Whether a browser's ``Origin`` is this site: the UI's CSRF guard and ``/mcp`` both ask.
 
 The site is what a trusted proxy (Caddy) forwarded, else the request itself
-(``request.scheme``/``host``, resolved once by ``api.middleware.forwarded``).
+(``request.scheme``/``host``, resolved once by ``api.middleware.front``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ def _origin_tuple(url: URL) -> tuple[str, str, int | None] | None:
 
 def site_origin(request: web.Request) -> tuple[str, str, int | None] | None:
     """(scheme, host, port) of this site as the browser sees it: what a trusted proxy
-    (Caddy) forwarded, else the request itself (``api.middleware.forwarded``)."""
+    (Caddy) forwarded, else the request itself (``api.middleware.front``)."""
     try:
         return _origin_tuple(URL.build(scheme=request.scheme.lower(), authority=request.host))
     except ValueError:
