@@ -45,6 +45,23 @@ def connect(path: Path) -> sqlite3.Connection:
     return db
 
 
+@contextlib.contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A write transaction (the lock taken at its start, so it never fails half-way for a
+    lock), committed at the end, rolled back on any exception; inside one already open
+    it joins it."""
+    try:
+        if not db.in_transaction:
+            db.execute("BEGIN IMMEDIATE")
+        yield db
+        if db.in_transaction:
+            db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
 def use_wal(db: sqlite3.Connection) -> None:
     """Write-ahead logging (set once per file: asked first, as setting it takes a lock)."""
     if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":

@@ -26,8 +26,8 @@ import re
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -315,18 +315,8 @@ class KeyDatabase:
         except (sqlite3.Error, OSError) as exc:
             raise DatabaseError(f"cannot use the keys database {path}: {exc}") from None
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        try:
-            if not self._db.in_transaction:
-                self._db.execute("BEGIN IMMEDIATE")
-            yield self._db
-            if self._db.in_transaction:
-                self._db.execute("COMMIT")
-        except BaseException:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            raise
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return sqlite.transaction(self._db)
 
     def close(self) -> None:
         self._db.close()

@@ -159,17 +159,10 @@ class Database:
             return
         self._depth = 1
         try:
-            if not self._db.in_transaction:
-                self._db.execute("BEGIN IMMEDIATE")
-            yield self._db
-            if self._db.in_transaction:
-                self._db.execute("COMMIT")
-        except BaseException as exc:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.OperationalError):
-                raise _explained(exc, self.path) from None
-            raise
+            with sqlite.transaction(self._db) as db:
+                yield db
+        except sqlite3.OperationalError as exc:
+            raise _explained(exc, self.path) from None
         finally:
             self._depth = 0
 
