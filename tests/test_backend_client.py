@@ -588,3 +588,30 @@ async def test_a_certificate_for_another_name_fails_without_quoting_the_address(
     reason = message.partition("certificate verify failed")[2]
     assert "other.example" not in reason
     assert not re.search(r"'[^' ]*'|\"[^\" ]*\"", reason), reason  # no quoted name at all
+
+
+async def test_an_untrusted_issuer_points_at_the_backends_ca_bundle(
+    make_gateway: Any, aiohttp_server: Any, tmp_path: Path
+) -> None:
+    pki = make_pki(tmp_path / "certs")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki.server.cert_path, pki.server.key_path)
+    server = await aiohttp_server(create_mock_app(), ssl=context)
+    gateway = await make_gateway(
+        gateway_yaml(
+            backend_yaml(
+                "secure",
+                str(server.make_url("/v1")),
+                models="[mock-llama]",
+                health="{readiness: false}",
+                tls="{ca_bundle: certs/wrong-ca.pem}",  # not the CA that signed the server's
+            )
+        )
+    )
+    async with asyncio.timeout(WAIT_S):
+        response = await gateway.post(CHAT_PATH, json={**CHAT, "model": "mock-llama"}, headers=AUTH)
+        message = await error_of(response, 502, error_type="api_error", code="upstream_tls_error")
+    assert message == (
+        "TLS failure talking to backend 'secure': certificate verify failed: the certificate's"
+        " issuer is not trusted (see the backend's tls.ca_bundle)"
+    )

@@ -197,8 +197,7 @@ class UpstreamCall:
             nonlocal stopped
             if stopped:
                 return
-            if not watch.seen:
-                watch.first_event()
+            watch.seen = True
             watch.last = loop.time()
             run = framer.feed(piece)
             if run and deliver(run):
@@ -616,11 +615,13 @@ class EventFramer:
 
 
 class _IdleWatch:
-    """``relay_events``' timeouts with one timer per stream, armed once: the first event
-    within the read timeout, each later one within the stream-idle timeout. ``last`` is
-    set per piece (an attribute store); the timer re-arms itself until a wait overruns,
-    then fails the response with ``TimeoutError``. While the relay holds the backend's socket
-    (its client reads slower than the backend writes) the backend is not idle."""
+    """``relay_events``' timeouts with one timer per stream: the first event within the
+    read timeout, each later one within the stream-idle timeout. The relay sets ``seen``
+    and ``last`` per piece (attribute stores). The timer is armed once, for the earlier of
+    the two timeouts, and re-arms itself for the deadline that applies when it fires (so
+    it never fires late) until a wait overruns; then it fails the response with
+    ``TimeoutError``. While the relay holds the backend's socket (its client reads slower
+    than the backend writes) the backend is not idle."""
 
     __slots__ = ("_first_s", "_handle", "_idle_s", "_loop", "_response", "last", "seen")
 
@@ -640,12 +641,6 @@ class _IdleWatch:
         self._handle: asyncio.TimerHandle | None = loop.call_at(
             self.last + min(first_s, idle_s), self._check
         )
-
-    def first_event(self) -> None:
-        """From the first event on, the idle timeout applies. The timer is not moved: it
-        was set for the earlier of the two timeouts, and ``_check`` re-arms it for the
-        deadline that applies when it fires, so it never fires late."""
-        self.seen = True
 
     def _check(self) -> None:
         now = self._loop.time()
@@ -848,8 +843,8 @@ _VERIFY_REASONS = {
     10: "the certificate has expired",
     18: "the certificate is self-signed and not trusted",
     19: "the certificate chain has a self-signed certificate that is not trusted",
-    20: "the certificate's issuer is not trusted (see the backend's tls.ca_file)",
-    21: "the certificate's issuer is not trusted (see the backend's tls.ca_file)",
+    20: "the certificate's issuer is not trusted (see the backend's tls.ca_bundle)",
+    21: "the certificate's issuer is not trusted (see the backend's tls.ca_bundle)",
     23: "the certificate has been revoked",
     62: "the certificate does not name the backend's host",
     64: "the certificate does not name the backend's IP address",
