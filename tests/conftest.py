@@ -25,6 +25,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from openai import AsyncOpenAI
 
 from sidecar.app import create_app
+from sidecar.cli import new_serving_loop
 from sidecar.launcher import free_port as launcher_free_port
 from sidecar.mock_backends import MockBehaviour, create_mock_app
 from sidecar.mock_backends.openai_server import RECEIVED
@@ -34,6 +35,11 @@ TOKEN = "test-token-0123456789abcdef"
 OTHER_TOKEN = "other-token-fedcba9876543210"
 
 GatewayFactory = Callable[..., Awaitable[TestClient]]
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """Every async test runs on the loop ``gateway serve`` runs on (uvloop's)."""
+    return {"serving": new_serving_loop}
 
 
 def backend_yaml(name: str, url: str, **fields: Any) -> str:

@@ -33,11 +33,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ipaddress
+import socket
 import ssl
 import time
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Callable, Sequence
 
+import aiohappyeyeballs
 import httptools
+from aiohappyeyeballs import AddrInfoType
 from multidict import CIMultiDict, CIMultiDictProxy
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -472,6 +476,29 @@ class Connection(asyncio.Protocol):
                 piped.set_result(None)
 
 
+async def resolve(loop: asyncio.AbstractEventLoop, host: str, port: int) -> Sequence[AddrInfoType]:
+    """``host``'s addresses for a TCP connect: an IP literal at once, a name by the
+    resolver (in the loop's executor, as ``getaddrinfo`` blocks)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
+
+
+async def open_socket(loop: asyncio.AbstractEventLoop, host: str, port: int) -> socket.socket:
+    """A connected socket to ``host``: with several addresses, the next is tried after
+    250 ms (happy eyeballs, ``aiohappyeyeballs``), so one that drops packets (a broken
+    IPv6 route) does not take the whole connect timeout. Done here rather than by the
+    loop's ``create_connection``, which on uvloop (the gateway's loop) has no such
+    fallback."""
+    infos = await resolve(loop, host, port)
+    return await aiohappyeyeballs.start_connection(
+        infos, happy_eyeballs_delay=0.25, interleave=1, loop=loop
+    )
+
+
 class Pool:
     """Keep-alive connections to one origin (``scheme://host:port``)."""
 
@@ -548,19 +575,21 @@ class Pool:
     async def _connect(self) -> Connection:
         if self._closed:
             raise ConnectFailed("the backend's client is closed")
+        loop = self.loop
         try:
             async with asyncio.timeout(self._connect_s):
-                _, conn = await self.loop.create_connection(
-                    lambda: Connection(self),
-                    self._host,
-                    self._port,
-                    ssl=self._ssl,
-                    ssl_handshake_timeout=self._connect_s if self._ssl is not None else None,
-                    # A name with several addresses: the next is tried after 250 ms, so
-                    # one that drops packets (a broken IPv6 route) does not take it all.
-                    happy_eyeballs_delay=0.25,
-                    interleave=1,
-                )
+                sock = await open_socket(loop, self._host, self._port)
+                try:
+                    _, conn = await loop.create_connection(
+                        lambda: Connection(self),
+                        sock=sock,
+                        ssl=self._ssl,
+                        server_hostname=self._host if self._ssl is not None else None,
+                        ssl_handshake_timeout=self._connect_s if self._ssl is not None else None,
+                    )
+                except BaseException:
+                    sock.close()
+                    raise
         except (ssl.SSLError, TimeoutError):
             raise
         except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError) as exc:
@@ -569,6 +598,8 @@ class Pool:
             raise ConnectFailed(exc.errno, exc.strerror) from exc
         except OSError as exc:
             raise ConnectFailed(exc.errno, exc.strerror) from exc
+        except RuntimeError as exc:  # how uvloop reports some connect failures
+            raise ConnectFailed(str(exc)[:120]) from exc
         self._open.add(conn)
         return conn
 

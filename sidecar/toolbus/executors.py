@@ -240,7 +240,11 @@ async def _stop(process: asyncio.subprocess.Process, spec: ToolSpec) -> None:
         if not done:
             _kill_group(process)
             done, _ = await asyncio.wait({waiter}, timeout=KILL_GRACE_S)
-        if not done:
+        if done and drains:
+            # The pipes end with the tool: read them to their end, which closes them (on
+            # uvloop, ``wait`` returns at the exit, before the pipes are read out).
+            await asyncio.wait(drains, timeout=KILL_GRACE_S)
+        else:
             # Something outside the tool's reach holds its pipes: stop waiting on them.
             transport = getattr(process, "_transport", None)
             if transport is not None:
