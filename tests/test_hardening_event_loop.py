@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -411,3 +412,9 @@ async def test_the_lag_gauge_shows_a_stalled_loop(hostile_gateway: Gateway) -> N
         assert asyncio.get_running_loop().time() < deadline, observed
         await asyncio.sleep(0.05)
     assert observed["gateway_event_loop_lag_max_seconds"] < 5, observed
+
+
+async def test_the_suite_runs_on_the_loop_gateway_serve_runs_on() -> None:
+    """uvloop's (``cli.new_serving_loop``): a suite that fell back to asyncio's loop
+    would not test the loop the gateway runs on."""
+    assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
