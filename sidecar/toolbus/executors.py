@@ -240,15 +240,17 @@ async def _stop(process: asyncio.subprocess.Process, spec: ToolSpec) -> None:
         if not done:
             _kill_group(process)
             done, _ = await asyncio.wait({waiter}, timeout=KILL_GRACE_S)
+        # The pipes end with the tool: read them to their end, which closes them (on
+        # uvloop, ``wait`` returns at the exit, before the pipes are read out).
+        unread: set[asyncio.Task[None]] = set(drains)
         if done and drains:
-            # The pipes end with the tool: read them to their end, which closes them (on
-            # uvloop, ``wait`` returns at the exit, before the pipes are read out).
-            await asyncio.wait(drains, timeout=KILL_GRACE_S)
-        else:
+            _, unread = await asyncio.wait(drains, timeout=KILL_GRACE_S)
+        if not done or unread:
             # Something outside the tool's reach holds its pipes: stop waiting on them.
             transport = getattr(process, "_transport", None)
             if transport is not None:
                 transport.close()
+        if not done:
             log.error("tool '%s' (pid %d) did not end after SIGKILL", spec.name, process.pid)
     finally:
         for drain in drains:
