@@ -35,7 +35,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from sidecar.mock_backends import create_mock_app
-from sidecar.routing.http1 import Connection, Disconnected, MalformedResponse, Pool
+from sidecar.routing.http1 import Connection, Disconnected, MalformedResponse, Pool, resolve
 from sidecar.typedefs import REGISTRY, RELOADER
 
 from . import test_http1
@@ -556,6 +556,34 @@ async def test_a_request_queued_across_a_reload_still_reaches_the_backend(
             assert response.status == 200, await response.text()
     assert arrived == ["first", "second"]
     await wait_for(lambda: old_client.closed, "the retired client to close once idle")
+
+
+async def test_a_name_for_a_link_local_address_keeps_its_scope_through_the_connect(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """uvloop's ``sock_connect`` resolves an address again from host and port alone: a
+    link-local address resolved from a name (an mDNS ``.local`` host) must carry its scope
+    in the host, or the connect fails with EINVAL. Nothing is sent anywhere: the scoped
+    host is parsed back numerically, which is what that second resolution does."""
+    loop = asyncio.get_running_loop()
+    scope = 4
+
+    async def link_local(host: Any, port: Any, **kwargs: Any) -> Any:
+        assert host == "gpu-box.local"
+        return [
+            (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("fe80::fc:ff:fe00:1", port, 0, scope)),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.9", port)),
+        ]
+
+    monkeypatch.setattr(loop, "getaddrinfo", link_local)
+    first, second = await resolve(loop, "gpu-box.local", 8000)
+    host, port = first[4][:2]
+    assert host == f"fe80::fc:ff:fe00:1%{scope}"
+    again = socket.getaddrinfo(
+        host, port, socket.AF_INET6, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST
+    )
+    assert again[0][4] == ("fe80::fc:ff:fe00:1", 8000, 0, scope)
+    assert second[4] == ("127.0.0.9", 8000)  # other addresses pass through as they are
 
 
 # -- 10. a certificate verify failure names no host or address --------------------------------

@@ -17,12 +17,15 @@ import json
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
 
-from .conftest import TOKEN, GatewayFactory
+from sidecar.toolbus import executors
+
+from .conftest import TOKEN, GatewayFactory, eventually
 from .test_toolbus import (
     CALCULATOR,
     NOOP,
@@ -528,3 +531,24 @@ async def test_replay_of_a_tool_whose_output_changed_does_not_match(
     assert outcome["matches"] is False
     assert outcome["request_hash_matches"] is True
     assert outcome["replay"]["result"] == {"count": 2, "arguments": {"k": "v"}}
+
+
+async def test_a_tool_that_exits_before_it_is_fed_is_a_failure_with_its_stderr() -> None:
+    """On uvloop a dead tool's stdin pipe is closed, and writing to it raised
+    RuntimeError (the bus's 'internal_error'); the exit status and stderr are kept."""
+    process = await asyncio.create_subprocess_exec(
+        "sh",
+        "-c",
+        "echo 'bad input' >&2; exit 3",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert process.stdin is not None
+    await process.wait()
+    stdin = process.stdin
+    await eventually(stdin.is_closing, "the exited tool's stdin pipe to close")
+    spec: Any = SimpleNamespace(name="quick", max_output_bytes=1 << 20, sandbox="none")
+    stdout, stderr = await executors._communicate(process, b'{"a": 1}', spec)
+    assert (process.returncode, stdout, stderr) == (3, b"", b"bad input\n")

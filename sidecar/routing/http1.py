@@ -482,9 +482,21 @@ async def resolve(loop: asyncio.AbstractEventLoop, host: str, port: int) -> Sequ
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        return await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        return [_scoped(info) for info in infos]
     family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
     return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
+
+
+def _scoped(info: AddrInfoType) -> AddrInfoType:
+    """A link-local IPv6 address with its scope written into the host (``fe80::1%4``):
+    uvloop's ``sock_connect`` resolves the address again from host and port alone, and
+    would drop the scope id, which such an address cannot be reached without (an mDNS
+    ``.local`` name, an ``/etc/hosts`` entry with a zone)."""
+    family, kind, proto, canonical, address = info
+    if family == socket.AF_INET6 and len(address) == 4 and address[3] and "%" not in address[0]:
+        return family, kind, proto, canonical, (f"{address[0]}%{address[3]}", *address[1:])
+    return info
 
 
 async def open_socket(loop: asyncio.AbstractEventLoop, host: str, port: int) -> socket.socket:

@@ -195,8 +195,11 @@ async def _communicate(
 
 async def _feed(stream: asyncio.StreamWriter, data: bytes) -> None:
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-        stream.write(data)
-        await stream.drain()
+        # A tool that exited (or closed its stdin) before it was fed: nothing to write.
+        # uvloop has closed the pipe by then, and a write to it would raise.
+        if not stream.is_closing():
+            stream.write(data)
+            await stream.drain()
     stream.close()
 
 
