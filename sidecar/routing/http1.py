@@ -478,7 +478,7 @@ class Connection(asyncio.Protocol):
 
 async def resolve(loop: asyncio.AbstractEventLoop, host: str, port: int) -> Sequence[AddrInfoType]:
     """``host``'s addresses for a TCP connect: an IP literal at once, a name by the
-    resolver (in the loop's executor, as ``getaddrinfo`` blocks)."""
+    resolver (``getaddrinfo`` blocks: the loop runs it on a worker thread)."""
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
