@@ -77,17 +77,11 @@ def migrate(db: sqlite3.Connection, scripts: Sequence[str]) -> None:
     if db.execute("PRAGMA user_version").fetchone()[0] >= len(scripts):
         return  # the usual open: nothing to do, no lock taken
     for number, script in enumerate(scripts, start=1):
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(db):
             if db.execute("PRAGMA user_version").fetchone()[0] < number:
                 for statement in _statements(script):
                     db.execute(statement)
                 db.execute(f"PRAGMA user_version = {number}")
-            db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            raise
 
 
 def _statements(script: str) -> Iterator[str]:
