@@ -589,13 +589,13 @@ async def test_a_name_for_a_link_local_address_keeps_its_scope_through_the_conne
 # -- 10. a certificate verify failure names no host or address --------------------------------
 
 
-async def test_a_certificate_for_another_name_fails_without_quoting_the_address(
-    make_gateway: Any, aiohttp_server: Any, tmp_path: Path
-) -> None:
-    pki = make_pki(tmp_path / "certs")
-    other = issue(pki.ca, tmp_path / "certs", "other", server=True, hosts=("other.example",))
+async def _tls_failure(
+    make_gateway: Any, aiohttp_server: Any, cert: Any, ca_bundle: str
+) -> tuple[str, Any]:
+    """A chat through a gateway that trusts ``ca_bundle`` to a fake backend serving HTTPS
+    with ``cert``: the 502's message (a TLS error) and the backend's server."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(other.cert_path, other.key_path)
+    context.load_cert_chain(cert.cert_path, cert.key_path)
     server = await aiohttp_server(create_mock_app(), ssl=context)
     gateway = await make_gateway(
         gateway_yaml(
@@ -604,13 +604,22 @@ async def test_a_certificate_for_another_name_fails_without_quoting_the_address(
                 str(server.make_url("/v1")),
                 models="[mock-llama]",
                 health="{readiness: false}",
-                tls="{ca_bundle: certs/ca.pem}",
+                tls=f"{{ca_bundle: {ca_bundle}}}",
             )
         )
     )
     async with asyncio.timeout(WAIT_S):
         response = await gateway.post(CHAT_PATH, json={**CHAT, "model": "mock-llama"}, headers=AUTH)
         message = await error_of(response, 502, error_type="api_error", code="upstream_tls_error")
+    return message, server
+
+
+async def test_a_certificate_for_another_name_fails_without_quoting_the_address(
+    make_gateway: Any, aiohttp_server: Any, tmp_path: Path
+) -> None:
+    pki = make_pki(tmp_path / "certs")
+    other = issue(pki.ca, tmp_path / "certs", "other", server=True, hosts=("other.example",))
+    message, server = await _tls_failure(make_gateway, aiohttp_server, other, "certs/ca.pem")
     assert message.startswith("TLS failure talking to backend 'secure': certificate verify failed")
     assert_no_address(message, server)
     reason = message.partition("certificate verify failed")[2]
@@ -622,23 +631,8 @@ async def test_an_untrusted_issuer_points_at_the_backends_ca_bundle(
     make_gateway: Any, aiohttp_server: Any, tmp_path: Path
 ) -> None:
     pki = make_pki(tmp_path / "certs")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(pki.server.cert_path, pki.server.key_path)
-    server = await aiohttp_server(create_mock_app(), ssl=context)
-    gateway = await make_gateway(
-        gateway_yaml(
-            backend_yaml(
-                "secure",
-                str(server.make_url("/v1")),
-                models="[mock-llama]",
-                health="{readiness: false}",
-                tls="{ca_bundle: certs/wrong-ca.pem}",  # not the CA that signed the server's
-            )
-        )
-    )
-    async with asyncio.timeout(WAIT_S):
-        response = await gateway.post(CHAT_PATH, json={**CHAT, "model": "mock-llama"}, headers=AUTH)
-        message = await error_of(response, 502, error_type="api_error", code="upstream_tls_error")
+    # Not the CA that signed the server's certificate.
+    message, _ = await _tls_failure(make_gateway, aiohttp_server, pki.server, "certs/wrong-ca.pem")
     assert message == (
         "TLS failure talking to backend 'secure': certificate verify failed: the certificate's"
         " issuer is not trusted (see the backend's tls.ca_bundle)"
