@@ -414,7 +414,9 @@ def run_mock(args: argparse.Namespace) -> int:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         try:
-            await web.TCPSite(runner, args.host, args.port).start()
+            # The gateway's backlog: a burst of new connections (a benchmark's first
+            # wave) is not met by dropped SYNs and one-second retransmits.
+            await web.TCPSite(runner, args.host, args.port, backlog=LISTEN_BACKLOG).start()
             log.info("mock %s backend serving on http://%s:%d", args.kind, args.host, args.port)
             await _until_stopped()
         finally:

@@ -52,4 +52,5 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--backend", required=True)
     args = parser.parse_args()
-    web.run_app(create_relay(args.backend), host="127.0.0.1", port=args.port, print=None)
+    app = create_relay(args.backend)
+    web.run_app(app, host="127.0.0.1", port=args.port, print=None, backlog=2048)  # as the gateway
