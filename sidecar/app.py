@@ -29,7 +29,6 @@ from .auth.keystore import KeyService, OnFailure, SqliteKeyStore
 from .auth.limits import LocalLimiter
 from .auth.signing import UrlSigner, load_or_create_secret
 from .config.schema import GatewayConfig
-from .errors import StorageUnavailable
 from .images.store import ImageStore
 from .music.tool import heartmula_generate
 from .observability.metrics import GatewayMetrics
@@ -39,7 +38,7 @@ from .routing.health import HealthChecker, running
 from .routing.lifecycle import LifecycleManager
 from .routing.registry import RegistryHolder, build_registry
 from .settings import Settings
-from .storage import RETRY_AFTER_S, StorageMonitor, error_kind
+from .storage import StorageMonitor, store_unavailable
 from .toolbus.bus import ToolBus
 from .toolbus.executors import BUILTINS
 from .toolbus.log import ToolLog
@@ -133,12 +132,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
 
 
 def _keys_unavailable(storage: StorageMonitor) -> OnFailure:
-    def unavailable(exc: Exception) -> StorageUnavailable:
-        if error_kind(exc) == "database_busy":  # another writer holds it: not the disk
-            return StorageUnavailable(KEYS_UNAVAILABLE, retry_after=RETRY_AFTER_S)
-        return storage.unavailable(exc, "keys database", KEYS_UNAVAILABLE)
-
-    return unavailable
+    return lambda exc: store_unavailable(storage, exc, "keys database", KEYS_UNAVAILABLE)
 
 
 async def _keys(app: web.Application) -> AsyncIterator[None]:

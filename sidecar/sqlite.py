@@ -13,17 +13,25 @@
   one version or the next, whoever else opens it at the same time.
 
 Each store turns ``sqlite3.Error``/``OSError`` into its own ``DatabaseError`` message.
+A store's database is used from a worker thread of its own (``DatabaseThread``), never
+from the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Generic, TypeVar
 
 BUSY_TIMEOUT_MS = 5000
+
+D = TypeVar("D")
+T = TypeVar("T")
 
 
 def create_private(path: Path) -> None:
@@ -97,3 +105,46 @@ def _statements(script: str) -> Iterator[str]:
             buffer = ""
     if buffer.strip(" \t\r\n;"):
         raise sqlite3.OperationalError(f"incomplete statement in a migration: {buffer[:60]!r}")
+
+
+class DatabaseThread(Generic[D]):
+    """A store's database, used from one worker thread of its own.
+
+    SQLite calls block, so none runs on the event loop: ``open`` builds the database on
+    the thread, ``run(work)`` runs ``work(database)`` there (one call at a time, in the
+    order they came), ``close`` closes it there and ends the thread. An error of the
+    kinds in ``errors`` that a ``run`` meets is raised as ``unavailable(exc)``, the
+    store's 503; one while opening is raised as it is, for start-up to decide.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        errors: tuple[type[Exception], ...],
+        unavailable: Callable[[Exception], Exception],
+    ) -> None:
+        self.name = name
+        self._errors = errors
+        self._unavailable = unavailable
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self.database: D | None = None
+
+    async def open(self, build: Callable[[], D]) -> None:
+        loop = asyncio.get_running_loop()
+        self.database = await loop.run_in_executor(self._executor, build)
+
+    async def run(self, work: Callable[[D], T]) -> T:
+        database = self.database
+        if database is None:
+            raise RuntimeError(f"{self.name}: the database is not open")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, work, database)
+        except self._errors as exc:
+            raise self._unavailable(exc) from None
+
+    async def close(self, close: Callable[[D], object]) -> None:
+        """Close the database (when open) and end the thread; again, nothing happens."""
+        database, self.database = self.database, None
+        if database is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, close, database)
+        self._executor.shutdown(wait=True)

@@ -199,6 +199,20 @@ class StorageMonitor:
             loop.call_soon_threadsafe(wake.set)
 
 
+def store_unavailable(
+    storage: StorageMonitor | None, exc: BaseException, what: str, message: str
+) -> StorageUnavailable:
+    """The 503 a store raises when its database failed with ``exc``: the disk's fault
+    (full, read-only, an I/O error) is reported to ``storage``, which marks the gateway
+    degraded until a probe writes again; a database another process holds (busy) is not
+    the disk's fault and is only logged."""
+    kind = error_kind(exc)
+    if storage is not None and kind != "database_busy":
+        return storage.unavailable(exc, what, message)
+    log.warning("%s unavailable (%s)", what, kind)
+    return StorageUnavailable(message, retry_after=RETRY_AFTER_S)
+
+
 def record_bytes(value: Any, *, indent: int | None = None) -> bytes:
     """``value`` as UTF-8 JSON for a record on disk, whatever strings it holds.
 

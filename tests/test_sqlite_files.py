@@ -1,12 +1,15 @@
 """Every SQLite file the gateway keeps is made the one way ``sidecar.sqlite`` makes it:
 readable by the service user only (its -wal and -shm files too), in WAL mode, at the
 store's last schema version; a migration that fails leaves the file at the version
-before it, and nothing of the failed script behind."""
+before it, and nothing of the failed script behind. A store's database is used from a
+thread of its own (``DatabaseThread``), one call at a time."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -126,3 +129,51 @@ def test_two_connections_migrating_a_new_file_at_once_run_each_script_once(
     finally:
         first.close()
         second.close()
+
+
+class _Unavailable(Exception):
+    """What the store under test raises for a database error (its 503)."""
+
+
+def _database_thread() -> sqlite.DatabaseThread[sqlite3.Connection]:
+    return sqlite.DatabaseThread(
+        "test-db", (sqlite3.OperationalError,), lambda exc: _Unavailable(str(exc))
+    )
+
+
+async def test_a_database_thread_runs_the_work_off_the_loop_in_order(tmp_path: Path) -> None:
+    thread = _database_thread()
+    await thread.open(lambda: sqlite.connect(tmp_path / "t.sqlite3"))
+    loop_thread = threading.get_ident()
+    seen: list[tuple[int, int]] = []
+
+    def work(n: int) -> Any:
+        def step(db: sqlite3.Connection) -> int:
+            seen.append((n, threading.get_ident()))
+            return int(db.execute("SELECT ?", (n,)).fetchone()[0])
+
+        return step
+
+    results = await asyncio.gather(*(thread.run(work(n)) for n in range(20)))
+    assert results == list(range(20))
+    assert [n for n, _ in seen] == list(range(20))  # one call at a time, as they came
+    assert {ident for _, ident in seen} != {loop_thread} and len({i for _, i in seen}) == 1
+    await thread.close(sqlite3.Connection.close)
+
+
+async def test_a_database_thread_maps_its_errors_and_refuses_work_once_closed(
+    tmp_path: Path,
+) -> None:
+    thread = _database_thread()
+    with pytest.raises(sqlite3.OperationalError):  # while opening: raised as it is
+        await thread.open(lambda: sqlite.connect(tmp_path / "missing" / "dir" / "t.sqlite3"))
+    await thread.open(lambda: sqlite.connect(tmp_path / "t.sqlite3"))
+    with pytest.raises(_Unavailable, match="no such table"):
+        await thread.run(lambda db: db.execute("SELECT * FROM nothing_here"))
+    with pytest.raises(ZeroDivisionError):  # not a database error: not the store's 503
+        await thread.run(lambda db: 1 // 0)
+    assert await thread.run(lambda db: db.execute("SELECT 7").fetchone()[0]) == 7
+    await thread.close(sqlite3.Connection.close)
+    await thread.close(sqlite3.Connection.close)  # again: nothing happens
+    with pytest.raises(RuntimeError, match="not open"):
+        await thread.run(lambda db: db.execute("SELECT 1"))

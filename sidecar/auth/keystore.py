@@ -28,11 +28,11 @@ import asyncio
 import logging
 import sqlite3
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from ..errors import DatabaseError, StorageUnavailable
+from ..sqlite import DatabaseThread
 from .bearer import TokenSet
 from .keys import ApiKey, KeyDatabase
 from .limits import Limiter
@@ -87,27 +87,23 @@ class SqliteKeyStore:
     def __init__(self, path: Path, on_failure: OnFailure | None = None) -> None:
         self.path = path
         self.on_failure = on_failure
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keys-db")
-        self._db: KeyDatabase | None = None
+        self._thread: DatabaseThread[KeyDatabase] = DatabaseThread(
+            "keys-db", (DatabaseError, sqlite3.OperationalError), self._unavailable
+        )
 
     async def open(self) -> None:
-        self._db = await self._run(lambda _: KeyDatabase(self.path))
+        await self._thread.open(lambda: KeyDatabase(self.path))
 
     async def close(self) -> None:
-        if self._db is not None:
-            await self._run(lambda db: db.close())
-        self._executor.shutdown(wait=True)
+        await self._thread.close(KeyDatabase.close)
 
     async def _run(self, work: Callable[[KeyDatabase], T]) -> T:
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._executor, lambda: work(self._db))  # type: ignore[arg-type]
-        except (DatabaseError, sqlite3.OperationalError) as exc:
-            if self._db is None:  # opening at start-up: the caller says what to do
-                raise
-            if self.on_failure is not None:
-                raise self.on_failure(exc) from None
-            raise StorageUnavailable(UNAVAILABLE, retry_after=RETRY_AFTER_S) from None
+        return await self._thread.run(work)
+
+    def _unavailable(self, exc: Exception) -> StorageUnavailable:
+        if self.on_failure is not None:
+            return self.on_failure(exc)
+        return StorageUnavailable(UNAVAILABLE, retry_after=RETRY_AFTER_S)
 
     async def version(self) -> int:
         return await self._run(lambda db: db.data_version())

@@ -30,14 +30,13 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from .. import sqlite
 from ..errors import StorageUnavailable
 from ..settings import ResponsesSettings
-from ..storage import RETRY_AFTER_S, StorageMonitor, error_kind, record_bytes
+from ..storage import StorageMonitor, record_bytes, store_unavailable
 
 T = TypeVar("T")
 log = logging.getLogger("gateway.responses")
@@ -89,8 +88,9 @@ class ResponseStore:
         self.path = path
         self.settings = settings
         self.storage = storage
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="responses-db")
-        self._db: sqlite3.Connection | None = None
+        self._thread: sqlite.DatabaseThread[sqlite3.Connection] = sqlite.DatabaseThread(
+            "responses-db", (sqlite3.Error, OSError), self._unavailable
+        )
         self._total = 0
         self._passed = 0
 
@@ -105,15 +105,11 @@ class ResponseStore:
     async def open(self) -> None:
         """Create or open the database (a failure stops start-up, as the users one does)."""
         if self.enabled:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._executor, self._open)
+            await self._thread.open(self._open)
 
     async def close(self) -> None:
         """Close the connection and the thread (again: nothing happens)."""
-        db, self._db = self._db, None
-        if db is not None:
-            await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
-        self._executor.shutdown(wait=True)
+        await self._thread.close(sqlite3.Connection.close)
 
     async def put(
         self, owner: str, response_id: str, created_at: float, record: dict[str, Any]
@@ -165,24 +161,16 @@ class ResponseStore:
     # -- on the database thread ------------------------------------------------------------
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._executor, lambda: work(self._db))  # type: ignore[arg-type]
-        except (sqlite3.Error, OSError) as exc:
-            raise self._unavailable(exc) from None
+        return await self._thread.run(work)
 
     def _unavailable(self, exc: Exception) -> StorageUnavailable:
         message = (
             "The stored responses are not available right now (the gateway's storage is"
             " full, read-only or busy); try again later, or send store=false"
         )
-        kind = error_kind(exc)
-        if self.storage is not None and kind != "database_busy":
-            return self.storage.unavailable(exc, "responses store", message)
-        log.warning("responses store unavailable (%s)", kind)
-        return StorageUnavailable(message, retry_after=RETRY_AFTER_S)
+        return store_unavailable(self.storage, exc, "responses store", message)
 
-    def _open(self) -> None:
+    def _open(self) -> sqlite3.Connection:
         sqlite.create_private(self.path)  # conversations: the service user's only
         db = sqlite.connect(self.path)
         try:
@@ -193,9 +181,9 @@ class ResponseStore:
         except BaseException:
             db.close()
             raise
-        self._db = db
         self._total = int(total)
         self._passed = int(passed)
+        return db
 
     def _put(
         self,

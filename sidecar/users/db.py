@@ -227,10 +227,7 @@ class Database:
         """
         _refuse_reserved(username)
         with self.transaction() as db:
-            row = db.execute(
-                "SELECT id, username, is_admin, disabled FROM users WHERE username = ?",
-                (username,),
-            ).fetchone()
+            row = _admin_row(db, username)
             if row is None:
                 return None
             stays_admin = (row["is_admin"] if is_admin is None else is_admin) and not (
@@ -256,10 +253,7 @@ class Database:
         """Remove the user with their sessions, settings and conversations."""
         _refuse_reserved(username)
         with self.transaction() as db:
-            row = db.execute(
-                "SELECT id, username, is_admin, disabled FROM users WHERE username = ?",
-                (username,),
-            ).fetchone()
+            row = _admin_row(db, username)
             if row is None:
                 return False
             _refuse_last_admin(db, row)
@@ -267,9 +261,7 @@ class Database:
 
     def is_last_admin(self, username: str) -> bool:
         """Whether ``username`` is the only enabled admin (for asking before acting)."""
-        row = self._db.execute(
-            "SELECT id, username, is_admin, disabled FROM users WHERE username = ?", (username,)
-        ).fetchone()
+        row = _admin_row(self._db, username)
         return row is not None and _only_enabled_admin(self._db, row)
 
     # -- sessions -----------------------------------------------------------------------
@@ -523,6 +515,14 @@ class Database:
 def _refuse_reserved(username: str) -> None:
     if username.casefold() == LOCAL_USER:
         raise ReservedUser(LOCAL_USER)
+
+
+def _admin_row(db: sqlite3.Connection, username: str) -> sqlite3.Row | None:
+    """What the last-admin checks need of ``username``'s account, or None."""
+    row: sqlite3.Row | None = db.execute(
+        "SELECT id, username, is_admin, disabled FROM users WHERE username = ?", (username,)
+    ).fetchone()
+    return row
 
 
 def _only_enabled_admin(db: sqlite3.Connection, row: sqlite3.Row) -> bool:

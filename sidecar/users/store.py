@@ -26,11 +26,11 @@ import sqlite3
 import time
 import weakref
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .. import sqlite
 from ..errors import (
     DatabaseError,
     LastAdmin,
@@ -40,7 +40,7 @@ from ..errors import (
     StorageUnavailable,
 )
 from ..settings import LoginSettings
-from ..storage import RETRY_AFTER_S, StorageMonitor, error_kind
+from ..storage import StorageMonitor, store_unavailable
 from .db import LOCAL_USER, Database, User
 from .passwords import DECOY_HASH, login_input_problem
 from .throttle import AddressThrottle, PasswordChecks
@@ -73,43 +73,32 @@ class UserStore:
         self.idle_s = idle_s
         self.max_s = max_s
         self.login_settings = login
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="users-db")
         self.checks = PasswordChecks(login.hash_threads, login.max_checks)
         self.addresses = AddressThrottle(login.ip_failures, login.ip_window_s)
-        self._db: Database | None = None
+        self._thread: sqlite.DatabaseThread[Database] = sqlite.DatabaseThread(
+            "users-db", (DatabaseError, sqlite3.OperationalError), self._unavailable
+        )
         self._login_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
 
     async def open(self) -> None:
-        self._db = await self.run(lambda _: Database(self.path))
+        await self._thread.open(lambda: Database(self.path))
 
     async def close(self) -> None:
-        if self._db is not None:
-            await self.run(lambda db: db.close())
-        self._executor.shutdown(wait=True)
+        await self._thread.close(Database.close)
         self.checks.close()
 
     async def run(self, work: Callable[[Database], T]) -> T:
         """Run ``work(database)`` on the database thread."""
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._executor, lambda: work(self._db))  # type: ignore[arg-type]
-        except (DatabaseError, sqlite3.OperationalError) as exc:
-            if self._db is None:  # opening at start-up: the caller says what to do
-                raise
-            raise self._unavailable(exc) from None
+        return await self._thread.run(work)
 
     def _unavailable(self, exc: Exception) -> StorageUnavailable:
         message = (
             "The users database is not available right now (the gateway's storage is full,"
             " read-only or busy); try again later"
         )
-        kind = error_kind(exc)
-        if self.storage is not None and kind != "database_busy":
-            return self.storage.unavailable(exc, "users database", message)
-        log.warning("users database unavailable (%s)", kind)
-        return StorageUnavailable(message, retry_after=RETRY_AFTER_S)
+        return store_unavailable(self.storage, exc, "users database", message)
 
     # -- logging in and out -------------------------------------------------------------
 
