@@ -158,7 +158,21 @@ async def test_a_database_thread_runs_the_work_off_the_loop_in_order(tmp_path: P
     assert results == list(range(20))
     assert [n for n, _ in seen] == list(range(20))  # one call at a time, as they came
     assert {ident for _, ident in seen} != {loop_thread} and len({i for _, i in seen}) == 1
-    await thread.close(sqlite3.Connection.close)
+
+    # Closing waits for the work queued before it, and ends the thread.
+    order: list[str] = []
+
+    def closing(db: sqlite3.Connection) -> None:
+        order.append("closed")
+        db.close()
+
+    queued = [thread.run(lambda db, n=n: order.append(f"work {n}")) for n in range(3)]
+    pending = asyncio.gather(*queued)
+    await asyncio.sleep(0)  # one loop pass (not a wait): the three reach the thread first
+    await thread.close(closing)
+    await pending
+    assert order == ["work 0", "work 1", "work 2", "closed"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("test-db")]
 
 
 async def test_a_database_thread_maps_its_errors_and_refuses_work_once_closed(
