@@ -20,7 +20,7 @@ from yarl import URL
 
 from ..errors import TlsSetupError
 from ..settings import BackendTlsDefaults, ImagesSettings
-from . import structure
+from . import processes, structure
 from .issues import Issues
 from .schema import (
     BUILTIN_CLASSES,
@@ -31,19 +31,17 @@ from .schema import (
     PROTOCOL_CAPABILITIES,
     AliasConfig,
     BackendConfig,
-    CorsConfig,
     GroupConfig,
     HealthConfig,
     ImagesConfig,
     ModelConfig,
-    ProcessConfig,
     QueueConfig,
     Timeouts,
     TlsConfig,
     capabilities_by_name,
 )
 from .tls import build_ssl_context, fingerprint
-from .values import flag, integer, listing, mapping, number, strings, text
+from .values import flag, integer, listing, mapping, number, text
 
 _ENV_IMAGE_PROTOCOLS = {
     "mock": "mock_images",
@@ -52,8 +50,6 @@ _ENV_IMAGE_PROTOCOLS = {
 }
 _UNSET: Any = "(unset)"
 _DEFAULT_HEALTH = HealthConfig(readiness=_UNSET)
-_PORT = "{port}"
-_LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 @dataclass(frozen=True)
@@ -93,53 +89,8 @@ class BackendReader:
             health=self.health(spec.get("health"), _DEFAULT_HEALTH),
             tls=self.tls(spec.get("tls"), "defaults.tls", env_base),
             classes=classes,
-            groups=self.groups(root.get("groups")),
+            groups=processes.groups(root.get("groups"), self.issues),
         )
-
-    def groups(self, value: Any) -> dict[str, GroupConfig]:
-        groups = {}
-        for name, spec in mapping(value).items():
-            spec = mapping(spec)
-            memory = integer(spec.get("memory_mb"), None)
-            exclusive = flag(spec.get("exclusive"), False)
-            if memory is None and not exclusive:
-                self.issues.error(f"groups.{name}", "needs memory_mb or exclusive: true")
-            groups[name] = GroupConfig(
-                name=name,
-                memory_mb=memory,
-                exclusive=exclusive,
-                fairness_s=number(spec.get("fairness_s"), GroupConfig.fairness_s),
-            )
-        return groups
-
-    def check_groups(
-        self, backends: list[BackendConfig], groups: Mapping[str, GroupConfig]
-    ) -> None:
-        """Every member must be able to load beside the members that are never evicted."""
-        for group in groups.values():
-            members = [
-                b for b in backends if b.process is not None and b.process.group == group.name
-            ]
-            pinned = [b for b in members if b.process is not None and b.process.pin]
-            for backend in members:
-                assert backend.process is not None
-                others = [b for b in pinned if b is not backend]
-                path = f"backends.{backend.name}.process"
-                if group.exclusive and others:
-                    message = f"exclusive group {group.name!r} has pinned member {others[0].name!r}"
-                    self.issues.error(f"{path}.group", f"can never load: {message}")
-                    continue
-                if group.memory_mb is None:
-                    continue
-                held = sum(b.process.memory_mb for b in others if b.process is not None)
-                if held + backend.process.memory_mb > group.memory_mb:
-                    message = (
-                        f"{backend.process.memory_mb} MB does not fit in group "
-                        f"{group.name!r} ({group.memory_mb} MB"
-                        + (f", {held} MB of it pinned" if held else "")
-                        + ")"
-                    )
-                    self.issues.error(f"{path}.memory_mb", message)
 
     def backends(
         self,
@@ -178,7 +129,7 @@ class BackendReader:
             if "url" in spec:
                 self.issues.error(f"{path}.url", "the built-in mock_images backend has no URL")
         elif isinstance(spec.get("process"), dict):
-            url = self.process_url(spec.get("url"), f"{path}.url")
+            url = processes.process_url(spec.get("url"), f"{path}.url", self.url, self.issues)
         else:
             url = self.url(spec.get("url"), f"{path}.url")
         backend_class = text(spec.get("class")) or DEFAULT_CLASS
@@ -215,23 +166,15 @@ class BackendReader:
         basic_auth = text(spec.get("basic_auth"))
         user, _, password = (basic_auth or "").partition(":")
         images = mapping(spec.get("images"))
-        process = self.process(spec.get("process"), f"{path}.process", defaults.groups)
+        process = processes.process(
+            spec.get("process"), f"{path}.process", defaults.groups, self.issues
+        )
         lifecycle = text(spec.get("lifecycle"))
         if process is not None:
             # The gateway knows when its own process is up: no probes, and no discovery
             # (a stopped server cannot list its models).
             health = HealthConfig(interval_s=health.interval_s, timeout_s=health.timeout_s)
-            if models is None:
-                message = "a backend with process: must list its models"
-                self.issues.error(f"{path}.models", message)
-            if lifecycle is not None:
-                message = "process: and lifecycle: exclude each other"
-                self.issues.error(f"{path}.lifecycle", message)
-        if lifecycle is not None and protocol != "openai":
-            self.issues.error(f"{path}.lifecycle", "needs protocol openai")
-        if "keep_alive" in spec and lifecycle not in ("ollama", "vllm-sleep"):
-            message = "needs lifecycle: ollama or vllm-sleep"
-            self.issues.error(f"{path}.keep_alive", message)
+        processes.check_lifecycle(spec, path, protocol, process, models, self.issues)
         if self.issues.under(path) or capabilities is None:
             return None
         if url is None and protocol != "mock_images":
@@ -267,57 +210,7 @@ class BackendReader:
             ssl_context=ssl_context,
             process=process,
             lifecycle=lifecycle,
-            keep_alive=_keep_alive(spec.get("keep_alive")),
-        )
-
-    def process_url(self, value: Any, path: str) -> URL | None:
-        """A run process's URL: ``{port}`` stands for the port, on a loopback host; the
-        URL keeps port 0 until the registry gives the backend its port."""
-        if not isinstance(value, str) or _PORT not in value:
-            message = "must put {port} where the port goes, e.g. http://127.0.0.1:{port}/v1"
-            self.issues.error(path, message)
-            return None
-        url = self.url(value.replace(_PORT, "0"), path)
-        if url is None:
-            return None
-        if url.explicit_port != 0 or url.host not in _LOOPBACK:
-            message = "must be http://127.0.0.1:{port}/... (a loopback host; {port} as the port)"
-            self.issues.error(path, message)
-            return None
-        return url
-
-    def process(
-        self, value: Any, path: str, groups: Mapping[str, GroupConfig]
-    ) -> ProcessConfig | None:
-        if value is None:
-            return None
-        spec = mapping(value)
-        cmd = tuple(strings(spec.get("cmd")))
-        if cmd and not any(_PORT in arg for arg in cmd):
-            self.issues.error(f"{path}.cmd", "must pass {port} (the port the gateway picks)")
-        group = text(spec.get("group"))
-        memory = integer(spec.get("memory_mb"), 0)
-        if group is not None:
-            found = groups.get(group)
-            if found is None:
-                known = listing(groups) or "none"
-                self.issues.error(f"{path}.group", f"no group named {group!r} (known: {known})")
-            elif found.memory_mb is not None and memory > found.memory_mb:
-                message = f"{memory} MB cannot fit in group {group!r} ({found.memory_mb} MB)"
-                self.issues.error(f"{path}.memory_mb", message)
-        env = {key: val for key, val in mapping(spec.get("env")).items() if isinstance(val, str)}
-        return ProcessConfig(
-            cmd=cmd,
-            env=MappingProxyType(env),
-            ready=text(spec.get("ready"), ProcessConfig.ready) or ProcessConfig.ready,
-            start_timeout_s=number(spec.get("start_timeout_s"), ProcessConfig.start_timeout_s),
-            ttl_s=number(spec.get("ttl_s"), ProcessConfig.ttl_s),
-            group=group,
-            memory_mb=memory,
-            preload=flag(spec.get("preload"), False),
-            pin=flag(spec.get("pin"), False),
-            drain_timeout_s=number(spec.get("drain_timeout_s"), ProcessConfig.drain_timeout_s),
-            stop_timeout_s=number(spec.get("stop_timeout_s"), ProcessConfig.stop_timeout_s),
+            keep_alive=processes.keep_alive(spec.get("keep_alive")),
         )
 
     def images_from_env(
@@ -487,16 +380,6 @@ class BackendReader:
         return aliases
 
 
-def cors(value: Any) -> CorsConfig:
-    """The ``cors`` section: origins compared lower-case, without a trailing slash."""
-    spec = mapping(value)
-    origins = spec.get("allow_origins")
-    allowed = frozenset(
-        item.rstrip("/").lower() for item in (origins or []) if isinstance(item, str)
-    )
-    return CorsConfig(allowed, integer(spec.get("max_age_s"), CorsConfig.max_age_s))
-
-
 def _model_patterns(value: Any) -> tuple[tuple[str, frozenset[str]], ...]:
     """A backend's ``model_capabilities`` (lower-cased globs), then the built-in ones."""
     own = [
@@ -523,9 +406,3 @@ def _readiness_path(protocol: str, url: URL | None) -> str | None:
     if protocol in ("openai_images", "heartmula"):
         return "/readyz"
     return f"{url.path.rstrip('/')}/models"
-
-
-def _keep_alive(value: Any) -> str | int | None:
-    if isinstance(value, bool):
-        return None
-    return value if isinstance(value, str | int) else None

@@ -19,17 +19,18 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 from .. import sandbox
 from ..errors import ConfigError, ConfigIssue
 from ..settings import BackendTlsDefaults, ImagesSettings
-from . import structure
-from .backends import BackendReader, cors
+from . import processes, structure
+from .backends import BackendReader
 from .issues import Issues
-from .schema import GatewayConfig
+from .schema import CorsConfig, GatewayConfig
 from .tls import tls_files
 from .toolspecs import ToolReader
-from .values import mapping
+from .values import integer, mapping
 from .yamlread import MAX_CONFIG_BYTES, MAX_DEPTH, MAX_NODES, PlainReader, compose, read_file
 
 __all__ = [
@@ -88,7 +89,7 @@ def parse_config(
     backends = reader.backends(raw, defaults, images_env, heartmula_url)
     by_name = {backend.name: backend for backend in backends}
     aliases = reader.aliases(root.get("aliases"), by_name, raw)
-    reader.check_groups(backends, defaults.groups)
+    processes.check_groups(backends, defaults.groups, issues)
     tool_reader = ToolReader(issues, source.parent, environ)
     tools = tool_reader.tools(root.get("tools"), by_name)
     token_tools = tool_reader.token_tools(root.get("token_tools"), tools)
@@ -145,3 +146,13 @@ def _with_agents_file(config: GatewayConfig, path: Path) -> GatewayConfig:
         digest=hashlib.sha256(config.digest.encode() + data).hexdigest(),
         agents=MappingProxyType(agents),
     )
+
+
+def cors(value: Any) -> CorsConfig:
+    """The ``cors`` section: origins compared lower-case, without a trailing slash."""
+    spec = mapping(value)
+    origins = spec.get("allow_origins")
+    allowed = frozenset(
+        item.rstrip("/").lower() for item in (origins or []) if isinstance(item, str)
+    )
+    return CorsConfig(allowed, integer(spec.get("max_age_s"), CorsConfig.max_age_s))
