@@ -5,6 +5,8 @@ or the world outside the file: a backend's protocol decides whether it has a URL
 it can serve, its class must exist, a limit needs the capability, TLS files must exist and
 load, an alias must point at a declared backend and at a model that backend lists. A
 backend with any problem is left out (so nothing else is checked against it twice).
+Servers the gateway runs itself, their GPU groups and lifecycle hooks are checked in
+``processes``.
 """
 
 from __future__ import annotations
