@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -16,9 +17,12 @@ from typing import Any
 import openai
 import pytest
 
+from sidecar import sqlite
+from sidecar.errors import StorageUnavailable
 from sidecar.mock_backends.openai_server import RECEIVED
 from sidecar.responses.store import ResponseStore
 from sidecar.settings import ResponsesSettings, Settings
+from sidecar.storage import StorageMonitor
 from sidecar.typedefs import STORAGE
 
 from .conftest import ROOT, assert_envelope, gateway_yaml, mock_backend_yaml, openai_client
@@ -247,3 +251,27 @@ def test_a_full_disk_is_a_503_and_the_store_recovers(tmp_path: Path) -> None:
     assert outcome["read_while_full"] is True
     assert outcome["after"] is True
     assert not any(data.iterdir())  # the tmpfs was private to the child
+
+
+async def test_a_database_another_process_holds_is_a_503_but_not_a_failing_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock held elsewhere (another gateway, an admin's sqlite3 shell) is not the disk's
+    fault: the store answers 503 while it lasts, readiness stays good, and the store
+    works again once the lock is gone."""
+    monkeypatch.setattr(sqlite, "BUSY_TIMEOUT_MS", 50)  # the wait before "locked"
+    monitor = StorageMonitor(tmp_path)
+    store = ResponseStore(tmp_path / "responses.sqlite3", ResponsesSettings(), monitor)
+    await store.open()
+    other = sqlite3.connect(tmp_path / "responses.sqlite3", isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(StorageUnavailable) as caught:
+            await store.put("alice", "resp_locked", time.time(), _record("x"))
+        assert caught.value.status == 503 and caught.value.retry_after
+        assert monitor.state.writable and monitor.state.failures == 0
+        other.execute("ROLLBACK")
+        assert await store.put("alice", "resp_after", time.time(), _record("y"))
+    finally:
+        other.close()
+        await store.close()

@@ -176,7 +176,7 @@ class BackendReader:
             # The gateway knows when its own process is up: no probes, and no discovery
             # (a stopped server cannot list its models).
             health = HealthConfig(interval_s=health.interval_s, timeout_s=health.timeout_s)
-        processes.check_lifecycle(spec, path, protocol, process, models, self.issues)
+        processes.check_lifecycle(spec, path, protocol, process, lifecycle, models, self.issues)
         if self.issues.under(path) or capabilities is None:
             return None
         if url is None and protocol != "mock_images":

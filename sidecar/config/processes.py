@@ -129,13 +129,13 @@ def check_lifecycle(
     path: str,
     protocol: str,
     process: ProcessConfig | None,
+    lifecycle: str | None,
     models: tuple[ModelConfig, ...] | None,
     issues: Issues,
 ) -> None:
     """A run server lists its models (a stopped one cannot be asked) and has no
     ``lifecycle:`` hooks; hooks need the OpenAI protocol; ``keep_alive`` needs hooks
     that take it."""
-    lifecycle = text(spec.get("lifecycle"))
     if process is not None:
         if models is None:
             issues.error(f"{path}.models", "a backend with process: must list its models")
