@@ -5,7 +5,8 @@ The ``streams`` phase is real LLM traffic: many concurrent streams of small even
 streams of 100 events, 20 ms apart) against a second fake backend directly, through the
 sidecar, and through a bare aiohttp relay (``tools/bench_relay.py``, the floor). It reports
 time to first token and the server's CPU time per relayed event (utime + stime from
-``/proc/<pid>/stat`` over the phase, divided by the events the clients received).
+``/proc/<pid>/stat`` over the phase, divided by the events the clients received), and
+the fake backend's, which shares the servers' core.
 
 Bounded load on loopback only (fixed request counts, a warm-up, a time cap per phase).
 The load generator is an aiohttp client in this process, pinned to one core; the servers
@@ -185,7 +186,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def timed_event_streams(
-    target: Target, total: int, concurrency: int, server_pid: int | None, model: str
+    target: Target,
+    total: int,
+    concurrency: int,
+    server_pid: int | None,
+    model: str,
+    backend_pid: int | None = None,
 ) -> dict[str, Any]:
     """Many concurrent streams of small events: TTFT and server CPU per relayed event."""
     ttfts: list[float] = []
@@ -231,10 +237,12 @@ async def timed_event_streams(
                     errors += 1
 
         cpu_before = cpu_seconds(server_pid) if server_pid else 0.0
+        backend_before = cpu_seconds(backend_pid) if backend_pid else 0.0
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
         cpu = cpu_seconds(server_pid) - cpu_before if server_pid else 0.0
+        backend_cpu = cpu_seconds(backend_pid) - backend_before if backend_pid else 0.0
     ttfts.sort()
     return {
         "streams": len(ttfts),
@@ -245,6 +253,7 @@ async def timed_event_streams(
         "ttft_p99_ms": 1000 * ttfts[max(0, int(len(ttfts) * 0.99) - 1)] if ttfts else 0.0,
         "cpu_s": cpu,
         "cpu_us_per_event": 1e6 * cpu / events if server_pid and events else 0.0,
+        "backend_cpu_us_per_event": 1e6 * backend_cpu / events if backend_pid and events else 0.0,
     }
 
 
@@ -282,6 +291,7 @@ class Servers:
         self.stream_backend_port = free_port()
         self.relay_port = free_port()
         self.relay_pid = 0
+        self.stream_backend_pid = 0
         self.keys: list[str] = []
 
     def _spawn(self, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -312,7 +322,7 @@ class Servers:
             env,
         )
         wait_http(f"http://127.0.0.1:{self.backend_port}/healthz", False)
-        self._spawn(
+        self.stream_backend_pid = self._spawn(
             [
                 python,
                 "-m",
@@ -328,7 +338,7 @@ class Servers:
                 str(STREAM_EVENTS - 2),
             ],
             env,
-        )
+        ).pid
         wait_http(f"http://127.0.0.1:{self.stream_backend_port}/healthz", False)
         relay = self._spawn(
             [
@@ -590,7 +600,12 @@ async def run_streams(servers: Servers, args: argparse.Namespace) -> dict[str, A
         warm = args.stream_concurrency  # every connection opened before measuring
         await timed_event_streams(target, warm, warm, pid, model)
         results[target.name] = await timed_event_streams(
-            target, args.stream_requests, args.stream_concurrency, pid, model
+            target,
+            args.stream_requests,
+            args.stream_concurrency,
+            pid,
+            model,
+            servers.stream_backend_pid,
         )
     return results
 
@@ -632,6 +647,7 @@ def report_streams(results: dict[str, Any], concurrency: int) -> str:
             "TTFT p99 (ms)",
             "CPU/event (µs)",
             "ratio",
+            "backend CPU/event (µs)",
             "errors",
         )
     ]
@@ -647,6 +663,7 @@ def report_streams(results: dict[str, Any], concurrency: int) -> str:
                 f"{r['ttft_p99_ms']:.1f}",
                 f"{cpu:.1f}" if name != "direct" else "-",
                 f"{cpu / relay_cpu:.2f}" if name != "direct" and relay_cpu else "-",
+                f"{r['backend_cpu_us_per_event']:.1f}",
                 f"{r['errors']}",
             )
         )
