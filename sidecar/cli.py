@@ -423,7 +423,10 @@ def run_mock(args: argparse.Namespace) -> int:
             await runner.cleanup()
 
     try:
-        asyncio.run(run())
+        # The gateway's loop: a fake backend sharing a core with the gateway (as in
+        # tools/bench.py) takes no more of it than it must.
+        with asyncio.Runner(loop_factory=new_serving_loop) as loop_runner:
+            loop_runner.run(run())
     except OSError as exc:
         print(f"gateway mock-backends: {exc}", file=sys.stderr)
         return 1

@@ -2,7 +2,8 @@
 """The floor for ``tools/bench.py``'s streams phase: a bare aiohttp relay, no gateway.
 
 POST /v1/chat/completions is forwarded to the backend and its reply relayed chunk by
-chunk; nothing is checked, logged or counted. Loopback only.
+chunk; nothing is checked, logged or counted. It runs on uvloop, as ``gateway serve``
+does. Loopback only.
 
     python tools/bench_relay.py --port 8001 --backend http://127.0.0.1:8000
 """
@@ -10,6 +11,7 @@ chunk; nothing is checked, logged or counted. Loopback only.
 from __future__ import annotations
 
 import argparse
+import asyncio
 
 import aiohttp
 from aiohttp import web
@@ -52,5 +54,11 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--backend", required=True)
     args = parser.parse_args()
+    try:  # the gateway's loop (``gateway serve``), so the floor is measured on the same one
+        import uvloop
+
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover - Windows
+        loop = asyncio.new_event_loop()
     app = create_relay(args.backend)
-    web.run_app(app, host="127.0.0.1", port=args.port, print=None, backlog=2048)  # as the gateway
+    web.run_app(app, host="127.0.0.1", port=args.port, print=None, backlog=2048, loop=loop)
