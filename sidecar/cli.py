@@ -423,8 +423,9 @@ def run_mock(args: argparse.Namespace) -> int:
             await runner.cleanup()
 
     try:
-        # The gateway's loop: a fake backend sharing a core with the gateway (as in
-        # tools/bench.py) takes no more of it than it must.
+        # The loop ``gateway serve`` runs on. In tools/bench.py a fake backend shares a
+        # core with the server measured; uvloop's callbacks in C leave more of it to that
+        # server.
         with asyncio.Runner(loop_factory=new_serving_loop) as loop_runner:
             loop_runner.run(run())
     except OSError as exc:
