@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
-from typing import Any
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import Any, TypeVar, cast
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
@@ -33,6 +34,7 @@ log = logging.getLogger("gateway.api")
 
 _DONE = b"data: [DONE]\n\n"
 _CLIENT_BUFFER = 256 * 1024  # unsent bytes for a client before reading the backend pauses
+_T = TypeVar("_T")
 _SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-cache",
@@ -147,18 +149,32 @@ async def _relay(
     upstream_payload = upstream_body(payload, route)
     strip_usage = stream and _ask_for_usage(upstream_payload, capability)
     headers = route.headers()
+    early = _EarlyStream(request, headers, strip_usage) if stream else None
     try:
         async with backend_call(
-            route.backend, capability, endpoint, upstream_payload, request[REQUEST_ID]
+            route.backend,
+            capability,
+            endpoint,
+            upstream_payload,
+            request[REQUEST_ID],
+            on_head=early.on_head if early is not None else None,
         ) as call:
-            if stream:
-                return await _relay_stream(request, call, headers, payload, strip_usage)
+            if early is not None:
+                return await _relay_stream(request, call, headers, payload, early)
             body, parsed = await call.read_json()
             if not isinstance(parsed, dict):
                 raise UpstreamError(f"backend '{route.backend.name}' returned an unexpected reply")
             _count_reply(record, payload, parsed)
             return web.Response(body=body, content_type="application/json", headers=headers)
     except GatewayError as exc:
+        if early is not None and early.response is not None and early.response.prepared:
+            # Begun in the head's callback, so its 200 is out: the error ends the stream.
+            log.warning("stream %s failed: %s", request[REQUEST_ID], exc.message)
+            request[ACCESS].stream_failed = True
+            if early.relay is not None:
+                early.relay.close()
+            await _end_stream_with_error(early.response, exc)
+            return early.response
         exc.headers.update(headers)
         raise
 
@@ -193,22 +209,33 @@ async def _relay_stream(
     call: UpstreamCall,
     headers: dict[str, str],
     payload: dict[str, Any],
-    strip_usage: bool,
+    early: _EarlyStream,
 ) -> web.StreamResponse:
     """Relay the events as the network delivers them (``UpstreamCall.relay_events``:
     pushed from the read callback straight into the client's connection, see
-    ``_EventRelay``). The usage chunk is the last data event before ``[DONE]``: only that
-    tail is parsed (``tokens.tail_usage``), at ``[DONE]``; when the gateway asked for it
-    on the client's behalf, a run holding ``[]`` (the chunk's empty ``choices``) is looked
-    at too, so the chunk is removed even when it comes alone."""
-    content_type = call.response.headers.get("Content-Type", "")
-    if not content_type.startswith("text/event-stream"):
-        raise UpstreamError(f"backend '{headers['X-Backend-Used']}' did not answer with a stream")
+    ``_EventRelay``), started by ``_EarlyStream`` when it could. The usage chunk is the
+    last data event before ``[DONE]``: only that tail is parsed (``tokens.tail_usage``),
+    at ``[DONE]``; when the gateway asked for it on the client's behalf, a run holding
+    ``[]`` (the chunk's empty ``choices``) is looked at too, so the chunk is removed even
+    when it comes alone."""
     record = request[ACCESS]
-    response = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **headers})
-    writer = await response.prepare(request)
-    assert writer is not None  # prepared once, here
-    relay = _EventRelay(request, response, writer, call, strip_usage)
+    relay = early.relay
+    if relay is not None:
+        response = early.started()
+    else:
+        content_type = call.response.headers.get("Content-Type", "")
+        if not content_type.startswith("text/event-stream"):
+            raise UpstreamError(
+                f"backend '{headers['X-Backend-Used']}' did not answer with a stream"
+            )
+        if early.preparing is not None:  # begun in the head's callback, finished in a task
+            response = early.started()
+            writer = await early.preparing
+        else:
+            response = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **headers})
+            writer = await response.prepare(request)
+        assert writer is not None  # prepared once
+        relay = _EventRelay(request, response, writer, call, early.strip_usage)
     try:
         await call.relay_events(relay.deliver)
         if not relay.finished:
@@ -232,6 +259,73 @@ async def _relay_stream(
             )
             record.usage_estimated = True
     return response
+
+
+class _EarlyStream:
+    """A stream's start from the read callback that completes the backend's response head
+    (``backend_call``'s ``on_head``), before the handler's task runs again: on a 200
+    event stream the client's response is prepared and the relay started there, so the
+    first token does not wait behind the loop's queue (in a burst, every other request's
+    work of that turn). Anything else (an error status, a body that is not a stream, a
+    client already gone) is left to the handler, as before. aiohttp's ``prepare`` does
+    not wait on anything for a stream; if it ever does, it goes on in a task that the
+    handler waits for."""
+
+    __slots__ = ("_headers", "_request", "preparing", "relay", "response", "strip_usage")
+
+    def __init__(self, request: web.Request, headers: dict[str, str], strip_usage: bool) -> None:
+        self._request = request
+        self._headers = headers
+        self.strip_usage = strip_usage
+        self.response: web.StreamResponse | None = None
+        self.relay: _EventRelay | None = None
+        self.preparing: asyncio.Future[AbstractStreamWriter | None] | None = None
+
+    def on_head(self, call: UpstreamCall) -> None:
+        if call.status != 200:
+            return
+        if not call.response.headers.get("Content-Type", "").startswith("text/event-stream"):
+            return
+        request = self._request
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return
+        response = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **self._headers})
+        preparing = response.prepare(request)
+        try:
+            pending = preparing.send(None)
+        except StopIteration as done:
+            writer = done.value
+        except Exception:  # the client went away under it: the handler finds out
+            return
+        else:
+            self.response = response
+            rest = cast("Awaitable[AbstractStreamWriter | None]", _resumed(preparing, pending))
+            self.preparing = asyncio.ensure_future(rest)
+            return
+        self.response = response
+        relay = self.relay = _EventRelay(request, response, writer, call, self.strip_usage)
+        call.start_events(relay.deliver)
+
+    def started(self) -> web.StreamResponse:
+        assert self.response is not None
+        return self.response
+
+
+@types.coroutine
+def _resumed(coro: Coroutine[Any, Any, _T], pending: Any) -> Generator[Any, Any, _T]:
+    """The rest of ``coro``, which ran its first step outside a task and stopped on
+    ``pending``: the task waits for ``pending``, then drives ``coro`` on."""
+    while True:
+        try:
+            yield pending
+        except BaseException as exc:  # thrown into the task while it waited
+            try:
+                pending = coro.throw(exc)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            continue
+        return (yield from coro.__await__())
 
 
 class _EventRelay:

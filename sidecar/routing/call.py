@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from types import TracebackType
 from typing import Any
 
@@ -60,13 +60,16 @@ def backend_call(
     check_status: bool = True,
     body: bytes | AsyncIterable[bytes] | None = None,
     content_type: str = "application/octet-stream",
+    on_head: Callable[[UpstreamCall], None] | None = None,
 ) -> BackendCall:
     """Admit, open, check, yield the open call; close it and free the slot on exit.
 
     ``POST`` sends ``payload`` as JSON to ``endpoint`` (relative to the backend URL, or a
     URL on its origin, as an http tool's path is), or ``body`` as ``content_type``;
     ``GET`` asks for ``endpoint`` as a path on the backend's origin. With
-    ``check_status`` off the caller sees every status (probes, downloads).
+    ``check_status`` off the caller sees every status (probes, downloads). A JSON
+    ``POST`` may pass ``on_head``: it gets the call in the read callback that completes
+    the response head, before the status is checked (``BackendClient.post``).
     """
     return BackendCall(
         backend,
@@ -80,6 +83,7 @@ def backend_call(
         check_status,
         body,
         content_type,
+        on_head,
     )
 
 
@@ -99,6 +103,7 @@ class BackendCall:
         "_headers",
         "_lease",
         "_method",
+        "_on_head",
         "_payload",
         "_read_timeout_s",
         "_request_id",
@@ -118,8 +123,10 @@ class BackendCall:
         check_status: bool,
         body: bytes | AsyncIterable[bytes] | None = None,
         content_type: str = "application/octet-stream",
+        on_head: Callable[[UpstreamCall], None] | None = None,
     ) -> None:
         self._backend = backend
+        self._on_head = on_head
         self._body = body
         self._content_type = content_type
         self._capability = capability
@@ -161,7 +168,11 @@ class BackendCall:
                 )
             else:
                 call = await client.post(
-                    self._endpoint, self._payload or {}, self._request_id, self._read_timeout_s
+                    self._endpoint,
+                    self._payload or {},
+                    self._request_id,
+                    self._read_timeout_s,
+                    self._on_head,
                 )
             try:
                 if self._check_status:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ipaddress
+import logging
 import socket
 import ssl
 import time
@@ -43,6 +44,8 @@ import aiohappyeyeballs
 import httptools
 from aiohappyeyeballs import AddrInfoType
 from multidict import CIMultiDict, CIMultiDictProxy
+
+log = logging.getLogger("gateway.upstream")
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 100
@@ -185,14 +188,23 @@ class Connection(asyncio.Protocol):
         self._piped: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
         self._write_paused = False
+        self._on_head: Callable[[Response], None] | None = None
+        self._response: Response | None = None
 
     # -- the request -------------------------------------------------------------------
 
-    async def send(self, head: bytes, body: bytes | AsyncIterable[bytes] | None) -> Response:
-        """Write the request and wait for the response head."""
+    async def send(
+        self,
+        head: bytes,
+        body: bytes | AsyncIterable[bytes] | None,
+        on_head: Callable[[Response], None] | None = None,
+    ) -> Response:
+        """Write the request and wait for the response head. ``on_head`` (see
+        ``Pool.request``) gets the response in the read callback that completes its head."""
         transport = self.transport
         assert transport is not None
         self._start()
+        self._on_head = on_head
         head_future = self._head = self._loop.create_future()
         if body is None or isinstance(body, bytes):
             transport.write(head + body if body else head)
@@ -200,7 +212,7 @@ class Connection(asyncio.Protocol):
             transport.write(head)
             await self._send_chunked(transport, body)
         await head_future
-        return Response(self)
+        return self._response or Response(self)
 
     async def _send_chunked(self, transport: asyncio.Transport, body: AsyncIterable[bytes]) -> None:
         async for piece in body:
@@ -223,6 +235,7 @@ class Connection(asyncio.Protocol):
         self.status = 0
         self.reason = ""
         self.headers = CIMultiDict()
+        self._response = None
 
     # -- reading the body --------------------------------------------------------------
 
@@ -429,6 +442,13 @@ class Connection(asyncio.Protocol):
         head = self._head
         if head is not None and not head.done():
             head.set_result(None)
+            on_head, self._on_head = self._on_head, None
+            if on_head is not None:
+                response = self._response = Response(self)
+                try:
+                    on_head(response)
+                except Exception:  # the caller's; the response is still read as usual
+                    log.exception("a response head's callback failed")
 
     def on_body(self, body: bytes) -> None:
         self._progress = True
@@ -543,14 +563,20 @@ class Pool:
         target: str,
         headers: dict[str, str],
         body: bytes | AsyncIterable[bytes] | None,
+        on_head: Callable[[Response], None] | None = None,
     ) -> Response:
         """Send one request (on an idle connection when there is one) and wait for the
-        response head. ``target`` is the path and query; ``Host`` is added here."""
+        response head. ``target`` is the path and query; ``Host`` is added here.
+
+        ``on_head`` gets the response (the same object this returns) from the read
+        callback that completes its head, before the waiting caller runs again: a stream
+        can start to flow to its client in that callback, ahead of the loop's queue. It
+        must not block; what it raises is logged and the response is read as usual."""
         head = _request_head(method, target, self._authority, headers, body)
         conn = self._take_idle()
         if conn is not None:
             try:
-                return await conn.send(head, body)
+                return await conn.send(head, body, on_head)
             except Disconnected as exc:
                 conn.close()
                 exc.reused = True
@@ -563,7 +589,7 @@ class Pool:
                 raise
         conn = await self._connect()
         try:
-            return await conn.send(head, body)
+            return await conn.send(head, body, on_head)
         except BaseException:
             conn.close()
             raise

@@ -100,6 +100,7 @@ class UpstreamCall:
         self._closed = False
         self._deadline: _ReadDeadline | None = None
         self._rest: asyncio.Future[None] | None = None
+        self._events: _EventsRun | None = None
 
     @property
     def status(self) -> int:
@@ -174,6 +175,19 @@ class UpstreamCall:
             if framer.error is not None:
                 raise framer.error
 
+    def start_events(self, deliver: Callable[[bytes], bool]) -> None:
+        """Start ``relay_events`` here and now, without waiting: from the read callback
+        that completed the response head (``BackendClient.post``'s ``on_head``), events
+        flow to ``deliver`` before the caller's task runs again. ``relay_events`` then
+        waits for that run; ``close`` stops it if nobody does."""
+        if self._events is None:
+            self._events = _EventsRun(self, deliver)
+
+    def stop_events(self) -> None:
+        """The timer of a run ``start_events`` began must not outlive the call."""
+        if self._events is not None:
+            self._events.stop()
+
     async def relay_events(self, deliver: Callable[[bytes], bool]) -> None:
         """``event_runs`` pushed instead of pulled: the stream relay's hot path.
 
@@ -184,50 +198,12 @@ class UpstreamCall:
         for its end, so the connection can be reused). What ``deliver`` raises ends the
         relay and is raised here as it is. The same timeouts, limits and cleaning as
         ``event_runs``; otherwise returns at the end of the body, after an unterminated
-        last event.
+        last event. A run ``start_events`` began is waited for (with its ``deliver``).
         """
-        response = self.response
-        framer = EventFramer(self._too_large)
-        loop = asyncio.get_running_loop()
-        ended = loop.create_future()  # the last wanted event, or the body's end
-        stopped = False
-        watch = _IdleWatch(loop, response, self.read_s, self._client.config.timeouts.stream_idle_s)
-
-        def sink(piece: bytes) -> None:
-            nonlocal stopped
-            if stopped:
-                return
-            watch.seen = True
-            watch.last = loop.time()
-            run = framer.feed(piece)
-            if run and deliver(run):
-                stopped = True
-                ended.set_result(None)
-                return
-            if framer.error is not None:
-                raise framer.error
-
-        def body_ended(piped: asyncio.Future[None]) -> None:
-            if not ended.done():
-                ended.set_result(None)
-
-        piped = response.pipe(sink)
-        piped.add_done_callback(body_ended)
-        try:
-            await ended
-            if stopped:
-                self._rest = piped  # the body's end, which ``finish`` waits for
-                return
-            piped.result()
-        except (TimeoutError, OSError, ValueError) as exc:
-            raise self._client.translate(exc, streaming=True) from None
-        finally:
-            watch.close()
-            if not piped.done() and not stopped:
-                piped.cancel()
-        rest = framer.end()
-        if rest:
-            deliver(rest)
+        run = self._events
+        if run is None:
+            run = self._events = _EventsRun(self, deliver)
+        await run.wait()
 
     async def finish(self, timeout_s: float = 0.5) -> None:
         """After the last event: wait briefly for the end of the body, so the connection
@@ -307,6 +283,7 @@ class UpstreamCall:
             self._closed = True
             if self._deadline is not None:
                 self._deadline.close()
+            self.stop_events()
             self.response.close()
             self._client._call_done()
 
@@ -370,16 +347,19 @@ class BackendClient:
         payload: dict[str, Any],
         request_id: str,
         read_timeout_s: float | None = None,
+        on_head: Callable[[UpstreamCall], None] | None = None,
     ) -> UpstreamCall:
         """Send a JSON request and wait (up to the read timeout) for the response head.
 
         ``endpoint`` is relative to the backend's URL, or a full URL on its origin;
         ``read_timeout_s`` overrides the backend's read timeout for this call (music
-        generation takes about as long as the audio).
+        generation takes about as long as the audio). ``on_head`` gets the call (the one
+        this returns) in the read callback that completes the head, whatever its status,
+        before this returns (``http1.Pool.request``): a stream relay starts there.
         """
         body = _COMPACT_JSON.encode(payload).encode()
         headers = {**self._headers, "X-Request-Id": request_id}
-        return await self._open("POST", endpoint, body, headers, read_timeout_s)
+        return await self._open("POST", endpoint, body, headers, read_timeout_s, on_head)
 
     async def send(
         self,
@@ -423,19 +403,32 @@ class BackendClient:
         body: bytes | AsyncIterable[bytes] | None,
         headers: dict[str, str],
         read_timeout_s: float | None,
+        on_head: Callable[[UpstreamCall], None] | None = None,
     ) -> UpstreamCall:
         read_s = read_timeout_s or self.config.timeouts.read_s
         target = self._target(endpoint if isinstance(endpoint, URL) else self.url(endpoint))
+        early: list[UpstreamCall] = []
         self._active += 1
         try:
-            async with asyncio.timeout(read_s):
-                response = await self.pool.request(method, target, headers, body)
+            async with asyncio.timeout(read_s) as deadline:
+                head_hook = None
+                if on_head is not None:
+
+                    def head_hook(response: Response) -> None:
+                        deadline.reschedule(None)  # the head is here: the read timeout is met
+                        call = UpstreamCall(self, response, read_s)
+                        early.append(call)
+                        on_head(call)
+
+                response = await self.pool.request(method, target, headers, body, head_hook)
         except BaseException as exc:
+            if early:
+                early[0].stop_events()
             self._call_done()
             if isinstance(exc, TimeoutError | OSError | ValueError):
                 raise self.translate(exc, before_head=True) from None
             raise
-        return UpstreamCall(self, response, read_s)
+        return early[0] if early else UpstreamCall(self, response, read_s)
 
     def _target(self, url: URL) -> str:
         """The request target (path and query) of ``url``, which must be on the
@@ -612,6 +605,68 @@ class EventFramer:
         rest = b"".join(self._pending).lstrip(b"\r\n")
         self._pending = []
         return _checked(rest + b"\n") if rest else b""
+
+
+class _EventsRun:
+    """One ``relay_events``: the framer, the timeouts and the sink the response's body is
+    piped into, set up at once (``start_events`` may do it from a read callback); ``wait``
+    is the part that awaits the end."""
+
+    __slots__ = ("_call", "_deliver", "_ended", "_framer", "_loop", "_piped", "_stopped", "_watch")
+
+    def __init__(self, call: UpstreamCall, deliver: Callable[[bytes], bool]) -> None:
+        self._call = call
+        self._deliver = deliver
+        self._framer = EventFramer(call._too_large)
+        loop = self._loop = asyncio.get_running_loop()
+        self._ended: asyncio.Future[None] = loop.create_future()  # last wanted event, or the end
+        self._stopped = False
+        timeouts = call._client.config.timeouts
+        self._watch = _IdleWatch(loop, call.response, call.read_s, timeouts.stream_idle_s)
+        # Last: piping delivers what is buffered already.
+        self._piped = call.response.pipe(self._sink)
+        self._piped.add_done_callback(self._body_ended)
+
+    def _sink(self, piece: bytes) -> None:
+        if self._stopped:
+            return
+        watch = self._watch
+        watch.seen = True
+        watch.last = self._loop.time()
+        framer = self._framer
+        run = framer.feed(piece)
+        if run and self._deliver(run):
+            self._stopped = True
+            self._ended.set_result(None)
+            return
+        if framer.error is not None:
+            raise framer.error
+
+    def _body_ended(self, piped: asyncio.Future[None]) -> None:
+        if not self._ended.done():
+            self._ended.set_result(None)
+
+    def stop(self) -> None:
+        self._watch.close()
+
+    async def wait(self) -> None:
+        call = self._call
+        piped = self._piped
+        try:
+            await self._ended
+            if self._stopped:
+                call._rest = piped  # the body's end, which ``finish`` waits for
+                return
+            piped.result()
+        except (TimeoutError, OSError, ValueError) as exc:
+            raise call._client.translate(exc, streaming=True) from None
+        finally:
+            self._watch.close()
+            if not piped.done() and not self._stopped:
+                piped.cancel()
+        rest = self._framer.end()
+        if rest:
+            self._deliver(rest)
 
 
 class _IdleWatch:

@@ -1,0 +1,174 @@
+"""A stream starts in the read callback that completes the backend's response head.
+
+On a 200 event stream the client's response is prepared and its first events relayed
+from that callback, before the handler's task runs again (in a burst, the loop's queue
+holds every other request's work of that turn). These tests hold the handler's task
+right after the head and show the first event reaching the client anyway, then the
+stream finishing as before; and a prepare that waits (an ``on_response_prepare``
+handler that awaits) finishing in a task the handler waits for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from sidecar.app import create_app
+from sidecar.routing.upstream import UpstreamCall
+
+from .conftest import (
+    CHAT,
+    CHAT_PATH,
+    MODEL,
+    assert_slots_free,
+    fake_gateway,
+    gateway_yaml,
+    make_settings,
+    mock_backend_yaml,
+)
+
+BOUND_S = 20.0  # a bound on waiting for a condition, never a pause
+
+
+def chunk(text: str) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": MODEL,
+        "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
+    }
+
+
+def sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+def held_backend(more: asyncio.Event) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """Sends the first chunk with its head, the rest once ``more`` is set."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(sse(chunk("first ")))
+        await more.wait()
+        await response.write(sse(chunk("second")))
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    return handler
+
+
+def events(raw: bytes) -> list[str]:
+    return [
+        line[len("data: ") :]
+        for frame in raw.decode().split("\n\n")
+        for line in frame.splitlines()
+        if line.startswith("data: ")
+    ]
+
+
+async def test_the_first_event_reaches_the_client_while_the_handler_waits(
+    make_gateway: Any,
+    start_mock: Any,
+    auth: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    held = asyncio.Event()
+    more = asyncio.Event()
+    checked = asyncio.Event()
+    check_status = UpstreamCall.raise_for_status
+
+    async def hold(self: UpstreamCall) -> None:
+        # The first thing the handler's task does after the head: it waits here.
+        checked.set()
+        await held.wait()
+        await check_status(self)
+
+    monkeypatch.setattr(UpstreamCall, "raise_for_status", hold)
+    gateway, _ = await fake_gateway(make_gateway, start_mock, held_backend(more))
+    try:
+        async with asyncio.timeout(BOUND_S):
+            response = await gateway.post(CHAT_PATH, json={**CHAT, "stream": True}, headers=auth)
+            assert response.status == 200
+            assert response.headers["X-Backend-Used"] == "fake"
+            first = await response.content.readuntil(b"\n\n")
+        assert not held.is_set()  # the handler never ran past the head
+        assert checked.is_set()
+        assert events(first) == [json.dumps(chunk("first "))]
+    finally:
+        held.set()
+        more.set()
+    async with asyncio.timeout(BOUND_S):
+        rest = await response.read()
+    assert events(rest) == [json.dumps(chunk("second")), "[DONE]"]
+    await assert_slots_free(gateway, admitted=1)
+
+
+async def test_a_prepare_that_waits_is_finished_in_a_task(
+    aiohttp_client: Callable[..., Awaitable[TestClient]],
+    start_mock: Any,
+    tmp_path: Path,
+    auth: dict[str, str],
+) -> None:
+    more = asyncio.Event()
+    more.set()
+    backend = web.Application()
+    backend.router.add_post("/v1/chat/completions", held_backend(more))
+    server = await start_mock(backend)
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        gateway_yaml(
+            mock_backend_yaml("fake", server, models=f"[{MODEL}]", health="{readiness: false}")
+        )
+    )
+    app = create_app(make_settings(config, tmp_path / "var"))
+    began_in: list[asyncio.Task[Any] | None] = []
+
+    async def waits(request: web.Request, response: web.StreamResponse) -> None:
+        if request.path != CHAT_PATH:
+            return
+        began_in.append(asyncio.current_task())
+        await asyncio.sleep(0)  # a real wait: prepare cannot finish in one step
+        response.headers["X-Prepared-After-A-Wait"] = "yes"
+
+    app.on_response_prepare.append(waits)
+    gateway = await aiohttp_client(app)
+    async with asyncio.timeout(BOUND_S):
+        response = await gateway.post(CHAT_PATH, json={**CHAT, "stream": True}, headers=auth)
+        body = await response.read()
+    assert response.status == 200
+    assert response.headers["X-Prepared-After-A-Wait"] == "yes"
+    assert began_in == [None]  # begun once, in the head's read callback (no task)
+    assert events(body) == [json.dumps(chunk("first ")), json.dumps(chunk("second")), "[DONE]"]
+    await assert_slots_free(gateway, admitted=1)
+
+
+async def test_an_error_status_is_left_to_the_handler(
+    make_gateway: Any,
+    start_mock: Any,
+    auth: dict[str, str],
+) -> None:
+    async def refuses(request: web.Request) -> web.Response:
+        body = {"error": {"message": "no", "type": "invalid_request_error"}}
+        # A stream's type with an error's status: not started early, relayed as an error.
+        return web.Response(
+            body=json.dumps(body).encode(),
+            status=400,
+            headers={"Content-Type": "text/event-stream"},
+        )
+
+    gateway, _ = await fake_gateway(make_gateway, start_mock, refuses)
+    async with asyncio.timeout(BOUND_S):
+        response = await gateway.post(CHAT_PATH, json={**CHAT, "stream": True}, headers=auth)
+        body = await response.json()
+    assert response.status == 400
+    assert body["error"]["type"] == "invalid_request_error"
+    await assert_slots_free(gateway, admitted=1)
