@@ -22,16 +22,19 @@ from aiohttp.test_utils import TestClient
 
 from sidecar.app import create_app
 from sidecar.routing.upstream import UpstreamCall
+from sidecar.settings import UsageSettings
 
 from .conftest import (
     CHAT,
     CHAT_PATH,
     MODEL,
     assert_slots_free,
+    eventually,
     fake_gateway,
     gateway_yaml,
     make_settings,
     mock_backend_yaml,
+    usage_rows_for,
 )
 
 BOUND_S = 20.0  # a bound on waiting for a condition, never a pause
@@ -100,8 +103,7 @@ async def test_the_first_event_reaches_the_client_while_the_handler_waits(
             assert response.status == 200
             assert response.headers["X-Backend-Used"] == "fake"
             first = await response.content.readuntil(b"\n\n")
-        assert not held.is_set()  # the handler never ran past the head
-        assert checked.is_set()
+        assert checked.is_set()  # the handler is parked right after the head
         assert events(first) == [json.dumps(chunk("first "))]
     finally:
         held.set()
@@ -172,3 +174,49 @@ async def test_an_error_status_is_left_to_the_handler(
     assert response.status == 400
     assert body["error"]["type"] == "invalid_request_error"
     await assert_slots_free(gateway, admitted=1)
+
+
+async def test_a_handler_cancelled_after_the_head_counts_what_was_sent(
+    make_gateway: Any,
+    start_mock: Any,
+    auth: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """The client goes away while its handler waits right after the head: aiohttp
+    cancels the handler before it took the stream over. What the head's callback began
+    is stopped, the slot comes back, and the usage row estimates what was sent."""
+    held = asyncio.Event()
+    more = asyncio.Event()
+    parked = asyncio.Event()
+    check_status = UpstreamCall.raise_for_status
+
+    async def hold(self: UpstreamCall) -> None:
+        parked.set()
+        await held.wait()
+        await check_status(self)
+
+    monkeypatch.setattr(UpstreamCall, "raise_for_status", hold)
+    backend = web.Application()
+    backend.router.add_post("/v1/chat/completions", held_backend(more))
+    server = await start_mock(backend)
+    gateway = await make_gateway(
+        gateway_yaml(
+            mock_backend_yaml("fake", server, models=f"[{MODEL}]", health="{readiness: false}")
+        ),
+        usage=UsageSettings(flush_s=0.02),
+    )
+    try:
+        async with asyncio.timeout(BOUND_S):
+            response = await gateway.post(CHAT_PATH, json={**CHAT, "stream": True}, headers=auth)
+            first = await response.content.readuntil(b"\n\n")
+        assert events(first) == [json.dumps(chunk("first "))]
+        await eventually(parked.is_set, "the handler parked after the head")
+        response.close()  # the client goes away
+        (row,) = await usage_rows_for(tmp_path, 1)
+        assert row["status"] == 200
+        assert row["estimated"] == 1 and row["prompt_tokens"] > 0 and row["completion_tokens"] > 0
+        await assert_slots_free(gateway, admitted=1)
+    finally:
+        held.set()
+        more.set()

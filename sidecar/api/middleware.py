@@ -149,7 +149,9 @@ def prepare_headers(
     """The ``on_response_prepare`` handler: every response carries the request id and no
     caching, and no ``Server`` header (aiohttp's names itself and its version: nothing a
     client needs); a key's ``x-ratelimit-*`` headers go on a stream prepared by its
-    handler too (other responses get them from ``bearer``); then each of ``more``."""
+    handler too (other responses get them from ``bearer``); then each of ``more``. It
+    runs in the handler's task, or, for a stream started from the backend's head, in
+    that read callback: it and ``more`` use only the request and the response."""
 
     async def prepare(request: web.Request, response: web.StreamResponse) -> None:
         headers = response.headers

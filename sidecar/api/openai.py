@@ -167,16 +167,17 @@ async def _relay(
             _count_reply(record, payload, parsed)
             return web.Response(body=body, content_type="application/json", headers=headers)
     except GatewayError as exc:
-        if early is not None and early.response is not None and early.response.prepared:
-            # Begun in the head's callback, so its 200 is out: the error ends the stream.
+        started = await early.prepared() if early is not None else None
+        if started is not None:  # begun in the head's callback: its 200 is out
             log.warning("stream %s failed: %s", request[REQUEST_ID], exc.message)
-            request[ACCESS].stream_failed = True
-            if early.relay is not None:
-                early.relay.close()
-            await _end_stream_with_error(early.response, exc)
-            return early.response
+            record.stream_failed = True
+            await _end_stream_with_error(started[0], exc)
+            return started[0]
         exc.headers.update(headers)
         raise
+    finally:
+        if early is not None and not early.entered:
+            early.abandon(record, payload)  # started, but the handler never got to it
 
 
 def _ask_for_usage(upstream: dict[str, Any], capability: str) -> bool:
@@ -218,23 +219,26 @@ async def _relay_stream(
     at ``[DONE]``; when the gateway asked for it on the client's behalf, a run holding
     ``[]`` (the chunk's empty ``choices``) is looked at too, so the chunk is removed even
     when it comes alone."""
+    early.entered = True
     record = request[ACCESS]
     relay = early.relay
     if relay is not None:
-        response = early.started()
+        response = early.response
+        assert response is not None  # prepared in the head's callback
     else:
-        content_type = call.response.headers.get("Content-Type", "")
-        if not content_type.startswith("text/event-stream"):
-            raise UpstreamError(
-                f"backend '{headers['X-Backend-Used']}' did not answer with a stream"
-            )
-        if early.preparing is not None:  # begun in the head's callback, finished in a task
-            response = early.started()
-            writer = await early.preparing
+        started = await early.prepared()
+        if started is not None:  # prepared in the head's callback (or in a task from there)
+            response, writer = started
         else:
+            content_type = call.response.headers.get("Content-Type", "")
+            if not content_type.startswith("text/event-stream"):
+                raise UpstreamError(
+                    f"backend '{headers['X-Backend-Used']}' did not answer with a stream"
+                )
             response = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **headers})
-            writer = await response.prepare(request)
-        assert writer is not None  # prepared once
+            prepared = await response.prepare(request)
+            assert prepared is not None  # prepared once, here
+            writer = prepared
         relay = _EventRelay(request, response, writer, call, early.strip_usage)
     try:
         await call.relay_events(relay.deliver)
@@ -252,13 +256,19 @@ async def _relay_stream(
         await _end_stream_with_error(response, exc)
     finally:
         relay.close()
-        if not relay.counted:  # the backend reported nothing (or the stream broke): estimate
-            record.prompt_tokens = tokens.estimate(tokens.prompt_chars(payload))
-            record.completion_tokens = tokens.estimate_stream_completion(
-                record.bytes_out, relay.event_size
-            )
-            record.usage_estimated = True
+        _estimate_unless_counted(record, relay, payload)
     return response
+
+
+def _estimate_unless_counted(
+    record: AccessRecord, relay: _EventRelay, payload: dict[str, Any]
+) -> None:
+    if not relay.counted:  # the backend reported nothing (or the stream broke): estimate
+        record.prompt_tokens = tokens.estimate(tokens.prompt_chars(payload))
+        record.completion_tokens = tokens.estimate_stream_completion(
+            record.bytes_out, relay.event_size
+        )
+        record.usage_estimated = True
 
 
 class _EarlyStream:
@@ -269,15 +279,28 @@ class _EarlyStream:
     work of that turn). Anything else (an error status, a body that is not a stream, a
     client already gone) is left to the handler, as before. aiohttp's ``prepare`` does
     not wait on anything for a stream; if it ever does, it goes on in a task that the
-    handler waits for."""
+    handler waits for. The app's ``on_response_prepare`` handlers then run in that
+    callback, outside the handler's task and its context: they use only the request and
+    the response (``middleware.prepare_headers``)."""
 
-    __slots__ = ("_headers", "_request", "preparing", "relay", "response", "strip_usage")
+    __slots__ = (
+        "_headers",
+        "_request",
+        "_writer",
+        "entered",
+        "preparing",
+        "relay",
+        "response",
+        "strip_usage",
+    )
 
     def __init__(self, request: web.Request, headers: dict[str, str], strip_usage: bool) -> None:
         self._request = request
         self._headers = headers
         self.strip_usage = strip_usage
+        self.entered = False  # the handler took the stream over (``_relay_stream``)
         self.response: web.StreamResponse | None = None
+        self._writer: AbstractStreamWriter | None = None
         self.relay: _EventRelay | None = None
         self.preparing: asyncio.Future[AbstractStreamWriter | None] | None = None
 
@@ -303,13 +326,29 @@ class _EarlyStream:
             rest = cast("Awaitable[AbstractStreamWriter | None]", _resumed(preparing, pending))
             self.preparing = asyncio.ensure_future(rest)
             return
-        self.response = response
+        assert writer is not None
+        self.response, self._writer = response, writer
         relay = self.relay = _EventRelay(request, response, writer, call, self.strip_usage)
         call.start_events(relay.deliver)
 
-    def started(self) -> web.StreamResponse:
-        assert self.response is not None
-        return self.response
+    async def prepared(self) -> tuple[web.StreamResponse, AbstractStreamWriter] | None:
+        """The client's response and its writer when the head's callback prepared it
+        (waiting for the rest of a prepare that went on in a task); None otherwise."""
+        if self.response is None:
+            return None
+        if self.preparing is not None:
+            self._writer = await self.preparing
+        assert self._writer is not None
+        return self.response, self._writer
+
+    def abandon(self, record: AccessRecord, payload: dict[str, Any]) -> None:
+        """The handler left before it took the stream over (cancelled, say, as its client
+        went away): stop what the head's callback started and count what was sent."""
+        if self.preparing is not None and not self.preparing.done():
+            self.preparing.cancel()
+        if self.relay is not None:
+            self.relay.close()
+            _estimate_unless_counted(record, self.relay, payload)
 
 
 @types.coroutine

@@ -647,7 +647,14 @@ class _EventsRun:
             self._ended.set_result(None)
 
     def stop(self) -> None:
+        """The call is over: no timer left, and the pipe's outcome taken (a failure
+        there only means the connection is not reused)."""
         self._watch.close()
+        piped = self._piped
+        if not piped.done():
+            piped.cancel()
+        elif not piped.cancelled():
+            piped.exception()
 
     async def wait(self) -> None:
         call = self._call
