@@ -258,6 +258,22 @@ REQUEST_ID = re.compile(r"req-[0-9a-f]{24}")
 CHAT_PATH = "/v1/chat/completions"
 
 
+def chunk(text: str) -> dict[str, Any]:
+    """A chat stream's content chunk for ``MODEL``, as a fake backend sends it."""
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": MODEL,
+        "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
+    }
+
+
+def sse(payload: dict[str, Any]) -> bytes:
+    """``payload`` as one server-sent event: a ``data:`` line and a blank line."""
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
 @pytest.fixture
 async def release(start_mock: Any) -> AsyncIterator[asyncio.Event]:
     """An event fake backends wait on "forever"; set at teardown, before they stop."""

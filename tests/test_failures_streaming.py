@@ -24,8 +24,10 @@ from .conftest import (
     assert_envelope,
     assert_no_address,
     assert_slots_free,
+    chunk,
     fake_gateway,
     openai_client,
+    sse,
 )
 
 # -- helpers -------------------------------------------------------------------------------
@@ -40,20 +42,6 @@ def sse_data(raw: bytes) -> list[str]:
         for line in frame.splitlines()
         if line.startswith("data:")
     ]
-
-
-def chunk(text: str) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-fake",
-        "object": "chat.completion.chunk",
-        "created": 0,
-        "model": MODEL,
-        "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
-    }
-
-
-def sse(payload: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
 
 async def start_sse(request: web.Request) -> web.StreamResponse:

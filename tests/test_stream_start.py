@@ -29,29 +29,17 @@ from .conftest import (
     CHAT_PATH,
     MODEL,
     assert_slots_free,
+    chunk,
     eventually,
     fake_gateway,
     gateway_yaml,
     make_settings,
     mock_backend_yaml,
+    sse,
     usage_rows_for,
 )
 
 BOUND_S = 20.0  # a bound on waiting for a condition, never a pause
-
-
-def chunk(text: str) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-fake",
-        "object": "chat.completion.chunk",
-        "created": 0,
-        "model": MODEL,
-        "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
-    }
-
-
-def sse(payload: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
 
 def held_backend(more: asyncio.Event) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -69,6 +57,22 @@ def held_backend(more: asyncio.Event) -> Callable[[web.Request], Awaitable[web.S
     return handler
 
 
+def park_after_head(monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio.Event, asyncio.Event]:
+    """Hold every handler at the first thing its task does after the head (the status
+    check) until ``held`` is set; ``parked`` is set when one gets there."""
+    held = asyncio.Event()
+    parked = asyncio.Event()
+    check_status = UpstreamCall.raise_for_status
+
+    async def hold(self: UpstreamCall) -> None:
+        parked.set()
+        await held.wait()
+        await check_status(self)
+
+    monkeypatch.setattr(UpstreamCall, "raise_for_status", hold)
+    return held, parked
+
+
 def events(raw: bytes) -> list[str]:
     return [
         line[len("data: ") :]
@@ -84,18 +88,8 @@ async def test_the_first_event_reaches_the_client_while_the_handler_waits(
     auth: dict[str, str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    held = asyncio.Event()
+    held, parked = park_after_head(monkeypatch)
     more = asyncio.Event()
-    checked = asyncio.Event()
-    check_status = UpstreamCall.raise_for_status
-
-    async def hold(self: UpstreamCall) -> None:
-        # The first thing the handler's task does after the head: it waits here.
-        checked.set()
-        await held.wait()
-        await check_status(self)
-
-    monkeypatch.setattr(UpstreamCall, "raise_for_status", hold)
     gateway, _ = await fake_gateway(make_gateway, start_mock, held_backend(more))
     try:
         async with asyncio.timeout(BOUND_S):
@@ -103,7 +97,7 @@ async def test_the_first_event_reaches_the_client_while_the_handler_waits(
             assert response.status == 200
             assert response.headers["X-Backend-Used"] == "fake"
             first = await response.content.readuntil(b"\n\n")
-        assert checked.is_set()  # the handler is parked right after the head
+        assert parked.is_set()  # the handler is held right after the head
         assert events(first) == [json.dumps(chunk("first "))]
     finally:
         held.set()
@@ -186,17 +180,8 @@ async def test_a_handler_cancelled_after_the_head_counts_what_was_sent(
     """The client goes away while its handler waits right after the head: aiohttp
     cancels the handler before it took the stream over. What the head's callback began
     is stopped, the slot comes back, and the usage row estimates what was sent."""
-    held = asyncio.Event()
+    held, parked = park_after_head(monkeypatch)
     more = asyncio.Event()
-    parked = asyncio.Event()
-    check_status = UpstreamCall.raise_for_status
-
-    async def hold(self: UpstreamCall) -> None:
-        parked.set()
-        await held.wait()
-        await check_status(self)
-
-    monkeypatch.setattr(UpstreamCall, "raise_for_status", hold)
     backend = web.Application()
     backend.router.add_post("/v1/chat/completions", held_backend(more))
     server = await start_mock(backend)

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import pytest
 
 from sidecar.usage import tokens
 
-
-def sse(event: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(event).encode() + b"\n\n"
-
+from .conftest import sse
 
 CONTENT = sse({"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]})
 USAGE = sse({"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 4}})
