@@ -184,7 +184,8 @@ class UpstreamCall:
             self._events = _EventsRun(self, deliver)
 
     def stop_events(self) -> None:
-        """The timer of a run ``start_events`` began must not outlive the call."""
+        """End a run ``start_events`` began with the call: its timer, and its pipe's
+        outcome taken (``_EventsRun.stop``)."""
         if self._events is not None:
             self._events.stop()
 
