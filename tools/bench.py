@@ -6,7 +6,10 @@ streams of 100 events, 20 ms apart) against a second fake backend directly, thro
 sidecar, and through a bare aiohttp relay (``tools/bench_relay.py``, the floor). It reports
 time to first token and the server's CPU time per relayed event (utime + stime from
 ``/proc/<pid>/stat`` over the phase, divided by the events the clients received), and
-the fake backend's, which shares the servers' core.
+the fake backend's, which shares the servers' core; and the server's wake-ups per event
+(its main thread's voluntary context switches: each is the loop going to sleep with
+nothing ready and being woken by a later event, on the shared core mostly by preempting
+the fake backend).
 
 Bounded load on loopback only (fixed request counts, a warm-up, a time cap per phase).
 The load generator is an aiohttp client in this process, pinned to one core; the servers
@@ -176,6 +179,15 @@ async def timed_streams(target: Target, total: int, concurrency: int) -> dict[st
     }
 
 
+def wakeups(pid: int) -> int:
+    """Voluntary context switches of a process's main thread so far (0 if it is gone)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    return 0
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (0 if it is gone)."""
     try:
@@ -237,11 +249,13 @@ async def timed_event_streams(
                     errors += 1
 
         cpu_before = cpu_seconds(server_pid) if server_pid else 0.0
+        wakeups_before = wakeups(server_pid) if server_pid else 0
         backend_before = cpu_seconds(backend_pid) if backend_pid else 0.0
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
         cpu = cpu_seconds(server_pid) - cpu_before if server_pid else 0.0
+        woke = wakeups(server_pid) - wakeups_before if server_pid else 0
         backend_cpu = cpu_seconds(backend_pid) - backend_before if backend_pid else 0.0
     ttfts.sort()
     return {
@@ -253,6 +267,7 @@ async def timed_event_streams(
         "ttft_p99_ms": 1000 * ttfts[max(0, int(len(ttfts) * 0.99) - 1)] if ttfts else 0.0,
         "cpu_s": cpu,
         "cpu_us_per_event": 1e6 * cpu / events if server_pid and events else 0.0,
+        "wakeups_per_event": woke / events if server_pid and events else 0.0,
         "backend_cpu_us_per_event": 1e6 * backend_cpu / events if backend_pid and events else 0.0,
     }
 
@@ -647,6 +662,7 @@ def report_streams(results: dict[str, Any], concurrency: int) -> str:
             "TTFT p99 (ms)",
             "CPU/event (µs)",
             "ratio",
+            "wake-ups/event",
             "backend CPU/event (µs)",
             "errors",
         )
@@ -663,6 +679,7 @@ def report_streams(results: dict[str, Any], concurrency: int) -> str:
                 f"{r['ttft_p99_ms']:.1f}",
                 f"{cpu:.1f}" if name != "direct" else "-",
                 f"{cpu / relay_cpu:.2f}" if name != "direct" and relay_cpu else "-",
+                f"{r['wakeups_per_event']:.2f}" if name != "direct" else "-",
                 f"{r['backend_cpu_us_per_event']:.1f}",
                 f"{r['errors']}",
             )
