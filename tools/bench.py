@@ -77,14 +77,18 @@ def pin(pid: int, cores: set[int]) -> None:
         os.sched_setaffinity(pid, cores)
 
 
-def rss_mb(pid: int) -> float:
-    try:
+def status_number(pid: int, field: str) -> int:
+    """A number from ``/proc/<pid>/status`` (the main thread's), 0 if it or the process is
+    gone."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def rss_mb(pid: int) -> float:
+    return status_number(pid, "VmRSS") / 1024
 
 
 class Target:
@@ -181,11 +185,7 @@ async def timed_streams(target: Target, total: int, concurrency: int) -> dict[st
 
 def wakeups(pid: int) -> int:
     """Voluntary context switches of a process's main thread so far (0 if it is gone)."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("voluntary_ctxt_switches:"):
-                return int(line.split()[1])
-    return 0
+    return status_number(pid, "voluntary_ctxt_switches")
 
 
 def cpu_seconds(pid: int) -> float:
