@@ -285,6 +285,7 @@ class UpstreamCall:
             if self._deadline is not None:
                 self._deadline.close()
             self.stop_events()
+            self._events = None  # the run points back here: no cycle is left to collect
             self.response.close()
             self._client._call_done()
 
