@@ -63,10 +63,21 @@ REQUESTS = [
 async def test_a_finished_request_leaves_no_cycle(
     gateway: Any, saved_garbage: list[Any], path: str, body: dict[str, Any], stream: bool
 ) -> None:
-    for _ in range(3):
-        async with gateway.post(path, json={**body, "stream": stream}, headers=BEARER) as response:
-            assert response.status == 200, await response.text()
-            await response.read()
-    await asyncio.sleep(0)  # the connection's release runs after the handler returns
-    gc.collect()
-    assert gateway_objects(saved_garbage) == {}, gateway_objects(saved_garbage)
+    async def requests() -> None:
+        for _ in range(3):
+            async with gateway.post(
+                path, json={**body, "stream": stream}, headers=BEARER
+            ) as response:
+                assert response.status == 200, await response.text()
+                await response.read()
+        await asyncio.sleep(0)  # the connection's release runs after the handler returns
+        gc.collect()
+
+    await requests()  # what a first request builds once (and start-up leaves) is not asked
+    saved_garbage.clear()
+    # Only what the requests build counts: in a full run, an earlier test's gateway may
+    # lose its last reference while this test runs, and its objects end up here too.
+    existing = {id(obj) for obj in gc.get_objects()}
+    await requests()
+    left = gateway_objects([obj for obj in saved_garbage if id(obj) not in existing])
+    assert left == {}, left
