@@ -54,7 +54,7 @@ from ..routing.upstream import UpstreamCall
 from ..typedefs import ACCESS, REQUEST_ID
 from ..usage import tokens
 from ..wire.body import read_json_object
-from ..wire.model_name import check_model_name
+from ..wire.model_name import check_model_name, stream_field
 from . import translate, validation
 from .faces import anthropic_error_type
 
@@ -69,7 +69,7 @@ _IGNORED_BLOCKS = {"thinking", "redacted_thinking"}
 async def messages(request: web.Request) -> web.StreamResponse:
     payload = await read_json_object(request)
     model = check_model_name(_required(payload, "model"))
-    stream = validation.stream_flag(payload)
+    stream = stream_field(payload)
     chat = to_chat(payload, model)
     route = translate.route_for(request, model, "chat", stream)
     if stream:

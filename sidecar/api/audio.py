@@ -44,7 +44,7 @@ from ..routing.upstream import UpstreamCall
 from ..typedefs import ACCESS, REGISTRY, REQUEST_ID, SETTINGS
 from ..usage import tokens
 from ..wire.body import read_json_object
-from ..wire.model_name import check_model_name
+from ..wire.model_name import check_model_name, model_field
 from . import validation
 
 log = logging.getLogger("gateway.api")
@@ -70,10 +70,10 @@ async def translations(request: web.Request) -> web.StreamResponse:
 
 async def speech(request: web.Request) -> web.StreamResponse:
     payload = await read_json_object(request)
-    model = validation.require_model(payload)
+    model = model_field(payload)
     validation.check_speech(payload)
     record = request[ACCESS]
-    record.model = model[:128]
+    record.asked_for(model)
     route = resolve(request.app[REGISTRY].current, model, "speech")
     record.backend = route.backend.name
     headers = route.headers()
@@ -109,7 +109,7 @@ async def _relay_upload(request: web.Request, endpoint: str) -> web.StreamRespon
     await upload.read_head()
     model = check_model_name(upload.model())
     record = request[ACCESS]
-    record.model = model[:128]
+    record.asked_for(model)
     route = resolve(request.app[REGISTRY].current, model, "transcriptions")
     record.backend = route.backend.name
     headers = route.headers()

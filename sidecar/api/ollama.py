@@ -63,7 +63,7 @@ from ..routing.upstream import UpstreamCall
 from ..typedefs import ACCESS, REGISTRY, REQUEST_ID
 from ..usage import tokens
 from ..wire.body import read_json_object
-from ..wire.model_name import check_model_name
+from ..wire.model_name import check_model_name, stream_field
 from . import translate, validation
 
 log = logging.getLogger("gateway.api")
@@ -153,7 +153,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     started = time.monotonic_ns()
     payload = await read_json_object(request)
     model = check_model_name(payload.get("model"))
-    stream = _stream_flag(payload)
+    stream = stream_field(payload, default=True)
     body = {"model": model, "messages": _messages(payload.get("messages"))}
     _options(payload, body)
     validation.check_chat(body)
@@ -164,7 +164,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     started = time.monotonic_ns()
     payload = await read_json_object(request)
     model = check_model_name(payload.get("model"))
-    stream = _stream_flag(payload)
+    stream = stream_field(payload, default=True)
     prompt = payload.get("prompt")
     if prompt is not None and not isinstance(prompt, str):
         raise InvalidRequest("'prompt' must be a string", param="prompt")
@@ -222,15 +222,6 @@ async def _raw(
     _options(payload, body)
     validation.check_completion(body)
     return await _run_chat(request, model, body, stream, started, "response", completion=True)
-
-
-def _stream_flag(payload: dict[str, Any]) -> bool:
-    stream = payload.get("stream")
-    if stream is None:
-        return True  # Ollama streams unless told not to
-    if not isinstance(stream, bool):
-        raise InvalidRequest("'stream' must be a boolean", param="stream")
-    return stream
 
 
 def _messages(messages: Any) -> list[dict[str, Any]]:

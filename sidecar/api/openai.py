@@ -28,6 +28,7 @@ from ..routing.upstream import ClientGone, UpstreamCall, split_events
 from ..typedefs import ACCESS, REGISTRY, REQUEST_ID
 from ..usage import tokens
 from ..wire.body import read_json_object
+from ..wire.model_name import model_field, stream_field
 from . import validation
 
 log = logging.getLogger("gateway.api")
@@ -138,12 +139,11 @@ async def _relay(
     request: web.Request, capability: str, endpoint: str, check: Checker
 ) -> web.StreamResponse:
     payload = await read_json_object(request)
-    model = validation.require_model(payload)
-    stream = validation.stream_flag(payload)
+    model = model_field(payload)
+    stream = stream_field(payload)
     check(payload)
     record = request[ACCESS]
-    record.model = model if len(model) <= 128 else model[:128]
-    record.stream = stream
+    record.asked_for(model, stream)
     route = resolve(request.app[REGISTRY].current, model, capability)
     record.backend = route.backend.name
     upstream_payload = upstream_body(payload, route)

@@ -47,8 +47,7 @@ def route_for(
     ``latest``, an Ollama-style ``name:latest`` the gateway does not know is tried as
     ``name``."""
     record = request[ACCESS]
-    record.model = model if len(model) <= 128 else model[:128]
-    record.stream = stream
+    record.asked_for(model, stream)
     registry = request.app[REGISTRY].current
     if latest:
         route = resolve_latest(registry, model, capability)

@@ -9,37 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import InvalidRequest
-from ..wire.model_name import check_model_name
 
 _ROLES = {"system", "user", "assistant", "tool", "developer", "function"}
 _TOOL_CHOICES = {"none", "auto", "required"}
 MAX_TOOLS = 128
 
 
-def require_model(payload: dict[str, Any]) -> str:
-    model = payload.get("model")
-    if model is None:
-        raise InvalidRequest(
-            "'model' is required", param="model", code="missing_required_parameter"
-        )
-    return check_model_name(model)
-
-
-def stream_flag(payload: dict[str, Any]) -> bool:
-    stream = payload.get("stream", False)
-    if stream is None:
-        return False
-    if not isinstance(stream, bool):
-        raise InvalidRequest("'stream' must be a boolean", param="stream")
-    return stream
-
-
 def check_chat(payload: dict[str, Any]) -> None:
-    messages = payload.get("messages")
-    if messages is None:
-        raise InvalidRequest(
-            "'messages' is required", param="messages", code="missing_required_parameter"
-        )
+    messages = _required(payload, "messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("'messages' must be a non-empty array", param="messages")
     for index, message in enumerate(messages):
@@ -64,11 +41,7 @@ def check_chat(payload: dict[str, Any]) -> None:
 
 
 def check_completion(payload: dict[str, Any]) -> None:
-    prompt = payload.get("prompt")
-    if prompt is None:
-        raise InvalidRequest(
-            "'prompt' is required", param="prompt", code="missing_required_parameter"
-        )
+    prompt = _required(payload, "prompt")
     if not _text_or_tokens(prompt):
         raise InvalidRequest(
             "'prompt' must be a string, an array of strings, or token arrays", param="prompt"
@@ -77,11 +50,7 @@ def check_completion(payload: dict[str, Any]) -> None:
 
 
 def check_embeddings(payload: dict[str, Any]) -> None:
-    value = payload.get("input")
-    if value is None:
-        raise InvalidRequest(
-            "'input' is required", param="input", code="missing_required_parameter"
-        )
+    value = _required(payload, "input")
     if not _text_or_tokens(value) or value in ("", []):
         raise InvalidRequest(
             "'input' must be a non-empty string, array of strings, or token arrays", param="input"
@@ -99,11 +68,7 @@ def check_embeddings(payload: dict[str, Any]) -> None:
 
 
 def check_speech(payload: dict[str, Any]) -> None:
-    text = payload.get("input")
-    if text is None:
-        raise InvalidRequest(
-            "'input' is required", param="input", code="missing_required_parameter"
-        )
+    text = _required(payload, "input")
     if not isinstance(text, str) or not text:
         raise InvalidRequest("'input' must be a non-empty string", param="input")
     speed = payload.get("speed")
@@ -116,18 +81,10 @@ def check_speech(payload: dict[str, Any]) -> None:
 
 def check_rerank(payload: dict[str, Any]) -> None:
     """The Jina/Cohere shape: ``query``, ``documents`` (text or objects), ``top_n``."""
-    query = payload.get("query")
-    if query is None:
-        raise InvalidRequest(
-            "'query' is required", param="query", code="missing_required_parameter"
-        )
+    query = _required(payload, "query")
     if not isinstance(query, str) or not query:
         raise InvalidRequest("'query' must be a non-empty string", param="query")
-    documents = payload.get("documents")
-    if documents is None:
-        raise InvalidRequest(
-            "'documents' is required", param="documents", code="missing_required_parameter"
-        )
+    documents = _required(payload, "documents")
     if (
         not isinstance(documents, list)
         or not documents
@@ -144,6 +101,13 @@ def check_rerank(payload: dict[str, Any]) -> None:
         raise InvalidRequest("'return_documents' must be a boolean", param="return_documents")
     if payload.get("stream"):
         raise InvalidRequest("rerank cannot be streamed", param="stream")
+
+
+def _required(payload: dict[str, Any], name: str) -> Any:
+    value = payload.get(name)
+    if value is None:
+        raise InvalidRequest(f"'{name}' is required", param=name, code="missing_required_parameter")
+    return value
 
 
 def _check_sampling(payload: dict[str, Any]) -> None:

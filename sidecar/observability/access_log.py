@@ -11,6 +11,8 @@ from typing import TextIO
 
 access_log = logging.getLogger("gateway.access")
 _LINE_JSON = json.JSONEncoder(separators=(",", ":"))  # made once, not per line
+# A model name is logged as the caller sent it, cut to this many characters.
+LOGGED_MODEL_CHARS = 128
 
 
 @dataclass
@@ -37,6 +39,12 @@ class AccessRecord:
     usage_estimated: bool = False
     ui_user: str | None = None  # the UI account a UI request ran as
     stream_failed: bool = False  # a stream that began (200) and ended with an error event
+
+    def asked_for(self, model: str, stream: bool = False) -> None:
+        """The model the caller named (cut to ``LOGGED_MODEL_CHARS``) and whether the
+        reply streams: every face notes them here before it routes."""
+        self.model = model[:LOGGED_MODEL_CHARS]
+        self.stream = stream
 
     def elapsed_s(self) -> float:
         return time.perf_counter() - self.started

@@ -49,7 +49,7 @@ from ..typedefs import ACCESS, REGISTRY, REQUEST_ID, RESPONSES, SETTINGS, STORAG
 from ..usage import tokens
 from ..wire import strict_json
 from ..wire.body import read_json_object
-from ..wire.model_name import check_model_name
+from ..wire.model_name import model_field, stream_field
 from .events import StreamTranslator, encode
 from .store import ResponseStore
 from .translate import (
@@ -72,19 +72,10 @@ _SSE_HEADERS = {
 
 async def create(request: web.Request) -> web.StreamResponse:
     payload = await read_json_object(request)
-    model = payload.get("model")
-    if model is None:
-        raise InvalidRequest(
-            "'model' is required", param="model", code="missing_required_parameter"
-        )
-    model = check_model_name(model)
-    stream = payload.get("stream")
-    stream = False if stream is None else stream
-    if not isinstance(stream, bool):
-        raise InvalidRequest("'stream' must be a boolean", param="stream")
+    model = model_field(payload)
+    stream = stream_field(payload)
     record = request[ACCESS]
-    record.model = model if len(model) <= 128 else model[:128]
-    record.stream = stream
+    record.asked_for(model, stream)
     route = _route(request, model)
     record.backend = route.backend.name
     headers = route.headers()

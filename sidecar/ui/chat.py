@@ -76,7 +76,8 @@ async def send_message(request: web.Request) -> web.StreamResponse:
     history, content, cut_from = _rewind(history, content, regenerate, edit)
     model = _model(request, body.get("model"), conversation, settings)
     route = resolve(request.app[REGISTRY].current, model, "chat")
-    record.model, record.backend, record.stream = model[:128], route.backend.name, True
+    record.asked_for(model, stream=True)
+    record.backend = route.backend.name
     title = conversation["title"] or content.strip().splitlines()[0][:TITLE_CHARS]
 
     def store_question(db: Any) -> int:

@@ -1,4 +1,5 @@
-"""The one check every face makes on a model name before it is routed or stored."""
+"""The one check every face makes on a model name before it is routed or stored, and the
+``model`` and ``stream`` fields every JSON face reads the same way."""
 
 from __future__ import annotations
 
@@ -19,3 +20,24 @@ def check_model_name(model: Any) -> str:
             param="model",
         )
     return model
+
+
+def model_field(payload: dict[str, Any]) -> str:
+    """The body's ``model``: required, and a name ``check_model_name`` accepts."""
+    model = payload.get("model")
+    if model is None:
+        raise InvalidRequest(
+            "'model' is required", param="model", code="missing_required_parameter"
+        )
+    return check_model_name(model)
+
+
+def stream_field(payload: dict[str, Any], default: bool = False) -> bool:
+    """The body's ``stream``: a boolean, ``default`` when absent or null (OpenAI and
+    Anthropic do not stream unless asked; Ollama streams unless told not to)."""
+    stream = payload.get("stream")
+    if stream is None:
+        return default
+    if not isinstance(stream, bool):
+        raise InvalidRequest("'stream' must be a boolean", param="stream")
+    return stream
