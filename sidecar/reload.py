@@ -41,6 +41,15 @@ class ReloadOutcome:
     error: str | None = None  # the full text, for the admin behind the token
     issues: int = 0  # how many problems (what the open /readyz may show)
 
+    def public(self) -> dict[str, Any]:
+        """What any caller may see of it: never the error's text (paths, values)."""
+        return {
+            "ok": self.ok,
+            "at": round(self.at, 3),
+            "reason": self.reason,
+            "issues": self.issues,
+        }
+
 
 async def load_checked(settings: Settings) -> GatewayConfig:
     """Load and validate the YAML and its TLS files off the loop; raises ``ConfigError``."""

@@ -537,6 +537,28 @@ async def test_backend_error_before_the_stream_is_an_envelope(
         assert "context too long" in message
 
 
+@pytest.mark.parametrize("capabilities", ["[chat]", "[chat, responses]"])
+async def test_a_stream_answered_with_json_is_a_502_before_any_event(
+    make_gateway: Any, start_mock: Any, auth: dict[str, str], capabilities: str
+) -> None:
+    """Asked to stream, the backend sends a whole JSON reply: the client gets a 502
+    envelope naming the backend (no 200, no event), and the slot is released."""
+
+    async def whole(request: web.Request) -> web.Response:
+        return web.json_response({"object": "chat.completion", "choices": []})
+
+    gateway = await _gateway_on(make_gateway, start_mock, whole, capabilities=capabilities)
+    response = await gateway.post(
+        "/v1/responses", json={"model": "fake", "input": "x", "stream": True}, headers=auth
+    )
+    assert response.status == 502
+    assert not response.headers["Content-Type"].startswith("text/event-stream")
+    message = assert_envelope(await response.json(), error_type="api_error", code="upstream_error")
+    assert "'fake' did not answer with a stream" in message
+    capability = "responses" if "responses" in capabilities else "chat"
+    assert (await status_of(gateway, "fake", capability))["in_flight"] == 0
+
+
 async def test_length_limit_makes_an_incomplete_response(
     make_gateway: Any, start_mock: Any
 ) -> None:

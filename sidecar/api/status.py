@@ -39,13 +39,7 @@ async def readyz(request: web.Request) -> web.Response:
                 "loaded_at": round(registry.loaded_at, 3),
                 # Open route: a refusal is named and counted; its text (paths, values)
                 # stays behind the token in /v1/gateway/status.
-                "last_reload": {
-                    "ok": last.ok,
-                    "at": round(last.at, 3),
-                    "reason": last.reason,
-                    "error": None if last.ok else "config error",
-                    "issues": last.issues,
-                },
+                "last_reload": {**last.public(), "error": None if last.ok else "config error"},
             },
             "backends": {"total": len(registry.backends), "routable": routable},
             "storage": storage,
@@ -66,12 +60,7 @@ async def gateway_status(request: web.Request) -> web.Response:
                 "reloads_ok": reloader.reloads_ok,
                 "reloads_refused": reloader.reloads_refused,
                 "last_reload_error": reloader.last.error,
-                "last_reload": {
-                    "ok": reloader.last.ok,
-                    "at": round(reloader.last.at, 3),
-                    "reason": reloader.last.reason,
-                    "issues": reloader.last.issues,
-                },
+                "last_reload": reloader.last.public(),
             },
             "backends": [_backend_status(backend) for backend in registry.backends.values()],
         }

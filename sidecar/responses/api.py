@@ -205,6 +205,17 @@ async def _translated(
     return web.json_response(response, headers=headers)
 
 
+async def _start_stream(
+    request: web.Request, call: UpstreamCall, headers: dict[str, str]
+) -> web.StreamResponse:
+    """The client's 200 event stream, once the backend's reply is one (else a 502)."""
+    if not call.response.headers.get("Content-Type", "").startswith("text/event-stream"):
+        raise UpstreamError(f"backend '{headers['X-Backend-Used']}' did not answer with a stream")
+    response = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **headers})
+    await response.prepare(request)
+    return response
+
+
 async def _translated_stream(
     request: web.Request,
     call: UpstreamCall,
@@ -214,11 +225,8 @@ async def _translated_stream(
     body: dict[str, Any],
 ) -> web.StreamResponse:
     backend = headers["X-Backend-Used"]
-    if not call.response.headers.get("Content-Type", "").startswith("text/event-stream"):
-        raise UpstreamError(f"backend '{backend}' did not answer with a stream")
+    response = await _start_stream(request, call, headers)
     record = request[ACCESS]
-    response = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **headers})
-    await response.prepare(request)
     await _write(response, record, translator.start())
     try:
         done = False
@@ -367,12 +375,8 @@ async def _relay_stream(
     """Relay the events as they come. The counts are in the last event's Response
     (``response.completed``, ``.incomplete`` or ``.failed``): only a run naming one of
     those is parsed (``_final_response``), never every event."""
-    backend = headers["X-Backend-Used"]
-    if not call.response.headers.get("Content-Type", "").startswith("text/event-stream"):
-        raise UpstreamError(f"backend '{backend}' did not answer with a stream")
+    response = await _start_stream(request, call, headers)
     record = request[ACCESS]
-    response = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **headers})
-    await response.prepare(request)
     final: dict[str, Any] | None = None
     try:
         owned = False

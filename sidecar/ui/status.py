@@ -37,13 +37,7 @@ async def status(request: web.Request) -> web.Response:
         answer["config"] = {
             "digest": registry.config.digest[:12],
             "loaded_at": round(registry.loaded_at, 3),
-            "last_reload": {
-                "ok": last.ok,
-                "at": round(last.at, 3),
-                "reason": last.reason,
-                "error": last.error,
-                "issues": last.issues,
-            },
+            "last_reload": {**last.public(), "error": last.error},
         }
     return web.json_response(answer)
 
