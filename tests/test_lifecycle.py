@@ -589,6 +589,28 @@ async def test_load_and_unload_can_answer_before_they_are_done(models_gateway: A
     await wait_for(functools.partial(state_is, "unloaded"), "the unload started by the admin")
 
 
+async def test_an_unload_asked_while_the_model_loads_waits_for_the_load_then_stops_it(
+    models_gateway: Any,
+) -> None:
+    gateway = await models_gateway(config(process_backend("a", "model-a", ready_s=1.0)))
+    path = "/v1/gateway/models/model-a"
+    started = await gateway.post(f"{path}/load", json={"wait": False}, headers=ADMIN)
+    assert started.status == 202
+
+    async def loading() -> bool:
+        row = await state_of(gateway, "a")
+        return row["state"] == "loading" and row["pid"] is not None
+
+    await wait_for(loading, "the model's process to start loading")
+    pid = (await state_of(gateway, "a"))["pid"]
+    stopped = await gateway.post(f"{path}/unload", headers=ADMIN)
+    assert stopped.status == 200, await stopped.text()
+    assert (await stopped.json())["state"] == "unloaded"
+    row = await state_of(gateway, "a")
+    assert row["state"] == "unloaded" and row["loads"] == 1 and row["pid"] is None
+    assert not alive(pid)
+
+
 async def test_a_reload_that_removes_a_loading_model_leaves_no_process(
     models_gateway: Any,
 ) -> None:

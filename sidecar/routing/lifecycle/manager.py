@@ -199,6 +199,22 @@ class ModelUnit:
             return max(0.0, self.retry_at - now) + (measured or 0.0)
         return measured
 
+    async def next_change(self) -> None:
+        """Until its state next changes."""
+        await self._changed.wait()
+
+    async def until_loaded(self, attempts: int, budget_s: float) -> None:
+        """Wait until it is loaded; a 503 with the estimate when a start tried after
+        ``attempts`` fails or ``budget_s`` runs out (an admin's explicit load)."""
+        try:
+            async with asyncio.timeout(budget_s):
+                while not (self.state == LOADED and not self.evicting):
+                    if self.state == FAILED and self.attempts > attempts:
+                        raise self._not_ready(self.estimate_s(time.monotonic()))
+                    await self._changed.wait()
+        except TimeoutError:
+            raise self._not_ready(self.estimate_s(time.monotonic())) from None
+
     def _not_ready(self, estimate: float | None) -> BackendNotReady:
         if estimate is None:  # a first load: it has taken this long so far
             loading = self.state == LOADING
@@ -451,6 +467,11 @@ class Group:
     def wake(self) -> None:
         self._wake.set()
 
+    def cancel(self) -> None:
+        """Stop its deciding task (the manager is closing)."""
+        if self._task is not None:
+            self._task.cancel()
+
     def kick(self) -> None:
         self._wake.set()
         if (self._task is None or self._task.done()) and not self.manager.closed:
@@ -689,8 +710,7 @@ class LifecycleManager:
         """Stop every model process: SIGTERM, then SIGKILL after its stop_timeout_s."""
         self.closed = True
         for group in self.groups.values():
-            if group._task is not None:
-                group._task.cancel()
+            group.cancel()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -781,14 +801,7 @@ class LifecycleManager:
         unit.want()
         budget = unit.spec.start_timeout_s + unit.spec.drain_timeout_s
         budget += unit.group.config.fairness_s if unit.group.config is not None else 0
-        try:
-            async with asyncio.timeout(budget):
-                while not (unit.state == LOADED and not unit.evicting):
-                    if unit.state == FAILED and unit.attempts > attempts:
-                        raise unit._not_ready(unit.estimate_s(time.monotonic()))
-                    await unit._changed.wait()
-        except TimeoutError:
-            raise unit._not_ready(unit.estimate_s(time.monotonic())) from None
+        await unit.until_loaded(attempts, budget)
 
     def start_load(self, target: ModelUnit | tuple[remote.RemoteHooks, str]) -> None:
         """Begin a load without waiting for it (the events tell how it went)."""
@@ -834,7 +847,7 @@ class LifecycleManager:
         unit.requested = False
         async with asyncio.timeout(unit.spec.start_timeout_s + unit.spec.drain_timeout_s + 30):
             while unit.state == LOADING or unit.evicting:
-                await unit._changed.wait()
+                await unit.next_change()
             if unit.state in (LOADED, DRAINING):
                 await unit.evict("admin")
             elif unit.state == FAILED:
