@@ -258,20 +258,41 @@ REQUEST_ID = re.compile(r"req-[0-9a-f]{24}")
 CHAT_PATH = "/v1/chat/completions"
 
 
-def chunk(text: str) -> dict[str, Any]:
-    """A chat stream's content chunk for ``MODEL``, as a fake backend sends it."""
+def chunk(
+    text: str | None = None,
+    *,
+    delta: dict[str, Any] | None = None,
+    finish: str | None = None,
+    model: str = MODEL,
+) -> dict[str, Any]:
+    """A chat stream's chunk, as a fake backend sends it: ``text`` as its content (or
+    ``delta`` as given), ``finish`` as its finish_reason."""
+    if delta is None:
+        delta = {} if text is None else {"content": text}
     return {
         "id": "chatcmpl-fake",
         "object": "chat.completion.chunk",
         "created": 0,
-        "model": MODEL,
-        "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
     }
 
 
 def sse(payload: dict[str, Any]) -> bytes:
     """``payload`` as one server-sent event: a ``data:`` line and a blank line."""
     return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+async def gateway_on(make_gateway: Any, start_mock: Any, handler: Any, **fields: Any) -> Any:
+    """A gateway whose one backend, ``fake`` (model ``fake``), answers chat and Responses
+    requests with ``handler``; ``fields`` go into its backend entry."""
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    app.router.add_post("/v1/responses", handler)
+    server = await start_mock(app)
+    fields.setdefault("models", "[fake]")
+    fields.setdefault("health", "{readiness: false}")
+    return await make_gateway(gateway_yaml(mock_backend_yaml("fake", server, **fields)))
 
 
 @pytest.fixture

@@ -21,7 +21,16 @@ from multidict import CIMultiDict
 from sidecar.errors import BackendOverloaded
 from sidecar.routing.admission import Admission, Slot
 
-from .conftest import TOKEN, eventually, gateway_yaml, mock_backend_yaml, openai_client, status_of
+from .conftest import (
+    TOKEN,
+    chunk,
+    eventually,
+    gateway_yaml,
+    mock_backend_yaml,
+    openai_client,
+    sse,
+    status_of,
+)
 
 MODEL = "held-model"
 POLL_ROUNDS = 1000  # x 10 ms: a bound for conditions that should hold almost at once
@@ -66,24 +75,13 @@ class HeldBackend:
     async def _stream(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        await response.write(_chunk("alpha "))
+        await response.write(sse(chunk("alpha ", model=MODEL)))
         if self.endless:
             await asyncio.Event().wait()
         await self.release.wait()
-        await response.write(_chunk("beta"))
+        await response.write(sse(chunk("beta", model=MODEL)))
         await response.write(b"data: [DONE]\n\n")
         return response
-
-
-def _chunk(content: str) -> bytes:
-    chunk = {
-        "id": "chatcmpl-held",
-        "object": "chat.completion.chunk",
-        "created": 0,
-        "model": MODEL,
-        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}],
-    }
-    return f"data: {json.dumps(chunk)}\n\n".encode()
 
 
 def _completion(content: str) -> dict[str, Any]:
@@ -214,7 +212,7 @@ async def test_streams_aborted_by_the_client_free_their_slots_and_reach_the_back
         try:
             assert response.status == 200
             first = await response.content.readuntil(b"\n\n")
-            assert first == _chunk("alpha ")
+            assert first == sse(chunk("alpha ", model=MODEL))
         finally:
             response.close()  # drops the connection: the client is gone
 

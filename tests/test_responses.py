@@ -17,9 +17,12 @@ from .conftest import (
     OTHER_TOKEN,
     TOKEN,
     assert_envelope,
+    chunk,
+    gateway_on,
     gateway_yaml,
     mock_backend_yaml,
     openai_client,
+    sse,
     status_of,
 )
 
@@ -456,27 +459,6 @@ async def test_unknown_model_and_missing_token(
 # -- failures from the backend ---------------------------------------------------------------
 
 
-def _chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-    chunk = {
-        "id": "chatcmpl-x",
-        "object": "chat.completion.chunk",
-        "created": 0,
-        "model": "fake",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-    }
-    return f"data: {json.dumps(chunk)}\n\n".encode()
-
-
-async def _gateway_on(make_gateway: Any, start_mock: Any, handler: Any, **fields: Any) -> Any:
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handler)
-    app.router.add_post("/v1/responses", handler)
-    server = await start_mock(app)
-    fields.setdefault("models", "[fake]")
-    fields.setdefault("health", "{readiness: false}")
-    return await make_gateway(gateway_yaml(mock_backend_yaml("fake", server, **fields)))
-
-
 @pytest.mark.parametrize("ending", ["error_event", "cut", "aborted"])
 async def test_backend_failing_mid_stream_ends_with_response_failed(
     make_gateway: Any, start_mock: Any, ending: str
@@ -484,7 +466,9 @@ async def test_backend_failing_mid_stream_ends_with_response_failed(
     async def failing(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        await response.write(_chunk({"role": "assistant", "content": "partial "}))
+        await response.write(
+            sse(chunk(delta={"role": "assistant", "content": "partial "}, model="fake"))
+        )
         if ending == "error_event":
             error = {
                 "error": {"message": "out of memory at /srv/model.bin", "type": "server_error"}
@@ -494,7 +478,7 @@ async def test_backend_failing_mid_stream_ends_with_response_failed(
             request.transport.close()
         return response  # ends without [DONE] or a finish_reason
 
-    gateway = await _gateway_on(make_gateway, start_mock, failing)
+    gateway = await gateway_on(make_gateway, start_mock, failing)
     async with openai_client(gateway) as client:
         stream = await client.responses.create(model="fake", input="go", stream=True)
         events = [event async for event in stream]
@@ -525,7 +509,7 @@ async def test_backend_error_before_the_stream_is_an_envelope(
     async def broken(request: web.Request) -> web.Response:
         return web.json_response({"error": {"message": "context too long"}}, status=400)
 
-    gateway = await _gateway_on(make_gateway, start_mock, broken)
+    gateway = await gateway_on(make_gateway, start_mock, broken)
     for stream in (False, True):
         response = await gateway.post(
             "/v1/responses", json={"model": "fake", "input": "x", "stream": stream}, headers=auth
@@ -547,7 +531,7 @@ async def test_a_stream_answered_with_json_is_a_502_before_any_event(
     async def whole(request: web.Request) -> web.Response:
         return web.json_response({"object": "chat.completion", "choices": []})
 
-    gateway = await _gateway_on(make_gateway, start_mock, whole, capabilities=capabilities)
+    gateway = await gateway_on(make_gateway, start_mock, whole, capabilities=capabilities)
     response = await gateway.post(
         "/v1/responses", json={"model": "fake", "input": "x", "stream": True}, headers=auth
     )
@@ -584,13 +568,13 @@ async def test_length_limit_makes_an_incomplete_response(
             )
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        await response.write(_chunk({"content": "cut"}))
-        await response.write(_chunk({}, "length"))
+        await response.write(sse(chunk("cut", model="fake")))
+        await response.write(sse(chunk(finish="length", model="fake")))
         usage_chunk = {"id": "x", "object": "chat.completion.chunk", "choices": [], "usage": usage}
         await response.write(f"data: {json.dumps(usage_chunk)}\n\ndata: [DONE]\n\n".encode())
         return response
 
-    gateway = await _gateway_on(make_gateway, start_mock, cut_short)
+    gateway = await gateway_on(make_gateway, start_mock, cut_short)
     async with openai_client(gateway) as client:
         plain = await client.responses.create(model="fake", input="x", max_output_tokens=2)
         stream = await client.responses.create(model="fake", input="x", stream=True)
@@ -651,7 +635,7 @@ async def test_backend_with_the_responses_capability_gets_the_request_untouched(
             await response.write(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
         return response
 
-    gateway = await _gateway_on(
+    gateway = await gateway_on(
         make_gateway,
         start_mock,
         native,
@@ -707,7 +691,7 @@ async def test_a_model_without_the_capability_on_that_backend_is_translated(
             }
         )
 
-    gateway = await _gateway_on(
+    gateway = await gateway_on(
         make_gateway,
         start_mock,
         both,
@@ -858,7 +842,7 @@ async def test_native_stream_that_breaks_ends_with_an_error_event(
         request.transport.close()
         return response
 
-    gateway = await _gateway_on(
+    gateway = await gateway_on(
         make_gateway, start_mock, breaking, capabilities="[chat, responses]", models="[native]"
     )
     async with openai_client(gateway) as client:

@@ -26,10 +26,19 @@ from sidecar.responses import events as events_module
 from sidecar.responses.events import MAX_TOOL_CALLS
 from sidecar.typedefs import KEYS, SETTINGS
 
-from .conftest import OTHER_TOKEN, ROOT, eventually, free_port, openai_client, status_of
+from .conftest import (
+    OTHER_TOKEN,
+    ROOT,
+    chunk,
+    eventually,
+    free_port,
+    gateway_on,
+    openai_client,
+    sse,
+    status_of,
+)
 from .test_keys import CHAT, bearer, gw, restartable
 from .test_lifecycle import ADMIN, alive, chat, config, serve_env, server_cmd
-from .test_responses import _gateway_on
 
 __all__ = ["gw", "restartable"]  # fixtures from test_keys
 pytestmark = pytest.mark.timeout(120)
@@ -180,7 +189,7 @@ async def test_a_passed_through_response_is_continued_only_by_its_token(
             await response.write(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
         return response
 
-    gateway = await _gateway_on(
+    gateway = await gateway_on(
         make_gateway,
         start_mock,
         native,
@@ -225,12 +234,6 @@ async def test_a_passed_through_response_is_continued_only_by_its_token(
 # -- 3. a translated Responses stream holds a bounded answer -----------------------------------
 
 
-def _chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-    choice = {"index": 0, "delta": delta, "finish_reason": finish}
-    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "choices": [choice]}
-    return f"data: {json.dumps(chunk)}\n\n".encode()
-
-
 async def _hostile_stream(make_gateway: Any, start_mock: Any, chunks: Any) -> list[Any]:
     """The Responses events a client gets from a chat backend streaming ``chunks``."""
 
@@ -240,12 +243,12 @@ async def _hostile_stream(make_gateway: Any, start_mock: Any, chunks: Any) -> li
         try:
             for chunk in chunks:
                 await response.write(chunk)
-            await response.write(_chunk({}, "stop") + b"data: [DONE]\n\n")
+            await response.write(sse(chunk(finish="stop")) + b"data: [DONE]\n\n")
         except (ConnectionResetError, RuntimeError):
             pass  # the gateway hung up on it
         return response
 
-    gateway = await _gateway_on(make_gateway, start_mock, hostile)
+    gateway = await gateway_on(make_gateway, start_mock, hostile)
     async with openai_client(gateway) as client:
         stream = await client.responses.create(model="fake", input="go", stream=True)
         events = [event async for event in stream]
@@ -255,17 +258,19 @@ async def _hostile_stream(make_gateway: Any, start_mock: Any, chunks: Any) -> li
 
 async def test_a_stream_with_too_many_tool_calls_fails(make_gateway: Any, start_mock: Any) -> None:
     calls = (
-        _chunk(
-            {
-                "tool_calls": [
-                    {
-                        "index": index,
-                        "id": f"call_{index}",
-                        "type": "function",
-                        "function": {"name": "f", "arguments": "{}"},
-                    }
-                ]
-            }
+        sse(
+            chunk(
+                delta={
+                    "tool_calls": [
+                        {
+                            "index": index,
+                            "id": f"call_{index}",
+                            "type": "function",
+                            "function": {"name": "f", "arguments": "{}"},
+                        }
+                    ]
+                }
+            )
         )
         for index in range(MAX_TOOL_CALLS + 72)
     )
@@ -282,7 +287,7 @@ async def test_a_stream_longer_than_the_cap_fails(
 ) -> None:
     monkeypatch.setattr(events_module, "MAX_HELD_BYTES", 1024 * 1024)  # 64 MiB in production
     piece = "x" * (64 * 1024)
-    text = (_chunk({"content": piece}) for _ in range(100))  # 6.25 MiB in all
+    text = (sse(chunk(piece)) for _ in range(100))  # 6.25 MiB in all
     events = await _hostile_stream(make_gateway, start_mock, text)
     types = [event.type for event in events]
     assert types[-2:] == ["error", "response.failed"]
