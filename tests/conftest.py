@@ -176,7 +176,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without anything that configures a gateway."""
-    prefixes = ("GATEWAY_", "BACKEND_", "TRUSTED_PROXIES", "MOCK_BACKEND_URL")
+    prefixes = (
+        "AGENT_",
+        "BACKEND_",
+        "GATEWAY_",
+        "HEARTMULA_",
+        "IMAGES_",
+        "METRICS_",
+        "MOCK_",
+        "PUBLIC_BASE_URL",
+        "TOOLS_",
+        "TRUSTED_PROXIES",
+        "UI_",
+        "USER_",
+    )
     env = {key: value for key, value in os.environ.items() if not key.startswith(prefixes)}
     env.update(extra)
     return env

@@ -27,7 +27,7 @@ import pytest
 
 from sidecar.settings import UiSettings
 
-from .conftest import TOKEN, backend_yaml, free_port, gateway_yaml, mock_backend_yaml
+from .conftest import TOKEN, backend_yaml, clean_env, free_port, gateway_yaml, mock_backend_yaml
 from .test_ui_api import (
     CONVERSATIONS,
     CSRF_META,
@@ -287,25 +287,6 @@ async def test_concurrent_guesses_do_not_slip_past_the_login_throttle(
 
 
 # -- crash safety: kill -9 during a burst of message writes -------------------------------
-
-
-def clean_env(**values: str) -> dict[str, str]:
-    prefixes = (
-        "GATEWAY_",
-        "BACKEND_",
-        "HEARTMULA_",
-        "IMAGES_",
-        "METRICS_",
-        "MOCK_",
-        "PUBLIC_BASE_URL",
-        "TOOLS_",
-        "TRUSTED_PROXIES",
-        "UI_",
-        "USER_",
-    )
-    env = {key: value for key, value in os.environ.items() if not key.startswith(prefixes)}
-    env.update(values)
-    return env
 
 
 @dataclass
