@@ -94,6 +94,8 @@ def _valid(value: str | None) -> str | None:
 
 
 def _in(address: str, networks: tuple[IPNetwork, ...]) -> bool:
+    if not networks:  # nothing to match (no TRUSTED_PROXIES): no address to parse
+        return False
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
