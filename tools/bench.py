@@ -4,12 +4,13 @@
 The ``streams`` phase is real LLM traffic: many concurrent streams of small events (256
 streams of 100 events, 20 ms apart) against a second fake backend directly, through the
 sidecar, and through a bare aiohttp relay (``tools/bench_relay.py``, the floor). It reports
-time to first token and the server's CPU time per relayed event (utime + stime from
-``/proc/<pid>/stat`` over the phase, divided by the events the clients received), and
-the fake backend's, which shares the servers' core; and the server's wake-ups per event
-(its main thread's voluntary context switches: each is the loop going to sleep with
-nothing ready and being woken by a later event, on the shared core mostly by preempting
-the fake backend).
+time to first token (also apart for the first wave, whose streams each open a new
+connection, and the later ones, which reuse them) and the server's CPU time per relayed
+event (utime + stime from ``/proc/<pid>/stat`` over the phase, divided by the events the
+clients received), and the fake backend's, which shares the servers' core; and the
+server's wake-ups per event (its main thread's voluntary context switches: each is the
+loop going to sleep with nothing ready and being woken by a later event, on the shared
+core mostly by preempting the fake backend).
 
 Bounded load on loopback only (fixed request counts, a warm-up, a time cap per phase).
 The load generator is an aiohttp client in this process, pinned to one core; the servers
@@ -205,8 +206,13 @@ async def timed_event_streams(
     model: str,
     backend_pid: int | None = None,
 ) -> dict[str, Any]:
-    """Many concurrent streams of small events: TTFT and server CPU per relayed event."""
-    ttfts: list[float] = []
+    """Many concurrent streams of small events: TTFT and server CPU per relayed event.
+
+    The first ``concurrency`` streams (the first wave) each open a new connection; the
+    rest reuse them. Their TTFT medians are reported apart, since the two cost the
+    server differently."""
+    first_wave: list[float] = []
+    later: list[float] = []
     events = 0
     errors = 0
     counter = iter(range(total))
@@ -225,7 +231,7 @@ async def timed_event_streams(
 
         async def worker() -> None:
             nonlocal events, errors
-            for _ in counter:
+            for index in counter:
                 if time.monotonic() > deadline:
                     return
                 start = time.perf_counter()
@@ -244,7 +250,7 @@ async def timed_event_streams(
                     errors += 1
                 events += seen
                 if seen == STREAM_EVENTS:
-                    ttfts.append(first - start)
+                    (first_wave if index < concurrency else later).append(first - start)
                 else:
                     errors += 1
 
@@ -257,7 +263,7 @@ async def timed_event_streams(
         cpu = cpu_seconds(server_pid) - cpu_before if server_pid else 0.0
         woke = wakeups(server_pid) - wakeups_before if server_pid else 0
         backend_cpu = cpu_seconds(backend_pid) - backend_before if backend_pid else 0.0
-    ttfts.sort()
+    ttfts = sorted(first_wave + later)
     return {
         "streams": len(ttfts),
         "errors": errors,
@@ -265,6 +271,8 @@ async def timed_event_streams(
         "elapsed_s": elapsed,
         "ttft_p50_ms": 1000 * statistics.median(ttfts) if ttfts else 0.0,
         "ttft_p99_ms": 1000 * ttfts[max(0, int(len(ttfts) * 0.99) - 1)] if ttfts else 0.0,
+        "ttft_p50_first_wave_ms": 1000 * statistics.median(first_wave) if first_wave else 0.0,
+        "ttft_p50_later_ms": 1000 * statistics.median(later) if later else 0.0,
         "cpu_s": cpu,
         "cpu_us_per_event": 1e6 * cpu / events if server_pid and events else 0.0,
         "wakeups_per_event": woke / events if server_pid and events else 0.0,
@@ -659,6 +667,7 @@ def report_streams(results: dict[str, Any], concurrency: int) -> str:
         (
             "streams",
             f"TTFT p50 c{concurrency} (+ms)",
+            "wave 1 / later p50 (+ms)",
             "TTFT p99 (ms)",
             "CPU/event (µs)",
             "ratio",
@@ -671,11 +680,14 @@ def report_streams(results: dict[str, Any], concurrency: int) -> str:
     for name in ("direct", "sidecar", "bare relay"):
         r = results[name]
         added = r["ttft_p50_ms"] - direct["ttft_p50_ms"]
+        wave1 = r["ttft_p50_first_wave_ms"] - direct["ttft_p50_first_wave_ms"]
+        later = r["ttft_p50_later_ms"] - direct["ttft_p50_later_ms"]
         cpu = r["cpu_us_per_event"]
         rows.append(
             (
                 name,
                 f"{r['ttft_p50_ms']:.1f} ({added:+.1f})",
+                f"{wave1:+.0f} / {later:+.0f}",
                 f"{r['ttft_p99_ms']:.1f}",
                 f"{cpu:.1f}" if name != "direct" else "-",
                 f"{cpu / relay_cpu:.2f}" if name != "direct" and relay_cpu else "-",
