@@ -297,15 +297,10 @@ def sse(payload: dict[str, Any]) -> bytes:
 
 
 async def gateway_on(make_gateway: Any, start_mock: Any, handler: Any, **fields: Any) -> Any:
-    """A gateway whose one backend, ``fake`` (model ``fake``), answers chat and Responses
-    requests with ``handler``; ``fields`` go into its backend entry."""
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handler)
-    app.router.add_post("/v1/responses", handler)
-    server = await start_mock(app)
+    """``fake_gateway``'s gateway, its backend serving the model ``fake``."""
     fields.setdefault("models", "[fake]")
-    fields.setdefault("health", "{readiness: false}")
-    return await make_gateway(gateway_yaml(mock_backend_yaml("fake", server, **fields)))
+    gateway, _ = await fake_gateway(make_gateway, start_mock, handler, **fields)
+    return gateway
 
 
 @pytest.fixture
@@ -319,13 +314,15 @@ async def release(start_mock: Any) -> AsyncIterator[asyncio.Event]:
 async def fake_gateway(
     make_gateway: Any, start_mock: Any, handler: Handler, **fields: Any
 ) -> tuple[TestClient, TestServer]:
-    """A gateway in front of one fake backend ``fake`` serving ``fake-model`` with ``handler``.
+    """A gateway in front of one fake backend ``fake`` serving ``fake-model`` with ``handler``
+    (chat, completions and Responses requests; ``fields`` go into its backend entry).
 
     Readiness probes are off, so only the request under test reaches the backend.
     """
     app = web.Application()
     app.router.add_post("/v1/chat/completions", handler)
     app.router.add_post("/v1/completions", handler)
+    app.router.add_post("/v1/responses", handler)
     server = await start_mock(app)
     fields.setdefault("models", f"[{MODEL}]")
     fields.setdefault("health", "{readiness: false}")

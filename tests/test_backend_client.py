@@ -113,6 +113,9 @@ async def unanswered() -> AsyncIterator[Unanswered]:
     async def make(host: str, port: int = 0) -> int:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sockets.append(listener)
+        # A given port may still be held by an earlier test's closed connections
+        # (TIME_WAIT), which would refuse the bind without this.
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((host, port))
         listener.listen(0)
         address = listener.getsockname()
@@ -283,22 +286,23 @@ async def test_a_name_whose_first_address_never_answers_falls_over_to_the_next(
             writer.close()
 
     server = await asyncio.start_server(answer, "127.0.0.2", 0)
-    port = server.sockets[0].getsockname()[1]
-    await unanswered("127.0.0.1", port)  # the first address, on the same port
-    loop = asyncio.get_running_loop()
-    resolve = loop.getaddrinfo
-
-    async def both_addresses(host: Any, *args: Any, **kwargs: Any) -> Any:
-        if host != "dual.test":
-            return await resolve(host, *args, **kwargs)
-        return [
-            (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.1", port)),
-            (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.2", port)),
-        ]
-
-    monkeypatch.setattr(loop, "getaddrinfo", both_addresses)
-    pool = Pool("http", "dual.test", port, f"dual.test:{port}", None, 3.0)
+    pool = None
     try:
+        port = server.sockets[0].getsockname()[1]
+        await unanswered("127.0.0.1", port)  # the first address, on the same port
+        loop = asyncio.get_running_loop()
+        resolve = loop.getaddrinfo
+
+        async def both_addresses(host: Any, *args: Any, **kwargs: Any) -> Any:
+            if host != "dual.test":
+                return await resolve(host, *args, **kwargs)
+            return [
+                (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.1", port)),
+                (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.2", port)),
+            ]
+
+        monkeypatch.setattr(loop, "getaddrinfo", both_addresses)
+        pool = Pool("http", "dual.test", port, f"dual.test:{port}", None, 3.0)
         # About time by design: connect_s is 3 s; the next address is tried after 0.25 s.
         try:
             async with asyncio.timeout(1.5):
@@ -309,7 +313,8 @@ async def test_a_name_whose_first_address_never_answers_falls_over_to_the_next(
         assert await read_all(response) == b"ok"
         response.close()
     finally:
-        pool.close()
+        if pool is not None:
+            pool.close()
         server.close()
         await server.wait_closed()
 

@@ -592,7 +592,8 @@ async def test_load_and_unload_can_answer_before_they_are_done(models_gateway: A
 async def test_an_unload_asked_while_the_model_loads_waits_for_the_load_then_stops_it(
     models_gateway: Any,
 ) -> None:
-    gateway = await models_gateway(config(process_backend("a", "model-a", ready_s=1.0)))
+    # Two seconds of loading: time enough, even on a loaded machine, to ask while it loads.
+    gateway = await models_gateway(config(process_backend("a", "model-a", ready_s=2.0)))
     path = "/v1/gateway/models/model-a"
     started = await gateway.post(f"{path}/load", json={"wait": False}, headers=ADMIN)
     assert started.status == 202

@@ -241,8 +241,8 @@ async def _hostile_stream(make_gateway: Any, start_mock: Any, chunks: Any) -> li
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         try:
-            for chunk in chunks:
-                await response.write(chunk)
+            for piece in chunks:
+                await response.write(piece)
             await response.write(sse(chunk(finish="stop")) + b"data: [DONE]\n\n")
         except (ConnectionResetError, RuntimeError):
             pass  # the gateway hung up on it

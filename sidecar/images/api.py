@@ -48,7 +48,9 @@ async def generate_for(
     route = resolve_default(request.app[REGISTRY].current, image_request.model, "images")
     backend = route.backend
     record = request[ACCESS]
-    record.backend, record.model = backend.name, image_request.model
+    record.backend = backend.name
+    if image_request.model is not None:
+        record.asked_for(image_request.model)
     headers = route.headers()
     try:
         check_pixels(image_request, backend.config.images.max_pixels, backend.name)
