@@ -77,7 +77,11 @@ async def test_a_finished_request_leaves_no_cycle(
     saved_garbage.clear()
     # Only what the requests build counts: in a full run, an earlier test's gateway may
     # lose its last reference while this test runs, and its objects end up here too.
-    existing = {id(obj) for obj in gc.get_objects()}
+    # Holding every existing object keeps it out of the garbage and keeps its id from
+    # being reused by an object the requests build.
+    existing = gc.get_objects()
+    existing_ids = {id(obj) for obj in existing}
     await requests()
-    left = gateway_objects([obj for obj in saved_garbage if id(obj) not in existing])
+    left = gateway_objects([obj for obj in saved_garbage if id(obj) not in existing_ids])
+    del existing
     assert left == {}, left
