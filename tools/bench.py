@@ -10,7 +10,11 @@ event (utime + stime from ``/proc/<pid>/stat`` over the phase, divided by the ev
 clients received), and the fake backend's, which shares the servers' core; and the
 server's wake-ups per event (its main thread's voluntary context switches: each is the
 loop going to sleep with nothing ready and being woken by a later event, on the shared
-core mostly by preempting the fake backend).
+core mostly by preempting the fake backend). A single run of it swings by tens of ms
+on a shared 2-core machine, so it runs in rounds (``--stream-rounds``, default 3), each
+measuring direct, the sidecar and the relay in turn; it reports the median of each
+figure over the rounds, an added figure as the median of the round-by-round differences
+from direct, and the added TTFT p50 of every round.
 
 Bounded load on loopback only (fixed request counts, a warm-up, a time cap per phase).
 The load generator is an aiohttp client in this process, pinned to one core; the servers
@@ -610,27 +614,46 @@ async def run_requests(servers: Servers, args: argparse.Namespace) -> dict[str, 
 
 
 async def run_streams(servers: Servers, args: argparse.Namespace) -> dict[str, Any]:
-    """The streams phase against the stream backend directly, the sidecar and the relay."""
+    """The streams phase against the stream backend directly, the sidecar and the relay,
+    in ``--stream-rounds`` interleaved rounds: the figures of each target are the medians
+    over the rounds, and each added figure the median of the round-by-round differences
+    from direct (the machine's drift between rounds falls out of those)."""
     targets = [
         (Target("direct", f"http://127.0.0.1:{servers.stream_backend_port}"), None),
         (Target("sidecar", f"http://127.0.0.1:{servers.sidecar_port}"), servers.sidecar_pid),
         (Target("bare relay", f"http://127.0.0.1:{servers.relay_port}"), servers.relay_pid),
     ]
-    results: dict[str, Any] = {}
-    for target, pid in targets:
-        # The sidecar names the stream backend's model by backend/model.
-        model = "mockstream/mock-llama" if target.name == "sidecar" else "mock-llama"
-        warm = args.stream_concurrency  # every connection opened before measuring
-        await timed_event_streams(target, warm, warm, pid, model)
-        results[target.name] = await timed_event_streams(
-            target,
-            args.stream_requests,
-            args.stream_concurrency,
-            pid,
-            model,
-            servers.stream_backend_pid,
-        )
+    rounds: list[dict[str, dict[str, Any]]] = []
+    for _ in range(args.stream_rounds):
+        measured: dict[str, dict[str, Any]] = {}
+        for target, pid in targets:
+            # The sidecar names the stream backend's model by backend/model.
+            model = "mockstream/mock-llama" if target.name == "sidecar" else "mock-llama"
+            warm = args.stream_concurrency  # the servers' upstream connections, opened
+            await timed_event_streams(target, warm, warm, pid, model)
+            measured[target.name] = await timed_event_streams(
+                target,
+                args.stream_requests,
+                args.stream_concurrency,
+                pid,
+                model,
+                servers.stream_backend_pid,
+            )
+        direct = measured["direct"]
+        for figures in measured.values():
+            for key in ADDED_KEYS:
+                figures["added_" + key] = figures[key] - direct[key]
+        rounds.append(measured)
+    results: dict[str, Any] = {
+        name: {key: statistics.median(one[name][key] for one in rounds) for key in rounds[0][name]}
+        for name in rounds[0]
+    }
+    results["rounds"] = rounds
     return results
+
+
+# The TTFT figures reported as differences from direct's in the same round.
+ADDED_KEYS = ("ttft_p50_ms", "ttft_p50_first_wave_ms", "ttft_p50_later_ms")
 
 
 async def run_cpu(servers: Servers, args: argparse.Namespace) -> dict[str, Any]:
@@ -662,10 +685,10 @@ def report_cpu(results: dict[str, Any]) -> str:
 
 
 def report_streams(results: dict[str, Any], concurrency: int) -> str:
-    direct = results["direct"]
+    rounds = results["rounds"]
     rows = [
         (
-            "streams",
+            f"streams ({len(rounds)} rounds)",
             f"TTFT p50 c{concurrency} (+ms)",
             "wave 1 / later p50 (+ms)",
             "TTFT p99 (ms)",
@@ -679,28 +702,30 @@ def report_streams(results: dict[str, Any], concurrency: int) -> str:
     relay_cpu = results["bare relay"]["cpu_us_per_event"]
     for name in ("direct", "sidecar", "bare relay"):
         r = results[name]
-        added = r["ttft_p50_ms"] - direct["ttft_p50_ms"]
-        wave1 = r["ttft_p50_first_wave_ms"] - direct["ttft_p50_first_wave_ms"]
-        later = r["ttft_p50_later_ms"] - direct["ttft_p50_later_ms"]
         cpu = r["cpu_us_per_event"]
         rows.append(
             (
                 name,
-                f"{r['ttft_p50_ms']:.1f} ({added:+.1f})",
-                f"{wave1:+.0f} / {later:+.0f}",
+                f"{r['ttft_p50_ms']:.1f} ({r['added_ttft_p50_ms']:+.1f})",
+                f"{r['added_ttft_p50_first_wave_ms']:+.0f} / {r['added_ttft_p50_later_ms']:+.0f}",
                 f"{r['ttft_p99_ms']:.1f}",
                 f"{cpu:.1f}" if name != "direct" else "-",
                 f"{cpu / relay_cpu:.2f}" if name != "direct" and relay_cpu else "-",
                 f"{r['wakeups_per_event']:.2f}" if name != "direct" else "-",
                 f"{r['backend_cpu_us_per_event']:.1f}",
-                f"{r['errors']}",
+                f"{sum(one[name]['errors'] for one in rounds)}",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
+    lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
         for row in rows
-    )
+    ]
+    lines.append("medians over the rounds; added TTFT p50 round by round:")
+    for name in ("sidecar", "bare relay"):
+        each = ", ".join(f"{one[name]['added_ttft_p50_ms']:+.1f}" for one in rounds)
+        lines.append(f"  {name}: {each} ms")
+    return "\n".join(lines)
 
 
 def report(results: dict[str, Any], servers: Servers) -> str:
@@ -784,10 +809,15 @@ def main() -> int:
     parser.add_argument("--cpu-requests", type=int, default=2000, help="cpu phase, per target")
     parser.add_argument("--stream-requests", type=int, default=768, help="streams phase total")
     parser.add_argument("--stream-concurrency", type=int, default=256)
+    parser.add_argument(
+        "--stream-rounds", type=int, default=3, help="streams phase rounds (median reported)"
+    )
     parser.add_argument("--ledger-rows", type=int, default=100_000, help="ledger phase calls")
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench.json")
     args = parser.parse_args()
     args.phases = set(args.phases.split(","))
+    if args.stream_rounds < 1:
+        parser.error("--stream-rounds must be at least 1")
     if "ledger" in args.phases:  # in-process, no servers: tools/bench_ledger.py
         from bench_ledger import report as report_ledger
         from bench_ledger import run as run_ledger
