@@ -688,7 +688,7 @@ def report_streams(results: dict[str, Any], concurrency: int) -> str:
     rounds = results["rounds"]
     rows = [
         (
-            f"streams ({len(rounds)} rounds)",
+            f"streams ({len(rounds)} round{'s' if len(rounds) != 1 else ''})",
             f"TTFT p50 c{concurrency} (+ms)",
             "wave 1 / later p50 (+ms)",
             "TTFT p99 (ms)",
