@@ -613,6 +613,10 @@ async def run_requests(servers: Servers, args: argparse.Namespace) -> dict[str, 
     return results
 
 
+# The TTFT figures reported as differences from direct's in the same round.
+ADDED_KEYS = ("ttft_p50_ms", "ttft_p50_first_wave_ms", "ttft_p50_later_ms")
+
+
 async def run_streams(servers: Servers, args: argparse.Namespace) -> dict[str, Any]:
     """The streams phase against the stream backend directly, the sidecar and the relay,
     in ``--stream-rounds`` interleaved rounds: the figures of each target are the medians
@@ -650,10 +654,6 @@ async def run_streams(servers: Servers, args: argparse.Namespace) -> dict[str, A
     }
     results["rounds"] = rounds
     return results
-
-
-# The TTFT figures reported as differences from direct's in the same round.
-ADDED_KEYS = ("ttft_p50_ms", "ttft_p50_first_wave_ms", "ttft_p50_later_ms")
 
 
 async def run_cpu(servers: Servers, args: argparse.Namespace) -> dict[str, Any]:
