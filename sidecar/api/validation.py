@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import InvalidRequest
+from ..wire.body import required_field
 
 _ROLES = {"system", "user", "assistant", "tool", "developer", "function"}
 _TOOL_CHOICES = {"none", "auto", "required"}
@@ -16,7 +17,7 @@ MAX_TOOLS = 128
 
 
 def check_chat(payload: dict[str, Any]) -> None:
-    messages = _required(payload, "messages")
+    messages = required_field(payload, "messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("'messages' must be a non-empty array", param="messages")
     for index, message in enumerate(messages):
@@ -41,7 +42,7 @@ def check_chat(payload: dict[str, Any]) -> None:
 
 
 def check_completion(payload: dict[str, Any]) -> None:
-    prompt = _required(payload, "prompt")
+    prompt = required_field(payload, "prompt")
     if not _text_or_tokens(prompt):
         raise InvalidRequest(
             "'prompt' must be a string, an array of strings, or token arrays", param="prompt"
@@ -50,7 +51,7 @@ def check_completion(payload: dict[str, Any]) -> None:
 
 
 def check_embeddings(payload: dict[str, Any]) -> None:
-    value = _required(payload, "input")
+    value = required_field(payload, "input")
     if not _text_or_tokens(value) or value in ("", []):
         raise InvalidRequest(
             "'input' must be a non-empty string, array of strings, or token arrays", param="input"
@@ -68,7 +69,7 @@ def check_embeddings(payload: dict[str, Any]) -> None:
 
 
 def check_speech(payload: dict[str, Any]) -> None:
-    text = _required(payload, "input")
+    text = required_field(payload, "input")
     if not isinstance(text, str) or not text:
         raise InvalidRequest("'input' must be a non-empty string", param="input")
     speed = payload.get("speed")
@@ -81,10 +82,10 @@ def check_speech(payload: dict[str, Any]) -> None:
 
 def check_rerank(payload: dict[str, Any]) -> None:
     """The Jina/Cohere shape: ``query``, ``documents`` (text or objects), ``top_n``."""
-    query = _required(payload, "query")
+    query = required_field(payload, "query")
     if not isinstance(query, str) or not query:
         raise InvalidRequest("'query' must be a non-empty string", param="query")
-    documents = _required(payload, "documents")
+    documents = required_field(payload, "documents")
     if (
         not isinstance(documents, list)
         or not documents
@@ -101,13 +102,6 @@ def check_rerank(payload: dict[str, Any]) -> None:
         raise InvalidRequest("'return_documents' must be a boolean", param="return_documents")
     if payload.get("stream"):
         raise InvalidRequest("rerank cannot be streamed", param="stream")
-
-
-def _required(payload: dict[str, Any], name: str) -> Any:
-    value = payload.get(name)
-    if value is None:
-        raise InvalidRequest(f"'{name}' is required", param=name, code="missing_required_parameter")
-    return value
 
 
 def _check_sampling(payload: dict[str, Any]) -> None:

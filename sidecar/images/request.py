@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InvalidRequest
+from ..wire.body import required_field
 from ..wire.model_name import check_model_name
 
 MAX_PROMPT_CHARS = 32_000
@@ -42,11 +43,7 @@ class ImageRequest:
 
 
 def parse_image_request(payload: dict[str, Any]) -> ImageRequest:
-    prompt = payload.get("prompt")
-    if prompt is None:
-        raise InvalidRequest(
-            "'prompt' is required", param="prompt", code="missing_required_parameter"
-        )
+    prompt = required_field(payload, "prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise InvalidRequest("'prompt' must be a non-empty string", param="prompt")
     if len(prompt) > MAX_PROMPT_CHARS:

@@ -54,3 +54,12 @@ async def parse_json(body: bytes) -> Any:
     if len(body) > THREAD_PARSE_BYTES:
         return await asyncio.to_thread(strict_json.loads, body)
     return strict_json.loads(body)
+
+
+def required_field(payload: dict[str, Any], name: str) -> Any:
+    """The body's ``name``, or the OpenAI-shaped 400 that says it is required (also when
+    it is ``null``)."""
+    value = payload.get(name)
+    if value is None:
+        raise InvalidRequest(f"'{name}' is required", param=name, code="missing_required_parameter")
+    return value

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import InvalidRequest
+from .body import required_field
 
 MAX_MODEL_CHARS = 256
 
@@ -24,12 +25,7 @@ def check_model_name(model: Any) -> str:
 
 def model_field(payload: dict[str, Any]) -> str:
     """The body's ``model``: required, and a name ``check_model_name`` accepts."""
-    model = payload.get("model")
-    if model is None:
-        raise InvalidRequest(
-            "'model' is required", param="model", code="missing_required_parameter"
-        )
-    return check_model_name(model)
+    return check_model_name(required_field(payload, "model"))
 
 
 def stream_field(payload: dict[str, Any], default: bool = False) -> bool:
