@@ -51,6 +51,7 @@ log = logging.getLogger("gateway.ui")
 _USERNAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 MAX_TITLE = 200
 MAX_PROMPT = 8000
+MAX_CONVERSATIONS = 1000  # per user; past it a new one is refused (409), nothing is dropped
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -205,9 +206,23 @@ async def list_conversations(request: web.Request) -> web.Response:
 async def create_conversation(request: web.Request) -> web.Response:
     fields = _fields(await read_json_object(request))
     user = request[UI_USER]
-    created = await request.app[UI_STATE].users.run(
-        lambda db: db.create_conversation(user.id, fields.get("title", ""), fields.get("model"))
-    )
+
+    def create(db: Any) -> dict[str, Any] | None:
+        # counted and created in one call on the database's one thread: no race past it
+        if db.conversation_count(user.id) >= MAX_CONVERSATIONS:
+            return None
+        found: dict[str, Any] = db.create_conversation(
+            user.id, fields.get("title", ""), fields.get("model")
+        )
+        return found
+
+    created = await request.app[UI_STATE].users.run(create)
+    if created is None:
+        raise Conflict(
+            f"You have {MAX_CONVERSATIONS} conversations, the most kept;"
+            " delete some to start new ones",
+            code="too_many_conversations",
+        )
     return _json(created, status=201)
 
 
@@ -293,10 +308,11 @@ async def create_user(request: web.Request) -> web.Response:
         raise InvalidRequest(f"'{LOCAL_USER}' is reserved for the shared history", param="username")
     if not isinstance(password, str):
         raise InvalidRequest("'password' is required", param="password")
+    is_admin = body.get("is_admin", False)
+    if not isinstance(is_admin, bool):  # "false" must not make an admin
+        raise InvalidRequest("'is_admin' must be true or false", param="is_admin")
     try:
-        user = await request.app[UI_STATE].users.create_user(
-            username, password, bool(body.get("is_admin"))
-        )
+        user = await request.app[UI_STATE].users.create_user(username, password, is_admin)
     except PasswordRejected as exc:
         raise InvalidRequest(str(exc), param="password") from None
     except DuplicateUser as exc:

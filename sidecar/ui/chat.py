@@ -15,6 +15,12 @@ transaction.
 ``regenerate: true`` asks again from the last user message (later messages are
 dropped); ``edit: <id>`` replaces that user message with ``content`` and drops every
 later message.
+
+What is kept is bounded: a reply is cut at ``MAX_REPLY`` characters (kept marked
+``stopped``, the upstream call closed, an ``error`` event says so); a question that would
+take the conversation past ``MAX_CONVERSATION`` characters is a 409 ``conversation_full``
+before anything is stored or sent. A conversation deleted while its reply is written
+(or its user) ends the stream with an ``error`` event; the reply is not stored.
 """
 
 from __future__ import annotations
@@ -26,7 +32,14 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import GatewayError, InvalidRequest, NotFound, StorageUnavailable, UpstreamError
+from ..errors import (
+    Conflict,
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    StorageUnavailable,
+    UpstreamError,
+)
 from ..routing.call import backend_call
 from ..routing.router import resolve, upstream_body
 from ..routing.upstream import UpstreamCall
@@ -39,8 +52,15 @@ from .pages import chat_models
 
 log = logging.getLogger("gateway.ui")
 MAX_MESSAGE = 32_000
+# A reply is cut here (what came is kept, marked stopped; the upstream call is closed): more
+# than any model writes in one answer, and a backend that never stops cannot fill memory.
+MAX_REPLY = 256_000
+# A conversation holding this much text takes no new question (409): it is sent whole to
+# the model at every turn, so a longer one would fit no model's context anyway.
+MAX_CONVERSATION = 1_000_000
 TITLE_CHARS = 60
 EMPTY_REPLY = "the model returned nothing"
+GONE = "the conversation was deleted; the reply was not kept"
 
 
 async def send_message(request: web.Request) -> web.StreamResponse:
@@ -80,10 +100,20 @@ async def send_message(request: web.Request) -> web.StreamResponse:
     record.backend = route.backend.name
     title = conversation["title"] or content.strip().splitlines()[0][:TITLE_CHARS]
 
-    def store_question(db: Any) -> int:
+    def store_question(db: Any) -> int | None:
         with db.transaction():  # all or nothing: never a cut history without its question
+            if db.conversation(user.id, conversation_id) is None:
+                return None  # deleted since it was loaded
             if cut_from is not None:
                 db.truncate_messages(conversation_id, cut_from)
+            if not regenerate and (
+                db.conversation_chars(conversation_id) + len(content) > MAX_CONVERSATION
+            ):
+                raise Conflict(  # rolls back the rewind too
+                    f"This conversation holds the most text kept in one ({MAX_CONVERSATION}"
+                    " characters); start a new conversation",
+                    code="conversation_full",
+                )
             message_id = (
                 history[-1]["id"]
                 if regenerate
@@ -93,6 +123,8 @@ async def send_message(request: web.Request) -> web.StreamResponse:
         return int(message_id)
 
     question_id = await users.run(store_question)
+    if question_id is None:
+        raise NotFound("No such conversation", code="conversation_not_found")
     if regenerate:
         history = history[:-1]  # the question itself is sent as the last message
     messages = _messages(settings, history, content)
@@ -182,6 +214,7 @@ async def _relay(
     saved: asyncio.Future[int] | None = None
     record = request[ACCESS]
     counted = False
+    kept = 0
     try:
         try:
             async for event in call.events():
@@ -189,9 +222,13 @@ async def _relay(
                     break
                 text = _delta(event)
                 if text:
+                    text = text[: MAX_REPLY - kept]
+                    kept += len(text)
                     parts.append(text)
                     record.first_token()
                     await response.write(_frame({"type": "delta", "content": text}))
+                    if kept >= MAX_REPLY:  # leaving closes the upstream call
+                        raise UpstreamError(f"the reply was cut at {MAX_REPLY} characters")
                 elif b'"usage"' in event and not counted:
                     _, found, _ = tokens.tail_usage(event, False)
                     if found is not None:
@@ -201,7 +238,8 @@ async def _relay(
                 raise UpstreamError("the model ended its reply early")
         except GatewayError as exc:
             record.stream_failed = True
-            saved = _save(request, conversation_id, parts) if parts else _nothing()
+            cut = kept >= MAX_REPLY
+            saved = _save(request, conversation_id, parts, stopped=cut) if parts else _nothing()
             await response.write(_frame({"type": "error", "message": exc.message}))
             return response
         if not "".join(parts).strip():  # nothing to keep, and nothing to send upstream later
@@ -214,6 +252,9 @@ async def _relay(
             message_id = await saved
         except StorageUnavailable as exc:  # the reply was shown but could not be stored
             await response.write(_frame({"type": "error", "message": exc.message}))
+            return response
+        if not message_id:  # deleted (or its user was) while the reply was written
+            await response.write(_frame({"type": "error", "message": GONE}))
             return response
         await response.write(_frame({"type": "done", "message_id": message_id, "title": title}))
         return response

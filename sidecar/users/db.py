@@ -450,17 +450,35 @@ class Database:
     def add_message(
         self, conversation_id: int, role: str, content: str, *, stopped: bool = False
     ) -> int:
+        """Store one message; 0 (nothing stored) when the conversation is gone (deleted,
+        or its user was, while a reply was being written)."""
         now = time.time()
         with self.transaction() as db:
             cursor = db.execute(
                 "INSERT INTO messages (conversation_id, role, content, created_at, stopped)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (conversation_id, role, content, now, int(stopped)),
+                " SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM conversations WHERE id = ?)",
+                (conversation_id, role, content, now, int(stopped), conversation_id),
             )
+            if cursor.rowcount < 1:
+                return 0
             db.execute(
                 "UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conversation_id)
             )
         return int(cursor.lastrowid or 0)
+
+    def conversation_count(self, user_id: int) -> int:
+        (count,) = self._db.execute(
+            "SELECT count(*) FROM conversations WHERE user_id = ?", (user_id,)
+        ).fetchone()
+        return int(count)
+
+    def conversation_chars(self, conversation_id: int) -> int:
+        """The characters of text the conversation's messages hold."""
+        (chars,) = self._db.execute(
+            "SELECT coalesce(sum(length(content)), 0) FROM messages WHERE conversation_id = ?",
+            (conversation_id,),
+        ).fetchone()
+        return int(chars)
 
     # -- generated images and songs ------------------------------------------------------
 
