@@ -19,6 +19,7 @@ import logging
 from typing import Any
 
 import pytest
+import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
@@ -302,3 +303,49 @@ async def test_hostile_bodies_get_a_4xx_in_the_ui_shape_and_change_nothing(
     assert await me.json("GET", SETTINGS_API) == settings
     assert not no_accounts.received  # nothing reached a model
     assert not unhandled(caplog), unhandled(caplog)
+
+
+# -- a fault after the stream began -------------------------------------------------------------
+
+
+async def test_a_fault_after_a_stream_began_ends_the_connection_never_hangs_it(
+    make_gateway: Any,
+    start_mock: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A handler that fails after its response's head went out cannot send a status: the
+    connection is closed, so the client sees the response end early; the fault is logged
+    once, and the next request is answered."""
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(content_chunk("hello"))
+        await response.write(content_chunk(" world"))
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    client, me = await fake_model_gateway(make_gateway, start_mock, chat)
+    real_delta = ui_chat._delta
+    seen: list[bytes] = []
+
+    def faulty_delta(event: bytes) -> str | None:  # a bug on the second event
+        seen.append(event)
+        if len(seen) == 2:
+            raise RuntimeError("a bug in the relay")
+        return real_delta(event)
+
+    monkeypatch.setattr(ui_chat, "_delta", faulty_delta)
+    created = await me.json("POST", CONVERSATIONS, {}, status=201)
+    path = f"{CONVERSATIONS}/{created['id']}/messages"
+    response = await client.post(path, json={"content": "hi"}, headers=me.headers())
+    assert response.status == 200
+    # Before: a second head (a 500) inside the chunked body, which no client can read.
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await asyncio.wait_for(response.read(), READ_S)
+    faults = [r for r in caplog.records if r.exc_info]
+    assert len(faults) == 1 and "after the response began" in faults[0].getMessage(), faults
+    monkeypatch.setattr(ui_chat, "_delta", real_delta)
+    assert [e["type"] for e in await send_message(me, created["id"], "again")][-1] == "done"

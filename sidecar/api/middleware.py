@@ -12,7 +12,9 @@ host and scheme as forwarded; after it, code reads ``request.remote`` / ``host``
 Errors are translated once, there: a ``GatewayError`` leaves with its status and the
 error body of the face the path belongs to (``faces``: OpenAI, Anthropic or Ollama);
 aiohttp's own 404/405/413 get the same treatment; anything unexpected is logged with its
-traceback and leaves as a plain 500 naming only the request id.
+traceback and leaves as a plain 500 naming only the request id. A handler that fails
+after its response began (a stream's head and some events sent) cannot be answered: the
+connection is closed, so the client sees the response end early.
 
 ``bearer`` then checks the token of the API paths (with API keys' scopes and limits) and
 hands every other path to the door it is given (the UI's guard).
@@ -107,17 +109,21 @@ async def front(request: web.Request, handler: Handler) -> web.StreamResponse:
         if response is None:
             try:
                 response = await handler(request)
-            except GatewayError as exc:
-                response = _gateway_error(request, exc)
-            except web.HTTPException as exc:
-                if exc.status < 400:
-                    raise
-                response = _http_error(face_of(request.path), exc)
             except ConnectionResetError:
                 raise  # the client went away; there is no one to answer
-            except Exception:
-                log.exception("unhandled error in %s %s", request.method, request.rel_url.path)
-                response = _internal_error(request)
+            except Exception as exc:
+                if request.writer.output_size:  # the handler's response has begun
+                    response = _cut_short(request, record, exc)
+                elif isinstance(exc, GatewayError):
+                    response = _gateway_error(request, exc)
+                elif isinstance(exc, web.HTTPException):
+                    if exc.status < 400:
+                        raise
+                    response = _http_error(face_of(request.path), exc)
+                else:
+                    path = request.rel_url.path
+                    log.exception("unhandled error in %s %s", request.method, path)
+                    response = _internal_error(request)
     except BaseException as exc:
         status = getattr(exc, "status", None)
         record.status = status if isinstance(status, int) else (record.status or 499)
@@ -170,6 +176,19 @@ def prepare_headers(
             add(request, response)
 
     return prepare
+
+
+def _cut_short(request: web.Request, record: AccessRecord, exc: Exception) -> web.Response:
+    """A handler failed after its response's head went out: no status or error body can
+    follow, so the connection is closed (what was written is flushed first) and the
+    client sees the response end early: never a second head inside the body, never a
+    wait. The response returned is never sent; the access record keeps the status sent."""
+    record.stream_failed = True
+    if not isinstance(exc, GatewayError | web.HTTPException):
+        path = request.rel_url.path
+        log.exception("unhandled error in %s %s after the response began", request.method, path)
+    request.protocol.force_close()
+    return web.Response(status=record.status or 500)
 
 
 def _gateway_error(request: web.Request, exc: GatewayError) -> web.Response:
