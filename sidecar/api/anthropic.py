@@ -3,7 +3,8 @@
 For clients that speak only Anthropic's protocol (the anthropic SDKs, Claude Code). The
 token comes as ``x-api-key`` or ``Authorization: Bearer`` (``middleware.bearer``); the
 ``anthropic-version`` and ``anthropic-beta`` headers are accepted and not required.
-Errors leave in Anthropic's shape (``faces``), mid-stream ones as an ``error`` event.
+Errors leave in Anthropic's shape (``faces``), mid-stream ones as an ``error`` event; a
+backend that answers a stream request with a whole JSON reply is a 502 before any event.
 
 Request → chat completions body:
 
@@ -378,7 +379,8 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
 
 
 def _tool_choice(choice: Any, chat: dict[str, Any]) -> None:
-    kind = choice.get("type") if isinstance(choice, dict) else None
+    found = choice.get("type") if isinstance(choice, dict) else None
+    kind = found if isinstance(found, str) else None  # a list or object is no choice
     if kind in _TOOL_CHOICES:
         chat["tool_choice"] = _TOOL_CHOICES[kind]
     elif kind == "tool" and isinstance(choice.get("name"), str):
@@ -549,6 +551,7 @@ async def _stream(
 ) -> web.StreamResponse:
     record = request[ACCESS]
     backend = headers["X-Backend-Used"]
+    translate.require_stream(call, backend)  # else a 502 before any event
     response = web.StreamResponse(status=200, headers={**translate.SSE_HEADERS, **headers})
     await response.prepare(request)
     estimate = translate.estimate_tokens(chat)

@@ -26,12 +26,19 @@ them); a ``name:latest`` the gateway does not know is tried as ``name``.
   ``completions`` capability).
 - ``POST /api/embed`` (and the older ``/api/embeddings``): onto ``/v1/embeddings``.
 
+A request holds at most ``MAX_MESSAGES`` messages and ``MAX_IMAGES`` images in all (each
+image becomes a data URL part on the event loop: a body of a million tiny ones held it
+for seconds).
+
 ``stream`` defaults to true, as in Ollama: NDJSON (``application/x-ndjson``), one object
 per line, content as it comes, tool calls in one line once their arguments are whole,
 then a last line with ``done: true``, ``done_reason``, ``prompt_eval_count`` /
 ``eval_count`` (the backend's usage, or estimates) and durations in nanoseconds. An error
-mid-stream is a last line ``{"error": "..."}``. The counts a reply states are the ones the
-usage ledger records and the key's token limits charge (``usage.tokens.charge``).
+mid-stream is a last line ``{"error": "..."}``; so is a backend that sends more than
+``MAX_TOOL_CALLS`` tool calls or ``MAX_HELD_BYTES`` of their arguments (held until the
+end). A backend that answers a stream request with a whole JSON reply is a 502. The
+counts a reply states are the ones the usage ledger records and the key's token limits
+charge (``usage.tokens.charge``).
 """
 
 from __future__ import annotations
@@ -59,7 +66,7 @@ from ..errors import (
 )
 from ..routing.call import backend_call
 from ..routing.router import upstream_body
-from ..routing.upstream import UpstreamCall
+from ..routing.upstream import MAX_UPSTREAM_BODY, UpstreamCall
 from ..typedefs import ACCESS, REGISTRY, REQUEST_ID
 from ..usage import tokens
 from ..wire.body import read_json_object
@@ -69,6 +76,10 @@ from . import translate, validation
 log = logging.getLogger("gateway.api")
 
 OLLAMA_API_VERSION = "0.12.0"
+MAX_MESSAGES = 10_000  # in one request, as the Anthropic face allows
+MAX_IMAGES = 500  # in one request: each becomes a data URL part, on the event loop
+MAX_TOOL_CALLS = 128  # in one streamed reply, as the Responses API's stream allows
+MAX_HELD_BYTES = MAX_UPSTREAM_BODY  # tool call arguments held until a stream ends
 NDJSON = "application/x-ndjson"
 _ROLES = {"system", "user", "assistant", "tool"}
 _PASSED_OPTIONS = ("temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty")
@@ -229,6 +240,17 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
         raise InvalidRequest("'messages' is required", param="messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("'messages' must be a non-empty array", param="messages")
+    if len(messages) > MAX_MESSAGES:
+        raise InvalidRequest(f"'messages' may hold at most {MAX_MESSAGES}", param="messages")
+    images = sum(
+        len(message["images"])
+        for message in messages
+        if isinstance(message, dict) and isinstance(message.get("images"), list)
+    )
+    if images > MAX_IMAGES:
+        raise InvalidRequest(
+            f"'messages' may hold at most {MAX_IMAGES} images in all", param="messages"
+        )
     out: list[dict[str, Any]] = []
     pending: list[tuple[str, str]] = []  # (tool name, call id) asked for and not answered
     for index, message in enumerate(messages):
@@ -243,7 +265,7 @@ def _message(
     if not isinstance(message, dict):
         raise InvalidRequest(f"'{where}' must be an object", param=where)
     role = message.get("role")
-    if role not in _ROLES:
+    if not isinstance(role, str) or role not in _ROLES:
         raise InvalidRequest(
             f"'{where}.role' must be one of {', '.join(sorted(_ROLES))}", param=f"{where}.role"
         )
@@ -255,6 +277,10 @@ def _message(
     out: dict[str, Any] = {"role": role, "content": content}
     images = message.get("images")
     if images:
+        if isinstance(images, list) and len(images) > MAX_IMAGES:
+            raise InvalidRequest(
+                f"'{images_param}' may hold at most {MAX_IMAGES} images", param=images_param
+            )
         if not isinstance(images, list) or not all(isinstance(i, str) and i for i in images):
             raise InvalidRequest(
                 f"'{images_param}' must be an array of base64 images", param=images_param
@@ -481,7 +507,13 @@ def _reply_calls(calls: Any, backend: str) -> list[dict[str, Any]]:
 
 
 def _line(data: dict[str, Any]) -> bytes:
-    return json.dumps(data, ensure_ascii=False).encode() + b"\n"
+    """One NDJSON line: UTF-8, or ``\\uXXXX`` escapes when the backend's text holds a
+    lone surrogate UTF-8 cannot carry (as the whole JSON reply escapes it)."""
+    text = json.dumps(data, ensure_ascii=False)
+    try:
+        return text.encode() + b"\n"
+    except UnicodeEncodeError:
+        return json.dumps(data).encode() + b"\n"
 
 
 async def _stream(
@@ -495,11 +527,12 @@ async def _stream(
 ) -> web.StreamResponse:
     record = request[ACCESS]
     backend = headers["X-Backend-Used"]
+    translate.require_stream(call, backend)  # else a 502 before any event
     response = web.StreamResponse(
         status=200, headers={"Content-Type": NDJSON, "Cache-Control": "no-cache", **headers}
     )
     await response.prepare(request)
-    calls: dict[int, dict[str, str]] = {}
+    calls = _Calls(backend)
     finish: str | None = None
     usage: tuple[int, int] | None = None
     chars = 0
@@ -508,9 +541,10 @@ async def _stream(
             usage = translate.usage_of(chunk) or usage
             delta, reason = translate.delta_of(chunk)
             finish = reason or finish
-            for piece in delta.get("tool_calls") or []:
+            pieces = delta.get("tool_calls")
+            for piece in pieces if isinstance(pieces, list) else []:
                 if isinstance(piece, dict):
-                    _gather(calls, piece)
+                    chars += calls.gather(piece)
             text = delta.get("content")
             thinking = _thinking(delta)
             if (isinstance(text, str) and text) or thinking:
@@ -522,19 +556,10 @@ async def _stream(
                 line.update(_content(field, text, [], thinking))
                 line["done"] = False
                 await _write(response, record, _line(line))
-        if calls:
+        if calls.held:
             timing.token()
             record.first_token()
-            done_calls = [
-                {
-                    "function": {
-                        "name": c["name"],
-                        "arguments": translate.tool_arguments(c.get("arguments"), backend),
-                    }
-                }
-                for _, c in sorted(calls.items())
-            ]
-            chars += sum(len(c["arguments"]) for c in calls.values())
+            done_calls = calls.whole()
             line = {"model": model, "created_at": _now()}
             line.update(_content(field, "", done_calls, None))
             line["done"] = False
@@ -555,18 +580,66 @@ async def _stream(
     return response
 
 
-def _gather(calls: dict[int, dict[str, str]], piece: dict[str, Any]) -> None:
-    """Add one streamed tool call delta to the calls being assembled, by index."""
-    position = piece.get("index", 0)
-    if not isinstance(position, int):
-        position = 0
-    entry = calls.setdefault(position, {"name": "", "arguments": ""})
-    function = piece.get("function")
-    if isinstance(function, dict):
-        if isinstance(function.get("name"), str) and not entry["name"]:
-            entry["name"] = function["name"]
-        if isinstance(function.get("arguments"), str):
-            entry["arguments"] += function["arguments"]
+class _Call:
+    __slots__ = ("name", "pieces")
+
+    def __init__(self) -> None:
+        self.name = ""
+        self.pieces: list[str] = []  # the arguments as they came, joined once at the end
+
+
+class _Calls:
+    """The streamed tool calls being assembled, by index, until the stream ends (Ollama
+    sends each call whole). Arguments are held as pieces (joined once, never copied per
+    delta), at most ``MAX_TOOL_CALLS`` calls and ``MAX_HELD_BYTES`` of arguments: a
+    backend that sends more ends the stream with an error line (``UpstreamError``)."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+        self.held: dict[int, _Call] = {}
+        self.size = 0
+
+    def gather(self, piece: dict[str, Any]) -> int:
+        """Add one tool call delta; the characters of arguments it added."""
+        position = piece.get("index", 0)
+        if not isinstance(position, int):
+            position = 0
+        call = self.held.get(position)
+        if call is None:
+            if len(self.held) >= MAX_TOOL_CALLS:
+                raise UpstreamError(
+                    f"backend '{self.backend}' sent more than {MAX_TOOL_CALLS} tool calls"
+                    " in one reply"
+                )
+            call = self.held[position] = _Call()
+        function = piece.get("function")
+        if not isinstance(function, dict):
+            return 0
+        name, arguments = function.get("name"), function.get("arguments")
+        if isinstance(name, str) and not call.name:
+            call.name = name
+        if not isinstance(arguments, str) or not arguments:
+            return 0
+        self.size += len(arguments.encode())
+        if self.size > MAX_HELD_BYTES:
+            raise UpstreamError(
+                f"backend '{self.backend}' sent tool call arguments larger than"
+                f" {MAX_HELD_BYTES // (1024 * 1024)} MiB, the most the gateway holds"
+            )
+        call.pieces.append(arguments)
+        return len(arguments)
+
+    def whole(self) -> list[dict[str, Any]]:
+        """The calls in index order, arguments parsed (``translate.tool_arguments``)."""
+        return [
+            {
+                "function": {
+                    "name": call.name,
+                    "arguments": translate.tool_arguments("".join(call.pieces), self.backend),
+                }
+            }
+            for _, call in sorted(self.held.items())
+        ]
 
 
 async def _write(response: web.StreamResponse, record: Any, data: bytes) -> None:
@@ -642,7 +715,7 @@ async def _embeddings(
     data = reply.get("data")
     if not isinstance(data, list) or len(data) != len(inputs):
         raise UpstreamError(f"backend '{name}' returned a reply without one embedding per input")
-    ordered = sorted(data, key=lambda item: item.get("index", 0) if isinstance(item, dict) else 0)
+    ordered = sorted(data, key=lambda item: _embedding_index(item, name))
     vectors = []
     for item in ordered:
         vector = item.get("embedding") if isinstance(item, dict) else None
@@ -657,3 +730,14 @@ async def _embeddings(
         lambda: (sum(tokens.estimate(len(text)) for text in inputs), 0),
     )
     return vectors, prompt
+
+
+def _embedding_index(item: Any, backend: str) -> int:
+    """Where an embedding goes (0 when absent or null); an index that is not an integer is the
+    backend's fault (502), not one to sort strings and numbers by."""
+    index = item.get("index") if isinstance(item, dict) else None
+    if index is None:
+        return 0
+    if not isinstance(index, int) or isinstance(index, bool):
+        raise UpstreamError(f"backend '{backend}' returned an embedding with a malformed index")
+    return index

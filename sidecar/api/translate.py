@@ -27,7 +27,7 @@ from aiohttp import web
 from ..errors import Forbidden, StrictJsonError, UnknownModel, UpstreamError
 from ..routing.registry import Registry
 from ..routing.router import Route, resolve
-from ..routing.upstream import UpstreamCall, split_events
+from ..routing.upstream import UpstreamCall, clean_message, split_events
 from ..typedefs import ACCESS, REGISTRY
 from ..usage import tokens
 from ..wire import strict_json
@@ -96,11 +96,18 @@ def first_choice(reply: dict[str, Any], backend: str) -> dict[str, Any]:
     return choices[0]
 
 
-async def chat_chunks(call: UpstreamCall, backend: str) -> AsyncIterator[dict[str, Any]]:
-    """The chat completion chunks of a streamed reply, parsed, until ``[DONE]``."""
+def require_stream(call: UpstreamCall, backend: str) -> None:
+    """Raise a 502 unless the backend's reply is an event stream: a face calls it before it
+    starts its own stream, so a whole JSON reply to a stream request is an error response
+    in the face's shape, not a 200 that fails at once."""
     content_type = call.response.headers.get("Content-Type", "")
     if not content_type.startswith("text/event-stream"):
         raise UpstreamError(f"backend '{backend}' did not answer with a stream")
+
+
+async def chat_chunks(call: UpstreamCall, backend: str) -> AsyncIterator[dict[str, Any]]:
+    """The chat completion chunks of a streamed reply, parsed, until ``[DONE]``."""
+    require_stream(call, backend)
     finished = False
     async for run in call.event_runs():
         for event in split_events(run):
@@ -114,18 +121,24 @@ async def chat_chunks(call: UpstreamCall, backend: str) -> AsyncIterator[dict[st
                 chunk = _parse_chunk(data, backend)
                 error = chunk.get("error")
                 if error:
-                    message = error.get("message") if isinstance(error, dict) else error
-                    raise UpstreamError(
-                        f"backend '{backend}' reported an error mid-stream: {message}"
-                        if isinstance(message, str)
-                        else f"backend '{backend}' reported an error mid-stream"
-                    )
+                    raise _mid_stream_error(error, backend)
                 choices = chunk.get("choices")
                 if isinstance(choices, list) and choices and isinstance(choices[0], dict):
                     finished = finished or bool(choices[0].get("finish_reason"))
                 yield chunk
     if not finished:
         raise UpstreamError(f"backend '{backend}' ended the stream early")
+
+
+def _mid_stream_error(error: Any, backend: str) -> UpstreamError:
+    """A backend's error event as the gateway's error: only its message, cleaned here
+    (``clean_message``), whatever the event framer cleaned or missed (an error on a later
+    ``data:`` line of an event, a key spelled with an escape)."""
+    message = error.get("message") if isinstance(error, dict) else error
+    cleaned = clean_message(message) if isinstance(message, str) else None
+    if cleaned is None:
+        return UpstreamError(f"backend '{backend}' reported an error mid-stream")
+    return UpstreamError(f"backend '{backend}' reported an error mid-stream: {cleaned}")
 
 
 def _parse_chunk(data: bytes, backend: str) -> dict[str, Any]:

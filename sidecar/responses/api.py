@@ -43,12 +43,12 @@ from ..errors import (
 )
 from ..routing.call import backend_call
 from ..routing.router import Route, resolve, upstream_body
-from ..routing.upstream import UpstreamCall, split_events
+from ..routing.upstream import UpstreamCall, clean_message, split_events
 from ..storage import RETRY_AFTER_S
 from ..typedefs import ACCESS, REGISTRY, REQUEST_ID, RESPONSES, SETTINGS, STORAGE
 from ..usage import tokens
 from ..wire import strict_json
-from ..wire.body import read_json_object
+from ..wire.body import THREAD_PARSE_BYTES, read_json_object
 from ..wire.model_name import model_field, stream_field
 from .events import StreamTranslator, encode
 from .store import ResponseStore
@@ -59,6 +59,7 @@ from .translate import (
     output_from_chat,
     parse_request,
     usage_from_chat,
+    valid_unicode,
 )
 
 log = logging.getLogger("gateway.responses")
@@ -188,7 +189,8 @@ async def _translated(
             return await _translated_stream(
                 request, call, StreamTranslator(build), save, headers, body
             )
-        _, reply = await call.read_json()
+        raw, answer = await call.read_json()
+    reply = await _valid_reply(raw, answer, route.backend.name)
     output, incomplete = output_from_chat(reply, route.backend.name)
     tokens.charge(
         request[ACCESS],
@@ -203,6 +205,14 @@ async def _translated(
     )
     response["store"] = await save(response)
     return web.json_response(response, headers=headers)
+
+
+async def _valid_reply(raw: bytes, reply: Any, backend: str) -> Any:
+    """``valid_unicode`` on a whole reply; over ``THREAD_PARSE_BYTES`` in a worker thread
+    (as a large request body is parsed), so a walk of a big reply interleaves."""
+    if len(raw) > THREAD_PARSE_BYTES:
+        return await asyncio.to_thread(valid_unicode, raw, reply, backend)
+    return valid_unicode(raw, reply, backend)
 
 
 async def _start_stream(
@@ -266,7 +276,7 @@ async def _chunks(call: UpstreamCall, backend: str) -> AsyncIterator[dict[str, A
             yield None
             return
         try:
-            chunk = strict_json.loads_reply(data)
+            chunk = valid_unicode(data, strict_json.loads_reply(data), backend)
         except StrictJsonError:
             raise UpstreamError(
                 f"backend '{backend}' sent a stream event that is not JSON"
@@ -276,7 +286,8 @@ async def _chunks(call: UpstreamCall, backend: str) -> AsyncIterator[dict[str, A
         error = chunk.get("error")
         if error:
             message = error.get("message") if isinstance(error, dict) else None
-            raise UpstreamError(f"backend '{backend}' failed mid-stream: {message or 'an error'}")
+            cleaned = clean_message(message) if isinstance(message, str) else None
+            raise UpstreamError(f"backend '{backend}' failed mid-stream: {cleaned or 'an error'}")
         yield chunk
 
 

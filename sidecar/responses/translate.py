@@ -22,12 +22,14 @@ stored or sent on. Tool ``parameters`` (a JSON schema) pass through as given.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidRequest, UpstreamError
+from ..usage import tokens
 
 MAX_INPUT_ITEMS = 1000
 MAX_CONTENT_PARTS = 100
@@ -618,11 +620,13 @@ def function_call_item(
 
 
 def usage_from_chat(usage: Any) -> dict[str, Any] | None:
-    """A chat ``usage`` as the Responses one (None when the backend sent none)."""
-    if not isinstance(usage, dict):
+    """A chat ``usage`` as the Responses one (None when the backend sent none, or none
+    ``tokens.counts`` takes: a usage of strings or floats is no count of zero tokens, and
+    the ledger estimates instead)."""
+    found = tokens.counts(usage)
+    if found is None or not isinstance(usage, dict):
         return None
-    prompt = _count(usage.get("prompt_tokens"))
-    completion = _count(usage.get("completion_tokens"))
+    prompt, completion = found
     total = _count(usage.get("total_tokens")) or prompt + completion
     prompt_details = usage.get("prompt_tokens_details")
     completion_details = usage.get("completion_tokens_details")
@@ -642,7 +646,37 @@ def usage_from_chat(usage: Any) -> dict[str, Any] | None:
 
 
 def _count(value: Any) -> int:
-    return value if _is_int(value) and value >= 0 else 0
+    return value if _is_int(value) and 0 <= value <= tokens.MAX_COUNT else 0
+
+
+# -- a backend's text as valid Unicode ------------------------------------------------------
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_unicode(raw: bytes, value: Any, backend: str) -> Any:
+    """``value``, a backend's JSON parsed from ``raw``, with every lone UTF-16 surrogate in
+    its strings replaced by U+FFFD: a reply carries them as ``\\uD800`` escapes (the
+    reply parser lets them through), and a Response holding one could be neither streamed
+    as UTF-8 nor sent on as the history of the next turn. ``value`` itself (a C-speed look
+    at ``raw``) when ``raw`` escapes no surrogate."""
+    if b"\\" not in raw or _SURROGATE_ESCAPE.search(raw) is None:
+        return value
+    try:
+        return _replace_surrogates(value)
+    except RecursionError:
+        raise UpstreamError(f"backend '{backend}' returned JSON nested too deeply") from None
+
+
+def _replace_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_replace_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {_replace_surrogates(k): _replace_surrogates(v) for k, v in value.items()}
+    return value
 
 
 # -- small checks --------------------------------------------------------------------------
