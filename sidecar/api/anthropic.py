@@ -36,6 +36,7 @@ counts, estimated when it gives none). A stream is Anthropic's event sequence:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import secrets
@@ -54,7 +55,7 @@ from ..routing.router import upstream_body
 from ..routing.upstream import UpstreamCall
 from ..typedefs import ACCESS, REQUEST_ID
 from ..usage import tokens
-from ..wire.body import read_json_object
+from ..wire.body import read_json_object, walk_body
 from ..wire.model_name import check_model_name, stream_field
 from . import translate, validation
 from .faces import anthropic_error_type
@@ -71,7 +72,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     payload = await read_json_object(request)
     model = check_model_name(_required(payload, "model"))
     stream = stream_field(payload)
-    chat = to_chat(payload, model)
+    chat = await walk_body(request, to_chat, payload, model)
     route = translate.route_for(request, model, "chat", stream)
     if stream:
         chat["stream"] = True
@@ -102,7 +103,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
 async def count_tokens(request: web.Request) -> web.Response:
     payload = await read_json_object(request)
     model = check_model_name(_required(payload, "model"))
-    chat = to_chat(payload, model, count_only=True)
+    chat = await walk_body(request, functools.partial(to_chat, count_only=True), payload, model)
     with contextlib.suppress(BackendNotReady):  # routed, but an estimate needs no backend
         translate.route_for(request, model, "chat", False)
     return web.json_response({"input_tokens": translate.estimate_tokens(chat)})

@@ -48,7 +48,7 @@ from ..storage import RETRY_AFTER_S
 from ..typedefs import ACCESS, REGISTRY, REQUEST_ID, RESPONSES, SETTINGS, STORAGE
 from ..usage import tokens
 from ..wire import strict_json
-from ..wire.body import THREAD_PARSE_BYTES, read_json_object
+from ..wire.body import THREAD_PARSE_BYTES, read_json_object, walk_body
 from ..wire.model_name import model_field, stream_field
 from .events import StreamTranslator, encode
 from .store import ResponseStore
@@ -83,7 +83,8 @@ async def create(request: web.Request) -> web.StreamResponse:
     try:
         if route.capability == "responses":
             return await _pass_through(request, route, payload, stream, headers)
-        return await _translated(request, route, parse_request(payload, model, stream), headers)
+        parsed = await walk_body(request, parse_request, payload, model, stream)
+        return await _translated(request, route, parsed, headers)
     except GatewayError as exc:
         exc.headers.update(headers)
         raise

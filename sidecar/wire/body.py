@@ -13,7 +13,8 @@ Python-level walk interleaves with other requests. The C decoder itself holds th
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -22,6 +23,7 @@ from ..typedefs import SETTINGS
 from . import strict_json
 
 THREAD_PARSE_BYTES = 64 * 1024
+T = TypeVar("T")
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
@@ -54,6 +56,16 @@ async def parse_json(body: bytes) -> Any:
     if len(body) > THREAD_PARSE_BYTES:
         return await asyncio.to_thread(strict_json.loads, body)
     return strict_json.loads(body)
+
+
+async def walk_body(request: web.Request, work: Callable[..., T], *args: Any) -> T:
+    """``work(*args)``, a walk over the request's parsed body (a face's translation of
+    it): in a worker thread when the body was over ``THREAD_PARSE_BYTES``, as its parse
+    was, so a body of hundreds of thousands of content blocks interleaves with other
+    requests instead of holding the event loop (300,000 Anthropic blocks took 150 ms)."""
+    if len(await request.read()) > THREAD_PARSE_BYTES:  # read once already: cached
+        return await asyncio.to_thread(work, *args)
+    return work(*args)
 
 
 def required_field(payload: dict[str, Any], name: str) -> Any:
