@@ -43,7 +43,9 @@ class TokenSet:
         scheme, _, presented = authorization.partition(" ")
         if scheme.lower() != "bearer" or not presented.strip():
             raise Unauthorized("The Authorization header must be 'Bearer <token>'")
-        key = self.index.find(hashlib.sha256(presented.strip().encode()).digest())
+        # The header's bytes as sent: aiohttp keeps bytes that are not UTF-8 as surrogates.
+        secret = presented.strip().encode("utf-8", "surrogateescape")
+        key = self.index.find(hashlib.sha256(secret).digest())
         if key is None:
             raise Unauthorized("Invalid bearer token")
         if key.expires_at is not None and key.expired(time.time()):

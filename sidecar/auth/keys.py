@@ -40,7 +40,7 @@ log = logging.getLogger("gateway.keys")
 
 KEY_PREFIX = "gw_"
 SHOWN_PREFIX = 7  # "gw_" and four characters
-KEY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+KEY_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # Endpoint names a key may be limited to (``endpoints``); see ``scope.endpoint_of``.
 ENDPOINTS = (
     "chat",
@@ -188,7 +188,7 @@ def digest_of(secret: str) -> bytes:
 
 
 def check_name(name: object) -> str:
-    if not isinstance(name, str) or not KEY_NAME.match(name):
+    if not isinstance(name, str) or not KEY_NAME.fullmatch(name):
         raise InvalidRequest(
             "a key name is 1-64 letters, digits, '_', '.' or '-'", param="name", code="invalid_name"
         )
@@ -477,13 +477,22 @@ def _key(row: sqlite3.Row) -> ApiKey:
 
 def _glob_regex(glob: str) -> str:
     """A model glob as a regex: ``*`` any run and ``?`` any one character, neither crossing
-    a ``/`` (so ``llama*`` never reaches ``llama-box/other-model``); the rest literal."""
-    parts = []
-    for char in glob:
-        if char == "*":
-            parts.append("[^/]*")
-        elif char == "?":
-            parts.append("[^/]")
-        else:
-            parts.append(re.escape(char))
-    return "(?:" + "".join(parts) + ")"
+    a ``/`` (so ``llama*`` never reaches ``llama-box/other-model``); the rest literal.
+
+    Matched in time linear in the name (times the glob's length), whatever the glob: a
+    plain ``[^/]*`` per star backtracks through every split of the name between the stars
+    (``*-*-*-*-*-x`` against 256 dashes: minutes of the event loop). Each text between two
+    stars instead takes its leftmost place after the previous one and keeps it (an atomic
+    group): a later place never leaves more room for the rest, so no other is tried; only
+    the last star, before the fixed-length tail, is a plain one.
+    """
+    pieces = [_glob_literal(piece) for piece in glob.split("*")]
+    if len(pieces) == 1:
+        return "(?:" + pieces[0] + ")"
+    middle = "".join(f"(?>[^/]*?{piece})" for piece in pieces[1:-1] if piece)
+    return "(?:" + pieces[0] + middle + "[^/]*" + pieces[-1] + ")"
+
+
+def _glob_literal(text: str) -> str:
+    """A glob's text between stars: ``?`` any one character but ``/``, the rest literal."""
+    return "".join("[^/]" if char == "?" else re.escape(char) for char in text)

@@ -29,6 +29,8 @@ class UrlSigner:
             return False
         if int(expires) < (now if now is not None else time.time()):
             return False
+        if not signature.isascii():  # compare_digest raises on non-ASCII text
+            return False
         return hmac.compare_digest(self._mac(path, int(expires)), signature)
 
     def _mac(self, path: str, expires: int) -> str:
