@@ -232,7 +232,10 @@ class ModelUnit:
         """Wake whoever waits on this unit or its group."""
         self._changed.set()
         self._changed = asyncio.Event()
-        self.group.wake()
+        if self.demanding:  # e.g. calls that waited out a drain: their group must load it
+            self.group.kick()
+        else:
+            self.group.wake()
 
     @property
     def idle(self) -> bool:
@@ -277,15 +280,18 @@ class ModelUnit:
             problem = await self._until_ready(process)
         except OSError as exc:
             problem = f"cannot start its command: {exc.strerror or type(exc).__name__}"
-        except BaseException:
+        except asyncio.CancelledError:
             if process is not None:
-                await asyncio.shield(process.stop(0.5))
+                await self.manager.stop_process(process, 0.5)
             self.process = None
             self.set_state(UNLOADED)
             raise
+        except Exception as exc:  # anything else is a failed start too: backoff, no spin
+            log.error("starting the model process of %s failed", self.name, exc_info=exc)
+            problem = f"cannot start its command: {type(exc).__name__}"
         if problem is not None:
             if process is not None:
-                await process.stop(self.spec.stop_timeout_s)
+                await self.manager.stop_process(process, self.spec.stop_timeout_s)
             self.process = None
             self._failed(f"failed to start: {problem}", during="start")
             return
@@ -330,7 +336,7 @@ class ModelUnit:
         status = await process.wait()
         if self.process is process:  # not stopped by the gateway: a crash
             self.process = None
-            await process.stop(0)  # what it left in its process group, and its log
+            await self.manager.stop_process(process, 0)  # what it left in its group, its log
             self.crashes += 1
             self.loaded_at = None
             log.warning("model process of %s exited with status %s", self.name, status)
@@ -380,7 +386,7 @@ class ModelUnit:
         process, self.process = self.process, None
         self.stale = False
         if process is not None:
-            await process.stop(self.spec.stop_timeout_s)
+            await self.manager.stop_process(process, self.spec.stop_timeout_s)
         self.manager._retired.discard(self)
         if self.state != UNLOADED:
             self.loaded_at = None
@@ -572,6 +578,7 @@ class LifecycleManager:
         self.groups: dict[str, Group] = {}
         self.closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping: set[asyncio.Future[None]] = set()  # process stops close waits for
         self._session: aiohttp.ClientSession | None = None
         self._preload: list[ModelUnit] = []
         self._retired: set[ModelUnit] = set()  # dropped by a reload, maybe still running
@@ -596,6 +603,14 @@ class LifecycleManager:
             counted = "failed" if detail.get("during") == "start" else kind
             self.observer(counted, unit.name, detail.get("seconds"), detail.get("reason"))
         log.info("model %s: %s %s", unit.name, kind, detail or "")
+
+    async def stop_process(self, process: ModelProcess, grace_s: float) -> None:
+        """Stop ``process`` (SIGTERM, SIGKILL after ``grace_s``) to the end even when the
+        caller is cancelled (``close`` cancels the tasks, then waits for these stops)."""
+        stopping = asyncio.ensure_future(process.stop(grace_s))
+        self._stopping.add(stopping)
+        stopping.add_done_callback(self._stopping.discard)
+        await asyncio.shield(stopping)
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coroutine)
@@ -715,6 +730,7 @@ class LifecycleManager:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._stopping, return_exceptions=True)  # cut short above
         units = [*self.units.values(), *self._retired]
         await asyncio.gather(*(unit.stop("shutdown") for unit in units), return_exceptions=True)
         self.hub.close()

@@ -50,6 +50,7 @@ log = logging.getLogger("gateway.models")
 LOADED, LOADING, UNLOADED, FAILED = "loaded", "loading", "unloaded", "failed"
 _REQUEST_ID = "gateway-lifecycle"
 _POLL_S = 0.1
+_MAX_HOOK_BODY = 1024 * 1024  # a hook's answer is a short list: parsed on the event loop
 _DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _LLAMA_STATES = {"loaded": LOADED, "loading": LOADING, "downloading": LOADING}
@@ -84,15 +85,30 @@ async def _json(
         method=method,
         read_timeout_s=backend.config.timeouts.read_s,
     ) as call:
-        body = await call.read_body()
+        body = await call.read_body(_MAX_HOOK_BODY)
     if not body.strip():
         return None
     try:
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise UpstreamError(
             f"backend '{backend.name}' answered a lifecycle call with non-JSON"
         ) from None
+
+
+def _listing(backend: Backend, answer: Any, field: str) -> list[Any]:
+    """``answer[field]``, a server's list of models (absent: none); anything else is a 502."""
+    if answer is None:
+        return []
+    if isinstance(answer, dict):
+        items = answer.get(field)
+        if items is None:
+            return []
+        if isinstance(items, list):
+            return items
+    raise UpstreamError(
+        f"backend '{backend.name}' answered a lifecycle call with JSON of an unexpected shape"
+    )
 
 
 class RemoteHooks:
@@ -122,7 +138,7 @@ class OllamaHooks(RemoteHooks):
     async def states(self) -> dict[str, dict[str, Any]]:
         listing = await _json(self.backend, "GET", "/api/ps")
         loaded: dict[str, dict[str, Any]] = {}
-        for item in (listing or {}).get("models") or []:
+        for item in _listing(self.backend, listing, "models"):
             if isinstance(item, dict):
                 for key in ("name", "model"):
                     if isinstance(item.get(key), str):
@@ -152,7 +168,7 @@ class LlamaRouterHooks(RemoteHooks):
     async def states(self) -> dict[str, dict[str, Any]]:
         listing = await _json(self.backend, "GET", "/models")
         found: dict[str, str] = {}
-        for item in (listing or {}).get("data") or []:
+        for item in _listing(self.backend, listing, "data"):
             if isinstance(item, dict) and isinstance(item.get("id"), str):
                 status = item.get("status")
                 status = status if isinstance(status, dict) else {}
