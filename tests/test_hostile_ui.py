@@ -18,8 +18,8 @@ import json
 import logging
 from typing import Any
 
-import pytest
 import aiohttp
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
