@@ -198,7 +198,7 @@ def check_name(name: object) -> str:
 def check_scopes(values: dict[str, Any]) -> dict[str, Any]:
     """Scopes and limits from a CLI or UI request, checked; absent keys stay absent.
 
-    ``models``: globs (``*``, ``?``, ``[…]``); ``endpoints``: names from ``ENDPOINTS``;
+    ``models``: globs (``*`` and ``?``; ``[`` is literal); ``endpoints``: names from ``ENDPOINTS``;
     ``tools``: tool names; each a list, or ``None`` for no restriction. Limits are
     positive integers or ``None``.
     """
