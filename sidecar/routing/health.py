@@ -23,11 +23,13 @@ import time
 from collections.abc import AsyncIterator
 
 from ..errors import GatewayError
+from ..wire.model_name import MAX_MODEL_CHARS
 from .call import backend_call
 from .registry import Backend, HealthState, RegistryHolder
 
 log = logging.getLogger("gateway.health")
 _PROBE_BODY = 4 * 1024 * 1024
+MAX_DISCOVERED = 1024  # models taken from one backend's listing
 _REFUSED = (401, 403, 407)  # the backend refuses the gateway's credentials
 _PERMANENT_CODES = ("upstream_tls_error",)
 Outcome = tuple[str, str | None, str | None]  # state, error, the code requests get
@@ -108,6 +110,12 @@ class HealthChecker:
                     listing = listing if status < 300 else None
                 discovered = _model_ids(listing) if listing is not None else None
                 if discovered is not None:
+                    if len(discovered) == MAX_DISCOVERED and discovered != backend.discovered:
+                        log.warning(
+                            "backend %s lists more models than the %d the gateway routes",
+                            backend.name,
+                            MAX_DISCOVERED,
+                        )
                     backend.discovered = discovered
         except asyncio.CancelledError:
             raise
@@ -168,11 +176,24 @@ def _redirect(status: int) -> str:
 
 
 def _model_ids(body: bytes) -> tuple[str, ...] | None:
+    """The model ids of a ``/models`` listing: each a name a request could use
+    (``check_model_name``), each once, at most ``MAX_DISCOVERED`` of them. Every
+    ``/v1/models`` answer and every route lookup goes over them: a backend listing
+    hundreds of thousands would make each of those hold the event loop for seconds."""
     try:
         listing = json.loads(body)
-        return tuple(item["id"] for item in listing["data"] if isinstance(item.get("id"), str))
+        ids = dict.fromkeys(
+            item["id"]
+            for item in listing["data"]
+            if isinstance(item.get("id"), str) and _usable(item["id"])
+        )
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None
+    return tuple(ids)[:MAX_DISCOVERED]
+
+
+def _usable(model: str) -> bool:
+    return 0 < len(model) <= MAX_MODEL_CHARS and bool(model.strip()) and model.isprintable()
 
 
 def _tick(backends: list[Backend]) -> float:

@@ -130,15 +130,26 @@ def upstream_body(payload: dict[str, Any], route: Route) -> dict[str, Any]:
         raise InvalidRequest(f"model '{alias.name}' does not accept tools", param="tools")
     if alias.max_tokens_cap is not None:
         keys = [k for k in ("max_tokens", "max_completion_tokens") if upstream.get(k) is not None]
+        for key in keys:
+            _number(upstream[key], key)
         for key in keys or ["max_tokens"]:
             upstream[key] = min(upstream.get(key) or alias.max_tokens_cap, alias.max_tokens_cap)
     if alias.temperature_cap is not None:
         temperature = upstream.get("temperature")
+        if temperature is not None:
+            _number(temperature, "temperature")
         default = min(1.0, alias.temperature_cap)
         upstream["temperature"] = min(
             temperature if temperature is not None else default, alias.temperature_cap
         )
     return upstream
+
+
+def _number(value: Any, name: str) -> None:
+    """A capped field must be a number to be capped: a face that does not check it
+    (embeddings, rerank) would otherwise fail on ``min`` with a 500."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRequest(f"'{name}' must be a number", param=name)
 
 
 async def complete(route: Route, endpoint: str, body: dict[str, Any], request_id: str) -> Any:

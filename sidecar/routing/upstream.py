@@ -44,6 +44,15 @@ from ..wire import strict_json
 from .http1 import ConnectFailed, Disconnected, MalformedResponse, Pool, Response
 
 MAX_UPSTREAM_BODY = 64 * 1024 * 1024
+# A JSON reply is parsed whole on the event loop (the C decoder holds the GIL anyway), and
+# what it builds can be far larger than its text: 64 MiB of ``[],`` is 22 M lists, 1.7 GB
+# and seconds of a blocked loop. Counted (brackets and commas, strings included: an
+# over-count) before the parse; the limits are far above a real reply's (64 MiB of
+# embeddings is about 5 M numbers in a few thousand arrays) and bound the parse's memory
+# and time to about a real 64 MiB reply's. Below ``_COUNTED_REPLY_BYTES`` nothing is counted.
+MAX_REPLY_CONTAINERS = 1_000_000
+MAX_REPLY_VALUES = 8_000_000
+_COUNTED_REPLY_BYTES = 1024 * 1024
 MAX_SSE_EVENT_BYTES = 1024 * 1024
 MAX_ERROR_MESSAGE = 500
 # Every pattern below runs on at most _CLEANED_CHARS characters and none can backtrack
@@ -120,6 +129,15 @@ class UpstreamCall:
     async def read_json(self) -> tuple[bytes, Any]:
         """The whole body and its parsed JSON; garbage or a cut-off body is a 502."""
         body = await self.read_body()
+        if len(body) > _COUNTED_REPLY_BYTES and (
+            body.count(b"[") + body.count(b"{") > MAX_REPLY_CONTAINERS
+            or body.count(b",") > MAX_REPLY_VALUES
+        ):
+            raise UpstreamError(
+                f"backend '{self._client.name}' returned a reply with more values than the"
+                " gateway parses",
+                code="upstream_reply_too_complex",
+            )
         try:
             return body, strict_json.loads_reply(body)
         except StrictJsonError as exc:
