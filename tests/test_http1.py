@@ -499,6 +499,32 @@ async def test_a_response_with_connection_close_is_not_reused(serve: Any) -> Non
     await asyncio.wait_for(hung_up.wait(), WAIT_S)  # and the client closed the first one
 
 
+async def test_an_answer_before_the_request_body_was_sent_is_not_reused(serve: Any) -> None:
+    """A backend that answers (keep-alive) before it read the request's body: the rest of
+    the body, still in the client's send buffer, would reach the backend as the start of
+    the next request, whose answer would then be for bytes a client chose. The connection
+    is not reused."""
+
+    async def answers_early(peer: Peer) -> None:
+        head = await peer.reader.readuntil(b"\r\n\r\n")  # the head only, never the body
+        peer.backend.heads.append(head)
+        await peer.send(reply(b"early"))
+        await peer.until_client_closes()
+
+    backend = await serve(answers_early)
+    pool = backend.pool()
+    body = b"x" * (32 * 1024 * 1024)  # more than loopback's socket buffers hold
+    async with asyncio.timeout(WAIT_S):
+        response = await pool.request("POST", "/", {"Content-Type": "text/plain"}, body)
+    assert await read_all(response) == b"early"
+    response.close()
+    assert not pool._idle  # before: pooled, with megabytes of the body still to go out
+    response = await get(pool)
+    assert await read_all(response) == b"early"
+    response.close()
+    assert backend.accepted == 2
+
+
 async def test_bytes_on_an_idle_connection_close_it(serve: Any) -> None:
     """A second, unsolicited response after the first was read and the connection pooled:
     the pooled connection is closed and the next request goes over a new one."""

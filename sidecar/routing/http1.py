@@ -17,9 +17,10 @@ Backends are not trusted:
 - ``Accept-Encoding: identity`` is sent and a coded body (gzip, br, ...) is an error:
   nothing is decompressed, so there is no decompression bomb to defuse;
 - a connection is reused only after a complete response that allows keep-alive with
-  nothing after it; bytes after a response (in the same read or later) or on an idle
-  connection close it. Idle connections are not reused after ``IDLE_S`` (15 s) and are
-  closed as soon as the backend closes them;
+  nothing after it, to a request written whole before its head came; bytes after a
+  response (in the same read or later) or on an idle connection close it. Idle
+  connections are not reused after ``IDLE_S`` (15 s) and are closed as soon as the
+  backend closes them;
 - after the head, bytes that are neither body nor chunk framing (trailers, chunk
   extensions) are bounded by ``MAX_HEAD_BYTES`` too, and trailers are not passed on;
 - a body must be identity or chunked: any other transfer coding is an error;
@@ -437,7 +438,10 @@ class Connection(asyncio.Protocol):
             raise MalformedResponse(f"a body sent as {transfer[:32]!r}, which was not asked for")
         self.status = status
         self._framed = "Content-Length" in headers or transfer == "chunked"
-        self._reusable = self._parser.should_keep_alive()
+        # A backend that answers before the request's body is out (what is left of it still
+        # in the send buffer) would read that rest as the next request: never reused.
+        unsent = self.transport is not None and self.transport.get_write_buffer_size() > 0
+        self._reusable = self._parser.should_keep_alive() and not unsent
         self._head_done = True
         head = self._head
         if head is not None and not head.done():
