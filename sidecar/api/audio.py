@@ -27,8 +27,9 @@ import logging
 import re
 import secrets
 from collections.abc import AsyncIterator
+from typing import cast
 
-from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp import BodyPartReader, MultipartReader, StreamReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from ..errors import (
@@ -102,7 +103,9 @@ async def _relay_upload(request: web.Request, endpoint: str) -> web.StreamRespon
             "Send the audio as multipart/form-data with a 'file' and a 'model'", param="file"
         )
     try:
-        reader = await request.multipart()
+        # The whole body counts toward the limit, a preamble and part headers included.
+        body = cast(StreamReader, _BoundedBody(request.content, limit))
+        reader = MultipartReader(request.headers, body)
     except _MALFORMED:
         raise _malformed() from None
     upload = Upload(reader, limit)
@@ -128,6 +131,38 @@ async def _relay_upload(request: web.Request, endpoint: str) -> web.StreamRespon
         failure = upload.failure or exc  # the client's upload at fault, not the backend
         failure.headers.update(headers)
         raise failure from None
+
+
+class _BoundedBody:
+    """The request body as the multipart reader reads it, every byte the client sent
+    counted (not only the parts' contents): past ``limit`` a read is a 413. Without it a
+    chunked upload could send any amount as a preamble or as part headers."""
+
+    def __init__(self, content: StreamReader, limit: int) -> None:
+        self._content = content
+        self._limit = limit
+
+    def _check(self) -> None:
+        if self._content.total_bytes > self._limit:
+            raise PayloadTooLarge(f"Request body is larger than the limit of {self._limit} bytes")
+
+    async def readline(self, *, max_line_length: int | None = None) -> bytes:
+        self._check()
+        line = await self._content.readline(max_line_length=max_line_length)
+        self._check()
+        return line
+
+    async def read(self, n: int = -1) -> bytes:
+        self._check()
+        data = await self._content.read(n)
+        self._check()
+        return data
+
+    def at_eof(self) -> bool:
+        return self._content.at_eof()
+
+    def unread_data(self, data: bytes) -> None:
+        self._content.unread_data(data)
 
 
 class Upload:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 from typing import Any
 
@@ -37,7 +38,10 @@ _SVG_POLICY = "sandbox; default-src 'none'; style-src 'unsafe-inline'"
 
 async def generations(request: web.Request) -> web.Response:
     answer, headers = await generate_for(request, await read_json_object(request))
-    return web.json_response(answer, headers=headers)
+    # Ten large b64_json images make tens of MiB of JSON: dumped in a thread, never on
+    # the event loop.
+    body = await asyncio.to_thread(lambda: json.dumps(answer).encode())
+    return web.Response(body=body, content_type="application/json", headers=headers)
 
 
 async def generate_for(

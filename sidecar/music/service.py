@@ -23,6 +23,8 @@ AUDIO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}\.(wav|mp3|flac|ogg)$"
 MAX_DURATION_S = 300
 _TEXT_FIELDS = ("prompt", "lyrics", "style", "tags")
 _TEXT_LIMIT = 8000
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+_STATUS = re.compile(r"[A-Za-z][A-Za-z_-]{0,31}")
 
 
 @dataclass(frozen=True)
@@ -96,12 +98,22 @@ async def generate_music(
     ) as call:
         _, reply = await call.read_json()
     name = _audio_name(reply, backend.name)
+    # The backend's other fields pass only in their shape (they reach clients, and an
+    # agent's context through the tool): else what the gateway knows, or None.
+    song_id, status = reply.get("id"), reply.get("status")
+    duration, prompt = reply.get("duration"), reply.get("prompt")
+    if not (isinstance(duration, int | float) and not isinstance(duration, bool)) or not (
+        0 < duration <= 2 * MAX_DURATION_S
+    ):
+        duration = request.duration
     return {
-        "id": reply.get("id"),
-        "status": reply.get("status", "completed"),
+        "id": song_id if isinstance(song_id, str) and _ID.fullmatch(song_id) else None,
+        "status": status if isinstance(status, str) and _STATUS.fullmatch(status) else "completed",
         "audio_url": AUDIO_ROUTE + name,
-        "duration": reply.get("duration", request.duration),
-        "prompt": reply.get("prompt", request.fields.get("prompt")),
+        "duration": duration,
+        "prompt": prompt
+        if isinstance(prompt, str) and len(prompt) <= _TEXT_LIMIT
+        else request.fields.get("prompt"),
         "backend": backend.name,
     }
 
