@@ -109,6 +109,9 @@ def process(
             message = f"{memory} MB cannot fit in group {group!r} ({found.memory_mb} MB)"
             issues.error(f"{path}.memory_mb", message)
     env = {key: val for key, val in mapping(spec.get("env")).items() if isinstance(val, str)}
+    for key in env:
+        if not key or "=" in key:  # the child would get another variable, without a word
+            issues.error(f"{path}.env.{key}", "must be a variable name (not empty, no '=')")
     return ProcessConfig(
         cmd=cmd,
         env=MappingProxyType(env),

@@ -2,18 +2,22 @@
 
 It lives with the config that names the files: the loader builds each https backend's
 context while validating, so a bad PEM is refused like any bad value, and fingerprints
-the files' contents so that a rotated certificate is a new config.
+the files' contents so that a rotated certificate is a new config. Each file is read
+within bounds, like the YAML: a regular file of at most ``MAX_TLS_FILE_BYTES`` (a path to
+a huge file is refused, not read whole into memory at every reload).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import ssl
 from pathlib import Path
 
-from ..errors import TlsSetupError
+from ..errors import ConfigError, TlsSetupError
 from .schema import GatewayConfig, TlsConfig
+from .yamlread import read_file
+
+MAX_TLS_FILE_BYTES = 4 * 1024 * 1024  # a CA bundle, client certificate or key
 
 
 def build_ssl_context(tls: TlsConfig) -> ssl.SSLContext:
@@ -21,6 +25,9 @@ def build_ssl_context(tls: TlsConfig) -> ssl.SSLContext:
 
     Blocking (reads PEM files): the config loader calls it, off the event loop.
     """
+    _check_size("ca_bundle", "the CA bundle", tls.ca_bundle)
+    _check_size("client_cert", "the client certificate", tls.client_cert)
+    _check_size("client_key", "the client key", tls.client_key)
     try:
         if tls.ca_bundle is not None:
             context = ssl.create_default_context(cafile=str(tls.ca_bundle))
@@ -45,6 +52,17 @@ def build_ssl_context(tls: TlsConfig) -> ssl.SSLContext:
     return context
 
 
+def _check_size(field: str, what: str, path: Path | None) -> None:
+    """Refuse a file OpenSSL should not be given: not regular, or over the bound."""
+    if path is None:
+        return
+    try:
+        read_file(path, MAX_TLS_FILE_BYTES)
+    except ConfigError as exc:
+        reason = exc.issues[0].message.removeprefix("cannot read: ")
+        raise TlsSetupError(field, f"cannot load {what}: {reason}") from None
+
+
 def _reason(exc: BaseException) -> str:
     reason = getattr(exc, "reason", None)
     if isinstance(reason, str):
@@ -59,8 +77,10 @@ def fingerprint(tls: TlsConfig) -> str:
     digest = hashlib.sha256()
     for path in (tls.ca_bundle, tls.client_cert, tls.client_key):
         if path is not None:
-            with contextlib.suppress(OSError):
-                digest.update(path.read_bytes())
+            try:
+                digest.update(read_file(path, MAX_TLS_FILE_BYTES))
+            except ConfigError as exc:  # refused when the context is built
+                digest.update(exc.issues[0].message.encode())
         digest.update(b"\0")
     return digest.hexdigest()
 

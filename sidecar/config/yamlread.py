@@ -4,7 +4,12 @@ Reading is bounded, whatever is at the path: only a regular file (a symlink to o
 fine; a directory, FIFO, device or symlink loop is an error), at most ``MAX_CONFIG_BYTES``;
 YAML nodes nest at most ``MAX_DEPTH`` deep and the document, with every alias expanded,
 has at most ``MAX_NODES`` nodes (a "billion laughs" file is refused while composing, before
-anything is expanded); an alias inside its own anchor is refused.
+anything is expanded); an alias inside its own anchor is refused. Reading the nodes
+spends at most ``MAX_EXPANDED_CHARS`` characters on key paths and string values, with
+every alias and ``${VAR}`` expanded: a long string or key used thousands of times (by
+aliases, or as the parent of a long list) is refused, not copied gigabytes deep. A NUL
+character (``"\\0"`` in a quoted string) is refused anywhere: a process's argv or
+environment would be cut at it without a word.
 
 The composed nodes become plain values (dicts, lists, scalars) with the line of every key
 path recorded in ``Issues``, and ``${VAR}`` / ``${VAR:-default}`` replaced from the
@@ -28,13 +33,16 @@ from .issues import Issues, join
 MAX_CONFIG_BYTES = 1024 * 1024  # gateway.yaml, TOOLS_REGISTRY_PATH, AGENT_SPECS_PATH
 MAX_DEPTH = 32  # nested mappings/sequences
 MAX_NODES = 20_000  # YAML nodes with every alias expanded (bounds time and memory)
+# Characters of key paths and string values, aliases and ${VAR}s expanded (bounds memory).
+MAX_EXPANDED_CHARS = 8 * MAX_CONFIG_BYTES
+_SHOWN_PATH_CHARS = 200  # a key path in the "too large" message is cut to this
 
 _VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _TAB_HINT = " (use spaces, not tabs, to indent YAML)"
 
 
-def read_file(path: Path) -> bytes:
-    """The file's bytes: a regular file of at most ``MAX_CONFIG_BYTES``, never blocking."""
+def read_file(path: Path, limit: int = MAX_CONFIG_BYTES) -> bytes:
+    """The file's bytes: a regular file of at most ``limit`` bytes, never blocking."""
     try:
         # O_NONBLOCK: opening a FIFO put in the file's place must not hang the reload.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
@@ -44,18 +52,18 @@ def read_file(path: Path) -> bytes:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise ConfigError(path, [ConfigIssue("", None, "cannot read: not a regular file")])
-        if info.st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(path, [_too_large()])
+        if info.st_size > limit:
+            raise ConfigError(path, [_too_large(limit)])
         chunks = []
         size = 0
-        while size <= MAX_CONFIG_BYTES:
-            chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - size)
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
             if not chunk:
                 break
             chunks.append(chunk)
             size += len(chunk)
-        if size > MAX_CONFIG_BYTES:  # grew while being read
-            raise ConfigError(path, [_too_large()])
+        if size > limit:  # grew while being read
+            raise ConfigError(path, [_too_large(limit)])
         return b"".join(chunks)
     except OSError as exc:
         raise ConfigError(path, [ConfigIssue("", None, _cannot_read(exc))]) from None
@@ -67,8 +75,8 @@ def _cannot_read(exc: OSError) -> str:
     return f"cannot read: {(exc.strerror or type(exc).__name__).lower()}"
 
 
-def _too_large() -> ConfigIssue:
-    return ConfigIssue("", None, f"larger than {MAX_CONFIG_BYTES} bytes")
+def _too_large(limit: int) -> ConfigIssue:
+    return ConfigIssue("", None, f"larger than {limit} bytes")
 
 
 class _LimitError(yaml.YAMLError):
@@ -223,15 +231,34 @@ class PlainReader:
         self.issues = issues
         self.environ = environ
         self._constructor = yaml.constructor.SafeConstructor()
+        self._budget = MAX_EXPANDED_CHARS
 
     def plain(self, node: yaml.Node, path: str = "") -> Any:
+        self._spend(len(path), path)
         self.issues.lines.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
             return self._mapping_node(node, path)
         if isinstance(node, yaml.SequenceNode):
             return [self.plain(item, join(path, i)) for i, item in enumerate(node.value)]
         value = self._scalar(node, path)
-        return self.substitute(value, path) if isinstance(value, str) else value
+        if not isinstance(value, str):
+            return value
+        self._spend(len(value), path)
+        value = self.substitute(value, path)
+        if "\0" in value:
+            self.issues.error(path, "must not contain a NUL character (\\0)", node)
+        return value
+
+    def _spend(self, chars: int, path: str) -> None:
+        """Count ``chars`` against ``MAX_EXPANDED_CHARS``; past it the file is refused."""
+        self._budget -= chars
+        if self._budget < 0:
+            shown = path if len(path) <= _SHOWN_PATH_CHARS else path[:_SHOWN_PATH_CHARS] + "..."
+            message = (
+                f"more than {MAX_EXPANDED_CHARS} characters once aliases and ${{VAR}}s are expanded"
+            )
+            issue = ConfigIssue(shown, self.issues.line(path), message)
+            raise ConfigError(self.issues.source, [issue])
 
     def _mapping_node(self, node: yaml.MappingNode, path: str) -> dict[str, Any]:
         """Keys in order; ``<<`` merges come first and explicit keys may override them."""
@@ -254,6 +281,9 @@ class PlainReader:
                 continue
             key = str(key)
             child = join(path, key)
+            if "\0" in key:
+                self.issues.error(path, "keys must not contain a NUL character (\\0)", key_node)
+                continue
             if key in result:
                 self.issues.error(child, "duplicate key", key_node)
                 continue
@@ -279,7 +309,9 @@ class PlainReader:
                 if default is None:
                     self.issues.unset_variable(path, name)
                     return ""
+                self._spend(len(default), path)
                 return default
+            self._spend(len(value), path)
             return value
 
         return _VAR.sub(replace, text) if "$" in text else text

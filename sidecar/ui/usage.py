@@ -1,7 +1,8 @@
 """``/ui/usage``: tokens per day, per key, per user and per model.
 
 Admins (accounts on) see everyone's; anyone else sees only the rows of their own UI
-account (their chats). The page is rendered empty and filled from ``/ui/api/usage``
+account (their chats) since the account was created (not those of a deleted account of
+the same name). The page is rendered empty and filled from ``/ui/api/usage``
 (the same ``since``/``until`` as ``/v1/gateway/usage``), with the chart drawn locally.
 """
 
@@ -35,10 +36,19 @@ async def totals(request: web.Request) -> web.Response:
         raise NotFound("The usage ledger is off (GATEWAY_USAGE_ENABLED)", code="usage_off")
     query = parse_query(request.query, _PARAMS)
     everyone = _everyone(request)
-    user = None if everyone else request[UI_USER].username
+    user = None if everyone else request[UI_USER]
+    # Rows are kept by user name; an account deleted and made anew has the name but not
+    # the old account's usage: only what ran since this account was created is its own.
     found = await asyncio.gather(
         *(
-            ledger.totals(query.since, query.until, group_by, ui_user=user, limit=MAX_ROWS)
+            ledger.totals(
+                query.since,
+                query.until,
+                group_by,
+                ui_user=user.username if user is not None else None,
+                after=user.created_at if user is not None else None,
+                limit=MAX_ROWS,
+            )
             for group_by in _TABLES.values()
         )
     )

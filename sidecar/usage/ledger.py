@@ -215,10 +215,13 @@ class UsageLedger:
         *,
         key: str | None = None,
         ui_user: str | None = None,
+        after: float | None = None,
         limit: int = 10_000,
     ) -> list[dict[str, Any]]:
         def query() -> list[dict[str, Any]]:
-            return self.store.totals(since, until, group_by, key=key, ui_user=ui_user, limit=limit)
+            return self.store.totals(
+                since, until, group_by, key=key, ui_user=ui_user, after=after, limit=limit
+            )
 
         try:
             return await asyncio.to_thread(query)

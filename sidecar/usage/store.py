@@ -115,11 +115,13 @@ class UsageStore(Protocol):
         *,
         key: str | None = None,
         ui_user: str | None = None,
+        after: float | None = None,
         limit: int = 10_000,
     ) -> list[dict[str, Any]]:
         """Summed rows per ``group_by`` (names of ``DIMENSIONS``), days ``since``..``until``
-        inclusive (``YYYY-MM-DD``, UTC), only ``key``'s / ``ui_user``'s when given; at
-        most ``limit`` rows."""
+        inclusive (``YYYY-MM-DD``, UTC), only ``key``'s / ``ui_user``'s when given, only
+        requests at or after the time ``after`` when given (a UI account's creation: the
+        rows of an earlier account of that name are not its own); at most ``limit`` rows."""
 
     def prune(self, now: float, retention_days: int, rollup_days: int) -> int:
         """Drop what is past retention; the number of rows removed."""
@@ -207,21 +209,38 @@ class SqliteUsageStore:
         *,
         key: str | None = None,
         ui_user: str | None = None,
+        after: float | None = None,
         limit: int = 10_000,
     ) -> list[dict[str, Any]]:
         columns = [DIMENSIONS[name] for name in group_by]
-        where, params = ["day >= ?", "day <= ?"], [since, until]
+        where = ["day >= ?", "day <= ?"]
+        params: list[Any] = [since, until]
         if key is not None:
             where.append("key = ?")
             params.append(key)
         if ui_user is not None:
             where.append("ui_user = ?")
             params.append(ui_user)
+        source = "daily"
+        if after is not None:
+            # The days after ``after``'s from the roll-ups; its own day from the requests
+            # that day at or after it (while they are kept: ``retention_days``).
+            next_day = (int(after // 86_400) + 1) * 86_400.0
+            source = (
+                "(SELECT day, key, ui_user, model, requests, prompt_tokens,"  # noqa: S608 (fixed text)
+                " completion_tokens, errors, estimated FROM daily"
+                f" WHERE day > ? AND {' AND '.join(where)}"
+                " UNION ALL SELECT day, key, ui_user, model, 1, prompt_tokens,"
+                " completion_tokens, error, estimated FROM requests"
+                f" WHERE ts >= ? AND ts < ? AND {' AND '.join(where)})"
+            )
+            params = [day_of(after), *params, after, next_day, *params]
+            where = []
         grouped = ", ".join(columns)
         sql = (
             f"SELECT {grouped + ', ' if grouped else ''}SUM(requests), SUM(prompt_tokens),"  # noqa: S608 (names from DIMENSIONS)
-            f" SUM(completion_tokens), SUM(errors), SUM(estimated) FROM daily"
-            f" WHERE {' AND '.join(where)}"
+            f" SUM(completion_tokens), SUM(errors), SUM(estimated) FROM {source}"
+            + (f" WHERE {' AND '.join(where)}" if where else "")
             + (f" GROUP BY {grouped} ORDER BY {grouped}" if grouped else "")
             + " LIMIT ?"
         )
