@@ -340,3 +340,25 @@ async def test_every_error_response_carries_its_own_request_id(
         assert REQUEST_ID.fullmatch(request_id), (status, response.headers)
         seen.add(request_id)
     assert len(seen) == len(requests)
+
+
+async def test_an_unhandled_error_logs_one_line_whatever_the_path_holds(
+    gateway: TestClient,
+    auth: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The diagnostics log names the path of a request that hit a bug: as sent, still
+    percent-encoded, so a ``%0A`` in it cannot start a line of the caller's choosing."""
+    from sidecar.music import api as music_api
+
+    async def broken(request: Any, name: str) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(music_api, "_stream", broken)
+    forged = "a%0A2026-12-03 00:00:00 CRITICAL forged line"
+    response = await gateway.get(f"/music/{forged}", headers=auth)
+    assert response.status == 500
+    assert (await response.json())["error"]["code"] == "internal_error"
+    (record,) = [r for r in caplog.records if r.name == "gateway.errors"]
+    assert "\n" not in record.getMessage() and "a%0A2026" in record.getMessage()

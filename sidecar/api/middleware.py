@@ -121,7 +121,7 @@ async def front(request: web.Request, handler: Handler) -> web.StreamResponse:
                         raise
                     response = _http_error(face_of(request.path), exc)
                 else:
-                    path = request.rel_url.path
+                    path = request.rel_url.raw_path  # as sent, still encoded: one log line
                     log.exception("unhandled error in %s %s", request.method, path)
                     response = _internal_error(request)
     except BaseException as exc:
@@ -185,7 +185,7 @@ def _cut_short(request: web.Request, record: AccessRecord, exc: Exception) -> we
     wait. The response returned is never sent; the access record keeps the status sent."""
     record.stream_failed = True
     if not isinstance(exc, GatewayError | web.HTTPException):
-        path = request.rel_url.path
+        path = request.rel_url.raw_path  # as sent, still encoded: one log line
         log.exception("unhandled error in %s %s after the response began", request.method, path)
     request.protocol.force_close()
     return web.Response(status=record.status or 500)
