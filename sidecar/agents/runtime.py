@@ -25,6 +25,7 @@ from ..config.schema import AgentSpec, ToolSpec
 from ..errors import BadModelReply, GatewayError, InvalidRequest, ReplayDiverged
 from ..toolbus.hashing import canonical_hash
 from ..wire import strict_json
+from ..wire.body import THREAD_PARSE_BYTES
 
 _NOT_RUN = ("tool_refused", "tool_rejected")
 ModelCall = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -99,9 +100,11 @@ async def run_loop(
         async with asyncio.timeout(spec.max_seconds):
             for turn in range(spec.max_turns):
                 body = _model_request(spec, tools, messages)
-                request_hash = canonical_hash(body)
+                # Off the loop: RFC 8785 is pure Python and the messages can be megabytes.
+                request_hash = await asyncio.to_thread(canonical_hash, body)
                 running = {"during": "model", "turn": turn}
-                reply = _model_reply(await model(body))
+                answer = await model(body)
+                reply = await asyncio.to_thread(_model_reply, answer)
                 result.events.append(
                     {"type": "model", "turn": turn, "request_hash": request_hash, "response": reply}
                 )
@@ -209,7 +212,10 @@ async def _tool_turn(spec: AgentSpec, call: Any, run_tool: ToolRun) -> tuple[str
         event.update(type="tool_refused", reason="not in this agent's tool allowlist")
         return json.dumps({"error": f"tool {name!r} is not available to this agent"}), event
     try:
-        arguments = _storable(strict_json.loads(raw) if isinstance(raw, str) else raw)
+        if isinstance(raw, str) and len(raw) > THREAD_PARSE_BYTES:
+            arguments = await asyncio.to_thread(_parsed_arguments, raw)
+        else:
+            arguments = _parsed_arguments(raw)
     except ValueError:
         event.update(
             type="tool_rejected",
@@ -222,6 +228,12 @@ async def _tool_turn(spec: AgentSpec, call: Any, run_tool: ToolRun) -> tuple[str
     event.update(outcome)
     shown = outcome.get("result") if outcome.get("ok") else {"error": outcome.get("error")}
     return json.dumps(shown, ensure_ascii=False), event
+
+
+def _parsed_arguments(raw: Any) -> Any:
+    """A tool call's arguments (JSON text, or a value already), if a transcript can hold
+    them; else ValueError (``StrictJsonError`` is one)."""
+    return _storable(strict_json.loads(raw) if isinstance(raw, str) else raw)
 
 
 def transcript(
@@ -265,7 +277,7 @@ def recorded_driver(recorded: dict[str, Any]) -> tuple[ModelCall, ToolRun]:
 
     async def model(body: dict[str, Any]) -> dict[str, Any]:
         index, event = next_event(("model",))
-        actual = canonical_hash(body)
+        actual = await asyncio.to_thread(canonical_hash, body)
         if actual != event["request_hash"]:
             raise ReplayDiverged(
                 index, {"recorded_request_hash": event["request_hash"], "replayed": actual}

@@ -6,6 +6,10 @@ A record is read or replayed only by the token name that made it, or by a token 
 
 from __future__ import annotations
 
+import asyncio
+import json
+from typing import Any
+
 from aiohttp import web
 
 from ..auth import caller
@@ -35,7 +39,7 @@ async def call_tool(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     arguments = body.get("arguments", {})
     call = await bus.invoke(name, arguments, token=token, request_id=request[REQUEST_ID])
-    return web.json_response(call.response())
+    return await json_answer(call.response())
 
 
 async def get_replay(request: web.Request) -> web.Response:
@@ -44,7 +48,7 @@ async def get_replay(request: web.Request) -> web.Response:
     record = await request.app[TOOLBUS].recorded(
         request.match_info["replay_id"], token=token, admin=admin
     )
-    return web.json_response(record)
+    return await json_answer(record)
 
 
 async def replay(request: web.Request) -> web.Response:
@@ -52,4 +56,10 @@ async def replay(request: web.Request) -> web.Response:
     outcome = await request.app[TOOLBUS].replay(
         request.match_info["replay_id"], token=token, request_id=request[REQUEST_ID], admin=admin
     )
-    return web.json_response(outcome)
+    return await json_answer(outcome)
+
+
+async def json_answer(body: Any) -> web.Response:
+    """``body`` as a JSON response, encoded in a worker thread: a tool's arguments and
+    result can be megabytes (a noop echoes 8 MB of arguments back)."""
+    return web.json_response(text=await asyncio.to_thread(json.dumps, body))

@@ -13,6 +13,8 @@ saying the tool ran and is recorded only as started.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -44,6 +46,9 @@ from .hashing import new_id, request_hash
 from .log import LookupBusy, ToolLog
 
 log = logging.getLogger("gateway.tools")
+
+MAX_SCHEMA_PROBLEMS = 20  # schema violations a 400 lists
+_PROBLEM_CHARS = 300  # of each violation's message (one can quote a whole value)
 
 
 @dataclass(frozen=True)
@@ -142,11 +147,18 @@ class ToolBus:
         allowed = self._token_tools.get(token or "")
         return allowed is None or name in allowed
 
-    def check_arguments(self, spec: ToolSpec, arguments: Any) -> None:
-        """400 listing every schema violation, each with where it is.
+    def check_arguments(
+        self,
+        spec: ToolSpec,
+        arguments: Any,
+        validator: jsonschema.Draft202012Validator | None = None,
+    ) -> None:
+        """400 listing the schema violations (the first ``MAX_SCHEMA_PROBLEMS``), each
+        with where it is.
 
         Arguments JSON cannot carry or RFC 8785 cannot hash (NaN, inf, lone surrogates,
         integers past 2**53) are refused here, before the tool runs, whoever sent them.
+        Blocking (a walk of the whole value): ``invoke`` runs it in a worker thread.
         """
         try:
             strict_json.check_value(arguments, safe_integers=True)
@@ -156,14 +168,22 @@ class ToolBus:
                 param="arguments",
                 code="invalid_arguments",
             ) from None
+        if validator is None:
+            validator = self._validators[spec.name]
+        # Only the first few: a big array of bad items would otherwise keep one error
+        # object per item (a million items: 3.5 GB and half a minute) and echo them all.
         errors = sorted(
-            self._validators[spec.name].iter_errors(arguments), key=lambda e: list(e.path)
+            itertools.islice(validator.iter_errors(arguments), MAX_SCHEMA_PROBLEMS + 1),
+            key=lambda e: list(e.path),
         )
         if errors:
             problems = "; ".join(
-                f"{'/'.join(str(p) for p in error.absolute_path) or '(arguments)'}: {error.message}"
-                for error in errors
+                f"{'/'.join(str(p) for p in error.absolute_path)[:200] or '(arguments)'}: "
+                f"{_clip(error.message)}"
+                for error in errors[:MAX_SCHEMA_PROBLEMS]
             )
+            if len(errors) > MAX_SCHEMA_PROBLEMS:
+                problems += f"; and more (only the first {MAX_SCHEMA_PROBLEMS} are listed)"
             raise InvalidRequest(
                 f"arguments do not match the schema of '{spec.name}': {problems}",
                 param="arguments",
@@ -178,14 +198,22 @@ class ToolBus:
     ) -> ToolCall:
         """Check, admit (429 when the tool is at its limit), run, record."""
         spec = self.spec(name, token)
-        self.check_arguments(spec, arguments)
-        admission = self._admissions[name]  # before the await: a reload may swap the table
-        hashed = await _hash_arguments(spec, arguments)
+        # Before the await: a reload may swap the tables.
+        admission, validator = self._admissions[name], self._validators[name]
+        # Off the loop: arguments may be megabytes (the walks and the schema are Python).
+        hashed = await asyncio.to_thread(self._checked_hash, spec, arguments, validator)
         slot = await admission.acquire()
         try:
             return await self._run(spec, arguments, hashed, token, request_id)
         finally:
             slot.release()
+
+    def _checked_hash(
+        self, spec: ToolSpec, arguments: Any, validator: jsonschema.Draft202012Validator
+    ) -> str:
+        """The call's request hash, once its arguments passed every check. Blocking."""
+        self.check_arguments(spec, arguments, validator)
+        return _hash_arguments(spec, arguments)
 
     async def _run(
         self, spec: ToolSpec, arguments: Any, hashed: str, token: str | None, request_id: str
@@ -213,8 +241,28 @@ class ToolBus:
         try:
             async with asyncio.timeout(spec.timeout_s):
                 result = await execute(spec, arguments, context, self._builtins)
-            if not strict_json.is_strict(result):  # NaN/inf would break the record and answer
+            # NaN/inf would break the record and answer; off the loop: it may be megabytes.
+            if not await asyncio.to_thread(strict_json.is_strict, result):
                 raise ToolFailure("invalid_result", "the tool returned a value JSON cannot carry")
+        except asyncio.CancelledError:
+            # Cut off from outside (an agent's deadline, a client that left): the tool was
+            # stopped, and that is its outcome; without it the call would read "may have
+            # run" forever. The write goes on in its thread even if cancelled again.
+            error = {"type": "cancelled", "message": "the call was cancelled before it ended"}
+            cancelled = ToolCall(
+                replay_id=replay_id,
+                request_hash=hashed,
+                tool=spec.name,
+                version=spec.version,
+                arguments=arguments,
+                ok=False,
+                result=None,
+                error=error,
+                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            )
+            with contextlib.suppress(GatewayError):
+                await self._record(self._outcome(cancelled, token, request_id), "")
+            raise
         except TimeoutError:
             ok, error = (
                 False,
@@ -240,14 +288,7 @@ class ToolBus:
             error=error,
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
         )
-        record = {
-            "ts": round(time.time(), 3),
-            "phase": "finished",
-            **call.response(),
-            "arguments": arguments,
-            "token": token,
-            "request_id": request_id,
-        }
+        record = self._outcome(call, token, request_id)
         if self._observer is not None:
             self._observer(call.tool, call.ok, call.duration_ms)
         await self._record(
@@ -256,6 +297,18 @@ class ToolBus:
             f" full or not writable); replay id {replay_id} is recorded as started only",
         )
         return call
+
+    @staticmethod
+    def _outcome(call: ToolCall, token: str | None, request_id: str) -> dict[str, Any]:
+        """The record of a call's outcome (its second record, after the intent)."""
+        return {
+            "ts": round(time.time(), 3),
+            "phase": "finished",
+            **call.response(),
+            "arguments": call.arguments,
+            "token": token,
+            "request_id": request_id,
+        }
 
     async def _record(self, record: dict[str, Any], message: str) -> None:
         """Write one record of the log, or raise the 503 with ``message``."""
@@ -303,15 +356,19 @@ class ToolBus:
         }
 
 
-async def _hash_arguments(spec: ToolSpec, arguments: Any) -> str:
-    """The call's request hash, off the loop (arguments may be megabytes); arguments that
+def _hash_arguments(spec: ToolSpec, arguments: Any) -> str:
+    """The call's request hash (blocking: arguments may be megabytes); arguments that
     have no canonical JSON form (a lone surrogate, an integer beyond 2**53, a non-finite
     number) are a 400 before anything is recorded or run."""
     try:
-        return await asyncio.to_thread(request_hash, spec.name, spec.version, arguments)
+        return request_hash(spec.name, spec.version, arguments)
     except CanonicalizationError as exc:
         raise InvalidRequest(
             f"arguments of '{spec.name}' have no canonical JSON form: {exc}",
             param="arguments",
             code="invalid_arguments",
         ) from None
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _PROBLEM_CHARS else text[:_PROBLEM_CHARS] + "..."

@@ -9,6 +9,7 @@ not strict JSON (``wire.strict_json``) is a JSON-RPC parse error (-32700) with H
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -53,6 +54,9 @@ async def endpoint(request: web.Request) -> web.StreamResponse:
         result = await _dispatch(request, method, params)
     except _RpcError as exc:
         return _reply(rpc_id, error=exc)
+    if method == "tools/call":  # a tool's result, maybe megabytes: encoded off the loop
+        body = {"jsonrpc": "2.0", "id": rpc_id, "result": result}
+        return web.json_response(text=await asyncio.to_thread(json.dumps, body))
     return _reply(rpc_id, result=result)
 
 
@@ -92,8 +96,9 @@ async def _call(request: web.Request, params: dict[str, Any], token: str | None)
     except GatewayError as exc:  # unknown tool, not allowed, bad arguments
         raise _RpcError(INVALID_PARAMS, exc.message) from None
     outcome = call.result if call.ok else call.error
+    text = await asyncio.to_thread(json.dumps, outcome, ensure_ascii=False)  # maybe megabytes
     result: dict[str, Any] = {
-        "content": [{"type": "text", "text": json.dumps(outcome, ensure_ascii=False)}],
+        "content": [{"type": "text", "text": text}],
         "isError": not call.ok,
         "_meta": {"replay_id": call.replay_id, "request_hash": call.request_hash},
     }
