@@ -43,6 +43,7 @@ from .test_images_api import (
     stored_files,
 )
 from .test_images_backends import NO_PROBES, encoded, image_app, images_reply
+from .test_interop_audio import CAPABILITIES, MODELS
 
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -150,10 +151,6 @@ def test_a_prune_racing_a_store_of_the_same_image_does_not_fail_it(
 
 # -- audio uploads: hostile multipart bodies -------------------------------------------------
 
-CAPABILITIES = "[chat, completions, embeddings, transcriptions, speech, rerank]"
-MODELS = (
-    "[{id: mock-llama, capabilities: [chat, completions]}, mock-whisper, mock-tts, mock-rerank]"
-)
 TRANSCRIPTIONS = "/v1/audio/transcriptions"
 B = "hostileboundary"
 LIMIT = 64 * 1024

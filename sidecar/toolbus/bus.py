@@ -237,6 +237,20 @@ class ToolBus:
         )
         context = ToolContext(self._registry, self._environ, request_id, self._protected)
         started = time.perf_counter()
+
+        def ended(ok: bool, result: Any, error: dict[str, Any] | None) -> ToolCall:
+            return ToolCall(
+                replay_id=replay_id,
+                request_hash=hashed,
+                tool=spec.name,
+                version=spec.version,
+                arguments=arguments,
+                ok=ok,
+                result=result,
+                error=error,
+                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            )
+
         ok, result, error = True, None, None
         try:
             async with asyncio.timeout(spec.timeout_s):
@@ -249,17 +263,7 @@ class ToolBus:
             # stopped, and that is its outcome; without it the call would read "may have
             # run" forever. The write goes on in its thread even if cancelled again.
             error = {"type": "cancelled", "message": "the call was cancelled before it ended"}
-            cancelled = ToolCall(
-                replay_id=replay_id,
-                request_hash=hashed,
-                tool=spec.name,
-                version=spec.version,
-                arguments=arguments,
-                ok=False,
-                result=None,
-                error=error,
-                duration_ms=round((time.perf_counter() - started) * 1000, 3),
-            )
+            cancelled = ended(False, None, error)
             with contextlib.suppress(GatewayError):
                 await self._record(self._outcome(cancelled, token, request_id), "")
             raise
@@ -277,17 +281,7 @@ class ToolBus:
             # outcome, or the call would read as "may have run" forever.
             log.exception("tool %s failed unexpectedly (replay id %s)", spec.name, replay_id)
             ok, error = False, {"type": "internal_error", "message": "the tool failed unexpectedly"}
-        call = ToolCall(
-            replay_id=replay_id,
-            request_hash=hashed,
-            tool=spec.name,
-            version=spec.version,
-            arguments=arguments,
-            ok=ok,
-            result=result,
-            error=error,
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
-        )
+        call = ended(ok, result, error)
         record = self._outcome(call, token, request_id)
         if self._observer is not None:
             self._observer(call.tool, call.ok, call.duration_ms)
