@@ -524,6 +524,25 @@ async def test_an_ollama_stream_holds_at_most_max_held_bytes_of_arguments(
     assert not any("tool_calls" in line.get("message", {}) for line in lines)
 
 
+async def test_a_lone_surrogate_in_streamed_ollama_tool_arguments_ends_with_an_error_line(
+    make_gateway: Any, start_mock: Any
+) -> None:
+    """Held tool call arguments are counted in bytes as they come: a lone surrogate (which
+    UTF-8 cannot encode) must not break the count, so the stream ends with the error line
+    its arguments earn (they are no JSON object a client can use), never cut short."""
+    arguments = json.dumps('{"a": "\ud800"}')  # the JSON text of the escape, as sent
+    call = '{"index":0,"function":{"name":"f","arguments":' + arguments + "}}"
+    delta = '{"choices":[{"index":0,"delta":{"tool_calls":[' + call + "]}}]}"
+    handler = streaming(
+        b"data: " + delta.encode() + b"\n\n", chunk(finish="tool_calls"), b"data: [DONE]\n\n"
+    )
+    gateway, _ = await fake_gateway(make_gateway, start_mock, handler)
+    response = await gateway.post("/api/chat", json=OLLAMA_CHAT, headers=AUTH)
+    assert response.status == 200
+    lines = ndjson(await response.text())  # before: the body ended early, unreadable
+    assert "error" in lines[-1], lines
+
+
 async def test_a_lone_surrogate_from_the_backend_neither_breaks_a_stream_nor_a_conversation(
     make_gateway: Any, start_mock: Any
 ) -> None:

@@ -21,6 +21,7 @@ import asyncio
 import gc
 import io
 import json
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -32,14 +33,18 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from sidecar.cli import GC_THRESHOLDS
 from sidecar.settings import ToolsSettings
+from sidecar.typedefs import TOOLBUS
+from sidecar.wire import strict_json
 
-from .conftest import TOKEN, backend_yaml, gateway_yaml
+from .conftest import TOKEN, backend_yaml, eventually, gateway_yaml
 from .test_agents import agent
 from .test_hardening_event_loop import HEALTHZ_BOUND_S, run_delay_s
 
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 RELEASE = web.AppKey("release", asyncio.Event)
 TICK_S = 0.002
+WAIT_S = 10.0  # a bound on a wait that should end at once
+NOOP_RESULT = {"echo": {"x": 1}}  # what the noop builtin returns for {"x": 1}
 
 LISTY = {
     "version": "1",
@@ -183,6 +188,34 @@ async def test_a_tool_cut_off_by_the_agents_budget_has_its_outcome_recorded(env:
     lookup = await client.get(f"/v1/tools/replay/{started['replay_id']}", headers=BEARER)
     record = await lookup.json()
     assert lookup.status == 200 and record["complete"] is True, record
+
+
+async def test_a_call_cancelled_after_its_tool_ended_records_what_the_tool_did(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled while only its result's check was left (that check runs in a thread): the
+    tool ran to its end, so the record says what it returned, not "cancelled"."""
+    client, log = env
+    checking, go_on = threading.Event(), threading.Event()
+    real = strict_json.is_strict
+
+    def slow_check(value: Any) -> bool:
+        checking.set()
+        go_on.wait(WAIT_S)
+        return real(value)
+
+    monkeypatch.setattr(strict_json, "is_strict", slow_check)
+    bus = client.server.app[TOOLBUS]
+    call = asyncio.create_task(bus.invoke("noop", {"x": 1}, token=None, request_id="req-1"))
+    await eventually(checking.is_set, "the result's check to start")
+    call.cancel()
+    go_on.set()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    started, finished = records(log)
+    assert finished["phase"] == "finished" and finished["replay_id"] == started["replay_id"]
+    assert finished["ok"] is True, finished  # before: ok false, error type "cancelled"
+    assert finished["result"] == NOOP_RESULT and "error" not in finished, finished
 
 
 # -- 3. big arguments and results are checked off the event loop ----------------------------

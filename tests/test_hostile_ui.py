@@ -349,3 +349,47 @@ async def test_a_fault_after_a_stream_began_ends_the_connection_never_hangs_it(
     assert len(faults) == 1 and "after the response began" in faults[0].getMessage(), faults
     monkeypatch.setattr(ui_chat, "_delta", real_delta)
     assert [e["type"] for e in await send_message(me, created["id"], "again")][-1] == "done"
+
+
+async def test_a_reply_piece_that_is_not_text_is_skipped(
+    make_gateway: Any, start_mock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A backend's ``content`` of a number or a list is no text to show, count or keep."""
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for content in (5, ["x"], {"a": 1}, "hello"):
+            chunk = {"choices": [{"index": 0, "delta": {"content": content}}]}
+            await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    _, me = await fake_model_gateway(make_gateway, start_mock, chat)
+    created = await me.json("POST", CONVERSATIONS, {}, status=201)
+    events = await send_message(me, created["id"], "hi")
+    assert [e["type"] for e in events] == ["delta", "done"], events  # before: cut, a traceback
+    assert events[0]["content"] == "hello"
+    assert not unhandled(caplog), unhandled(caplog)
+    stored = await messages_of(me, created["id"])
+    assert [(m["role"], m["content"]) for m in stored] == [("user", "hi"), ("assistant", "hello")]
+
+
+async def test_a_session_cookie_that_is_not_utf8_is_no_session_not_a_500(
+    accounts: Stack,
+) -> None:
+    """The cookie's bytes are looked up as sent: 0xFF in one (a proxy passes it through)
+    is an unknown session, answered like any other."""
+    server = accounts.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(
+            b"GET " + CONVERSATIONS.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Cookie: __Host-gw_session=ab\xffcd\r\nConnection: close\r\n\r\n"
+        )
+        await writer.drain()
+        status = await asyncio.wait_for(reader.readline(), READ_S)
+    finally:
+        writer.close()
+    assert status.startswith(b"HTTP/1.1 401"), status  # before: 500

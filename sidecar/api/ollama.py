@@ -620,7 +620,7 @@ class _Calls:
             call.name = name
         if not isinstance(arguments, str) or not arguments:
             return 0
-        self.size += len(arguments.encode())
+        self.size += len(arguments.encode("utf-8", "surrogatepass"))  # lone ones pass
         if self.size > MAX_HELD_BYTES:
             raise UpstreamError(
                 f"backend '{self.backend}' sent tool call arguments larger than"

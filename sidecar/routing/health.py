@@ -110,7 +110,9 @@ class HealthChecker:
                     listing = listing if status < 300 else None
                 discovered = _model_ids(listing) if listing is not None else None
                 if discovered is not None:
-                    if len(discovered) == MAX_DISCOVERED and discovered != backend.discovered:
+                    more = len(discovered) > MAX_DISCOVERED
+                    discovered = discovered[:MAX_DISCOVERED]
+                    if more and discovered != backend.discovered:
                         log.warning(
                             "backend %s lists more models than the %d the gateway routes",
                             backend.name,
@@ -177,7 +179,8 @@ def _redirect(status: int) -> str:
 
 def _model_ids(body: bytes) -> tuple[str, ...] | None:
     """The model ids of a ``/models`` listing: each a name a request could use
-    (``check_model_name``), each once, at most ``MAX_DISCOVERED`` of them. Every
+    (``check_model_name``), each once, at most ``MAX_DISCOVERED`` + 1 of them (the probe
+    keeps ``MAX_DISCOVERED`` and warns of more). Every
     ``/v1/models`` answer and every route lookup goes over them: a backend listing
     hundreds of thousands would make each of those hold the event loop for seconds."""
     try:
@@ -189,7 +192,7 @@ def _model_ids(body: bytes) -> tuple[str, ...] | None:
         )
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None
-    return tuple(ids)[:MAX_DISCOVERED]
+    return tuple(ids)[: MAX_DISCOVERED + 1]  # one more: the caller can tell there were more
 
 
 def _usable(model: str) -> bool:

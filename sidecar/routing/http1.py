@@ -17,7 +17,8 @@ Backends are not trusted:
 - ``Accept-Encoding: identity`` is sent and a coded body (gzip, br, ...) is an error:
   nothing is decompressed, so there is no decompression bomb to defuse;
 - a connection is reused only after a complete response that allows keep-alive with
-  nothing after it, to a request written whole before its head came; bytes after a
+  nothing after it, to a request whose bytes had all left the gateway's send buffer
+  before its head came (what the kernel holds unread is the backend's); bytes after a
   response (in the same read or later) or on an idle connection close it. Idle
   connections are not reused after ``IDLE_S`` (15 s) and are closed as soon as the
   backend closes them;

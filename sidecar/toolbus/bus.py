@@ -252,20 +252,34 @@ class ToolBus:
             )
 
         ok, result, error = True, None, None
+        invalid = {
+            "type": "invalid_result",
+            "message": "the tool returned a value JSON cannot carry",
+        }
+        checking: asyncio.Future[bool] | None = None
         try:
             async with asyncio.timeout(spec.timeout_s):
                 result = await execute(spec, arguments, context, self._builtins)
             # NaN/inf would break the record and answer; off the loop: it may be megabytes.
-            if not await asyncio.to_thread(strict_json.is_strict, result):
-                raise ToolFailure("invalid_result", "the tool returned a value JSON cannot carry")
+            checking = asyncio.ensure_future(asyncio.to_thread(strict_json.is_strict, result))
+            if not await asyncio.shield(checking):
+                raise ToolFailure(invalid["type"], invalid["message"])
         except asyncio.CancelledError:
-            # Cut off from outside (an agent's deadline, a client that left): the tool was
-            # stopped, and that is its outcome; without it the call would read "may have
-            # run" forever. The write goes on in its thread even if cancelled again.
-            error = {"type": "cancelled", "message": "the call was cancelled before it ended"}
-            cancelled = ended(False, None, error)
+            # Cut off from outside (an agent's deadline, a client that left). Stopped while
+            # it ran, that is its outcome; ended, with only its result's check left, it is
+            # what the tool did. Without a record the call would read "may have run"
+            # forever. The write goes on in its thread even if cancelled again.
+            if checking is None:
+                error = {"type": "cancelled", "message": "the call was cancelled before it ended"}
+                outcome = ended(False, None, error)
+            elif await checking:
+                outcome = ended(True, result, None)
+            else:
+                outcome = ended(False, None, invalid)
+            if self._observer is not None:
+                self._observer(outcome.tool, outcome.ok, outcome.duration_ms)
             with contextlib.suppress(GatewayError):
-                await self._record(self._outcome(cancelled, token, request_id), "")
+                await self._record(self._outcome(outcome, token, request_id), "")
             raise
         except TimeoutError:
             ok, error = (

@@ -295,7 +295,8 @@ def _delta(event: bytes) -> str:
         if line.startswith(b"data:"):
             try:
                 chunk = json.loads(line[5:])
-                return chunk["choices"][0]["delta"].get("content") or ""
+                content = chunk["choices"][0]["delta"].get("content")
+                return content if isinstance(content, str) else ""
             except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError):
                 return ""
     return ""

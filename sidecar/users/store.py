@@ -203,7 +203,8 @@ def _refuse_reserved(username: str) -> None:
 
 def _digest(session_id: str) -> str:
     """Sessions are stored by hash: a copy of the database does not log anyone in."""
-    return hashlib.sha256(session_id.encode()).hexdigest()
+    # The cookie's bytes as sent: aiohttp keeps bytes that are not UTF-8 as surrogates.
+    return hashlib.sha256(session_id.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def anonymous_csrf(secret: bytes) -> str:
