@@ -25,7 +25,7 @@ from ..config.schema import AgentSpec, ToolSpec
 from ..errors import BadModelReply, GatewayError, InvalidRequest, ReplayDiverged
 from ..toolbus.hashing import canonical_hash
 from ..wire import strict_json
-from ..wire.body import THREAD_PARSE_BYTES
+from ..wire.body import by_size
 
 _NOT_RUN = ("tool_refused", "tool_rejected")
 ModelCall = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -212,10 +212,8 @@ async def _tool_turn(spec: AgentSpec, call: Any, run_tool: ToolRun) -> tuple[str
         event.update(type="tool_refused", reason="not in this agent's tool allowlist")
         return json.dumps({"error": f"tool {name!r} is not available to this agent"}), event
     try:
-        if isinstance(raw, str) and len(raw) > THREAD_PARSE_BYTES:
-            arguments = await asyncio.to_thread(_parsed_arguments, raw)
-        else:
-            arguments = _parsed_arguments(raw)
+        size = len(raw) if isinstance(raw, str) else 0
+        arguments = await by_size(size, _parsed_arguments, raw)
     except ValueError:
         event.update(
             type="tool_rejected",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import time
 from typing import Any
 
@@ -28,7 +27,7 @@ from ..typedefs import (
     SETTINGS,
     URL_SIGNER,
 )
-from ..wire.body import read_json_object
+from ..wire.body import json_answer, read_json_object
 from . import media
 from .generators import generate
 from .request import check_pixels, parse_image_request
@@ -38,10 +37,7 @@ _SVG_POLICY = "sandbox; default-src 'none'; style-src 'unsafe-inline'"
 
 async def generations(request: web.Request) -> web.Response:
     answer, headers = await generate_for(request, await read_json_object(request))
-    # Ten large b64_json images make tens of MiB of JSON: dumped in a thread, never on
-    # the event loop.
-    body = await asyncio.to_thread(lambda: json.dumps(answer).encode())
-    return web.Response(body=body, content_type="application/json", headers=headers)
+    return await json_answer(answer, headers)  # ten b64_json images: tens of MiB of JSON
 
 
 async def generate_for(

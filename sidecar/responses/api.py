@@ -48,7 +48,7 @@ from ..storage import RETRY_AFTER_S
 from ..typedefs import ACCESS, REGISTRY, REQUEST_ID, RESPONSES, SETTINGS, STORAGE
 from ..usage import tokens
 from ..wire import strict_json
-from ..wire.body import THREAD_PARSE_BYTES, read_json_object, walk_body
+from ..wire.body import by_size, read_json_object, walk_body
 from ..wire.model_name import model_field, stream_field
 from .events import StreamTranslator, encode
 from .store import ResponseStore
@@ -191,7 +191,7 @@ async def _translated(
                 request, call, StreamTranslator(build), save, headers, body
             )
         raw, answer = await call.read_json()
-    reply = await _valid_reply(raw, answer, route.backend.name)
+    reply = await by_size(len(raw), valid_unicode, raw, answer, route.backend.name)
     output, incomplete = output_from_chat(reply, route.backend.name)
     tokens.charge(
         request[ACCESS],
@@ -206,14 +206,6 @@ async def _translated(
     )
     response["store"] = await save(response)
     return web.json_response(response, headers=headers)
-
-
-async def _valid_reply(raw: bytes, reply: Any, backend: str) -> Any:
-    """``valid_unicode`` on a whole reply; over ``THREAD_PARSE_BYTES`` in a worker thread
-    (as a large request body is parsed), so a walk of a big reply interleaves."""
-    if len(raw) > THREAD_PARSE_BYTES:
-        return await asyncio.to_thread(valid_unicode, raw, reply, backend)
-    return valid_unicode(raw, reply, backend)
 
 
 async def _start_stream(

@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator
 
 from ..errors import GatewayError
-from ..wire.model_name import MAX_MODEL_CHARS
+from ..wire.model_name import is_model_name
 from .call import backend_call
 from .registry import Backend, HealthState, RegistryHolder
 
@@ -185,18 +185,10 @@ def _model_ids(body: bytes) -> tuple[str, ...] | None:
     hundreds of thousands would make each of those hold the event loop for seconds."""
     try:
         listing = json.loads(body)
-        ids = dict.fromkeys(
-            item["id"]
-            for item in listing["data"]
-            if isinstance(item.get("id"), str) and _usable(item["id"])
-        )
+        ids = dict.fromkeys(item["id"] for item in listing["data"] if is_model_name(item.get("id")))
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None
     return tuple(ids)[: MAX_DISCOVERED + 1]  # one more: the caller can tell there were more
-
-
-def _usable(model: str) -> bool:
-    return 0 < len(model) <= MAX_MODEL_CHARS and bool(model.strip()) and model.isprintable()
 
 
 def _tick(backends: list[Backend]) -> float:

@@ -6,15 +6,11 @@ A record is read or replayed only by the token name that made it, or by a token 
 
 from __future__ import annotations
 
-import asyncio
-import json
-from typing import Any
-
 from aiohttp import web
 
 from ..auth import caller
 from ..typedefs import REQUEST_ID, TOOLBUS
-from ..wire.body import read_json_object
+from ..wire.body import json_answer, read_json_object
 
 
 async def list_tools(request: web.Request) -> web.Response:
@@ -57,9 +53,3 @@ async def replay(request: web.Request) -> web.Response:
         request.match_info["replay_id"], token=token, request_id=request[REQUEST_ID], admin=admin
     )
     return await json_answer(outcome)
-
-
-async def json_answer(body: Any) -> web.Response:
-    """``body`` as a JSON response, encoded in a worker thread: a tool's arguments and
-    result can be megabytes (a noop echoes 8 MB of arguments back)."""
-    return web.json_response(text=await asyncio.to_thread(json.dumps, body))

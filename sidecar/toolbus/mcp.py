@@ -19,7 +19,7 @@ from .. import __version__
 from ..auth import caller
 from ..errors import BackendOverloaded, Forbidden, GatewayError, StorageUnavailable, StrictJsonError
 from ..typedefs import REQUEST_ID, TOOLBUS
-from ..wire.body import parse_json
+from ..wire.body import json_answer, parse_json
 from ..wire.origin import same_origin
 
 PROTOCOL_VERSIONS = ("2025-06-18", "2025-03-26", "2024-11-05")
@@ -55,8 +55,7 @@ async def endpoint(request: web.Request) -> web.StreamResponse:
     except _RpcError as exc:
         return _reply(rpc_id, error=exc)
     if method == "tools/call":  # a tool's result, maybe megabytes: encoded off the loop
-        body = {"jsonrpc": "2.0", "id": rpc_id, "result": result}
-        return web.json_response(text=await asyncio.to_thread(json.dumps, body))
+        return await json_answer({"jsonrpc": "2.0", "id": rpc_id, "result": result})
     return _reply(rpc_id, result=result)
 
 

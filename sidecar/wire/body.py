@@ -13,6 +13,7 @@ Python-level walk interleaves with other requests. The C decoder itself holds th
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -48,24 +49,36 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     return payload
 
 
+async def by_size(size: int, work: Callable[..., T], *args: Any) -> T:
+    """``work(*args)``, a walk over ``size`` bytes of JSON or what was parsed from them:
+    in a worker thread when ``size`` is over ``THREAD_PARSE_BYTES``, so a big one
+    interleaves with other requests instead of holding the event loop; on the loop
+    otherwise, where a thread hop would cost more than the walk."""
+    if size > THREAD_PARSE_BYTES:
+        return await asyncio.to_thread(work, *args)
+    return work(*args)
+
+
 async def parse_json(body: bytes) -> Any:
     """``body`` parsed strictly; in a worker thread when over ``THREAD_PARSE_BYTES``.
 
     Raises ``strict_json.StrictJsonError``; every face turns it into its own error shape.
     """
-    if len(body) > THREAD_PARSE_BYTES:
-        return await asyncio.to_thread(strict_json.loads, body)
-    return strict_json.loads(body)
+    return await by_size(len(body), strict_json.loads, body)
 
 
 async def walk_body(request: web.Request, work: Callable[..., T], *args: Any) -> T:
     """``work(*args)``, a walk over the request's parsed body (a face's translation of
-    it): in a worker thread when the body was over ``THREAD_PARSE_BYTES``, as its parse
-    was, so a body of hundreds of thousands of content blocks interleaves with other
-    requests instead of holding the event loop (300,000 Anthropic blocks took 150 ms)."""
-    if len(await request.read()) > THREAD_PARSE_BYTES:  # read once already: cached
-        return await asyncio.to_thread(work, *args)
-    return work(*args)
+    it), where its parse ran (``by_size``): 300,000 Anthropic content blocks took 150 ms
+    on the loop."""
+    return await by_size(len(await request.read()), work, *args)  # read already: cached
+
+
+async def json_answer(data: Any, headers: dict[str, str] | None = None) -> web.Response:
+    """``data`` as a JSON response, encoded in a worker thread: for answers that can be
+    megabytes (a tool's arguments and result, ten ``b64_json`` images)."""
+    text = await asyncio.to_thread(json.dumps, data)
+    return web.json_response(text=text, headers=headers)
 
 
 def required_field(payload: dict[str, Any], name: str) -> Any:

@@ -11,16 +11,27 @@ from .body import required_field
 MAX_MODEL_CHARS = 256
 
 
+def is_model_name(model: Any) -> bool:
+    """Whether ``model`` is a model name: printable text of sane length (it ends up in
+    headers and logs). ``check_model_name`` says why not to a client."""
+    return (
+        isinstance(model, str)
+        and bool(model.strip())
+        and len(model) <= MAX_MODEL_CHARS
+        and model.isprintable()
+    )
+
+
 def check_model_name(model: Any) -> str:
-    """A model name: printable text of sane length (it ends up in headers and logs)."""
+    """``model`` when it is a model name (``is_model_name``), else the 400 saying why."""
+    if is_model_name(model):
+        return str(model)
     if not isinstance(model, str) or not model.strip():
         raise InvalidRequest("'model' must be a non-empty string", param="model")
-    if len(model) > MAX_MODEL_CHARS or not model.isprintable():
-        raise InvalidRequest(
-            f"'model' must be printable text of at most {MAX_MODEL_CHARS} characters",
-            param="model",
-        )
-    return model
+    raise InvalidRequest(
+        f"'model' must be printable text of at most {MAX_MODEL_CHARS} characters",
+        param="model",
+    )
 
 
 def model_field(payload: dict[str, Any]) -> str:
